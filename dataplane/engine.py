@@ -1,0 +1,253 @@
+"""The HTTP/2 engine interface of nfmesh, shared by the fast and the pure backend.
+
+Two backends implement it with the same classes and methods:
+
+* ``dataplane._nghttp2`` (fast): a Cython binding of libnghttp2; per-frame work and the relay
+  of spliced streams stay in C.
+* ``dataplane.h2_engine`` (pure): the python-hyper ``h2`` library.
+
+The proxy (``dataplane.proxy``) is written once against this interface.  Python is called once
+per request (``ServerHandler.on_request``) and once when a spliced exchange ends
+(``SpliceObserver.on_complete``), never per frame.
+
+Vocabulary
+----------
+``Headers``
+    ``list[tuple[bytes, bytes]]``, lowercase names, pseudo-headers first, as on the wire.
+``ServerConnection``
+    One downstream HTTP/2 connection (we are the server).  It is an ``asyncio.Protocol``:
+    the listener creates it with ``ServerConnection(handler, settings)`` and hands it to
+    ``loop.create_server``.  A received request is announced with ``handler.on_request``; the
+    request body is held in the engine (bounded by flow control: no WINDOW_UPDATE is sent for
+    held bytes) until the handler calls ``respond``, ``reset``, ``read_body`` or ``splice``.
+``ClientConnection``
+    One upstream HTTP/2 connection (we are the client), also an ``asyncio.Protocol``, created
+    with ``ClientConnection(settings, on_closed=None)`` through ``loop.create_connection``.
+    It is what ``splice`` sends requests on, and it can send requests of its own with
+    ``request`` (used by the project's load generator, emulated NFs and NRF notifications).
+``splice``
+    Joins a downstream stream to a new upstream stream: the engine submits the request
+    headers upstream, relays request DATA (and trailers) downstream→upstream and the
+    response HEADERS, DATA and trailers upstream→downstream, with flow control both ways:
+    a byte is acknowledged (WINDOW_UPDATE) to the sender only once the other side's session
+    has taken it, so a slow reader slows the writer and memory per stream stays bounded.
+
+Error codes are the RFC 9113 codes (``ErrorCode`` below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ErrorCode(enum.IntEnum):
+    """RFC 9113 §7 error codes."""
+
+    NO_ERROR = 0x0
+    PROTOCOL_ERROR = 0x1
+    INTERNAL_ERROR = 0x2
+    FLOW_CONTROL_ERROR = 0x3
+    SETTINGS_TIMEOUT = 0x4
+    STREAM_CLOSED = 0x5
+    FRAME_SIZE_ERROR = 0x6
+    REFUSED_STREAM = 0x7
+    CANCEL = 0x8
+    COMPRESSION_ERROR = 0x9
+    CONNECT_ERROR = 0xA
+    ENHANCE_YOUR_CALM = 0xB
+    INADEQUATE_SECURITY = 0xC
+    HTTP_1_1_REQUIRED = 0xD
+
+
+@dataclass(frozen=True, slots=True)
+class H2Settings:
+    """What we advertise and the limits we enforce on one connection (both backends)."""
+
+    max_concurrent_streams: int = 1000
+    initial_window_size: int = 1 << 20  # per stream, bytes we accept before WINDOW_UPDATE
+    connection_window_size: int = 16 << 20  # connection-level receive window
+    max_frame_size: int = 16384
+    max_header_list_size: int = 65536  # larger header blocks -> 431 / RST_STREAM
+    header_table_size: int = 4096
+    # abuse limits (rapid reset CVE-2023-44487, SETTINGS/PING floods): over the limit in a
+    # one-second window -> GOAWAY(ENHANCE_YOUR_CALM)
+    max_resets_per_second: int = 1000
+    max_control_frames_per_second: int = 1000
+    # a body the engine holds for an un-spliced stream, or retains for a replay
+    max_retained_body: int = 65536
+
+
+class ServerHandler(Protocol):
+    """Implemented by whoever serves a ``ServerConnection`` (the proxy, an emulated NF)."""
+
+    def on_request(
+        self, conn: ServerConnection, stream_id: int, headers: Headers, end_stream: bool
+    ) -> None:
+        """A complete request header block arrived.
+
+        ``end_stream`` is True when the request has no body.  The handler must eventually
+        call exactly one of ``conn.respond``, ``conn.reset``, ``conn.read_body`` (then
+        ``respond``) or ``conn.splice`` for this stream; it may do so later (after an await).
+        """
+
+    def on_stream_reset(self, conn: ServerConnection, stream_id: int, error_code: int) -> None:
+        """The client reset a stream that the handler had not finished (optional hook)."""
+
+    def on_connection_lost(self, conn: ServerConnection) -> None:
+        """The downstream connection is gone."""
+
+
+class SpliceObserver(Protocol):
+    """Told, once per spliced request, how it went.  Never called per frame."""
+
+    def on_upstream_failed(self, stream_id: int, error_code: int, reached: bool) -> None:
+        """The upstream stream ended before response HEADERS came (reset, GOAWAY above its
+        id, connection lost).  ``reached`` is False when the request provably never reached
+        the producer (REFUSED_STREAM, GOAWAY last-stream-id below it, not yet written).
+
+        The downstream stream is still open: the observer must answer it with
+        ``conn.respond`` (an error), ``conn.reset``, or ``conn.splice`` to another upstream
+        (allowed only when ``conn.can_replay(stream_id)``: the engine then replays the
+        retained request body).
+        """
+
+    def on_complete(self, stream_id: int, status: int, error_code: int) -> None:
+        """The exchange is over on both sides.  ``status`` is the response status sent
+        downstream (0 if none); ``error_code`` is 0 for a clean end, else the RST/GOAWAY code."""
+
+
+class ResponseCallback(Protocol):
+    """Receives the answer to ``ClientConnection.request``."""
+
+    def __call__(
+        self,
+        status: int,
+        headers: Headers,
+        body: bytes,
+        trailers: Headers,
+        error: BaseException | None,
+    ) -> None: ...
+
+
+class ServerConnection(Protocol):
+    """One downstream connection.  Each backend's class has this shape (an asyncio.Protocol)."""
+
+    # ServerConnection(handler: ServerHandler, settings: H2Settings = H2Settings(),
+    #                  peer_info: dict | None = None)
+    peer_info: dict  # set by the listener: {"peername":..., "sslobject":..., "alpn":...}
+    open_streams: int  # streams not yet fully closed
+
+    def respond(
+        self, stream_id: int, status: int, headers: Headers, body: bytes = b"",
+        trailers: Headers | None = None,
+    ) -> None:
+        """Send a complete local response (ProblemDetails, NRF API answers).  Any held
+        request body is discarded (and acknowledged)."""
+
+    def reset(self, stream_id: int, error_code: int = ErrorCode.CANCEL) -> None:
+        """RST_STREAM the stream."""
+
+    def read_body(
+        self, stream_id: int, limit: int,
+        callback: Callable[[bytes | None, Headers], None],
+    ) -> None:
+        """Collect the whole request body (at most ``limit`` bytes) then call
+        ``callback(body, trailers)``; ``body`` is None if the limit was exceeded (the engine
+        has then answered 413 itself) or the stream was reset."""
+
+    def splice(
+        self,
+        stream_id: int,
+        upstream: ClientConnection,
+        headers: Headers,
+        observer: SpliceObserver,
+        extra_response_headers: Headers = (),  # type: ignore[assignment]
+        retain_body: bool = False,
+    ) -> None:
+        """Send ``headers`` (the rewritten request) on a new stream of ``upstream`` and join
+        the two streams (see module doc).  ``extra_response_headers`` are appended to the
+        response HEADERS sent downstream (``3gpp-sbi-producer-id``...).  With
+        ``retain_body`` the engine keeps up to ``settings.max_retained_body`` request bytes so
+        that the request can be spliced again after ``on_upstream_failed``.
+        If ``upstream`` cannot take a stream now (closed, GOAWAY received), the engine calls
+        ``observer.on_upstream_failed(stream_id, REFUSED_STREAM, reached=False)``."""
+
+    def can_replay(self, stream_id: int) -> bool:
+        """True when the stream's request body (if any) is retained whole for a replay."""
+
+    def drain(self, error_code: int = ErrorCode.NO_ERROR) -> None:
+        """Graceful shutdown: GOAWAY with the last processed stream id; in-flight streams
+        finish; the transport closes once none is left."""
+
+    def close(self) -> None:
+        """Abort the connection now."""
+
+
+class ClientConnection(Protocol):
+    """One upstream connection.  Each backend's class has this shape (an asyncio.Protocol)."""
+
+    # ClientConnection(settings: H2Settings = H2Settings(),
+    #                  on_closed: Callable[[ClientConnection], None] | None = None)
+    open_streams: int
+    max_streams: int  # the peer's SETTINGS_MAX_CONCURRENT_STREAMS (2**31-1 until known)
+    ready: asyncio.Future[None]  # done when the peer's first SETTINGS arrived (or failed)
+
+    @property
+    def available(self) -> bool:
+        """Connected, no GOAWAY received, and open_streams < max_streams."""
+
+    @property
+    def closed(self) -> bool:
+        """Transport lost or GOAWAY received with no stream left."""
+
+    def request(
+        self, headers: Headers, body: bytes | None, callback: ResponseCallback,
+        trailers: Headers | None = None,
+    ) -> int:
+        """Send a whole request of our own; the whole response goes to ``callback``.
+        Returns the stream id."""
+
+    def ping(self) -> None:
+        """Send a PING (liveness of pooled connections)."""
+
+    def drain(self) -> None:
+        """Stop taking new streams, close once the open ones are done."""
+
+    def close(self) -> None:
+        """Abort the connection now."""
+
+
+BACKENDS = ("nghttp2", "h2")
+
+
+def load_backend(name: str = "auto"):
+    """Return the backend module (with ``ServerConnection``, ``ClientConnection`` and
+    ``NAME``).  ``auto`` picks nghttp2 when the Cython binding is built, else h2."""
+    if name in ("auto", "nghttp2"):
+        try:
+            return importlib.import_module("dataplane._nghttp2")
+        except ImportError:
+            if name == "nghttp2":
+                raise
+    if name in ("auto", "h2"):
+        return importlib.import_module("dataplane.h2_engine")
+    raise ValueError(f"unknown HTTP/2 backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that import here."""
+    names = []
+    for name in BACKENDS:
+        try:
+            load_backend(name)
+        except ImportError:
+            continue
+        names.append(name)
+    return names

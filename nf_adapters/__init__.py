@@ -1,0 +1,1 @@
+"""3GPP knowledge: SBI header codecs, ProblemDetails, discovery parameters, NGAP routing keys."""

@@ -1,0 +1,1 @@
+"""Traffic generators, emulated NFs and gNBs, the peer comparison harness and reports."""

@@ -1,0 +1,57 @@
+"""Build the optional Cython hot paths; the package works (slower) without them.
+
+Each extension has a pure-Python twin with the same API.  A failed build is reported and
+skipped unless NFMESH_REQUIRE_NATIVE=1 (CI sets it so that a broken binding fails loudly).
+"""
+
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+# (module, source, libraries)
+NATIVE = [
+    ("dataplane._nghttp2", "dataplane/_nghttp2.pyx", ["nghttp2"]),
+    ("nf_adapters._ngap_fast", "nf_adapters/_ngap_fast.pyx", []),
+    ("nf_adapters._sbi_fast", "nf_adapters/_sbi_fast.pyx", []),
+]
+
+
+class OptionalBuildExt(build_ext):
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # no compiler at all
+            self._skip(exc)
+
+    def build_extension(self, ext) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self._skip(exc, ext.name)
+
+    def _skip(self, exc: Exception, name: str = "native extensions") -> None:
+        if os.environ.get("NFMESH_REQUIRE_NATIVE") == "1":
+            raise exc
+        print(f"nfmesh: skipping {name} ({exc}); the pure-Python twin is used", file=sys.stderr)
+
+
+def extensions() -> list:
+    try:
+        from Cython.Build import cythonize
+        from setuptools import Extension
+    except ImportError:
+        print("nfmesh: Cython missing, building no native extension", file=sys.stderr)
+        return []
+    exts = [
+        Extension(name, [src], libraries=libs, extra_compile_args=["-O2"])
+        for name, src, libs in NATIVE
+        if os.path.exists(src)
+    ]
+    if not exts:
+        return []
+    return cythonize(exts, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

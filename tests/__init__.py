@@ -1,0 +1,1 @@
+"""nfmesh tests."""
