@@ -1,0 +1,161 @@
+"""Prometheus metrics: cheap per-request accounting on the data plane, exported at scrape time.
+
+The proxy calls ``RequestStats.on_request_done`` once per request.  That call only bumps
+plain integers in dicts (no locks, no label lookups through prometheus_client); the
+``prometheus_client`` collector turns them into metric families when ``/metrics`` is scraped.
+Other parts of the gateway (registry, N2) register their own collectors on the same registry.
+
+``MetricsServer`` serves ``GET /metrics`` (and ``/healthz``, ``/readyz``) over HTTP/1.1 on the
+event loop, so scraping never needs a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Latency buckets in seconds: SBI answers are expected in milliseconds.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _Histogram:
+    __slots__ = ("counts", "total", "n")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+        self.n += 1
+
+
+class RequestStats:
+    """Implements ``dataplane.proxy.ProxyStats`` and exports what it counted."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.resets: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, _Histogram] = {}
+
+    def on_request_done(
+        self, cluster: str, method: str, status: int, duration_s: float, error_code: int
+    ) -> None:
+        key = (cluster, method, str(status))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.latency.get(cluster)
+        if hist is None:
+            hist = self.latency[cluster] = _Histogram()
+        hist.observe(duration_s)
+        if error_code:
+            rkey = (cluster, error_code)
+            self.resets[rkey] = self.resets.get(rkey, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+    def collect(self) -> Iterable:
+        c = CounterMetricFamily(
+            "nfmesh_requests", "Requests proxied or answered, by cluster, method and status",
+            labels=["cluster", "method", "status"],
+        )
+        for (cluster, method, status), n in sorted(self.requests.items()):
+            c.add_metric([cluster, method, status], n)
+        yield c
+        r = CounterMetricFamily(
+            "nfmesh_stream_errors", "Requests that ended with an HTTP/2 error code",
+            labels=["cluster", "error_code"],
+        )
+        for (cluster, code), n in sorted(self.resets.items()):
+            r.add_metric([cluster, str(code)], n)
+        yield r
+        h = HistogramMetricFamily(
+            "nfmesh_request_duration_seconds", "Time from request headers to the end of the response",
+            labels=["cluster"],
+        )
+        for cluster, hist in sorted(self.latency.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*BUCKETS, float("inf")), hist.counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            h.add_metric([cluster], buckets, hist.total)
+        yield h
+
+
+class GaugeCallback:
+    """A collector for gauges whose values are read at scrape time."""
+
+    def __init__(self, name: str, doc: str, read: Callable[[], dict[tuple[str, ...], float]],
+                 labels: list[str] | None = None) -> None:
+        self.name, self.doc, self.read, self.labels = name, doc, read, labels or []
+
+    def collect(self) -> Iterable:
+        g = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
+        for label_values, value in self.read().items():
+            g.add_metric(list(label_values), value)
+        yield g
+
+
+def new_registry(*collectors: object) -> CollectorRegistry:
+    """A registry holding the given collectors (objects with ``collect()``)."""
+    reg = CollectorRegistry(auto_describe=False)
+    for col in collectors:
+        reg.register(col)  # type: ignore[arg-type]
+    return reg
+
+
+class MetricsServer:
+    """``GET /metrics`` in the Prometheus text format, ``/healthz`` and ``/readyz``."""
+
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool] = lambda: True) -> None:
+        self.registry = registry
+        self.ready = ready
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass  # headers are not needed; bounded by the StreamReader limit
+            parts = line.decode("latin-1").split()
+            path = parts[1] if len(parts) >= 2 else ""
+            if path.startswith("/metrics"):
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            elif path == "/healthz":
+                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+            elif path == "/readyz":
+                ok = self.ready()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "text/plain", b"ready\n" if ok else b"not ready\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode() + body
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up (Debian packages when root, .venv, Cython build) and run the whole test suite:
+# lint, the host suite (both HTTP/2 backends, interop with nghttp2 tools, curl, grpcio,
+# HAProxy, etcd), then the kernel-SCTP suite inside a QEMU VM.  Exits non-zero on any failure.
+# Extra arguments go to the host pytest run.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+if [ "$(id -u)" = 0 ]; then export NFMESH_REQUIRE_NATIVE=${NFMESH_REQUIRE_NATIVE:-1}; fi
+bash scripts/setup.sh test
+.venv/bin/nfmesh version
+echo "== ruff"
+.venv/bin/ruff check .
+echo "== host suite"
+rc=0
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@" || rc=$?
+[ $rc = 5 ] && { echo "no host test ran: that is a failure"; rc=1; }
+echo "== kernel SCTP suite (QEMU VM)"
+vrc=0
+if [ -f scripts/sctp_vm.py ]; then
+  .venv/bin/python scripts/sctp_vm.py --pytest || vrc=$?
+else
+  echo "scripts/sctp_vm.py missing"; vrc=1
+fi
+echo "host suite rc=$rc, sctp suite rc=$vrc"
+[ $rc = 0 ] && [ $vrc = 0 ]
