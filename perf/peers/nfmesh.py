@@ -1,0 +1,67 @@
+"""nfmesh as a perf target: ``nfmesh run`` with one worker, SCP model C.
+
+The load carries ``3gpp-sbi-target-apiroot: http://127.0.0.1:<backend>``, so the default
+gateway (no config file) routes every request to the backend.  The command is a template so
+the harness can measure any build or variant: ``{nfmesh}`` (the venv's ``nfmesh`` script),
+``{python}``, ``{host}``, ``{port}``, ``{backend_port}``, ``{workdir}``, and for TLS runs
+``{cert}``, ``{key}``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from perf.peers import TargetSpec
+
+DEFAULT_CMD = "{nfmesh} run --listen {host}:{port} --workers 1"
+ENV_CMD = "NFMESH_PERF_CMD"
+ENV_TLS_ARGS = "NFMESH_PERF_TLS_ARGS"
+
+
+def find_nfmesh() -> str | None:
+    """The ``nfmesh`` script beside the running interpreter (the venv), else on PATH."""
+    beside = Path(sys.executable).with_name("nfmesh")
+    if beside.exists():
+        return str(beside)
+    return shutil.which("nfmesh")
+
+
+class Nfmesh:
+    """The gateway under test."""
+
+    name = "nfmesh"
+
+    def __init__(self, cmd: str | None = None, tls_args: str | None = None) -> None:
+        self.cmd = cmd or os.environ.get(ENV_CMD) or DEFAULT_CMD
+        self.tls_args = tls_args or os.environ.get(ENV_TLS_ARGS)
+        self.binary = find_nfmesh()
+
+    def unavailable(self, tls: bool) -> str | None:
+        if "{nfmesh}" in self.cmd and self.binary is None:
+            return "nfmesh script not found (pip install -e . into the venv)"
+        if tls and not self.tls_args:
+            return (
+                "no TLS listener arguments for nfmesh: pass --nfmesh-tls-args "
+                f"(or ${ENV_TLS_ARGS}), e.g. '-c {{workdir}}/tls.yaml'"
+            )
+        return None
+
+    def command(self, spec: TargetSpec) -> list[str]:
+        fields = {
+            "nfmesh": self.binary or "nfmesh",
+            "python": sys.executable,
+            "host": spec.host,
+            "port": spec.listen_port,
+            "backend_port": spec.backend_port,
+            "workdir": spec.workdir,
+            "cert": spec.tls.cert if spec.tls else "",
+            "key": spec.tls.key if spec.tls else "",
+        }
+        text = self.cmd
+        if spec.tls is not None and self.tls_args:
+            text += " " + self.tls_args
+        return shlex.split(text.format(**fields))
