@@ -1,0 +1,367 @@
+"""The HTTP/2 proxy: one ``ServerHandler`` that routes each request and splices it upstream.
+
+Written only against the engine interface (``dataplane.engine``), so it runs unchanged on the
+nghttp2 and the h2 backend.  Per request it asks ``router_slot.current.route`` once, then:
+
+* ``Forward``: take an upstream connection from the pool (at once when one is ready, else
+  await the connect while the engine holds the request body) and ``conn.splice`` the stream;
+  a failure before the request reached the producer (connect refused, REFUSED_STREAM, GOAWAY
+  above our stream) moves on to the next of ``alternates`` (each tried once, within the
+  deadline); a failure after it reached the producer is retried only when ``retryable`` and the
+  engine still holds the whole body.  Out of options: 503 (unreachable), 502 (upstream reset or
+  protocol error), 504 (no response headers within ``Forward.timeout``).
+* ``LocalResponse``: answer it.
+* ``LocalService``: read the whole body, await ``handle``, answer.
+
+One bad request costs only its stream: router or service exceptions become a 500 problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from dataplane.engine import ErrorCode, Headers
+from dataplane.routing import (
+    Endpoint,
+    Forward,
+    LocalResponse,
+    LocalService,
+    Request,
+    RouterSlot,
+)
+from dataplane.upstream_pool import UpstreamPools, UpstreamUnavailable
+
+log = logging.getLogger("nfmesh.proxy")
+
+_PROBLEM_JSON = b"application/problem+json"
+
+
+class ProxyStats(Protocol):
+    """Told once per finished request (the gateway wires Prometheus to it)."""
+
+    def on_request_done(
+        self, cluster: str, method: str, status: int, duration_s: float, error_code: int
+    ) -> None: ...
+
+
+def default_problem(status: int, cause: str, detail: str) -> LocalResponse:
+    """An RFC 7807 ``application/problem+json`` answer: {status, title, cause, detail}."""
+    try:
+        title = http.HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    body = json.dumps(
+        {"status": status, "title": title, "cause": cause, "detail": detail},
+        separators=(",", ":"),
+    ).encode()
+    return LocalResponse(status, [(b"content-type", _PROBLEM_JSON)], body)
+
+
+def _pseudo(headers: Headers, name: bytes) -> str:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+        if not key.startswith(b":"):
+            break
+    return ""
+
+
+def _endpoint_text(endpoint: Endpoint) -> str:
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    return f"{host}:{endpoint.port}"
+
+
+class _Exchange:
+    """One forwarded request: the splice observer, its candidates, deadline and outcome."""
+
+    __slots__ = (
+        "proxy", "conn", "sid", "fwd", "method", "path", "t0", "candidates", "timer", "task",
+        "done", "last_error", "endpoint", "retried_same", "replays",
+    )
+
+    def __init__(self, proxy: Proxy, conn, sid: int, fwd: Forward, method: str, path: str,
+                 t0: float) -> None:
+        self.proxy = proxy
+        self.conn = conn
+        self.sid = sid
+        self.fwd = fwd
+        self.method = method
+        self.path = path
+        self.t0 = t0
+        self.candidates: list[tuple[Endpoint, Headers]] = list(fwd.alternates)
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task | None = None
+        self.done = False
+        self.last_error = ""
+        self.endpoint = fwd.endpoint
+        self.retried_same = False
+        self.replays = 0
+
+    # ---- driving ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.fwd.timeout is not None:
+            self.timer = asyncio.get_running_loop().call_later(self.fwd.timeout, self._on_timeout)
+        self._attempt(self.fwd.endpoint, self.fwd.headers)
+
+    def _attempt(self, endpoint: Endpoint, headers: Headers) -> None:
+        self.endpoint = endpoint
+        pools = self.proxy.pools
+        upstream = pools.get_ready(endpoint)
+        if upstream is not None:
+            self._splice(upstream, headers)
+            return
+        self.task = asyncio.get_running_loop().create_task(self._connect(endpoint, headers))
+        self.proxy._connecting[(id(self.conn), self.sid)] = self
+
+    async def _connect(self, endpoint: Endpoint, headers: Headers) -> None:
+        try:
+            upstream = await self.proxy.pools.acquire(endpoint)
+        except UpstreamUnavailable as exc:
+            self.task = None
+            self.proxy._connecting.pop((id(self.conn), self.sid), None)
+            if self.done:
+                return
+            self.last_error = f"{_endpoint_text(endpoint)}: {exc.reason}"
+            self._next_or_fail(reached=False, error_code=ErrorCode.CONNECT_ERROR)
+            return
+        except asyncio.CancelledError:
+            return
+        self.task = None
+        self.proxy._connecting.pop((id(self.conn), self.sid), None)
+        if not self.done:
+            self._splice(upstream, headers)
+
+    def _splice(self, upstream, headers: Headers) -> None:
+        try:
+            self.conn.splice(
+                self.sid, upstream, headers, self, self.fwd.extra_response_headers,
+                retain_body=True,
+            )
+        except Exception as exc:  # an engine refusing the splice must not cost the connection
+            log.exception("splice failed on stream %d", self.sid)
+            self._answer(502, "UPSTREAM_ERROR", f"splice failed: {exc}", ErrorCode.INTERNAL_ERROR)
+
+    def _next_or_fail(self, reached: bool, error_code: int) -> None:
+        conn = self.conn
+        replayable = conn.can_replay(self.sid)
+        if (not reached or self.fwd.retryable) and replayable:
+            if self.candidates:
+                endpoint, headers = self.candidates.pop(0)
+                self._attempt(endpoint, headers)
+                return
+            if not reached and not self.retried_same and error_code != ErrorCode.CONNECT_ERROR:
+                # refused before processing (REFUSED_STREAM / GOAWAY): once more, same endpoint
+                self.retried_same = True
+                self._attempt(self.endpoint, self.fwd.headers)
+                return
+        if reached:
+            self._answer(502, "UPSTREAM_RESET",
+                         f"{_endpoint_text(self.endpoint)} reset the request "
+                         f"({_code_name(error_code)})", error_code)
+        else:
+            self._answer(503, "NF_UNREACHABLE",
+                         self.last_error or f"{_endpoint_text(self.endpoint)} refused the request",
+                         error_code)
+
+    def _answer(self, status: int, cause: str, detail: str, error_code: int = 0) -> None:
+        if self.done:
+            return
+        try:
+            resp = self.proxy.error_responder(status, cause, detail)
+            self.conn.respond(self.sid, resp.status, resp.headers, resp.body)
+        except Exception:
+            log.exception("error responder failed")
+            self.conn.reset(self.sid, ErrorCode.INTERNAL_ERROR)
+        # after on_upstream_failed / a failed connect the stream is no longer spliced, so the
+        # engine reports nothing more: record the outcome here
+        self._finish(status, error_code)
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+            self.proxy._connecting.pop((id(self.conn), self.sid), None)
+            self._answer(504, "TIMED_OUT_REQUEST",
+                         f"no connection to {_endpoint_text(self.endpoint)} within "
+                         f"{self.fwd.timeout}s")
+            return
+        # Spliced: respond() cancels the upstream stream if no response headers came yet (the
+        # engine then calls on_complete with 504); after they came it is ignored.
+        resp = self.proxy.error_responder(
+            504, "TIMED_OUT_REQUEST",
+            f"no response from {_endpoint_text(self.endpoint)} within {self.fwd.timeout}s",
+        )
+        self.conn.respond(self.sid, resp.status, resp.headers, resp.body)
+
+    def cancel(self, error_code: int) -> None:
+        """The downstream stream or connection went away while we were connecting."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        self._finish(0, error_code)
+
+    def _finish(self, status: int, error_code: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.proxy._record(self.fwd.cluster, self.method, self.path, status,
+                           time.monotonic() - self.t0, error_code, self.endpoint, self.conn)
+
+    # ---- SpliceObserver ----------------------------------------------------------------------
+    def on_upstream_failed(self, stream_id: int, error_code: int, reached: bool) -> None:
+        if self.done:
+            return
+        self.last_error = (
+            f"{_endpoint_text(self.endpoint)}: stream ended before response headers "
+            f"({_code_name(error_code)})"
+        )
+        self._next_or_fail(reached, error_code)
+
+    def on_complete(self, stream_id: int, status: int, error_code: int) -> None:
+        self._finish(status, error_code)
+
+
+class Proxy:
+    """The ServerHandler of the SBI listener (see the module docstring)."""
+
+    def __init__(
+        self,
+        router_slot: RouterSlot,
+        pools: UpstreamPools,
+        error_responder: Callable[[int, str, str], LocalResponse] = default_problem,
+        stats: ProxyStats | None = None,
+        access_log: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.router_slot = router_slot
+        self.pools = pools
+        self.error_responder = error_responder
+        self.stats = stats
+        self.access_log = access_log
+        self.connections: set = set()
+        self._connecting: dict[tuple[int, int], _Exchange] = {}
+        self._services: set[asyncio.Task] = set()
+        self.requests = 0
+
+    # ---- ServerHandler -----------------------------------------------------------------------
+    def on_connection_made(self, conn) -> None:
+        """Called by the listener for each accepted connection (so ``drain`` reaches idle ones)."""
+        self.connections.add(conn)
+
+    def on_request(self, conn, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        t0 = time.monotonic()
+        self.requests += 1
+        self.connections.add(conn)
+        method = _pseudo(headers, b":method")
+        path = _pseudo(headers, b":path")
+        try:
+            decision = self.router_slot.current.route(headers, conn.peer_info)
+        except Exception as exc:
+            log.exception("router failed for %s %s", method, path)
+            self._local(conn, stream_id, self.error_responder(
+                500, "SYSTEM_FAILURE", f"routing failed: {type(exc).__name__}"), method, path, t0)
+            return
+        if isinstance(decision, Forward):
+            _Exchange(self, conn, stream_id, decision, method, path, t0).start()
+        elif isinstance(decision, LocalResponse):
+            self._local(conn, stream_id, decision, method, path, t0)
+        elif isinstance(decision, LocalService):
+            self._service(conn, stream_id, headers, decision, method, path, t0)
+        else:
+            self._local(conn, stream_id, self.error_responder(
+                500, "SYSTEM_FAILURE", f"router returned {type(decision).__name__}"),
+                method, path, t0)
+
+    def on_stream_reset(self, conn, stream_id: int, error_code: int) -> None:
+        ex = self._connecting.pop((id(conn), stream_id), None)
+        if ex is not None:
+            ex.cancel(error_code)
+
+    def on_connection_lost(self, conn) -> None:
+        self.connections.discard(conn)
+        key = id(conn)
+        for k in [k for k in self._connecting if k[0] == key]:
+            self._connecting.pop(k).cancel(ErrorCode.CANCEL)
+
+    # ---- local answers and services ------------------------------------------------------------
+    def _local(self, conn, sid: int, resp: LocalResponse, method: str, path: str,
+               t0: float, cluster: str = "") -> None:
+        conn.respond(sid, resp.status, resp.headers, resp.body)
+        self._record(cluster, method, path, resp.status, time.monotonic() - t0, 0, None, conn)
+
+    def _service(self, conn, sid: int, headers: Headers, svc: LocalService, method: str,
+                 path: str, t0: float) -> None:
+        def on_body(body: bytes | None, trailers: Headers) -> None:
+            if body is None:  # over the limit (engine answered 413) or reset
+                self._record(svc.name, method, path, 413, time.monotonic() - t0, 0, None, conn)
+                return
+            req = Request(method, path, headers, body, conn.peer_info)
+            task = asyncio.get_running_loop().create_task(self._run_service(conn, sid, svc, req, t0))
+            self._services.add(task)
+            task.add_done_callback(self._services.discard)
+
+        conn.read_body(sid, svc.max_body, on_body)
+
+    async def _run_service(self, conn, sid: int, svc: LocalService, req: Request,
+                           t0: float) -> None:
+        try:
+            resp = await svc.handle(req)
+        except Exception as exc:
+            log.exception("local service %s failed on %s %s", svc.name, req.method, req.path)
+            resp = self.error_responder(500, "SYSTEM_FAILURE",
+                                        f"{svc.name} failed: {type(exc).__name__}")
+        self._local(conn, sid, resp, req.method, req.path, t0, svc.name)
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def _record(self, cluster: str, method: str, path: str, status: int, duration: float,
+                error_code: int, endpoint: Endpoint | None, conn) -> None:
+        if self.stats is not None:
+            try:
+                self.stats.on_request_done(cluster, method, status, duration, error_code)
+            except Exception:
+                log.exception("stats hook failed")
+        if self.access_log is not None:
+            try:
+                self.access_log({
+                    "method": method, "path": path, "status": status, "cluster": cluster,
+                    "upstream": _endpoint_text(endpoint) if endpoint else "",
+                    "duration_s": duration, "error_code": error_code,
+                    "peer": conn.peer_info.get("peername"),
+                })
+            except Exception:
+                log.exception("access log hook failed")
+
+    # ---- shutdown ------------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Graceful shutdown: GOAWAY on every downstream connection; in-flight requests finish."""
+        for conn in list(self.connections):
+            conn.drain()
+
+    async def wait_drained(self, timeout: float) -> bool:
+        """Wait until every downstream connection closed; close the rest after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        left = list(self.connections)
+        for conn in left:
+            conn.close()
+        return not left
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return hex(code)

@@ -1,0 +1,244 @@
+"""Upstream connection pools: multiplexed HTTP/2 client connections per ``routing.Endpoint``.
+
+Per endpoint the pool keeps up to ``max_connections`` connections and hands out one that can
+take a stream (honouring the peer's SETTINGS_MAX_CONCURRENT_STREAMS: when all are full another
+is opened).  Connects are single-flight, bounded by ``connect_timeout`` (TCP, TLS and the peer's
+first SETTINGS).  After a failed connect the endpoint is in back-off (exponential with jitter)
+during which ``acquire`` fails at once with a clear ``UpstreamUnavailable``; the first success
+clears it.  Connections idle longer than ``idle_timeout`` are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from types import ModuleType
+
+from dataplane.engine import H2Settings, load_backend
+from dataplane.routing import Endpoint
+
+log = logging.getLogger("nfmesh.upstream")
+
+
+class UpstreamUnavailable(Exception):
+    """No connection to an endpoint could be had; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _EndpointPool:
+    __slots__ = ("conns", "connecting", "failures", "retry_at", "last_error", "last_used")
+
+    def __init__(self) -> None:
+        self.conns: list = []
+        self.connecting: asyncio.Task | None = None
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_error = ""
+        self.last_used: dict[int, float] = {}
+
+
+class UpstreamPools:
+    """All upstream pools of one data-plane worker."""
+
+    def __init__(
+        self,
+        backend: ModuleType | str,
+        settings: H2Settings,
+        connect_timeout: float = 2.0,
+        ssl_context_factory: Callable[[Endpoint], ssl.SSLContext | None] | None = None,
+        max_connections: int = 8,
+        idle_timeout: float = 60.0,
+        backoff_base: float = 0.05,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self.backend = load_backend(backend) if isinstance(backend, str) else backend
+        self.settings = settings
+        self.connect_timeout = connect_timeout
+        self.ssl_context_factory = ssl_context_factory
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._pools: dict[Endpoint, _EndpointPool] = {}
+        self._sweeper: asyncio.Task | None = None
+        self._closed = False
+        self.connects = 0  # successful connects (observability)
+
+    # ---- fast path ---------------------------------------------------------------------------
+    def get_ready(self, endpoint: Endpoint):
+        """A connection that can take a stream now, or None."""
+        pool = self._pools.get(endpoint)
+        if pool is None:
+            return None
+        for conn in pool.conns:
+            if conn.available:
+                pool.last_used[id(conn)] = time.monotonic()
+                return conn
+        return None
+
+    async def acquire(self, endpoint: Endpoint):
+        """A connection that can take a stream; connects when needed.
+
+        Raises ``UpstreamUnavailable`` (back-off, connect refused or timed out, pool full)."""
+        if self._closed:
+            raise UpstreamUnavailable("upstream pools are closed")
+        pool = self._pools.get(endpoint)
+        if pool is None:
+            pool = self._pools[endpoint] = _EndpointPool()
+            self._start_sweeper()
+        for _ in range(3):
+            conn = self.get_ready(endpoint)
+            if conn is not None:
+                return conn
+            now = time.monotonic()
+            if pool.connecting is None:
+                if now < pool.retry_at:
+                    raise UpstreamUnavailable(
+                        f"in back-off for {pool.retry_at - now:.2f}s after {pool.failures} "
+                        f"failed connect(s): {pool.last_error}"
+                    )
+                pool.conns = [c for c in pool.conns if not c.closed]
+                if len(pool.conns) >= self.max_connections:
+                    raise UpstreamUnavailable(
+                        f"all {len(pool.conns)} connections are at their stream limit"
+                    )
+                pool.connecting = asyncio.get_running_loop().create_task(
+                    self._connect(endpoint, pool)
+                )
+                pool.connecting.add_done_callback(_retrieve)
+            await asyncio.shield(pool.connecting)
+        conn = self.get_ready(endpoint)
+        if conn is None:
+            raise UpstreamUnavailable("new connections filled up at once")
+        return conn
+
+    async def _connect(self, endpoint: Endpoint, pool: _EndpointPool) -> None:
+        loop = asyncio.get_running_loop()
+        ctx = None
+        if endpoint.tls:
+            ctx = self.ssl_context_factory(endpoint) if self.ssl_context_factory else None
+            if ctx is None:
+                from dataplane.tls import client_context
+
+                ctx = client_context()
+        factory = self.backend.ClientConnection
+        settings = self.settings
+        conn = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                transport, conn = await loop.create_connection(
+                    lambda: factory(settings, on_closed=lambda c: self._on_closed(endpoint, c)),
+                    endpoint.host, endpoint.port, ssl=ctx,
+                    server_hostname=(endpoint.server_name or endpoint.host) if ctx else None,
+                )
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    try:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    except OSError:
+                        pass
+                if ctx is not None:
+                    sslobj = transport.get_extra_info("ssl_object")
+                    alpn = sslobj.selected_alpn_protocol() if sslobj else None
+                    if alpn != "h2":
+                        transport.close()
+                        raise UpstreamUnavailable(f"TLS peer did not negotiate h2 (ALPN {alpn!r})")
+                await conn.ready
+        except UpstreamUnavailable as exc:
+            self._failed(pool, exc.reason)
+            raise
+        except TimeoutError:
+            if conn is not None:
+                conn.close()
+            reason = f"connect timed out after {self.connect_timeout}s"
+            self._failed(pool, reason)
+            raise UpstreamUnavailable(reason) from None
+        except (OSError, ConnectionError, ssl.SSLError) as exc:
+            if conn is not None:
+                conn.close()
+            reason = f"connect failed: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+            self._failed(pool, reason)
+            raise UpstreamUnavailable(reason) from None
+        finally:
+            pool.connecting = None
+        if self._closed:
+            conn.close()
+            raise UpstreamUnavailable("upstream pools are closed")
+        pool.failures = 0
+        pool.retry_at = 0.0
+        pool.conns.append(conn)
+        pool.last_used[id(conn)] = time.monotonic()
+        self.connects += 1
+
+    def _failed(self, pool: _EndpointPool, reason: str) -> None:
+        pool.failures += 1
+        pool.last_error = reason
+        delay = min(self.backoff_max, self.backoff_base * (2 ** (pool.failures - 1)))
+        pool.retry_at = time.monotonic() + delay * (0.5 + random.random() / 2)
+
+    def _on_closed(self, endpoint: Endpoint, conn) -> None:
+        pool = self._pools.get(endpoint)
+        if pool is not None:
+            try:
+                pool.conns.remove(conn)
+            except ValueError:
+                pass
+            pool.last_used.pop(id(conn), None)
+
+    # ---- housekeeping --------------------------------------------------------------------------
+    def _start_sweeper(self) -> None:
+        if self._sweeper is None and self.idle_timeout > 0:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        period = max(0.05, self.idle_timeout / 2)
+        while True:
+            await asyncio.sleep(period)
+            self.close_idle(self.idle_timeout)
+
+    def close_idle(self, idle_for: float) -> int:
+        """Close connections without streams unused for ``idle_for`` seconds; how many."""
+        now = time.monotonic()
+        closed = 0
+        for pool in self._pools.values():
+            for conn in list(pool.conns):
+                used = pool.last_used.get(id(conn), now)
+                if conn.closed or (conn.open_streams == 0 and now - used >= idle_for):
+                    pool.conns.remove(conn)
+                    pool.last_used.pop(id(conn), None)
+                    conn.close()
+                    closed += 1
+        return closed
+
+    def connections(self, endpoint: Endpoint) -> list:
+        """The live connections to ``endpoint`` (for tests and metrics)."""
+        pool = self._pools.get(endpoint)
+        return [c for c in pool.conns if not c.closed] if pool else []
+
+    def close(self) -> None:
+        """Shut down: close every connection and stop the sweeper."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for pool in self._pools.values():
+            if pool.connecting is not None:
+                pool.connecting.cancel()
+            for conn in pool.conns:
+                conn.close()
+            pool.conns.clear()
+        self._pools.clear()
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """Consume a connect task's outcome so that an unawaited failure is not logged as lost."""
+    if not task.cancelled():
+        task.exception()

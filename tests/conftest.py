@@ -1,0 +1,212 @@
+"""Shared test fixtures: uvloop, the HTTP/2 backends, free ports, an in-process origin, a PKI.
+
+* ``backend``: parametrized over ``dataplane.engine.available_backends()``, so every test that
+  takes it runs on the h2 backend and, once built, on the nghttp2 one.
+* ``free_port()``: a TCP port free on 127.0.0.1 right now.
+* ``start_origin(backend, ...)``: an in-process HTTP/2 server (``OriginHandler``) answering from
+  the request; ``start_proxy(...)``: a ``Proxy`` listener in front of endpoints (``StaticRouter``).
+* ``pki``: a throw-away CA with server and client certificates (tests/certs.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import uvloop
+
+from dataplane.engine import ErrorCode, H2Settings, Headers, available_backends, load_backend
+from dataplane.listener import serve
+from dataplane.proxy import Proxy
+from dataplane.routing import Endpoint, Forward, RouterSlot
+from dataplane.upstream_pool import UpstreamPools
+from tests.certs import make_pki
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """Every async test runs on uvloop, the loop the gateway uses."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(params=available_backends())
+def backend(request):
+    """The backend module (``ServerConnection``, ``ClientConnection``, ``NAME``)."""
+    return load_backend(request.param)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    return make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+# ---- the in-process origin ----------------------------------------------------------------------
+
+def header(headers: Headers, name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+class OriginHandler:
+    """A ServerHandler answering from the request path:
+
+    ``/echo`` body back (with request trailers as response trailers); ``/upload`` JSON
+    {len, sha256} of the body; ``/download?size=N`` N bytes (pattern ``i % 251``);
+    ``/status/NNN``; ``/slow?ms=N``; ``/reset?code=N`` RST_STREAM; ``/headers`` the request
+    headers as JSON; ``/trailers`` a body and trailers; ``/hold`` never answers; anything else
+    200 "ok <name>".
+    """
+
+    def __init__(self, name: str = "origin") -> None:
+        self.name = name
+        self.requests: list[Headers] = []
+        self.resets: list[tuple[int, int]] = []
+        self.connections: list = []
+        self.held: list[tuple] = []
+
+    def on_connection_made(self, conn) -> None:
+        self.connections.append(conn)
+
+    def on_request(self, conn, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        self.requests.append(headers)
+        url = urlsplit(header(headers, b":path").decode())
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        path = url.path
+        if path == "/echo":
+            def done(body, trailers):
+                if body is not None:
+                    ctype = header(headers, b"content-type") or b"application/octet-stream"
+                    conn.respond(stream_id, 200, [(b"content-type", ctype)], body,
+                                 trailers or None)
+            conn.read_body(stream_id, 64 << 20, done)
+        elif path == "/upload":
+            def done(body, trailers):
+                if body is not None:
+                    out = json.dumps({"len": len(body),
+                                      "sha256": hashlib.sha256(body).hexdigest()}).encode()
+                    conn.respond(stream_id, 200, [(b"content-type", b"application/json")], out)
+            conn.read_body(stream_id, 64 << 20, done)
+        elif path == "/download":
+            size = int(query.get("size", "0"))
+            conn.respond(stream_id, 200, [(b"content-type", b"application/octet-stream")],
+                         pattern(size))
+        elif path.startswith("/status/"):
+            conn.respond(stream_id, int(path.rsplit("/", 1)[1]), [], b"")
+        elif path == "/slow":
+            asyncio.get_running_loop().call_later(
+                int(query.get("ms", "100")) / 1000, conn.respond, stream_id, 200, [],
+                b"slow " + self.name.encode())
+        elif path == "/reset":
+            conn.reset(stream_id, int(query.get("code", str(int(ErrorCode.INTERNAL_ERROR)))))
+        elif path == "/headers":
+            body = json.dumps([[k.decode(), v.decode()] for k, v in headers]).encode()
+            conn.respond(stream_id, 200, [(b"content-type", b"application/json")], body)
+        elif path == "/trailers":
+            conn.respond(stream_id, 200, [(b"content-type", b"text/plain")], b"with trailers",
+                         [(b"x-checksum", b"abc"), (b"grpc-status", b"0")])
+        elif path == "/hold":
+            self.held.append((conn, stream_id))
+        else:
+            conn.respond(stream_id, 200, [(b"content-type", b"text/plain")],
+                         b"ok " + self.name.encode())
+
+    def on_stream_reset(self, conn, stream_id: int, error_code: int) -> None:
+        self.resets.append((stream_id, error_code))
+
+    def on_connection_lost(self, conn) -> None:
+        pass
+
+
+def pattern(size: int) -> bytes:
+    block = bytes(i % 251 for i in range(251 * 64))
+    reps, rest = divmod(size, len(block))
+    return block * reps + block[:rest]
+
+
+@dataclass
+class Running:
+    """A started listener: where it is and how to stop it."""
+
+    server: asyncio.Server
+    port: int
+    handler: object = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        self.server.close()
+        handler = self.handler
+        for conn in list(getattr(handler, "connections", ())):
+            conn.close()
+        await asyncio.sleep(0)
+
+
+async def start_origin(backend, name: str = "origin", settings: H2Settings = H2Settings(),
+                       ssl_context=None) -> Running:
+    handler = OriginHandler(name)
+    server = await serve("127.0.0.1", 0, lambda: handler, backend, settings, ssl_context)
+    port = server.sockets[0].getsockname()[1]
+    return Running(server, port, handler)
+
+
+class StaticRouter:
+    """A test Router: every request goes to ``endpoint`` (then ``alternates``), :authority kept."""
+
+    def __init__(self, endpoint: Endpoint, alternates: list[Endpoint] = (), timeout=None,
+                 retryable: bool = False, cluster: str = "test") -> None:
+        self.endpoint = endpoint
+        self.alternates = list(alternates)
+        self.timeout = timeout
+        self.retryable = retryable
+        self.cluster = cluster
+
+    def route(self, headers: Headers, peer: dict):
+        fwd_headers = [(k, v) for k, v in headers]
+        return Forward(self.endpoint, fwd_headers, cluster=self.cluster,
+                       alternates=[(ep, fwd_headers) for ep in self.alternates],
+                       extra_response_headers=[(b"x-nfmesh", b"1")],
+                       timeout=self.timeout, retryable=self.retryable)
+
+
+class RecordingStats:
+    def __init__(self) -> None:
+        self.done: list[tuple] = []
+
+    def on_request_done(self, cluster, method, status, duration_s, error_code) -> None:
+        self.done.append((cluster, method, status, error_code))
+
+
+async def start_proxy(backend, router, settings: H2Settings = H2Settings(), ssl_context=None,
+                      pools: UpstreamPools | None = None, **proxy_kw) -> Running:
+    pools = pools or UpstreamPools(backend, settings, connect_timeout=1.0)
+    stats = RecordingStats()
+    proxy = Proxy(RouterSlot(router), pools, stats=stats, **proxy_kw)
+    server = await serve("127.0.0.1", 0, lambda: proxy, backend, settings, ssl_context)
+    port = server.sockets[0].getsockname()[1]
+    running = Running(server, port, proxy, {"pools": pools, "stats": stats})
+
+    async def stop() -> None:
+        server.close()
+        for conn in list(proxy.connections):
+            conn.close()
+        pools.close()
+        await asyncio.sleep(0)
+
+    running.stop = stop  # type: ignore[method-assign]
+    return running
