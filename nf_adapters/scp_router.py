@@ -1,0 +1,424 @@
+"""The SCP router: SCP model C (``3gpp-Sbi-Target-apiRoot``) and static routes, as a
+``dataplane.routing.Router``.
+
+``ScpRouter(table)`` answers once per request, from an immutable ``RouteTable``:
+
+1. **Loop protection** (TS 29.500 §6.10): a request whose ``via`` already names this SCP, or
+   whose ``3gpp-Sbi-Max-Forward-Hops`` is 0, gets 508 ProblemDetails (cause ``LOOP_DETECTED``);
+   every forwarded request carries the decremented hop count and our own ``via`` entry
+   (``2.0 SCP-<name>``, RFC 9110 §7.6.3), so a loop through any number of nfmesh nodes ends.
+2. **Model C**: with ``3gpp-Sbi-Target-apiRoot`` the request goes to that apiRoot: ``:scheme``,
+   ``:authority`` and ``:path`` (apiPrefix + path, query kept) rewritten, the header removed,
+   all others kept.  A malformed value gets 400 ``MANDATORY_IE_INCORRECT`` naming the header.
+3. **Static routes**: ``:authority`` (optional) and the longest matching path prefix pick a
+   cluster; round-robin or smooth weighted round-robin picks the endpoint; the cluster's other
+   endpoints are the ``alternates`` for failover.
+4. Otherwise the request is "not mine": ``try_route`` returns None, ``route`` asks the
+   ``fallback`` router (model D, NRF API) or answers 404.
+
+Deadlines: ``3gpp-Sbi-Max-Rsp-Time`` (with ``3gpp-Sbi-Sender-Timestamp`` when present, TS 29.500
+§6.11) sets ``Forward.timeout``; a request already past its deadline gets 504
+``TIMED_OUT_REQUEST``.  ``Forward.retryable`` is True for idempotent methods.
+
+The 404 for "no route" uses cause ``RESOURCE_URI_STRUCTURE_NOT_FOUND``: TS 29.500 pairs 404 with
+it, while ``TARGET_NF_NOT_REACHABLE`` is a 504 for a chosen producer that did not answer (the
+proxy's case, not the router's).
+
+``ChainRouter([r1, r2, ...])`` composes routers where each may decline (None).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from dataplane.engine import Headers
+from dataplane.routing import Decision, Endpoint, Forward, LocalResponse, Router
+from nf_adapters import sbi_headers as sh
+from nf_adapters.problem_details import problem
+
+try:  # the Cython twin when built (setup.py build_ext), else the pure one
+    from nf_adapters._sbi_fast import rewrite_headers, scan_request
+
+    FAST_REWRITE = True
+except ImportError:  # pragma: no cover - depends on the build
+    from nf_adapters.sbi_rewrite import rewrite_headers, scan_request
+
+    FAST_REWRITE = False
+
+IDEMPOTENT_METHODS = frozenset((b"GET", b"PUT", b"DELETE", b"HEAD", b"OPTIONS"))
+LB_POLICIES = ("round_robin", "weighted")
+MODEL_C_CLUSTER = "scp-model-c"
+MAX_ALTERNATES = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled, immutable route table
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """A named set of upstream endpoints."""
+
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    weights: tuple[int, ...] = ()  # same length as endpoints; () = all 1
+    lb: str = "round_robin"  # "round_robin" | "weighted"
+    request_timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """Requests whose path starts with ``path_prefix`` (and, when set, whose ``:authority``
+    equals ``authority``; without a port in ``authority`` any port matches) go to ``cluster``."""
+
+    name: str
+    path_prefix: str
+    cluster: str
+    authority: str | None = None
+    timeout_s: float | None = None  # overrides the cluster's request timeout
+
+
+class RouteTable:
+    """Clusters and routes, validated and sorted once (longest prefix first; at equal length a
+    route with an authority before one without).  Immutable: build a new one to change it."""
+
+    __slots__ = ("clusters", "routes", "_match")
+
+    def __init__(self, clusters: Iterable[ClusterSpec] = (),
+                 routes: Iterable[RouteSpec] = ()) -> None:
+        cl: dict[str, ClusterSpec] = {}
+        for c in clusters:
+            if c.name in cl:
+                raise ValueError(f"cluster {c.name!r} defined twice")
+            if not c.endpoints:
+                raise ValueError(f"cluster {c.name!r} has no endpoints")
+            if c.weights and len(c.weights) != len(c.endpoints):
+                raise ValueError(f"cluster {c.name!r}: {len(c.weights)} weights for "
+                                 f"{len(c.endpoints)} endpoints")
+            if any(w <= 0 for w in c.weights):
+                raise ValueError(f"cluster {c.name!r}: weights must be > 0")
+            if c.lb not in LB_POLICIES:
+                raise ValueError(f"cluster {c.name!r}: lb must be one of {', '.join(LB_POLICIES)}")
+            cl[c.name] = c
+        rs = list(routes)
+        names = set()
+        for r in rs:
+            if r.name in names:
+                raise ValueError(f"route {r.name!r} defined twice")
+            names.add(r.name)
+            if r.cluster not in cl:
+                raise ValueError(f"route {r.name!r}: unknown cluster {r.cluster!r}")
+            if not r.path_prefix.startswith("/"):
+                raise ValueError(f"route {r.name!r}: path_prefix must start with '/'")
+        rs.sort(key=lambda r: (-len(r.path_prefix), r.authority is None))
+        self.clusters: Mapping[str, ClusterSpec] = MappingProxyType(cl)
+        self.routes: tuple[RouteSpec, ...] = tuple(rs)
+        self._match = tuple(
+            (r.path_prefix.encode(), _authority_key(r.authority), r) for r in rs)
+
+    def match(self, authority: bytes | None, path: bytes) -> RouteSpec | None:
+        """The route for this request, or None."""
+        q = path.find(b"?")
+        if q >= 0:
+            path = path[:q]
+        host = None
+        for prefix, want, route in self._match:
+            if not path.startswith(prefix):
+                continue
+            if want is None:
+                return route
+            if authority is None:
+                continue
+            a = authority.lower()
+            if want[1]:  # route authority has a port: exact
+                if a == want[0]:
+                    return route
+            else:
+                if host is None:
+                    host = _host_of(a)
+                if host == want[0]:
+                    return route
+        return None
+
+
+def _authority_key(authority: str | None) -> tuple[bytes, bool] | None:
+    if authority is None:
+        return None
+    a = authority.lower().encode()
+    return a, _host_of(a) != a
+
+
+def _host_of(authority: bytes) -> bytes:
+    if authority.startswith(b"["):
+        end = authority.find(b"]")
+        return authority[: end + 1] if end > 0 else authority
+    return authority.partition(b":")[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# endpoint selection
+
+class _Picker:
+    """Per-cluster selection state (lives in the router, not the immutable table)."""
+
+    __slots__ = ("name", "endpoints", "n", "weights", "current", "total", "next", "timeout",
+                 "same_tls", "weighted")
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.name = spec.name
+        self.endpoints = spec.endpoints
+        self.n = len(spec.endpoints)
+        self.weights = spec.weights or (1,) * self.n
+        self.weighted = spec.lb == "weighted" and len(set(self.weights)) > 1
+        self.current = [0] * self.n
+        self.total = sum(self.weights)
+        self.next = 0
+        self.timeout = spec.request_timeout_s
+        self.same_tls = len({e.tls for e in spec.endpoints}) == 1
+
+    def pick(self) -> int:
+        if not self.weighted:
+            i = self.next
+            self.next = (i + 1) % self.n
+            return i
+        # smooth weighted round robin (nginx): spreads picks, exact proportions per cycle
+        cur = self.current
+        weights = self.weights
+        best = 0
+        best_val = None
+        for i in range(self.n):
+            v = cur[i] + weights[i]
+            cur[i] = v
+            if best_val is None or v > best_val:
+                best, best_val = i, v
+        cur[best] -= self.total
+        return best
+
+
+# ---------------------------------------------------------------------------------------------
+# the router
+
+@dataclass(slots=True)
+class _Options:
+    via_name: str
+    max_forward_hops: int
+    model_c: bool
+    default_timeout: float | None
+    clock: Callable[[], float]
+    pseudonym: bytes = b""
+    via_value: bytes = b""
+    pseudonym_lower: bytes = b""
+    hops_values: list[bytes] = field(default_factory=list)
+
+
+class ScpRouter:
+    """SCP model C + static routes over one ``RouteTable`` (see the module doc)."""
+
+    def __init__(
+        self,
+        snapshot: RouteTable | None = None,
+        *,
+        via_name: str = "nfmesh",
+        max_forward_hops: int = 8,
+        model_c: bool = True,
+        fallback: Router | None = None,
+        default_timeout: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 1 <= max_forward_hops <= 99:
+            raise ValueError("max_forward_hops must be 1..99")
+        self.table = snapshot if snapshot is not None else RouteTable()
+        self.fallback = fallback
+        o = _Options(via_name, max_forward_hops, model_c, default_timeout, clock)
+        pseudonym = sh.scp_via_pseudonym(via_name)
+        if not sh._TOKEN_RE.fullmatch(pseudonym):
+            raise ValueError(f"via_name must be a token (letters, digits, -._~...), got {via_name!r}")
+        o.pseudonym = pseudonym.encode()
+        o.pseudonym_lower = o.pseudonym.lower()
+        o.via_value = b"2.0 " + o.pseudonym
+        o.hops_values = [sh.format_max_forward_hops(n) for n in range(100)]
+        self._o = o
+        self._pickers = {name: _Picker(spec) for name, spec in self.table.clusters.items()}
+
+    # -- the Router protocol -----------------------------------------------------------------
+
+    def route(self, headers: Headers, peer: dict) -> Decision:
+        decision = self.try_route(headers, peer)
+        if decision is not None:
+            return decision
+        if self.fallback is not None:
+            decision = self.fallback.route(headers, peer)
+            if decision is not None:
+                return decision
+        return not_found(headers)
+
+    def try_route(self, headers: Headers, peer: dict) -> Decision | None:
+        """The decision for requests this router owns; None for the others."""
+        scan = scan_request(headers)
+        method, _scheme, authority, path, target, hops_raw, via, rsp_raw, ts_raw = scan
+        o = self._o
+        if target is not None and o.model_c:
+            return self._model_c(headers, scan)
+        if path is None:
+            return None
+        route = self.table.match(authority, path)
+        if route is None:
+            return None
+        err = self._loop_check(hops_raw, via)
+        if isinstance(err, LocalResponse):
+            return err
+        hops = err
+        timeout = self._deadline(rsp_raw, ts_raw)
+        if isinstance(timeout, LocalResponse):
+            return timeout
+        picker = self._pickers[route.cluster]
+        if timeout is None:
+            timeout = route.timeout_s if route.timeout_s is not None else picker.timeout
+            if timeout is None:
+                timeout = o.default_timeout
+        i = picker.pick()
+        endpoints = picker.endpoints
+        ep = endpoints[i]
+        hops_value = o.hops_values[hops]
+        fwd_headers = rewrite_headers(headers, b"https" if ep.tls else b"http", None, None,
+                                      hops_value, o.via_value)
+        alternates = []
+        n = picker.n
+        if n > 1:
+            for k in range(1, min(n, MAX_ALTERNATES + 1)):
+                alt = endpoints[(i + k) % n]
+                if picker.same_tls:
+                    alternates.append((alt, fwd_headers))
+                else:
+                    alternates.append((alt, rewrite_headers(
+                        headers, b"https" if alt.tls else b"http", None, None, hops_value,
+                        o.via_value)))
+        return Forward(ep, fwd_headers, picker.name, alternates, [], timeout,
+                       method in IDEMPOTENT_METHODS)
+
+    # -- pieces --------------------------------------------------------------------------------
+
+    def _model_c(self, headers: Headers, scan: tuple) -> Decision:
+        method, _scheme, _authority, path, target, hops_raw, via, rsp_raw, ts_raw = scan
+        o = self._o
+        try:
+            if target == b"\x00":  # sbi_rewrite.REPEATED
+                raise sh.SbiHeaderError("3gpp-Sbi-Target-apiRoot", "header repeated")
+            root = sh.parse_target_apiroot(target)
+        except sh.SbiHeaderError as exc:
+            return problem(400, "MANDATORY_IE_INCORRECT",
+                           f"invalid 3gpp-Sbi-Target-apiRoot: {exc.reason}",
+                           [(exc.header, exc.reason)])
+        err = self._loop_check(hops_raw, via)
+        if isinstance(err, LocalResponse):
+            return err
+        hops = err
+        timeout = self._deadline(rsp_raw, ts_raw)
+        if isinstance(timeout, LocalResponse):
+            return timeout
+        if timeout is None:
+            timeout = o.default_timeout
+        if path is None:
+            return problem(400, "MANDATORY_IE_MISSING", "request has no :path",
+                           [(":path", "missing")])
+        new_path = root.join(path.decode("latin-1")).encode("latin-1") if root.prefix else path
+        tls = root.tls
+        ep = Endpoint(root.host, root.effective_port, tls,
+                      root.host if tls and not root.is_ip else None)
+        fwd = rewrite_headers(headers, root.scheme.encode(), root.authority.encode(), new_path,
+                              o.hops_values[hops], o.via_value)
+        return Forward(ep, fwd, MODEL_C_CLUSTER, [], [], timeout, method in IDEMPOTENT_METHODS)
+
+    def _loop_check(self, hops_raw: bytes | None, via: list[bytes] | None) -> int | LocalResponse:
+        """The hop count to forward with, or the 400/508 answer."""
+        o = self._o
+        if via is not None:
+            for value in via:
+                if o.pseudonym_lower in value.lower() and self._via_names_us(value):
+                    return problem(508, "LOOP_DETECTED",
+                                   f"request already passed {o.pseudonym.decode()} (Via)")
+        if hops_raw is None:
+            return o.max_forward_hops - 1
+        try:
+            hops = sh.parse_max_forward_hops(hops_raw)
+        except sh.SbiHeaderError as exc:
+            return problem(400, "OPTIONAL_IE_INCORRECT",
+                           f"invalid 3gpp-Sbi-Max-Forward-Hops: {exc.reason}",
+                           [(exc.header, exc.reason)])
+        if hops == 0:
+            return problem(508, "LOOP_DETECTED", "3gpp-Sbi-Max-Forward-Hops exhausted")
+        return min(hops, o.max_forward_hops) - 1
+
+    def _via_names_us(self, value: bytes) -> bool:
+        want = self._o.pseudonym_lower.decode()
+        try:
+            entries = sh.parse_via(value)
+        except sh.SbiHeaderError:
+            # not RFC 9110 Via: fall back to a token match
+            return any(tok.lower() == want for tok in value.decode("latin-1").replace(",", " ").split())
+        return any(e.received_by.lower() == want for e in entries)
+
+    def _deadline(self, rsp_raw: bytes | None, ts_raw: bytes | None) -> float | None | LocalResponse:
+        if rsp_raw is None:
+            return None
+        try:
+            budget = sh.parse_max_rsp_time(rsp_raw) / 1000.0
+        except sh.SbiHeaderError as exc:
+            return problem(400, "OPTIONAL_IE_INCORRECT",
+                           f"invalid 3gpp-Sbi-Max-Rsp-Time: {exc.reason}",
+                           [(exc.header, exc.reason)])
+        if ts_raw is not None:
+            try:
+                sent = sh.parse_sender_timestamp(ts_raw).timestamp()
+            except sh.SbiHeaderError as exc:
+                return problem(400, "OPTIONAL_IE_INCORRECT",
+                               f"invalid 3gpp-Sbi-Sender-Timestamp: {exc.reason}",
+                               [(exc.header, exc.reason)])
+            budget = min(budget, sent + budget - self._o.clock())
+        if budget <= 0:
+            return problem(504, "TIMED_OUT_REQUEST",
+                           "the request's 3gpp-Sbi-Max-Rsp-Time has already elapsed")
+        return budget
+
+
+def not_found(headers: Headers) -> LocalResponse:
+    """404 ProblemDetails for a request no router owns."""
+    scan = scan_request(headers)
+    authority = (scan[2] or b"").decode("latin-1")[:200]
+    path = (scan[3] or b"").decode("latin-1")[:200]
+    return problem(404, "RESOURCE_URI_STRUCTURE_NOT_FOUND",
+                   f"no route for {authority}{path} (no 3gpp-Sbi-Target-apiRoot, "
+                   "no discovery headers, no static route)")
+
+
+class ChainRouter:
+    """Asks routers in order; the first that does not decline (None) decides.
+
+    A member may offer ``try_route`` (preferred: declines with None) or a plain ``route`` that
+    may return None.  All decline -> ``fallback.route`` when given, else 404 ProblemDetails."""
+
+    __slots__ = ("routers", "_calls", "fallback")
+
+    def __init__(self, routers: Iterable[object], fallback: Router | None = None) -> None:
+        self.routers = tuple(routers)
+        self._calls = tuple(getattr(r, "try_route", None) or r.route for r in self.routers)
+        self.fallback = fallback
+
+    def try_route(self, headers: Headers, peer: dict) -> Decision | None:
+        for call in self._calls:
+            decision = call(headers, peer)
+            if decision is not None:
+                return decision
+        return None
+
+    def route(self, headers: Headers, peer: dict) -> Decision:
+        decision = self.try_route(headers, peer)
+        if decision is not None:
+            return decision
+        if self.fallback is not None:
+            decision = self.fallback.route(headers, peer)
+            if decision is not None:
+                return decision
+        return not_found(headers)

@@ -1,0 +1,384 @@
+"""SCP router: model C rewriting, loop protection, deadlines, static routes and selection,
+composition; plus the pure and Cython header passes compared on random inputs."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dataplane.routing import Endpoint, Forward, LocalResponse
+from nf_adapters import sbi_headers as sh
+from nf_adapters import sbi_rewrite
+from nf_adapters.scp_router import (
+    MODEL_C_CLUSTER,
+    ChainRouter,
+    ClusterSpec,
+    RouteSpec,
+    RouteTable,
+    ScpRouter,
+)
+
+NOW = 1_700_000_000.0
+
+
+def req(path: bytes = b"/nudm-sdm/v2/imsi-001010000000001/am-data?plmn-id=1",
+        method: bytes = b"GET", authority: bytes = b"scp.5gc:80", extra=()) -> list:
+    return [(b":method", method), (b":scheme", b"http"), (b":authority", authority),
+            (b":path", path), (b"user-agent", b"AMF-amf1"), (b"accept", b"application/json"),
+            *extra]
+
+
+def body(resp: LocalResponse) -> dict:
+    assert dict(resp.headers)[b"content-type"] == b"application/problem+json"
+    return json.loads(resp.body)
+
+
+def router(**kw) -> ScpRouter:
+    kw.setdefault("via_name", "scp1.5gc")
+    kw.setdefault("clock", lambda: NOW)
+    return ScpRouter(kw.pop("table", RouteTable()), **kw)
+
+
+# --------------------------------------------------------------------------- model C
+
+def test_model_c_rewrites_target_and_keeps_other_headers() -> None:
+    headers = req(extra=[(b"3gpp-sbi-target-apiroot", b"https://udm1.5gc:8443/pre/"),
+                         (b"3gpp-sbi-message-priority", b"5")])
+    d = router().route(headers, {})
+    assert isinstance(d, Forward)
+    assert d.endpoint == Endpoint("udm1.5gc", 8443, True, "udm1.5gc")
+    assert d.cluster == MODEL_C_CLUSTER
+    assert d.retryable is True
+    assert d.alternates == []
+    assert d.headers == [
+        (b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"udm1.5gc:8443"),
+        (b":path", b"/pre/nudm-sdm/v2/imsi-001010000000001/am-data?plmn-id=1"),
+        (b"user-agent", b"AMF-amf1"), (b"accept", b"application/json"),
+        (b"3gpp-sbi-message-priority", b"5"),
+        (b"3gpp-sbi-max-forward-hops", b"7; nodetype=scp"),
+        (b"via", b"2.0 SCP-scp1.5gc"),
+    ]
+    assert headers[3] == (b":path", b"/nudm-sdm/v2/imsi-001010000000001/am-data?plmn-id=1")
+
+
+@pytest.mark.parametrize(("root", "endpoint", "authority", "path"), [
+    (b"http://10.0.0.5", Endpoint("10.0.0.5", 80, False, None), b"10.0.0.5", b"/a/b?x=1"),
+    (b"https://[2001:db8::5]", Endpoint("2001:db8::5", 443, True, None), b"[2001:db8::5]",
+     b"/a/b?x=1"),
+    (b"http://[::1]:7777/p", Endpoint("::1", 7777, False, None), b"[::1]:7777", b"/p/a/b?x=1"),
+    (b"http://h/", Endpoint("h", 80, False, None), b"h", b"/a/b?x=1"),
+])
+def test_model_c_endpoint_and_authority(root, endpoint, authority, path) -> None:
+    d = router().route(req(b"/a/b?x=1", extra=[(b"3gpp-sbi-target-apiroot", root)]), {})
+    assert d.endpoint == endpoint
+    h = dict(d.headers)
+    assert (h[b":authority"], h[b":path"]) == (authority, path)
+    assert b"3gpp-sbi-target-apiroot" not in h
+
+
+def test_model_c_drops_host_header_and_post_not_retryable() -> None:
+    d = router().route(req(method=b"POST", extra=[(b"host", b"scp.5gc"),
+                                                  (b"3gpp-sbi-target-apiroot", b"http://a")]), {})
+    assert all(k != b"host" for k, _ in d.headers)
+    assert d.retryable is False
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (b"ftp://x", "scheme must be http or https, got 'ftp'"),
+    (b"http://h?q", "a query is not allowed in an apiRoot"),
+    (b"", "empty value"),
+])
+def test_model_c_bad_target_gives_400(value: bytes, reason: str) -> None:
+    d = router().route(req(extra=[(b"3gpp-sbi-target-apiroot", value)]), {})
+    assert isinstance(d, LocalResponse) and d.status == 400
+    assert body(d) == {
+        "title": "Bad Request", "status": 400, "cause": "MANDATORY_IE_INCORRECT",
+        "detail": f"invalid 3gpp-Sbi-Target-apiRoot: {reason}",
+        "invalidParams": [{"param": "3gpp-Sbi-Target-apiRoot", "reason": reason}],
+    }
+
+
+def test_model_c_repeated_target_rejected() -> None:
+    d = router().route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a"),
+                                  (b"3gpp-sbi-target-apiroot", b"http://b")]), {})
+    assert d.status == 400
+    assert body(d)["invalidParams"] == [{"param": "3gpp-Sbi-Target-apiRoot",
+                                         "reason": "header repeated"}]
+
+
+def test_model_c_disabled_is_not_mine() -> None:
+    r = router(model_c=False)
+    assert r.try_route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a")]), {}) is None
+
+
+# --------------------------------------------------------------------------- loops
+
+def test_own_via_is_a_loop() -> None:
+    d = router().route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a"),
+                                  (b"via", b"2.0 SCP-other, 2.0 scp-SCP1.5gc")]), {})
+    assert d.status == 508
+    assert body(d) == {"title": "Loop Detected", "status": 508, "cause": "LOOP_DETECTED",
+                       "detail": "request already passed SCP-scp1.5gc (Via)"}
+
+
+def test_similar_via_name_is_not_a_loop() -> None:
+    d = router().route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a"),
+                                  (b"via", b"2.0 SCP-scp1.5gc.other")]), {})
+    assert isinstance(d, Forward)
+    assert d.headers[-2:] == [(b"3gpp-sbi-max-forward-hops", b"7; nodetype=scp"),
+                              (b"via", b"2.0 SCP-scp1.5gc")]
+    assert (b"via", b"2.0 SCP-scp1.5gc.other") in d.headers
+
+
+def test_hops_exhausted_is_a_loop_and_hops_decrement() -> None:
+    r = router()
+    d = r.route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a"),
+                           (b"3gpp-sbi-max-forward-hops", b"0; nodetype=scp")]), {})
+    assert d.status == 508
+    assert body(d)["detail"] == "3gpp-Sbi-Max-Forward-Hops exhausted"
+    d = r.route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a"),
+                           (b"3gpp-sbi-max-forward-hops", b"3; nodetype=scp")]), {})
+    assert dict(d.headers)[b"3gpp-sbi-max-forward-hops"] == b"2; nodetype=scp"
+    assert sum(1 for k, _ in d.headers if k == b"3gpp-sbi-max-forward-hops") == 1
+    d = r.route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a"),
+                           (b"3gpp-sbi-max-forward-hops", b"three")]), {})
+    assert d.status == 400
+    assert body(d)["invalidParams"] == [{"param": "3gpp-Sbi-Max-Forward-Hops",
+                                         "reason": "hop count must be 0..99, got 'three'"}]
+
+
+def test_chain_of_scps_ends_in_508_not_a_hang() -> None:
+    """Three SCPs forwarding in a circle: the request comes back to the first one."""
+    names = ["scp-a", "scp-b", "scp-c"]
+    routers = {n: router(via_name=n, max_forward_hops=10) for n in names}
+    headers = req(extra=[(b"3gpp-sbi-target-apiroot", b"http://next")])
+    for step in range(4):
+        d = routers[names[step % 3]].route(headers, {})
+        if isinstance(d, LocalResponse):
+            break
+        headers = d.headers + [(b"3gpp-sbi-target-apiroot", b"http://next")]
+    assert step == 3 and d.status == 508
+
+
+def test_hop_limit_ends_a_loop_of_distinct_scps() -> None:
+    headers = req(extra=[(b"3gpp-sbi-target-apiroot", b"http://next")])
+    for i in range(20):
+        d = router(via_name=f"scp-{i}", max_forward_hops=4).route(headers, {})
+        if isinstance(d, LocalResponse):
+            break
+        headers = d.headers + [(b"3gpp-sbi-target-apiroot", b"http://next")]
+    assert (i, d.status) == (4, 508)
+
+
+# --------------------------------------------------------------------------- deadlines
+
+def _ts(delta: float) -> bytes:
+    return sh.format_sender_timestamp(dt.datetime.fromtimestamp(NOW + delta, dt.UTC))
+
+
+def test_max_rsp_time_sets_timeout() -> None:
+    d = router(default_timeout=30.0).route(
+        req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a"),
+                   (b"3gpp-sbi-max-rsp-time", b"2500")]), {})
+    assert d.timeout == 2.5
+    d = router(default_timeout=30.0).route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a")]), {})
+    assert d.timeout == 30.0
+
+
+def test_sender_timestamp_shortens_deadline_and_late_requests_get_504() -> None:
+    r = router()
+    d = r.route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a"),
+                           (b"3gpp-sbi-max-rsp-time", b"2000"),
+                           (b"3gpp-sbi-sender-timestamp", _ts(-0.5))]), {})
+    assert d.timeout == pytest.approx(1.5, abs=0.002)
+    d = r.route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a"),
+                           (b"3gpp-sbi-max-rsp-time", b"2000"),
+                           (b"3gpp-sbi-sender-timestamp", _ts(-3))]), {})
+    assert d.status == 504
+    assert body(d)["cause"] == "TIMED_OUT_REQUEST"
+    d = r.route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a"),
+                           (b"3gpp-sbi-max-rsp-time", b"abc")]), {})
+    assert d.status == 400
+    assert body(d)["cause"] == "OPTIONAL_IE_INCORRECT"
+    assert body(d)["invalidParams"][0]["param"] == "3gpp-Sbi-Max-Rsp-Time"
+
+
+# --------------------------------------------------------------------------- static routes
+
+E1, E2, E3 = (Endpoint("10.0.0.1", 80), Endpoint("10.0.0.2", 80), Endpoint("10.0.0.3", 443, True))
+
+
+def table() -> RouteTable:
+    return RouteTable(
+        [ClusterSpec("ausf", (E1, E2), request_timeout_s=5.0),
+         ClusterSpec("udm", (E1, E2, E3), (5, 1, 1), "weighted"),
+         ClusterSpec("udm-sdm", (E3,)),
+         ClusterSpec("nrf", (E2,))],
+        [RouteSpec("ausf", "/nausf-auth/v1/", "ausf", timeout_s=2.0),
+         RouteSpec("udm", "/nudm-", "udm"),
+         RouteSpec("sdm", "/nudm-sdm/", "udm-sdm"),
+         RouteSpec("nrf-host", "/", "nrf", authority="NRF.5gc"),
+         RouteSpec("nrf-port", "/nnrf-nfm/", "ausf", authority="nrf.5gc:8000")])
+
+
+def test_longest_prefix_and_authority_match() -> None:
+    r = router(table=table())
+    assert r.route(req(b"/nudm-sdm/v2/x"), {}).cluster == "udm-sdm"
+    assert r.route(req(b"/nudm-uecm/v1/x"), {}).cluster == "udm"
+    assert r.route(req(b"/nausf-auth/v1/ue-authentications"), {}).cluster == "ausf"
+    assert r.route(req(b"/anything", authority=b"nrf.5gc:9999"), {}).cluster == "nrf"
+    assert r.route(req(b"/nnrf-nfm/v1/x", authority=b"nrf.5gc:8000"), {}).cluster == "ausf"
+    assert r.route(req(b"/nnrf-nfm/v1/x", authority=b"nrf.5gc:8001"), {}).cluster == "nrf"
+    assert r.try_route(req(b"/npcf-x/v1"), {}) is None
+    assert r.try_route(req(b"/nausf-auth/v2/x"), {}) is None
+
+
+def test_no_route_is_404_problem() -> None:
+    d = router(table=table()).route(req(b"/npcf-am-policy-control/v1/x?y=1"), {})
+    assert d.status == 404
+    assert body(d) == {
+        "title": "Not Found", "status": 404, "cause": "RESOURCE_URI_STRUCTURE_NOT_FOUND",
+        "detail": "no route for scp.5gc:80/npcf-am-policy-control/v1/x?y=1 (no "
+                  "3gpp-Sbi-Target-apiRoot, no discovery headers, no static route)"}
+
+
+def test_round_robin_and_alternates() -> None:
+    r = router(table=table())
+    got = [r.route(req(b"/nausf-auth/v1/x", method=b"POST"), {}) for _ in range(4)]
+    assert [d.endpoint for d in got] == [E1, E2, E1, E2]
+    assert [a for a, _ in got[0].alternates] == [E2]
+    assert got[0].alternates[0][1] is got[0].headers
+    assert got[0].timeout == 2.0  # route timeout beats the cluster's 5.0
+    assert got[0].retryable is False
+    h = got[0].headers
+    assert h[:4] == req(b"/nausf-auth/v1/x", method=b"POST")[:4]
+    assert h[-2:] == [(b"3gpp-sbi-max-forward-hops", b"7; nodetype=scp"),
+                      (b"via", b"2.0 SCP-scp1.5gc")]
+
+
+def test_smooth_weighted_round_robin() -> None:
+    r = router(table=table())
+    picks = [r.route(req(b"/nudm-uecm/v1/x"), {}).endpoint for _ in range(70)]
+    assert collections.Counter(picks) == {E1: 50, E2: 10, E3: 10}
+    # smooth: never more than... the heavy endpoint is interleaved with the others
+    assert picks[:7] == [E1, E1, E2, E1, E3, E1, E1]
+
+
+def test_alternates_carry_their_own_scheme() -> None:
+    d = router(table=table()).route(req(b"/nudm-uecm/v1/x"), {})
+    schemes = {ep: dict(h)[b":scheme"] for ep, h in [(d.endpoint, d.headers), *d.alternates]}
+    assert schemes == {E1: b"http", E2: b"http", E3: b"https"}
+
+
+def test_static_route_loop_check() -> None:
+    d = router(table=table()).route(req(b"/nudm-sdm/v2/x", extra=[(b"via", b"2.0 SCP-scp1.5gc")]), {})
+    assert d.status == 508
+
+
+@pytest.mark.parametrize(("clusters", "routes", "message"), [
+    ([ClusterSpec("a", ())], [], "cluster 'a' has no endpoints"),
+    ([ClusterSpec("a", (E1,)), ClusterSpec("a", (E2,))], [], "cluster 'a' defined twice"),
+    ([ClusterSpec("a", (E1,), (0,))], [], "cluster 'a': weights must be > 0"),
+    ([ClusterSpec("a", (E1,), (1, 2))], [], "cluster 'a': 2 weights for 1 endpoints"),
+    ([ClusterSpec("a", (E1,), lb="random")], [], "cluster 'a': lb must be one of round_robin, weighted"),
+    ([], [RouteSpec("r", "/", "x")], "route 'r': unknown cluster 'x'"),
+    ([ClusterSpec("a", (E1,))], [RouteSpec("r", "x", "a")], "route 'r': path_prefix must start with '/'"),
+    ([ClusterSpec("a", (E1,))], [RouteSpec("r", "/", "a"), RouteSpec("r", "/b", "a")],
+     "route 'r' defined twice"),
+])
+def test_route_table_validation(clusters, routes, message) -> None:
+    with pytest.raises(ValueError) as info:
+        RouteTable(clusters, routes)
+    assert str(info.value) == message
+
+
+def test_router_option_validation() -> None:
+    with pytest.raises(ValueError, match="max_forward_hops must be 1..99"):
+        ScpRouter(max_forward_hops=0)
+    with pytest.raises(ValueError, match="via_name must be a token"):
+        ScpRouter(via_name="a b")
+
+
+# --------------------------------------------------------------------------- composition
+
+class _ModelD:
+    """A stand-in for the registry's model D router: owns requests with discovery headers."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def try_route(self, headers, peer):
+        self.seen += 1
+        if any(k.startswith(b"3gpp-sbi-discovery-") for k, _ in headers):
+            return LocalResponse(200, [], b"model-d")
+        return None
+
+
+def test_chain_router_order_and_fallthrough() -> None:
+    d_router = _ModelD()
+    chain = ChainRouter([router(table=table()), d_router])
+    assert chain.route(req(b"/nudm-sdm/v2/x"), {}).cluster == "udm-sdm"
+    assert d_router.seen == 0
+    got = chain.route(req(b"/npcf/v1", extra=[(b"3gpp-sbi-discovery-target-nf-type", b"PCF")]), {})
+    assert got.body == b"model-d"
+    assert chain.route(req(b"/npcf/v1"), {}).status == 404
+    assert chain.try_route(req(b"/npcf/v1"), {}) is None
+
+
+def test_scp_router_fallback_and_plain_route_members() -> None:
+    class Plain:
+        def route(self, headers, peer):
+            return None
+
+    r = router(fallback=ChainRouter([Plain(), _ModelD()]))
+    d = r.route(req(b"/x", extra=[(b"3gpp-sbi-discovery-target-nf-type", b"UDM")]), {})
+    assert d.body == b"model-d"
+    assert r.route(req(b"/x"), {}).status == 404
+
+
+# --------------------------------------------------------------------------- twins
+
+_names = st.sampled_from([b":method", b":scheme", b":authority", b":path", b"host", b"via",
+                          b"3gpp-sbi-target-apiroot", b"3gpp-sbi-max-forward-hops",
+                          b"3gpp-sbi-max-rsp-time", b"3gpp-sbi-sender-timestamp",
+                          b"user-agent", b"3gpp-sbi-discovery-dnn", b"x", b":", b"3gpp-"])
+_hdrs = st.lists(st.tuples(_names, st.binary(max_size=12)), max_size=14)
+_opt = st.one_of(st.none(), st.binary(max_size=10))
+
+
+def _twins():
+    fast = pytest.importorskip(
+        "nf_adapters._sbi_fast",
+        reason="Cython twin not built (.venv/bin/python setup.py build_ext --inplace)")
+    return fast
+
+
+@settings(max_examples=20000, deadline=None)
+@given(_hdrs, _opt, _opt, _opt, _opt, _opt)
+def test_fast_and_pure_rewrite_agree(headers, scheme, authority, path, hops, via) -> None:
+    fast = _twins()
+    assert fast.scan_request(headers) == sbi_rewrite.scan_request(headers)
+    assert fast.rewrite_headers(headers, scheme, authority, path, hops, via) == \
+        sbi_rewrite.rewrite_headers(headers, scheme, authority, path, hops, via)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_hdrs, _opt, _opt, _opt)
+def test_pure_rewrite_invariants(headers, scheme, authority, path) -> None:
+    out = sbi_rewrite.rewrite_headers(headers, scheme, authority, path, b"1; nodetype=scp", b"v")
+    names = [k for k, _ in out]
+    assert b"3gpp-sbi-target-apiroot" not in names
+    assert names.count(b"3gpp-sbi-max-forward-hops") == 1
+    assert out[-1] == (b"via", b"v")
+    for pseudo, want in ((b":scheme", scheme), (b":authority", authority), (b":path", path)):
+        if want is not None:
+            assert [v for k, v in out if k == pseudo] == [want]
+    kept = [h for h in headers if not h[0].startswith(b":") and h[0] not in (
+        b"3gpp-sbi-target-apiroot", b"3gpp-sbi-max-forward-hops")
+        and not (h[0] == b"host" and authority is not None)]
+    assert [h for h in out[:-2] if not h[0].startswith(b":")] == kept
