@@ -145,7 +145,10 @@ def build_argv(
 def run_h2load(
     argv: list[str], log_file: Path | None, timeout_s: float, pin: str | None = None
 ) -> H2loadRun:
-    """Run h2load (optionally under ``taskset -c pin``) and parse summary and log."""
+    """Run h2load (optionally under ``taskset -c pin``) and parse summary and log.  h2load
+    appends to an existing log file, so an old one is removed first."""
+    if log_file is not None and log_file.exists():
+        log_file.unlink()
     cmd = (["taskset", "-c", pin] if pin is not None else []) + argv
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)

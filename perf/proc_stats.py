@@ -119,6 +119,7 @@ class TreeSnapshot:
     ticks: dict[int, int] = field(default_factory=dict)
     rss: int = 0
     thread_ns: dict[int, int] | None = None  # tid -> run time; None where schedstat is absent
+    reaped: dict[int, int] = field(default_factory=dict)  # pid -> cutime + cstime ticks
 
     @property
     def total_ticks(self) -> int:
@@ -146,6 +147,7 @@ def thread_run_ns(pid: int) -> dict[int, int] | None:
 def snapshot(root: int) -> TreeSnapshot:
     """CPU ticks, per-thread run time and RSS of ``root`` and its live descendants."""
     ticks: dict[int, int] = {}
+    reaped: dict[int, int] = {}
     threads: dict[int, int] | None = {}
     rss = 0
     for i, pid in enumerate([root, *descendants(root)]):
@@ -157,10 +159,11 @@ def snapshot(root: int) -> TreeSnapshot:
                 raise
             continue
         ticks[pid] = st.own_ticks + st.reaped_children_ticks
+        reaped[pid] = st.reaped_children_ticks
         if threads is not None:
             ns = thread_run_ns(pid)
             threads = None if ns is None else {**threads, **ns}
-    return TreeSnapshot(root=root, ticks=ticks, rss=rss, thread_ns=threads)
+    return TreeSnapshot(root=root, ticks=ticks, rss=rss, thread_ns=threads, reaped=reaped)
 
 
 def ticks_us_between(before: TreeSnapshot, after: TreeSnapshot) -> float:
@@ -181,10 +184,13 @@ def ticks_us_between(before: TreeSnapshot, after: TreeSnapshot) -> float:
 
 def cpu_us_between(before: TreeSnapshot, after: TreeSnapshot) -> float:
     """CPU microseconds the tree spent between two snapshots: per-thread nanoseconds when no
-    thread of ``before`` has gone (new threads count whole), else the coarse ticks."""
+    thread of ``before`` has gone (new threads count whole), plus the growth of the reaped
+    children's ticks (a child born and reaped within the interval); else the coarse ticks."""
     b, a = before.thread_ns, after.thread_ns
     if b is not None and a is not None and b.keys() <= a.keys():
-        return sum(ns - b.get(tid, 0) for tid, ns in a.items()) / 1000.0
+        live_ns = sum(ns - b.get(tid, 0) for tid, ns in a.items())
+        reaped = sum(t - before.reaped.get(pid, 0) for pid, t in after.reaped.items())
+        return live_ns / 1000.0 + reaped * _US_PER_TICK
     return ticks_us_between(before, after)
 
 

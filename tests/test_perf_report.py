@@ -1,0 +1,71 @@
+"""The compare report: Markdown tables, PNG plots, results.json, skipped targets shown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from perf.compare import add_ratios
+from perf.report import markdown, phase_names, write_report
+
+
+def _phase(cpu: float, p50: float, p99: float, rps: float = 1000.0) -> dict:
+    return {
+        "rps": rps, "requests": 3000, "failed": 0, "cpu_us_per_req": cpu, "rss_mb": 12.0,
+        "p50_ms": p50, "p90_ms": p50 * 1.5, "p99_ms": p99, "p999_ms": p99 * 1.2, "max_ms": p99 * 2,
+        "cdf": [[0, p50 / 2], [50, p50], [99, p99], [100, p99 * 2]],
+    }
+
+
+def _target(cpu: float, p50: float, p99: float) -> dict:
+    phases = {"closed": _phase(cpu, p50, p99, 50000.0), "rate_1000": _phase(cpu * 3, p50 / 3, p99 / 2),
+              "single": _phase(cpu * 5, p50 / 10, p99 / 10)}
+    return {"rps": 50000.0, "p50_ms": p50, "p99_ms": p99, "cpu_us_per_req": cpu, "rss_mb": 12.0,
+            "requests": 3000, "failed": 0, "phases": phases}
+
+
+@pytest.fixture
+def result() -> dict:
+    targets = {
+        "nfmesh": {"skipped": "failed: repeat 1: exited with status 2: bad flag"},
+        "haproxy": _target(10.0, 0.8, 1.7),
+        "nghttpx": _target(9.0, 0.7, 1.5),
+        "envoy": {"skipped": "envoy not found"},
+    }
+    add_ratios(targets, "haproxy")
+    return {"targets": targets, "settings": {"repeats": 1, "target_cpu": "1", "load_cpu": "0"},
+            "machine": {"cpu": "test cpu", "cpus": 2, "kernel": "x"}, "started": "now"}
+
+
+def test_phase_order(result: dict) -> None:
+    assert phase_names(result) == ["closed", "rate_1000", "single"]
+
+
+def test_markdown_tables_and_skips(result: dict) -> None:
+    md = markdown(result, {"cdf": "latency_cdf.png"})
+    assert "| nfmesh | skipped: failed: repeat 1: exited with status 2: bad flag |" in md
+    assert "| envoy | skipped: envoy not found |" in md
+    assert "| nghttpx | 50000 | 0.700 | 1.500 | 9.0 | 12.0 | 0.90 | 0.88 |" in md
+    assert "## fixed rate 1,000 req/s" in md and "## one connection, one stream" in md
+    assert "![cdf](latency_cdf.png)" in md
+
+
+def test_write_report_files(result: dict, tmp_path: Path) -> None:
+    report = write_report(result, tmp_path / "out")
+    folder = report.parent
+    assert report.name == "report.md"
+    assert json.loads((folder / "results.json").read_text())["targets"]["envoy"] == {
+        "skipped": "envoy not found"}
+    for png in ("latency_cdf.png", "cpu_per_request.png"):
+        data = (folder / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+        assert f"({png})" in report.read_text()
+
+
+def test_report_without_measurements(tmp_path: Path) -> None:
+    res = {"targets": {"haproxy": {"skipped": "haproxy not found"}}}
+    md = write_report(res, tmp_path).read_text()
+    assert "No plots: no target was measured" in md
+    assert not (tmp_path / "latency_cdf.png").exists()
