@@ -149,7 +149,12 @@ class ServerConnection(Protocol):
         trailers: Headers | None = None,
     ) -> None:
         """Send a complete local response (ProblemDetails, NRF API answers).  Any held
-        request body is discarded (and acknowledged)."""
+        request body is discarded (and acknowledged).
+
+        On a spliced stream whose response HEADERS have not been sent yet (the proxy's 504 on
+        a deadline), the splice is cancelled (upstream stream reset with CANCEL) and this
+        response is sent instead; ``observer.on_complete`` then reports its status.  Raises
+        ``RuntimeError`` when the stream's response has already started."""
 
     def reset(self, stream_id: int, error_code: int = ErrorCode.CANCEL) -> None:
         """RST_STREAM the stream."""

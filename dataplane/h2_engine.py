@@ -461,7 +461,7 @@ class ServerConnection(_Connection):
         super().__init__(settings)
         self.handler = handler
         self.peer_info: dict = peer_info if peer_info is not None else {}
-        self.max_buffered = 0  # high-water mark of buffered_bytes (observability for tests)
+        self.peak_buffered = 0  # high-water mark of buffered_bytes (observability for tests)
 
     # ---- events -----------------------------------------------------------------------------
     def _on_event(self, event) -> None:
@@ -573,8 +573,8 @@ class ServerConnection(_Connection):
         if event.stream_ended is not None:
             self._on_request_end(st)
         buffered = st.body_len + (st.peer.out_len if st.peer is not None else 0)
-        if buffered > self.max_buffered:
-            self.max_buffered = buffered
+        if buffered > self.peak_buffered:
+            self.peak_buffered = buffered
 
     def _on_request_end(self, st: _Stream) -> None:
         if st.req_ended and st.remote_closed:
@@ -691,8 +691,10 @@ class ServerConnection(_Connection):
         trailers: Headers | None = None,
     ) -> None:
         st = self._live(stream_id)
-        if st is None or st.got_headers:
+        if st is None:
             return
+        if st.got_headers:
+            raise RuntimeError(f"stream {stream_id}: the response has already started")
         if st.mode == _SPLICED:
             self._detach_upstream(st)
         st.mode = _LOCAL
@@ -1011,8 +1013,8 @@ class ClientConnection(_Connection):
                 down_conn = down.conn
                 down_conn._pump(down)
                 buffered = down.out_len
-                if buffered > down_conn.max_buffered:
-                    down_conn.max_buffered = buffered
+                if buffered > down_conn.peak_buffered:
+                    down_conn.peak_buffered = buffered
         else:
             st.acked += n
             if n:

@@ -195,12 +195,16 @@ class _Exchange:
                          f"{self.fwd.timeout}s")
             return
         # Spliced: respond() cancels the upstream stream if no response headers came yet (the
-        # engine then calls on_complete with 504); after they came it is ignored.
+        # engine then calls on_complete with 504); once they came the deadline is met and
+        # respond() refuses (RuntimeError).
         resp = self.proxy.error_responder(
             504, "TIMED_OUT_REQUEST",
             f"no response from {_endpoint_text(self.endpoint)} within {self.fwd.timeout}s",
         )
-        self.conn.respond(self.sid, resp.status, resp.headers, resp.body)
+        try:
+            self.conn.respond(self.sid, resp.status, resp.headers, resp.body)
+        except RuntimeError:
+            pass
 
     def cancel(self, error_code: int) -> None:
         """The downstream stream or connection went away while we were connecting."""

@@ -65,7 +65,8 @@ class OriginHandler:
 
     ``/echo`` body back (with request trailers as response trailers); ``/upload`` JSON
     {len, sha256} of the body; ``/download?size=N`` N bytes (pattern ``i % 251``);
-    ``/status/NNN``; ``/slow?ms=N``; ``/reset?code=N`` RST_STREAM; ``/headers`` the request
+    ``/status/NNN``; ``/slow?ms=N``; ``/reset?code=N`` RST_STREAM; ``/reset_mid`` headers, part of a body, then RST_STREAM;
+    ``/headers`` the request
     headers as JSON; ``/trailers`` a body and trailers; ``/hold`` never answers; anything else
     200 "ok <name>".
     """
@@ -76,12 +77,16 @@ class OriginHandler:
         self.resets: list[tuple[int, int]] = []
         self.connections: list = []
         self.held: list[tuple] = []
+        self.refuse_all = False  # answer every request with RST_STREAM(REFUSED_STREAM)
 
     def on_connection_made(self, conn) -> None:
         self.connections.append(conn)
 
     def on_request(self, conn, stream_id: int, headers: Headers, end_stream: bool) -> None:
         self.requests.append(headers)
+        if self.refuse_all:
+            conn.reset(stream_id, ErrorCode.REFUSED_STREAM)
+            return
         url = urlsplit(header(headers, b":path").decode())
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         path = url.path
@@ -110,6 +115,10 @@ class OriginHandler:
                 int(query.get("ms", "100")) / 1000, conn.respond, stream_id, 200, [],
                 b"slow " + self.name.encode())
         elif path == "/reset":
+            conn.reset(stream_id, int(query.get("code", str(int(ErrorCode.INTERNAL_ERROR)))))
+        elif path == "/reset_mid":
+            # response headers and a first part of the body, then RST_STREAM
+            conn.respond(stream_id, 200, [], pattern(int(query.get("size", "200000"))))
             conn.reset(stream_id, int(query.get("code", str(int(ErrorCode.INTERNAL_ERROR)))))
         elif path == "/headers":
             body = json.dumps([[k.decode(), v.decode()] for k, v in headers]).encode()
