@@ -118,6 +118,25 @@ class RouteTable:
         self._match = tuple(
             (r.path_prefix.encode(), _authority_key(r.authority), r) for r in rs)
 
+    @classmethod
+    def from_config(cls, config: object) -> RouteTable:
+        """Compile the ``clusters`` and ``routes`` sections of the gateway config (read by
+        attribute name: nf_adapters does not import gateway)."""
+        default_timeout = getattr(getattr(config, "scp", None), "request_timeout_s", None)
+        clusters = []
+        for c in getattr(config, "clusters", ()):
+            endpoints = tuple(
+                Endpoint(e.host, e.port, e.tls,
+                         (e.server_name or (e.host if not _is_ip_literal(e.host) else None))
+                         if e.tls else None)
+                for e in c.endpoints)
+            clusters.append(ClusterSpec(
+                c.name, endpoints, tuple(e.weight for e in c.endpoints), c.lb,
+                c.request_timeout_s if c.request_timeout_s is not None else default_timeout))
+        routes = [RouteSpec(r.name, r.match.path_prefix, r.cluster, r.match.authority,
+                            r.timeout_s) for r in getattr(config, "routes", ())]
+        return cls(clusters, routes)
+
     def match(self, authority: bytes | None, path: bytes) -> RouteSpec | None:
         """The route for this request, or None."""
         q = path.find(b"?")
@@ -141,6 +160,10 @@ class RouteTable:
                 if host == want[0]:
                     return route
         return None
+
+
+def _is_ip_literal(host: str) -> bool:
+    return ":" in host or bool(sh._IPV4_RE.fullmatch(host))
 
 
 def _authority_key(authority: str | None) -> tuple[bytes, bool] | None:
@@ -241,6 +264,17 @@ class ScpRouter:
         o.hops_values = [sh.format_max_forward_hops(n) for n in range(100)]
         self._o = o
         self._pickers = {name: _Picker(spec) for name, spec in self.table.clusters.items()}
+
+    @classmethod
+    def from_config(cls, config: object, fallback: Router | None = None) -> ScpRouter:
+        """The router for a gateway ``Config`` (its routes, clusters and ``scp`` section)."""
+        scp = getattr(config, "scp", None)
+        gw = getattr(config, "gateway", None)
+        via = getattr(scp, "via_name", None) or getattr(gw, "name", None) or "nfmesh"
+        return cls(RouteTable.from_config(config), via_name=via,
+                   max_forward_hops=getattr(scp, "max_forward_hops", 8),
+                   model_c=getattr(scp, "model_c", True), fallback=fallback,
+                   default_timeout=getattr(scp, "request_timeout_s", None))
 
     # -- the Router protocol -----------------------------------------------------------------
 

@@ -1,0 +1,736 @@
+"""The one typed configuration of nfmesh, loaded from YAML and validated at the edge.
+
+``load_config(path)`` / ``parse_config(data)`` return a frozen ``Config`` (msgspec Structs) or
+raise ``ConfigError`` listing EVERY problem found, each a ``ConfigIssue`` with the field's path
+(``listeners[0].tls.cert``), the YAML line when known, and the reason ("file not found",
+"expected int, got str", "unknown field", "must be 1..65535").  Nothing is half-applied: a
+config either validates whole or is refused (the gateway keeps its last good snapshot on a
+reload).
+
+Validation has two passes: a structural decode driven by the Struct definitions below
+(types, ranges, enums, unknown keys), then cross-field checks (route clusters exist, unique
+listener names and ports, certificate files exist, consistent TLS settings...).  YAML duplicate
+keys are errors (PyYAML would silently keep the last one), and alias expansion is bounded.
+
+``Config()`` is the no-file default: one h2c listener on 127.0.0.1:8080 routing SCP model C.
+``check_config_file(path)`` is the ``nfmesh config check FILE`` report.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
+
+import msgspec
+import msgspec.inspect as mi
+import yaml
+
+from dataplane.engine import H2Settings
+
+MAX_CONFIG_BYTES = 4 << 20
+MAX_NODES = 200_000  # YAML nodes after alias expansion
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+PortOrAny = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: an ephemeral port (tests)
+PosInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+PosFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+Int31 = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+
+_STRUCT = {"forbid_unknown_fields": True, "frozen": True, "kw_only": True}
+
+
+class ConfigIssue(msgspec.Struct, frozen=True):
+    """One problem: where (dotted path, YAML line when known) and why."""
+
+    path: str
+    reason: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.path or "(document)"
+        return f"line {self.line}: {where}: {self.reason}" if self.line else f"{where}: {self.reason}"
+
+
+class ConfigError(ValueError):
+    """The config is invalid; ``errors`` lists every issue found."""
+
+    def __init__(self, errors: list[ConfigIssue], source: str = "<config>") -> None:
+        self.errors = list(errors)
+        self.source = source
+        lines = [f"{source}: {len(self.errors)} error(s)"] + [f"  {e}" for e in self.errors]
+        super().__init__("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+class GatewaySection(msgspec.Struct, **_STRUCT):
+    name: str = "nfmesh"  # in Via (SCP-<name>) and producer ids
+    workers: PosInt | None = None  # data-plane processes; null = number of cores
+    backend: Literal["auto", "nghttp2", "h2"] = "auto"
+    drain_timeout_s: NonNegFloat = 10.0
+
+
+class ListenerTls(msgspec.Struct, **_STRUCT):
+    cert: str
+    key: str
+    client_ca: str | None = None  # set: client certificates are verified (mTLS)
+    require_client_cert: bool = False
+
+
+class Listener(msgspec.Struct, **_STRUCT):
+    name: str
+    host: str = "127.0.0.1"
+    port: PortOrAny = 8080
+    protocol: Literal["h2c", "tls"] = "h2c"
+    tls: ListenerTls | None = None
+
+
+class Http2Section(msgspec.Struct, **_STRUCT):
+    max_concurrent_streams: Int31 = 1000
+    initial_window_size: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 1 << 20
+    connection_window_size: Annotated[int, msgspec.Meta(ge=65535, le=2**31 - 1)] = 16 << 20
+    max_frame_size: Annotated[int, msgspec.Meta(ge=16384, le=16777215)] = 16384
+    max_header_list_size: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 65536
+    header_table_size: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 4096
+    max_resets_per_second: PosInt = 1000
+    max_control_frames_per_second: PosInt = 1000
+    max_retained_body: NonNegInt = 65536
+
+    def to_h2_settings(self) -> H2Settings:
+        """The engine's settings object."""
+        return H2Settings(**{f: getattr(self, f) for f in self.__struct_fields__})
+
+
+class EndpointSection(msgspec.Struct, **_STRUCT):
+    host: str
+    port: Port
+    weight: PosInt = 1
+    tls: bool = False
+    server_name: str | None = None  # SNI and certificate name; default: host when a name
+
+
+class Cluster(msgspec.Struct, **_STRUCT):
+    name: str
+    endpoints: Annotated[list[EndpointSection], msgspec.Meta(min_length=1)]
+    lb: Literal["round_robin", "weighted"] = "round_robin"
+    connect_timeout_s: PosFloat = 2.0
+    request_timeout_s: PosFloat | None = None  # null: scp.request_timeout_s
+    max_connections: PosInt = 4
+
+
+class RouteMatch(msgspec.Struct, **_STRUCT):
+    path_prefix: str = "/"
+    authority: str | None = None  # "host" (any port) or "host:port"; null = any
+
+
+class Route(msgspec.Struct, **_STRUCT):
+    name: str
+    match: RouteMatch
+    cluster: str
+    timeout_s: PosFloat | None = None
+
+
+class ScpSection(msgspec.Struct, **_STRUCT):
+    model_c: bool = True  # honour 3gpp-Sbi-Target-apiRoot
+    max_forward_hops: Annotated[int, msgspec.Meta(ge=1, le=99)] = 8
+    via_name: str | None = None  # Via pseudonym SCP-<via_name>; null = gateway.name
+    request_timeout_s: PosFloat = 30.0  # when neither Max-Rsp-Time nor the route says
+
+
+class EtcdSection(msgspec.Struct, **_STRUCT):
+    endpoints: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["127.0.0.1:2379"])
+    prefix: str = "/nfmesh/registry"
+    timeout_s: PosFloat = 2.0
+
+
+class RegistrySection(msgspec.Struct, **_STRUCT):
+    enabled: bool = False
+    store: Literal["memory", "etcd"] = "memory"
+    snapshot_file: str | None = None
+    etcd: EtcdSection = msgspec.field(default_factory=EtcdSection)
+    heartbeat_timer_s: PosInt = 10
+    heartbeat_grace_s: NonNegInt = 5
+    suspended_removal_s: NonNegFloat = 3600.0
+    nrf_api: bool = True
+    api_root: str | None = None  # this NRF's apiRoot in notifications; null = first listener
+    subscription_validity_s: PosInt = 86400
+    discovery_validity_s: PosInt = 60
+    notify_via: str | None = None  # "host:port" of the mesh listener notifications go through
+    notify_attempts: PosInt = 4
+    notify_queue: PosInt = 10000
+    sweep_interval_s: PosFloat = 0.5
+
+
+class NgapEndpoint(msgspec.Struct, **_STRUCT):
+    addresses: Annotated[list[str], msgspec.Meta(min_length=1)]  # multi-homed: several IPs
+    port: Port = 38412
+
+
+class AmfPool(msgspec.Struct, **_STRUCT):
+    name: str
+    endpoints: Annotated[list[NgapEndpoint], msgspec.Meta(min_length=1)]
+    plmn: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{5,6}$")] = "00101"  # MCC+MNC digits
+    amf_set_id: Annotated[int, msgspec.Meta(ge=0, le=1023)] = 1
+    relative_capacity: Annotated[int, msgspec.Meta(ge=0, le=255)] = 255
+
+
+class NgapSection(msgspec.Struct, **_STRUCT):
+    enabled: bool = False
+    listen: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["127.0.0.1"])
+    port: PortOrAny = 38412
+    streams: Annotated[int, msgspec.Meta(ge=2, le=65535)] = 16
+    amf_pools: list[AmfPool] = msgspec.field(default_factory=list)
+    heartbeat_interval_ms: PosInt = 30000
+    rto_min_ms: PosInt = 1000
+    rto_max_ms: PosInt = 60000
+
+
+class MetricsSection(msgspec.Struct, **_STRUCT):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: PortOrAny = 9090
+
+
+class LoggingSection(msgspec.Struct, **_STRUCT):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    format: Literal["json", "text"] = "text"
+
+
+def _default_listeners() -> list[Listener]:
+    return [Listener(name="sbi", host="127.0.0.1", port=8080, protocol="h2c")]
+
+
+class Config(msgspec.Struct, **_STRUCT):
+    gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
+    listeners: list[Listener] = msgspec.field(default_factory=_default_listeners)
+    http2: Http2Section = msgspec.field(default_factory=Http2Section)
+    clusters: list[Cluster] = msgspec.field(default_factory=list)
+    routes: list[Route] = msgspec.field(default_factory=list)
+    scp: ScpSection = msgspec.field(default_factory=ScpSection)
+    registry: RegistrySection = msgspec.field(default_factory=RegistrySection)
+    ngap: NgapSection = msgspec.field(default_factory=NgapSection)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
+    logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
+
+    @property
+    def via_name(self) -> str:
+        return self.scp.via_name or self.gateway.name
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with duplicate-key detection, line numbers and bounded alias expansion
+
+class _Yaml:
+    def __init__(self) -> None:
+        self.lines: dict[str, int] = {}
+        self.issues: list[ConfigIssue] = []
+        self.nodes = 0
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def convert(self, node: yaml.Node, path: str) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _TooBig()
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            self.constructor.flatten_mapping(node)
+            out: dict[Any, Any] = {}
+            for knode, vnode in node.value:
+                key = self.constructor.construct_object(knode, deep=True)
+                if not isinstance(key, str):
+                    self.issues.append(ConfigIssue(path, f"keys must be strings, got {key!r}",
+                                                   knode.start_mark.line + 1))
+                    continue
+                sub = f"{path}.{key}" if path else key
+                if key in out:
+                    self.issues.append(ConfigIssue(sub, "duplicate key", knode.start_mark.line + 1))
+                    continue
+                out[key] = self.convert(vnode, sub)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
+        return self.constructor.construct_object(node, deep=True)
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _load_yaml(text: str) -> tuple[Any, dict[str, int], list[ConfigIssue]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        return None, {}, [ConfigIssue("", f"invalid YAML: {problem}",
+                                      mark.line + 1 if mark else None)]
+    if node is None:
+        return {}, {}, []
+    conv = _Yaml()
+    try:
+        data = conv.convert(node, "")
+    except _TooBig:
+        return None, {}, [ConfigIssue("", f"document too large (over {MAX_NODES} nodes "
+                                          "after alias expansion)")]
+    except yaml.YAMLError as exc:
+        return None, {}, [ConfigIssue("", f"invalid YAML value: {exc}")]
+    return data, conv.lines, conv.issues
+
+
+# ---------------------------------------------------------------------------------------------
+# structural decode: every error, with its path
+
+_NAMES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping",
+          type(None): "null"}
+
+
+def _tname(value: Any) -> str:
+    return _NAMES.get(type(value), type(value).__name__)
+
+
+def _describe(t: mi.Type) -> str:
+    if isinstance(t, mi.IntType):
+        return "int"
+    if isinstance(t, mi.FloatType):
+        return "number"
+    if isinstance(t, mi.BoolType):
+        return "bool"
+    if isinstance(t, mi.StrType):
+        return "str"
+    if isinstance(t, mi.NoneType):
+        return "null"
+    if isinstance(t, mi.ListType):
+        return "list"
+    if isinstance(t, mi.StructType):
+        return "mapping"
+    if isinstance(t, mi.LiteralType):
+        return "one of " + ", ".join(str(v) for v in t.values)
+    if isinstance(t, mi.UnionType):
+        return " or ".join(_describe(x) for x in t.types)
+    return "value"
+
+
+def _range_reason(t: Any, value: float) -> str | None:
+    lo = t.ge if t.ge is not None else t.gt
+    hi = t.le if t.le is not None else t.lt
+    bad = ((t.ge is not None and value < t.ge) or (t.gt is not None and value <= t.gt)
+           or (t.le is not None and value > t.le) or (t.lt is not None and value >= t.lt))
+    if not bad:
+        return None
+    if t.ge is not None and t.le is not None:
+        return f"must be {t.ge}..{t.le}"
+    if lo is not None and hi is None:
+        return f"must be {'>=' if t.ge is not None else '>'} {lo}"
+    return f"must be {'<=' if t.le is not None else '<'} {hi}"
+
+
+class _Decoder:
+    def __init__(self, lines: dict[str, int]) -> None:
+        self.lines = lines
+        self.issues: list[ConfigIssue] = []
+
+    def issue(self, path: str, reason: str) -> None:
+        line = self.lines.get(path)
+        if line is None and "." in path:
+            line = self.lines.get(path.rsplit(".", 1)[0])
+        self.issues.append(ConfigIssue(path, reason, line))
+
+    def decode(self, t: mi.Type, value: Any, path: str) -> Any:
+        """The converted value, or ``_BAD`` after recording the issue."""
+        if isinstance(t, mi.UnionType):
+            if value is None and any(isinstance(x, mi.NoneType) for x in t.types):
+                return None
+            others = [x for x in t.types if not isinstance(x, mi.NoneType)]
+            if len(others) == 1:
+                if value is None:
+                    self.issue(path, f"expected {_describe(others[0])}, got null")
+                    return _BAD
+                return self.decode(others[0], value, path)
+            self.issue(path, f"expected {_describe(t)}, got {_tname(value)}")
+            return _BAD
+        if isinstance(t, mi.StructType):
+            return self.struct(t, value, path)
+        if isinstance(t, mi.ListType):
+            if not isinstance(value, list):
+                self.issue(path, f"expected list, got {_tname(value)}")
+                return _BAD
+            if t.min_length is not None and len(value) < t.min_length:
+                self.issue(path, f"must have at least {t.min_length} item(s)")
+                return _BAD
+            out = [self.decode(t.item_type, v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return _BAD if any(v is _BAD for v in out) else out
+        if isinstance(t, mi.LiteralType):
+            if value not in t.values or type(value) is bool:
+                self.issue(path, f"expected one of {', '.join(map(str, t.values))}, got {value!r}")
+                return _BAD
+            return value
+        if isinstance(t, mi.BoolType):
+            if type(value) is not bool:
+                self.issue(path, f"expected bool, got {_tname(value)}")
+                return _BAD
+            return value
+        if isinstance(t, mi.IntType):
+            if type(value) is not int:
+                self.issue(path, f"expected int, got {_tname(value)}")
+                return _BAD
+            reason = _range_reason(t, value)
+            if reason:
+                self.issue(path, reason)
+                return _BAD
+            return value
+        if isinstance(t, mi.FloatType):
+            if type(value) not in (int, float):
+                self.issue(path, f"expected number, got {_tname(value)}")
+                return _BAD
+            reason = _range_reason(t, value)
+            if reason:
+                self.issue(path, reason)
+                return _BAD
+            return float(value)
+        if isinstance(t, mi.StrType):
+            if type(value) is not str:
+                self.issue(path, f"expected str, got {_tname(value)}")
+                return _BAD
+            if t.min_length is not None and len(value) < t.min_length:
+                self.issue(path, "must not be empty")
+                return _BAD
+            if t.pattern is not None and not re.search(t.pattern, value):
+                self.issue(path, f"must match {t.pattern}")
+                return _BAD
+            return value
+        if isinstance(t, mi.NoneType):
+            if value is not None:
+                self.issue(path, f"expected null, got {_tname(value)}")
+                return _BAD
+            return None
+        raise TypeError(f"config model uses an unsupported type {t!r}")  # a bug in this file
+
+    def struct(self, t: mi.StructType, value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            self.issue(path, f"expected mapping, got {_tname(value)}")
+            return _BAD
+        known = {f.encode_name: f for f in t.fields}
+        bad = False
+        for key in value:
+            if key not in known:
+                sub = f"{path}.{key}" if path else str(key)
+                self.issue(sub, "unknown field")
+                bad = True
+        kwargs = {}
+        for f in t.fields:
+            sub = f"{path}.{f.encode_name}" if path else f.encode_name
+            if f.encode_name not in value:
+                if f.required:
+                    self.issue(sub, "missing required field")
+                    bad = True
+                continue
+            v = self.decode(f.type, value[f.encode_name], sub)
+            if v is _BAD:
+                bad = True
+            else:
+                kwargs[f.name] = v
+        if bad:
+            return _BAD
+        return t.cls(**kwargs)
+
+
+_BAD = object()
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-field checks
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_\-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_\-]{0,62}))*\.?$")
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9.]+", host):
+        return False  # looks like IPv4 but is not one
+    return bool(_HOSTNAME_RE.match(host))
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return _valid_host(host)
+
+
+def _resolve(path: str, base_dir: str) -> str:
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+
+
+def _check_file(d: _Decoder, path: str, value: str, base_dir: str, kind: str) -> str:
+    """Resolve, check the file exists and holds a PEM ``kind`` ("cert" or "key").  Returns
+    the absolute path ('' when it is unusable)."""
+    full = _resolve(value, base_dir)
+    if not os.path.exists(full):
+        d.issue(path, f"file not found: {full}")
+        return ""
+    if not os.path.isfile(full):
+        d.issue(path, f"not a regular file: {full}")
+        return ""
+    try:
+        with open(full, "rb") as fh:
+            data = fh.read(1 << 20)
+    except OSError as exc:
+        d.issue(path, f"file not readable: {full} ({exc.strerror})")
+        return ""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        if kind == "cert":
+            x509.load_pem_x509_certificates(data)
+        else:
+            serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        what = "PEM certificate" if kind == "cert" else "unencrypted PEM private key"
+        d.issue(path, f"not a {what}: {full} ({str(exc).splitlines()[0][:80]})")
+        return ""
+    return full
+
+
+def _check_key_matches(d: _Decoder, path: str, cert_file: str, key_file: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    with open(cert_file, "rb") as fh:
+        cert = x509.load_pem_x509_certificates(fh.read())[0]
+    with open(key_file, "rb") as fh:
+        key = serialization.load_pem_private_key(fh.read(), password=None)
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if cert.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
+        d.issue(path, "private key does not match the certificate")
+
+
+def _unique(d: _Decoder, items: Iterable[tuple[str, object]], what: str) -> None:
+    seen: dict[object, str] = {}
+    for path, key in items:
+        if key in seen:
+            d.issue(path, f"duplicate {what} {key!r} (first at {seen[key]})")
+        else:
+            seen[key] = path
+
+
+def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> Config:
+    """Checks that span fields; returns the config with file paths made absolute.  Sections
+    in ``failed`` did not decode (their defaults stand in) and are not checked."""
+    if "gateway" not in failed and not _TOKEN_RE.match(cfg.gateway.name):
+        d.issue("gateway.name", "must be a token (letters, digits, -._~ and the like)")
+    if "scp" not in failed and cfg.scp.via_name is not None and not _TOKEN_RE.match(cfg.scp.via_name):
+        d.issue("scp.via_name", "must be a token (letters, digits, -._~ and the like)")
+
+    listeners = []
+    _unique(d, ((f"listeners[{i}].name", lst.name) for i, lst in enumerate(cfg.listeners)),
+            "listener name")
+    _unique(d, ((f"listeners[{i}].port", (lst.host, lst.port))
+                for i, lst in enumerate(cfg.listeners) if lst.port), "listener address")
+    for i, lst in enumerate(cfg.listeners):
+        p = f"listeners[{i}]"
+        if not lst.name:
+            d.issue(f"{p}.name", "must not be empty")
+        if not _valid_host(lst.host):
+            d.issue(f"{p}.host", f"not an IP address or host name: {lst.host!r}")
+        tls = lst.tls
+        if lst.protocol == "tls" and tls is None:
+            d.issue(f"{p}.tls", "required when protocol is tls")
+        elif lst.protocol == "h2c" and tls is not None:
+            d.issue(f"{p}.tls", "only allowed when protocol is tls")
+        if tls is not None:
+            cert = _check_file(d, f"{p}.tls.cert", tls.cert, base_dir, "cert")
+            key = _check_file(d, f"{p}.tls.key", tls.key, base_dir, "key")
+            ca = (_check_file(d, f"{p}.tls.client_ca", tls.client_ca, base_dir, "cert")
+                  if tls.client_ca is not None else None)
+            if cert and key:
+                _check_key_matches(d, f"{p}.tls.key", cert, key)
+            if tls.require_client_cert and tls.client_ca is None:
+                d.issue(f"{p}.tls.require_client_cert", "needs tls.client_ca to verify clients")
+            tls = msgspec.structs.replace(tls, cert=cert or tls.cert, key=key or tls.key,
+                                          client_ca=ca or tls.client_ca)
+            lst = msgspec.structs.replace(lst, tls=tls)
+        listeners.append(lst)
+
+    _unique(d, ((f"clusters[{i}].name", c.name) for i, c in enumerate(cfg.clusters)),
+            "cluster name")
+    for i, c in enumerate(cfg.clusters):
+        if not c.name:
+            d.issue(f"clusters[{i}].name", "must not be empty")
+        for j, ep in enumerate(c.endpoints):
+            if not _valid_host(ep.host):
+                d.issue(f"clusters[{i}].endpoints[{j}].host",
+                        f"not an IP address or host name: {ep.host!r}")
+            if ep.server_name is not None and not ep.tls:
+                d.issue(f"clusters[{i}].endpoints[{j}].server_name", "only used when tls is true")
+        if c.lb == "round_robin" and any(ep.weight != 1 for ep in c.endpoints):
+            d.issue(f"clusters[{i}].lb", "endpoint weights are set: use lb: weighted")
+    names = {c.name for c in cfg.clusters}
+    _unique(d, ((f"routes[{i}].name", r.name) for i, r in enumerate(cfg.routes)), "route name")
+    _unique(d, ((f"routes[{i}].match", (r.match.authority, r.match.path_prefix))
+                for i, r in enumerate(cfg.routes)), "route match")
+    for i, r in enumerate(cfg.routes):
+        if r.cluster not in names and "clusters" not in failed:
+            d.issue(f"routes[{i}].cluster", f"unknown cluster {r.cluster!r}"
+                    + (f" (defined: {', '.join(sorted(names))})" if names else " (none defined)"))
+        if not r.match.path_prefix.startswith("/"):
+            d.issue(f"routes[{i}].match.path_prefix", "must start with '/'")
+        if r.match.authority is not None:
+            a = r.match.authority
+            host = a[1:a.find("]")] if a.startswith("[") else a.rsplit(":", 1)[0] if ":" in a else a
+            if not _valid_host(host) or (":" in a and not a.startswith("[") and not _host_port(a)):
+                d.issue(f"routes[{i}].match.authority", f"not host or host:port: {a!r}")
+
+    reg = cfg.registry
+    for j, ep in enumerate(reg.etcd.endpoints):
+        if not _host_port(ep):
+            d.issue(f"registry.etcd.endpoints[{j}]", f"expected host:port, got {ep!r}")
+    if reg.snapshot_file is not None:
+        full = _resolve(reg.snapshot_file, base_dir)
+        if not os.path.isdir(os.path.dirname(full)):
+            d.issue("registry.snapshot_file", f"directory not found: {os.path.dirname(full)}")
+        reg = msgspec.structs.replace(reg, snapshot_file=full)
+    if reg.enabled and reg.store == "memory" and (cfg.gateway.workers or 1) > 1 \
+            and "gateway" not in failed:
+        d.issue("registry.store", "memory store needs gateway.workers: 1 (use etcd to share)")
+
+    ng = cfg.ngap
+    for j, addr in enumerate(ng.listen):
+        if not _is_ip(addr):
+            d.issue(f"ngap.listen[{j}]", f"not an IP address: {addr!r}")
+    _unique(d, ((f"ngap.amf_pools[{i}].name", p.name) for i, p in enumerate(ng.amf_pools)),
+            "AMF pool name")
+    for i, pool in enumerate(ng.amf_pools):
+        for j, ep in enumerate(pool.endpoints):
+            for k, addr in enumerate(ep.addresses):
+                if not _is_ip(addr):
+                    d.issue(f"ngap.amf_pools[{i}].endpoints[{j}].addresses[{k}]",
+                            f"not an IP address: {addr!r}")
+    if ng.enabled and not ng.amf_pools:
+        d.issue("ngap.amf_pools", "at least one AMF pool needed when ngap is enabled")
+    if ng.rto_min_ms > ng.rto_max_ms:
+        d.issue("ngap.rto_min_ms", f"must be <= rto_max_ms ({ng.rto_max_ms})")
+
+    m = cfg.metrics
+    if m.enabled and m.port and "listeners" not in failed:
+        for i, lst in enumerate(cfg.listeners):
+            if lst.port == m.port and (lst.host == m.host or "0.0.0.0" in (lst.host, m.host)
+                                       or "::" in (lst.host, m.host)):
+                d.issue("metrics.port", f"same address as listeners[{i}] ({lst.name})")
+    if ng.enabled and ng.port and "listeners" not in failed:
+        for i, lst in enumerate(cfg.listeners):
+            if lst.port == ng.port and lst.host in ng.listen:
+                d.issue("ngap.port", f"same address as listeners[{i}] ({lst.name})")
+    return msgspec.structs.replace(cfg, listeners=listeners, registry=reg)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+
+_CONFIG_INFO = mi.type_info(Config)
+_SECTIONS = {f.encode_name: f for f in _CONFIG_INFO.fields}
+
+
+def parse_config(data: Any, source: str = "<dict>", *, base_dir: str | None = None,
+                 _lines: dict[str, int] | None = None) -> Config:
+    """Validate ``data`` (a dict as YAML would give) into a ``Config``.  Relative file paths
+    are resolved against ``base_dir`` (default: the current directory)."""
+    if data is None:
+        data = {}
+    d = _Decoder(_lines or {})
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue("", f"expected mapping, got {_tname(data)}")], source)
+    # decode section by section so that cross-field checks still run on the sections that
+    # decoded (every error in one report); a failed section is replaced by its default and the
+    # checks that read it are skipped
+    sections: dict[str, Any] = {}
+    failed: set[str] = set()
+    for key in data:
+        if key not in _SECTIONS:
+            d.issue(str(key), "unknown field")
+    for name, f in _SECTIONS.items():
+        if name in data:
+            v = d.decode(f.type, data[name], name)
+            if v is _BAD:
+                failed.add(name)
+            else:
+                sections[name] = v
+    cfg = _cross_check(Config(**sections), d, base_dir or os.getcwd(), failed)
+    if d.issues:
+        raise ConfigError(d.issues, source)
+    return cfg
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a YAML file; raises ``ConfigError`` (invalid) or ``OSError``
+    (unreadable).  Relative file names inside are relative to the file's directory."""
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([ConfigIssue("", f"file larger than {MAX_CONFIG_BYTES} bytes")], path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue("", f"not UTF-8 text (byte {exc.start})")], path) from None
+    data, lines, issues = _load_yaml(text)
+    if data is None:
+        raise ConfigError(issues, path)
+    base_dir = os.path.dirname(os.path.abspath(path))
+    try:
+        cfg = parse_config(data, path, base_dir=base_dir, _lines=lines)
+    except ConfigError as exc:
+        raise ConfigError(issues + exc.errors, path) from None
+    if issues:  # duplicate keys: everything else was fine
+        raise ConfigError(issues, path)
+    return cfg
+
+
+def check_config_file(path: str) -> tuple[bool, str]:
+    """``nfmesh config check FILE``: (ok, a report for people)."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        return False, str(exc)
+    except OSError as exc:
+        return False, f"{path}: cannot read: {exc.strerror or exc}"
+    lines = [f"{path}: OK"]
+    for lst in cfg.listeners:
+        mtls = " mTLS" if lst.tls is not None and lst.tls.client_ca else ""
+        host = f"[{lst.host}]" if ":" in lst.host else lst.host
+        lines.append(f"  listener {lst.name}: {lst.protocol}{mtls} {host}:{lst.port}")
+    lines.append(f"  scp: model C {'on' if cfg.scp.model_c else 'off'}, via SCP-{cfg.via_name}, "
+                 f"max forward hops {cfg.scp.max_forward_hops}")
+    lines.append(f"  clusters: {len(cfg.clusters)}, routes: {len(cfg.routes)}")
+    lines.append(f"  registry: {'on (' + cfg.registry.store + ')' if cfg.registry.enabled else 'off'}")
+    lines.append(f"  ngap: {'on, ' + str(len(cfg.ngap.amf_pools)) + ' AMF pool(s)' if cfg.ngap.enabled else 'off'}")
+    lines.append(f"  metrics: {'on ' + cfg.metrics.host + ':' + str(cfg.metrics.port) if cfg.metrics.enabled else 'off'}")
+    return True, "\n".join(lines)
+
+
+def to_dict(cfg: Config) -> dict:
+    """The config as plain data (defaults included), e.g. to print the effective config."""
+    return msgspec.to_builtins(cfg)
