@@ -1,0 +1,1593 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Fast backend of the nfmesh HTTP/2 engine: a Cython binding of libnghttp2.
+
+Implements ``ServerConnection`` and ``ClientConnection`` of ``dataplane.engine`` as asyncio
+Protocols.  Received bytes go straight from ``data_received`` into
+``nghttp2_session_mem_recv``; everything the sessions want to send is collected with
+``nghttp2_session_mem_send`` and written with one ``transport.write`` per batch.
+
+Spliced streams (``ServerConnection.splice``) are relayed in C: request DATA and trailers
+downstream -> upstream and response HEADERS, DATA and trailers upstream -> downstream never
+reach Python.  Flow control is end to end: automatic WINDOW_UPDATE is off and a received byte
+is acknowledged (``nghttp2_session_consume``) only when the other session's data provider has
+taken it, so a slow reader slows the writer and per-stream memory stays bounded by the windows.
+Python runs once per request (``handler.on_request``) and once per finished splice
+(``observer.on_complete`` / ``on_upstream_failed``).
+
+Lifetime rule: nghttp2 keeps raw pointers to a stream's ``_Stream`` object (stream user data,
+data providers).  Each connection keeps the object in its ``streams`` dict until its own
+stream-close (or frame-not-sent) callback, so it lives until both sides are done.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport int32_t, uint8_t, uint32_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy, memmove
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+cimport cython
+
+from dataplane._nghttp2_api cimport *
+
+import asyncio
+import logging
+
+from dataplane.engine import ErrorCode, H2Settings
+
+NAME = "nghttp2"
+
+log = logging.getLogger("nfmesh.dataplane.nghttp2")
+
+_DEFAULT_SETTINGS = H2Settings()
+cdef bytes _DRAIN_PING = b"nfmdrain"
+cdef uint32_t _MAX_STREAMS_UNKNOWN = 2147483647
+cdef size_t _WRITE_CHUNK = 262144
+
+
+class StreamError(ConnectionError):
+    """A stream of ``ClientConnection.request`` ended without a whole response."""
+
+    def __init__(self, error_code: int, message: str = "") -> None:
+        self.error_code = int(error_code)
+        try:
+            name = ErrorCode(self.error_code).name
+        except ValueError:
+            name = hex(self.error_code)
+        super().__init__(message or f"HTTP/2 stream closed with {name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# byte buffers (C)
+
+cdef struct Buf:
+    char *data
+    size_t start
+    size_t end
+    size_t cap
+
+
+cdef inline int buf_append(Buf *b, const uint8_t *p, size_t n) noexcept:
+    cdef size_t need, cap
+    cdef char *nd
+    if n == 0:
+        return 0
+    if b.end + n > b.cap:
+        if b.start and b.end - b.start + n <= b.cap:
+            memmove(b.data, b.data + b.start, b.end - b.start)
+            b.end -= b.start
+            b.start = 0
+        else:
+            need = b.end - b.start + n
+            cap = b.cap * 2 if b.cap else 16384
+            while cap < need:
+                cap *= 2
+            if b.start:
+                memmove(b.data, b.data + b.start, b.end - b.start)
+                b.end -= b.start
+                b.start = 0
+            nd = <char *>realloc(b.data, cap)
+            if nd == NULL:
+                return -1
+            b.data = nd
+            b.cap = cap
+    memcpy(b.data + b.end, p, n)
+    b.end += n
+    return 0
+
+
+cdef inline void buf_clear(Buf *b) noexcept:
+    free(b.data)
+    b.data = NULL
+    b.start = b.end = b.cap = 0
+
+
+cdef inline double _now() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# nv arrays built from Python headers (nghttp2 copies them at submit time)
+
+cdef nghttp2_nv *_nva_from(list pairs, list keep, size_t extra) except? NULL:
+    """Fill a malloc'd nv array from ``pairs`` (plus ``extra`` free slots at the end)."""
+    cdef size_t n = len(pairs), i = 0
+    cdef nghttp2_nv *nva = <nghttp2_nv *>malloc((n + extra + 1) * sizeof(nghttp2_nv))
+    cdef bytes name, value
+    if nva == NULL:
+        raise MemoryError()
+    try:
+        for pair in pairs:
+            k, v = pair
+            if type(k) is not bytes:
+                k = str(k).encode("latin-1") if not isinstance(k, (bytes, bytearray)) else bytes(k)
+                keep.append(k)
+            if type(v) is not bytes:
+                v = str(v).encode("latin-1") if not isinstance(v, (bytes, bytearray)) else bytes(v)
+                keep.append(v)
+            name = k
+            value = v
+            nva[i].name = <uint8_t *>PyBytes_AS_STRING(name)
+            nva[i].namelen = PyBytes_GET_SIZE(name)
+            nva[i].value = <uint8_t *>PyBytes_AS_STRING(value)
+            nva[i].valuelen = PyBytes_GET_SIZE(value)
+            nva[i].flags = NGHTTP2_NV_FLAG_NONE
+            i += 1
+    except BaseException:
+        free(nva)
+        raise
+    return nva
+
+
+# ---------------------------------------------------------------------------------------------
+# stream state shared by both sides of a splice
+
+cdef enum Mode:
+    M_HELD = 0      # announced to the handler, body held, nothing decided
+    M_WAIT = 1      # upstream failed before a response; observer must act
+    M_SPLICE = 2    # joined to an upstream stream
+    M_READ = 3      # collecting the body for read_body
+    M_READDONE = 4  # body delivered, waiting for respond()
+    M_LOCAL = 5     # local response submitted
+    M_DISCARD = 6   # reset by us; data is dropped
+    M_CLIENT = 7    # a ClientConnection.request of our own
+
+
+@cython.freelist(256)
+cdef class _Stream:
+    cdef int32_t sid                 # downstream stream id (server side)
+    cdef int32_t cid                 # upstream stream id (client side), 0 when none
+    cdef int mode
+    cdef ServerConnection server
+    cdef ClientConnection client
+    cdef list headers                # request headers until announced
+    cdef list req_trailers
+    cdef size_t hsize                # header list size accounting
+    cdef bint too_large
+    cdef bint announced
+    cdef bint req_end                # END_STREAM received from downstream
+    cdef bint up_sent                # request HEADERS written upstream
+    cdef bint up_closed
+    cdef bint up_deferred            # upstream data provider returned DEFERRED
+    cdef bint down_closed
+    cdef bint down_deferred
+    cdef bint resp_submitted         # final response HEADERS submitted downstream / received
+    cdef bint resp_end               # END_STREAM received from upstream
+    cdef bint retain
+    cdef bint retain_lost
+    cdef bint completed
+    cdef bint hdr_sent               # response HEADERS written downstream
+    cdef bint rst_after_hdr          # reset() came before the response HEADERS were written
+    cdef uint32_t pending_rst
+    cdef uint32_t down_err
+    cdef uint32_t up_err
+    cdef int status                  # status received from upstream (tentative)
+    cdef int sent_status             # final status submitted downstream
+    # request body: bytes [rq.start, rq.end) have absolute offsets [rq_base, rq_total)
+    cdef Buf rq
+    cdef size_t rq_base, rq_sent, rq_total, rq_acked
+    cdef size_t limit
+    # response body buffered between upstream and downstream (or a whole client response)
+    cdef Buf rs
+    # response header/trailer block from upstream kept as nghttp2 rcbufs (name, value, ...)
+    cdef nghttp2_rcbuf **rh
+    cdef uint8_t *rh_flags
+    cdef int rh_n, rh_cap
+    # local body (respond / request) and trailers
+    cdef bytes out_body
+    cdef size_t out_off
+    cdef list out_trailers
+    cdef object observer
+    cdef list extra
+    cdef object callback             # read_body callback or request callback
+    cdef list resp_headers           # M_CLIENT
+    cdef list resp_trailers          # M_CLIENT
+
+    def __dealloc__(self):
+        buf_clear(&self.rq)
+        buf_clear(&self.rs)
+        self._rh_clear()
+        free(self.rh)
+        free(self.rh_flags)
+
+    cdef inline void _rh_clear(self) noexcept:
+        cdef int i
+        for i in range(self.rh_n):
+            nghttp2_rcbuf_decref(self.rh[i])
+        self.rh_n = 0
+
+    cdef int _rh_add(self, nghttp2_rcbuf *name, nghttp2_rcbuf *value, uint8_t flags) noexcept:
+        cdef int cap
+        cdef void *p
+        if self.rh_n + 2 > self.rh_cap:
+            cap = self.rh_cap * 2 if self.rh_cap else 32
+            p = realloc(self.rh, cap * sizeof(nghttp2_rcbuf *))
+            if p == NULL:
+                return -1
+            self.rh = <nghttp2_rcbuf **>p
+            p = realloc(self.rh_flags, cap // 2)
+            if p == NULL:
+                return -1
+            self.rh_flags = <uint8_t *>p
+            self.rh_cap = cap
+        nghttp2_rcbuf_incref(name)
+        nghttp2_rcbuf_incref(value)
+        self.rh_flags[self.rh_n // 2] = flags & NGHTTP2_NV_FLAG_NO_INDEX
+        self.rh[self.rh_n] = name
+        self.rh[self.rh_n + 1] = value
+        self.rh_n += 2
+        return 0
+
+    cdef nghttp2_nv *_rh_nva(self, list extra, list keep, size_t *count) except? NULL:
+        """nv array of the kept rcbufs followed by ``extra`` Python headers."""
+        cdef int i, n = self.rh_n // 2
+        cdef size_t ne = len(extra) if extra else 0
+        cdef nghttp2_nv *nva
+        cdef nghttp2_vec v
+        if ne:
+            nva = _nva_from(extra, keep, n)
+            # move the extra headers behind the relayed ones
+            memmove(nva + n, nva, ne * sizeof(nghttp2_nv))
+        else:
+            nva = <nghttp2_nv *>malloc((n + 1) * sizeof(nghttp2_nv))
+            if nva == NULL:
+                raise MemoryError()
+        for i in range(n):
+            v = nghttp2_rcbuf_get_buf(self.rh[2 * i])
+            nva[i].name = v.base
+            nva[i].namelen = v.len
+            v = nghttp2_rcbuf_get_buf(self.rh[2 * i + 1])
+            nva[i].value = v.base
+            nva[i].valuelen = v.len
+            nva[i].flags = self.rh_flags[i]
+        count[0] = n + ne
+        return nva
+
+    cdef inline size_t held(self) noexcept:
+        return self.rq.end - self.rq.start
+
+    cdef void _drop_sent(self) noexcept:
+        """Forget request bytes already taken upstream (no replay possible any more)."""
+        cdef size_t n = self.rq_sent - self.rq_base
+        if n:
+            self.rq.start += n
+            self.rq_base += n
+            if self.rq.start == self.rq.end:
+                self.rq.start = self.rq.end = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# flush scheduling: one mem_send pass (one transport.write) per connection per batch
+
+cdef list _dirty = []
+cdef int _busy = 0
+
+
+cdef inline void _mark(_Conn c) noexcept:
+    if not c.dirty:
+        c.dirty = 1
+        _dirty.append(c)
+
+
+cdef void _run() noexcept:
+    global _busy
+    cdef _Conn c
+    if _busy:
+        return
+    _busy = 1
+    try:
+        while _dirty:
+            c = <_Conn>_dirty.pop()
+            c.dirty = 0
+            c._flush()
+    except BaseException:
+        log.exception("nghttp2: flush failed")
+    finally:
+        _busy = 0
+
+
+cdef class _Conn:
+    """What both connection kinds share: the session, the transport, the write path."""
+
+    cdef nghttp2_session *session
+    cdef object transport
+    cdef object _write
+    cdef object loop
+    cdef bint paused
+    cdef bint dirty
+    cdef bint lost
+    cdef bint closing
+    cdef bint draining
+    cdef bint goaway_recv
+    cdef dict streams
+    cdef readonly int open_streams
+    cdef object settings
+    cdef char *obuf
+    cdef size_t olen, ocap
+    cdef size_t max_header_list
+    cdef size_t max_retained
+    cdef readonly size_t peak_buffered   # largest per-stream engine buffer seen (test hook)
+
+    def __cinit__(self, *args, **kwargs):
+        self.session = NULL
+        self.obuf = NULL
+        self.streams = {}
+
+    def __dealloc__(self):
+        if self.session != NULL:
+            nghttp2_session_del(self.session)
+            self.session = NULL
+        free(self.obuf)
+
+    cdef void _set_settings(self, object settings) except *:
+        if settings is None:
+            settings = _DEFAULT_SETTINGS
+        self.settings = settings
+        self.max_header_list = settings.max_header_list_size
+        self.max_retained = settings.max_retained_body
+
+    cdef int _out(self, const uint8_t *p, size_t n) except -1:
+        cdef size_t cap
+        cdef char *nb
+        if self.olen + n > self.ocap:
+            cap = self.ocap * 2 if self.ocap else 65536
+            while cap < self.olen + n:
+                cap *= 2
+            nb = <char *>realloc(self.obuf, cap)
+            if nb == NULL:
+                raise MemoryError()
+            self.obuf = nb
+            self.ocap = cap
+        memcpy(self.obuf + self.olen, p, n)
+        self.olen += n
+        return 0
+
+    cdef int _write_out(self) except -1:
+        cdef bytes b
+        if self.olen:
+            b = PyBytes_FromStringAndSize(self.obuf, self.olen)
+            self.olen = 0
+            if not self.closing:
+                self._write(b)
+        return 0
+
+    cdef int _flush(self) except -1:
+        cdef const uint8_t *p
+        cdef ssize_t n
+        if self.session == NULL or self.transport is None or self.paused or self.closing:
+            return 0
+        self.olen = 0
+        while True:
+            n = nghttp2_session_mem_send(self.session, &p)
+            if n < 0:
+                log.error("nghttp2 mem_send: %s", nghttp2_strerror(<int>n).decode())
+                self._write_out()
+                self._close_transport()
+                return 0
+            if n == 0:
+                break
+            self._out(p, <size_t>n)
+            if self.olen >= _WRITE_CHUNK:
+                self._write_out()
+                if self.paused or self.session == NULL:
+                    return 0
+        self._write_out()
+        if self.session != NULL and not nghttp2_session_want_read(self.session) \
+                and not nghttp2_session_want_write(self.session):
+            self._close_transport()
+        return 0
+
+    cdef void _close_transport(self) noexcept:
+        if self.transport is not None and not self.closing:
+            self.closing = 1
+            try:
+                self.transport.close()
+            except BaseException:
+                pass
+
+    cdef void _kick(self) noexcept:
+        """Mark for flushing; flush now unless a batch is in progress."""
+        _mark(self)
+        _run()
+
+    cdef void _feed(self, data) except *:
+        global _busy
+        cdef bytes b
+        cdef ssize_t rv
+        if self.session == NULL:
+            return
+        b = data if type(data) is bytes else bytes(data)
+        _busy += 1
+        try:
+            rv = nghttp2_session_mem_recv(self.session, <const uint8_t *>PyBytes_AS_STRING(b),
+                                          <size_t>PyBytes_GET_SIZE(b))
+        finally:
+            _busy -= 1
+        _mark(self)
+        _run()
+        if rv < 0:
+            log.info("nghttp2: closing connection: %s", nghttp2_strerror(<int>rv).decode())
+            self._close_transport()
+
+    # asyncio.Protocol -----------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self.paused = 1
+
+    def resume_writing(self) -> None:
+        self.paused = 0
+        self._kick()
+
+    def data_received(self, data) -> None:
+        self._feed(data)
+
+    def eof_received(self):
+        return None
+
+    cdef void _note_buffered(self, _Stream st) noexcept:
+        cdef size_t n = (st.rq.end - st.rq.start) + (st.rs.end - st.rs.start)
+        if n > self.peak_buffered:
+            self.peak_buffered = n
+
+    def close(self) -> None:
+        """Abort the connection now."""
+        if self.transport is not None and not self.lost:
+            self.closing = 1
+            self.transport.abort()
+
+
+cdef nghttp2_option *_new_option(object settings, bint server) except NULL:
+    cdef nghttp2_option *opt
+    cdef unsigned long long rate
+    if nghttp2_option_new(&opt) != 0:
+        raise MemoryError()
+    nghttp2_option_set_no_auto_window_update(opt, 1)
+    nghttp2_option_set_no_closed_streams(opt, 1)
+    if server:
+        # our own per-second counter answers GOAWAY(ENHANCE_YOUR_CALM) first; nghttp2's
+        # token bucket stays as a backstop at twice the limit
+        rate = max(2 * <unsigned long long>settings.max_resets_per_second, 2)
+        nghttp2_option_set_stream_reset_rate_limit(opt, rate, rate)
+    return opt
+
+
+cdef int _submit_settings(nghttp2_session *s, object st, bint server) except -1:
+    cdef nghttp2_settings_entry iv[8]
+    cdef int n = 0
+    if server:
+        iv[n].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
+        iv[n].value = st.max_concurrent_streams
+        n += 1
+    else:
+        iv[n].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH
+        iv[n].value = 0
+        n += 1
+    iv[n].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
+    iv[n].value = st.initial_window_size
+    n += 1
+    iv[n].settings_id = NGHTTP2_SETTINGS_MAX_FRAME_SIZE
+    iv[n].value = st.max_frame_size
+    n += 1
+    iv[n].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
+    iv[n].value = st.max_header_list_size
+    n += 1
+    iv[n].settings_id = NGHTTP2_SETTINGS_HEADER_TABLE_SIZE
+    iv[n].value = st.header_table_size
+    n += 1
+    iv[n].settings_id = NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES
+    iv[n].value = 1
+    n += 1
+    rv = nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, iv, n)
+    if rv != 0:
+        raise ValueError(f"bad HTTP/2 settings: {nghttp2_strerror(rv).decode()}")
+    if st.connection_window_size > 65535:
+        nghttp2_session_set_local_window_size(s, NGHTTP2_FLAG_NONE, 0, st.connection_window_size)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# data providers (run inside mem_send of the session that sends the DATA)
+
+cdef ssize_t _read_bytes(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length,
+                         uint32_t *flags, nghttp2_data_source *src, void *ud) noexcept:
+    """A whole local body (respond / request): ``out_body`` then ``out_trailers``."""
+    cdef _Stream st = <_Stream>src.ptr
+    cdef size_t total = PyBytes_GET_SIZE(st.out_body) if st.out_body is not None else 0
+    cdef size_t n = total - st.out_off
+    if n > length:
+        n = length
+    if n:
+        memcpy(buf, PyBytes_AS_STRING(st.out_body) + st.out_off, n)
+        st.out_off += n
+    if st.out_off == total:
+        flags[0] |= NGHTTP2_DATA_FLAG_EOF
+        if st.out_trailers:
+            if _submit_trailer(s, stream_id, st.out_trailers) == 0:
+                flags[0] |= NGHTTP2_DATA_FLAG_NO_END_STREAM
+        st.out_body = None
+    return n
+
+
+cdef int _submit_trailer(nghttp2_session *s, int32_t stream_id, list trailers) noexcept:
+    cdef list keep = []
+    cdef nghttp2_nv *nva
+    cdef int rv
+    try:
+        nva = _nva_from(trailers, keep, 0)
+    except BaseException:
+        return -1
+    rv = nghttp2_submit_trailer(s, stream_id, nva, len(trailers))
+    free(nva)
+    return rv
+
+
+cdef ssize_t _read_request(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length,
+                           uint32_t *flags, nghttp2_data_source *src, void *ud) noexcept:
+    """Upstream side of a splice: relay the held/arriving request body, then trailers."""
+    cdef _Stream st = <_Stream>src.ptr
+    cdef size_t n = st.rq_total - st.rq_sent
+    cdef ServerConnection srv
+    if n > length:
+        n = length
+    if n:
+        memcpy(buf, st.rq.data + st.rq.start + (st.rq_sent - st.rq_base), n)
+        st.rq_sent += n
+        if not st.retain or st.retain_lost:
+            st._drop_sent()
+        if st.rq_sent > st.rq_acked:
+            srv = st.server
+            if not st.down_closed and srv.session != NULL:
+                nghttp2_session_consume(srv.session, st.sid, st.rq_sent - st.rq_acked)
+                _mark(srv)
+            st.rq_acked = st.rq_sent
+    if st.rq_sent == st.rq_total and st.req_end:
+        flags[0] |= NGHTTP2_DATA_FLAG_EOF
+        if st.req_trailers:
+            if _submit_trailer(s, stream_id, st.req_trailers) == 0:
+                flags[0] |= NGHTTP2_DATA_FLAG_NO_END_STREAM
+        return n
+    if n == 0:
+        st.up_deferred = 1
+        return NGHTTP2_ERR_DEFERRED
+    return n
+
+
+cdef ssize_t _read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length,
+                            uint32_t *flags, nghttp2_data_source *src, void *ud) noexcept:
+    """Downstream side of a splice: relay the upstream response body, then trailers."""
+    cdef _Stream st = <_Stream>src.ptr
+    cdef size_t n = st.rs.end - st.rs.start
+    cdef ClientConnection cli
+    cdef list keep
+    cdef size_t cnt
+    cdef nghttp2_nv *nva
+    if n > length:
+        n = length
+    if n:
+        memcpy(buf, st.rs.data + st.rs.start, n)
+        st.rs.start += n
+        if st.rs.start == st.rs.end:
+            st.rs.start = st.rs.end = 0
+        cli = st.client
+        if cli is not None and cli.session != NULL:
+            # acknowledges the connection window even after the upstream stream closed
+            nghttp2_session_consume(cli.session, st.cid, n)
+            _mark(cli)
+    if st.rs.start == st.rs.end and st.resp_end:
+        flags[0] |= NGHTTP2_DATA_FLAG_EOF
+        if st.rh_n:
+            keep = []
+            try:
+                nva = st._rh_nva(None, keep, &cnt)
+            except BaseException:
+                nva = NULL
+            if nva != NULL:
+                if nghttp2_submit_trailer(s, stream_id, nva, cnt) == 0:
+                    flags[0] |= NGHTTP2_DATA_FLAG_NO_END_STREAM
+                free(nva)
+            st._rh_clear()
+        return n
+    if n == 0:
+        st.down_deferred = 1
+        return NGHTTP2_ERR_DEFERRED
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# server (downstream) callbacks
+
+cdef int _srv_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud) noexcept:
+    cdef ServerConnection conn = <ServerConnection>ud
+    cdef _Stream st
+    if f.hd.type != NGHTTP2_HEADERS or f.headers.cat != NGHTTP2_HCAT_REQUEST:
+        return 0
+    try:
+        st = _Stream.__new__(_Stream)
+        st.sid = f.hd.stream_id
+        st.server = conn
+        st.headers = []
+        conn.streams[st.sid] = st
+        conn.open_streams += 1
+    except BaseException:
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    nghttp2_session_set_stream_user_data(s, st.sid, <void *>st)
+    return 0
+
+
+cdef int _srv_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *name,
+                     nghttp2_rcbuf *value, uint8_t flags, void *ud) noexcept:
+    cdef void *p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
+    cdef _Stream st
+    cdef nghttp2_vec nb, vb
+    cdef ServerConnection conn = <ServerConnection>ud
+    if p == NULL:
+        return 0
+    st = <_Stream>p
+    nb = nghttp2_rcbuf_get_buf(name)
+    vb = nghttp2_rcbuf_get_buf(value)
+    st.hsize += nb.len + vb.len + 32
+    if st.hsize > conn.max_header_list:
+        if f.headers.cat == NGHTTP2_HCAT_REQUEST:
+            st.too_large = 1
+            st.headers = None
+            return 0
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+    if st.too_large:
+        return 0
+    try:
+        pair = (PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
+                PyBytes_FromStringAndSize(<char *>vb.base, vb.len))
+        if f.headers.cat == NGHTTP2_HCAT_REQUEST:
+            st.headers.append(pair)
+        else:
+            if st.req_trailers is None:
+                st.req_trailers = []
+            st.req_trailers.append(pair)
+    except BaseException:
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _srv_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) noexcept:
+    cdef ServerConnection conn = <ServerConnection>ud
+    cdef void *p
+    cdef uint8_t t = f.hd.type
+    try:
+        if t == NGHTTP2_DATA or t == NGHTTP2_HEADERS:
+            p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
+            if p == NULL:
+                return 0
+            if t == NGHTTP2_HEADERS and f.headers.cat == NGHTTP2_HCAT_REQUEST:
+                if f.hd.flags & NGHTTP2_FLAG_END_STREAM:
+                    (<_Stream>p).req_end = 1
+                conn._announce(<_Stream>p)
+            elif f.hd.flags & NGHTTP2_FLAG_END_STREAM:
+                conn._request_ended(<_Stream>p)
+        elif t == NGHTTP2_RST_STREAM:
+            conn._count_reset()
+        elif t == NGHTTP2_PING:
+            if f.hd.flags & NGHTTP2_FLAG_ACK:
+                if conn.draining and memcmp8(f.ping.opaque_data, _DRAIN_PING):
+                    conn._final_goaway()
+            else:
+                conn._count_control()
+        elif t == NGHTTP2_SETTINGS or t == NGHTTP2_PRIORITY:
+            if not (f.hd.flags & NGHTTP2_FLAG_ACK):
+                conn._count_control()
+        elif t == NGHTTP2_GOAWAY:
+            conn.goaway_recv = 1
+    except BaseException:
+        log.exception("nghttp2: server frame handling failed")
+        if f.hd.stream_id:
+            nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f.hd.stream_id, NGHTTP2_INTERNAL_ERROR)
+    return 0
+
+
+cdef inline bint memcmp8(const uint8_t *a, bytes b) noexcept:
+    cdef const char *q = PyBytes_AS_STRING(b)
+    cdef int i
+    for i in range(8):
+        if a[i] != <uint8_t>q[i]:
+            return 0
+    return 1
+
+
+cdef int _srv_data(nghttp2_session *s, uint8_t flags, int32_t stream_id, const uint8_t *data,
+                   size_t n, void *ud) noexcept:
+    cdef void *p = nghttp2_session_get_stream_user_data(s, stream_id)
+    cdef _Stream st
+    cdef ClientConnection cli
+    cdef int mode
+    if p == NULL:
+        nghttp2_session_consume(s, stream_id, n)
+        return 0
+    st = <_Stream>p
+    mode = st.mode
+    if mode == M_HELD or mode == M_WAIT or (mode == M_SPLICE and not st.up_closed):
+        if buf_append(&st.rq, data, n) != 0:
+            nghttp2_session_consume(s, stream_id, n)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+        st.rq_total += n
+        if st.retain and not st.retain_lost and st.held() > st.server.max_retained:
+            st.retain_lost = 1
+            st._drop_sent()
+        st.server._note_buffered(st)
+        if mode == M_SPLICE and st.up_deferred:
+            cli = st.client
+            if cli.session != NULL:
+                st.up_deferred = 0
+                nghttp2_session_resume_data(cli.session, st.cid)
+                _mark(cli)
+    elif mode == M_READ:
+        nghttp2_session_consume(s, stream_id, n)
+        st.rq_total += n
+        st.rq_acked += n
+        if st.rq_total > st.limit:
+            try:
+                (<ServerConnection>ud)._body_too_large(st)
+            except BaseException:
+                log.exception("nghttp2: read_body callback failed")
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+        elif buf_append(&st.rq, data, n) != 0:
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+    else:
+        nghttp2_session_consume(s, stream_id, n)
+    return 0
+
+
+cdef int _srv_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t code,
+                           void *ud) noexcept:
+    cdef ServerConnection conn = <ServerConnection>ud
+    cdef _Stream st
+    try:
+        st = conn.streams.pop(stream_id, None)
+        if st is None:
+            return 0
+        conn.open_streams -= 1
+        conn._downstream_closed(st, code)
+    except BaseException:
+        log.exception("nghttp2: stream close handling failed")
+    return 0
+
+
+cdef int _srv_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud) noexcept:
+    cdef void *p
+    cdef _Stream st
+    if f.hd.type != NGHTTP2_DATA and f.hd.type != NGHTTP2_HEADERS:
+        return 0
+    p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
+    if p == NULL:
+        return 0
+    st = <_Stream>p
+    if f.hd.type == NGHTTP2_HEADERS and not st.hdr_sent:
+        st.hdr_sent = 1
+        if st.rst_after_hdr:
+            nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f.hd.stream_id, st.pending_rst)
+            return 0
+    if f.hd.flags & NGHTTP2_FLAG_END_STREAM:
+        # a whole response went out before the request ended: stop the upload politely
+        if (st.mode == M_LOCAL or (st.mode == M_SPLICE and st.up_closed)) and not st.req_end \
+                and nghttp2_session_get_stream_remote_close(s, f.hd.stream_id) == 0:
+            nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f.hd.stream_id, NGHTTP2_NO_ERROR)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# client (upstream) callbacks
+
+cdef int _cli_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *name,
+                     nghttp2_rcbuf *value, uint8_t flags, void *ud) noexcept:
+    cdef void *p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
+    cdef _Stream st
+    cdef nghttp2_vec nb, vb
+    cdef ClientConnection conn = <ClientConnection>ud
+    cdef int i, status
+    if p == NULL:
+        return 0
+    st = <_Stream>p
+    nb = nghttp2_rcbuf_get_buf(name)
+    vb = nghttp2_rcbuf_get_buf(value)
+    st.hsize += nb.len + vb.len + 32
+    if st.hsize > conn.max_header_list:
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+    if not st.resp_submitted and nb.len == 7 and nb.base[0] == 58 and nb.base[1] == 115:
+        status = 0
+        for i in range(<int>vb.len):
+            status = status * 10 + (vb.base[i] - 48)
+        st.status = status
+    if st.mode == M_SPLICE:
+        if st.down_closed:
+            return 0
+        if st._rh_add(name, value, flags) != 0:
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+        return 0
+    try:
+        pair = (PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
+                PyBytes_FromStringAndSize(<char *>vb.base, vb.len))
+        if st.resp_submitted:
+            st.resp_trailers.append(pair)
+        else:
+            st.resp_headers.append(pair)
+    except BaseException:
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _cli_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) noexcept:
+    cdef ClientConnection conn = <ClientConnection>ud
+    cdef void *p
+    cdef _Stream st
+    cdef uint8_t t = f.hd.type
+    try:
+        if t == NGHTTP2_HEADERS:
+            p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
+            if p == NULL:
+                return 0
+            st = <_Stream>p
+            st.hsize = 0
+            if not st.resp_submitted:
+                if 100 <= st.status < 200:
+                    if st.mode == M_SPLICE:
+                        st.server._informational(st)
+                    else:
+                        st.resp_headers = []
+                    st.status = 0
+                    return 0
+                st.resp_submitted = 1
+                if f.hd.flags & NGHTTP2_FLAG_END_STREAM:
+                    st.resp_end = 1
+                if st.mode == M_SPLICE:
+                    st.server._spliced_response(st)
+                else:
+                    st.resp_trailers = []
+            elif f.hd.flags & NGHTTP2_FLAG_END_STREAM:
+                st.resp_end = 1
+                if st.mode == M_SPLICE:
+                    st.server._response_more(st)
+        elif t == NGHTTP2_DATA:
+            if f.hd.flags & NGHTTP2_FLAG_END_STREAM:
+                p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
+                if p == NULL:
+                    return 0
+                st = <_Stream>p
+                st.resp_end = 1
+                if st.mode == M_SPLICE:
+                    st.server._response_more(st)
+        elif t == NGHTTP2_SETTINGS:
+            if not (f.hd.flags & NGHTTP2_FLAG_ACK):
+                conn._peer_settings()
+        elif t == NGHTTP2_GOAWAY:
+            conn.goaway_recv = 1
+    except BaseException:
+        log.exception("nghttp2: client frame handling failed")
+        if f.hd.stream_id:
+            nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f.hd.stream_id, NGHTTP2_INTERNAL_ERROR)
+    return 0
+
+
+cdef int _cli_data(nghttp2_session *s, uint8_t flags, int32_t stream_id, const uint8_t *data,
+                   size_t n, void *ud) noexcept:
+    cdef void *p = nghttp2_session_get_stream_user_data(s, stream_id)
+    cdef _Stream st
+    cdef ServerConnection srv
+    if p == NULL:
+        nghttp2_session_consume(s, stream_id, n)
+        return 0
+    st = <_Stream>p
+    if st.mode == M_SPLICE:
+        if st.down_closed:
+            nghttp2_session_consume(s, stream_id, n)
+            return 0
+        if buf_append(&st.rs, data, n) != 0:
+            nghttp2_session_consume(s, stream_id, n)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+        srv = st.server
+        srv._note_buffered(st)
+        if st.down_deferred and srv.session != NULL:
+            st.down_deferred = 0
+            nghttp2_session_resume_data(srv.session, st.sid)
+            _mark(srv)
+        return 0
+    nghttp2_session_consume(s, stream_id, n)
+    if buf_append(&st.rs, data, n) != 0:
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _cli_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud) noexcept:
+    cdef void *p
+    if f.hd.type == NGHTTP2_HEADERS and f.headers.cat == NGHTTP2_HCAT_REQUEST:
+        p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
+        if p != NULL:
+            (<_Stream>p).up_sent = 1
+    return 0
+
+
+cdef int _cli_frame_not_send(nghttp2_session *s, const nghttp2_frame *f, int lib_error,
+                             void *ud) noexcept:
+    cdef ClientConnection conn = <ClientConnection>ud
+    if f.hd.type != NGHTTP2_HEADERS or f.headers.cat != NGHTTP2_HCAT_REQUEST:
+        return 0
+    try:
+        conn._stream_gone(f.hd.stream_id, NGHTTP2_REFUSED_STREAM, 0)
+    except BaseException:
+        log.exception("nghttp2: refused stream handling failed")
+    return 0
+
+
+cdef int _cli_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t code,
+                           void *ud) noexcept:
+    cdef ClientConnection conn = <ClientConnection>ud
+    try:
+        conn._stream_gone(stream_id, code, code != NGHTTP2_REFUSED_STREAM)
+    except BaseException:
+        log.exception("nghttp2: upstream stream close handling failed")
+    return 0
+
+
+# the callback tables, built once before any session
+cdef nghttp2_session_callbacks *_server_callbacks = NULL
+cdef nghttp2_session_callbacks *_client_callbacks = NULL
+
+
+cdef int _build_callbacks() except -1:
+    global _server_callbacks, _client_callbacks
+    if nghttp2_session_callbacks_new(&_server_callbacks) != 0:
+        raise MemoryError()
+    nghttp2_session_callbacks_set_on_begin_headers_callback(_server_callbacks, _srv_begin_headers)
+    nghttp2_session_callbacks_set_on_header_callback2(_server_callbacks, _srv_header)
+    nghttp2_session_callbacks_set_on_frame_recv_callback(_server_callbacks, _srv_frame_recv)
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(_server_callbacks, _srv_data)
+    nghttp2_session_callbacks_set_on_stream_close_callback(_server_callbacks, _srv_stream_close)
+    nghttp2_session_callbacks_set_on_frame_send_callback(_server_callbacks, _srv_frame_send)
+    if nghttp2_session_callbacks_new(&_client_callbacks) != 0:
+        raise MemoryError()
+    nghttp2_session_callbacks_set_on_header_callback2(_client_callbacks, _cli_header)
+    nghttp2_session_callbacks_set_on_frame_recv_callback(_client_callbacks, _cli_frame_recv)
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(_client_callbacks, _cli_data)
+    nghttp2_session_callbacks_set_on_stream_close_callback(_client_callbacks, _cli_stream_close)
+    nghttp2_session_callbacks_set_on_frame_send_callback(_client_callbacks, _cli_frame_send)
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(_client_callbacks,
+                                                            _cli_frame_not_send)
+    return 0
+
+
+_build_callbacks()
+
+
+# ---------------------------------------------------------------------------------------------
+
+cdef class ServerConnection(_Conn):
+    """One downstream HTTP/2 connection (we are the server); see ``dataplane.engine``."""
+
+    cdef object handler
+    cdef public dict peer_info
+    cdef double rst_window, ctl_window
+    cdef int rst_count, ctl_count
+    cdef int max_resets, max_controls
+    cdef bint calmed
+
+    def __init__(self, handler, settings=None, peer_info=None) -> None:
+        self.handler = handler
+        self._set_settings(settings)
+        self.peer_info = peer_info if peer_info is not None else {}
+        self.max_resets = self.settings.max_resets_per_second
+        self.max_controls = self.settings.max_control_frames_per_second
+
+    def connection_made(self, transport) -> None:
+        cdef nghttp2_option *opt
+        self.transport = transport
+        self._write = transport.write
+        if "peername" not in self.peer_info:
+            self.peer_info["peername"] = transport.get_extra_info("peername")
+        opt = _new_option(self.settings, 1)
+        rv = nghttp2_session_server_new2(&self.session, _server_callbacks, <void *>self, opt)
+        nghttp2_option_del(opt)
+        if rv != 0:
+            raise MemoryError()
+        _submit_settings(self.session, self.settings, 1)
+        self._kick()
+
+    def connection_lost(self, exc) -> None:
+        cdef _Stream st
+        if self.lost:
+            return
+        self.lost = 1
+        self.closing = 1
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self.open_streams = 0
+        try:
+            for st in streams:
+                try:
+                    self._downstream_closed(st, NGHTTP2_CANCEL)
+                except BaseException:
+                    log.exception("nghttp2: cleanup of a lost stream failed")
+        finally:
+            if self.session != NULL:
+                nghttp2_session_del(self.session)
+                self.session = NULL
+            self.transport = None
+            self._write = None
+        try:
+            self.handler.on_connection_lost(self)
+        except BaseException:
+            log.exception("nghttp2: on_connection_lost failed")
+        _run()
+
+    # callbacks' Python side ---------------------------------------------------------------
+
+    cdef void _announce(self, _Stream st) except *:
+        if st.too_large:
+            self._respond(st, 431, [], b"", None)
+            return
+        st.announced = 1
+        headers = st.headers
+        st.headers = None
+        st.hsize = 0
+        try:
+            self.handler.on_request(self, st.sid, headers, bool(st.req_end))
+        except BaseException:
+            log.exception("nghttp2: on_request failed; resetting stream %d", st.sid)
+            if not st.down_closed:
+                st.mode = M_DISCARD
+                nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, st.sid,
+                                          NGHTTP2_INTERNAL_ERROR)
+                _mark(self)
+
+    cdef void _request_ended(self, _Stream st) except *:
+        cdef ClientConnection cli
+        st.req_end = 1
+        if st.mode == M_SPLICE:
+            cli = st.client
+            if st.up_deferred and not st.up_closed and cli.session != NULL:
+                st.up_deferred = 0
+                nghttp2_session_resume_data(cli.session, st.cid)
+                _mark(cli)
+        elif st.mode == M_READ:
+            self._deliver_body(st)
+
+    cdef void _deliver_body(self, _Stream st) except *:
+        body = PyBytes_FromStringAndSize(st.rq.data + st.rq.start, st.rq.end - st.rq.start)
+        buf_clear(&st.rq)
+        st.rq_base = st.rq_total
+        st.rq_sent = st.rq_total
+        st.mode = M_READDONE
+        cb = st.callback
+        st.callback = None
+        cb(body, st.req_trailers or [])
+
+    cdef void _body_too_large(self, _Stream st) except *:
+        buf_clear(&st.rq)
+        cb = st.callback
+        st.callback = None
+        st.mode = M_HELD
+        self._respond(st, 413, [], b"", None)
+        if cb is not None:
+            cb(None, [])
+
+    cdef void _release_held(self, _Stream st) noexcept:
+        """Acknowledge request bytes we will never relay (WINDOW_UPDATE to the client)."""
+        cdef size_t n = st.rq_total - st.rq_acked
+        if n and self.session != NULL:
+            nghttp2_session_consume(self.session, st.sid, n)
+            _mark(self)
+        st.rq_acked = st.rq_total
+
+    cdef void _respond(self, _Stream st, int status, headers, body, trailers) except *:
+        cdef list keep = []
+        cdef list nv = [(b":status", b"%d" % status)]
+        cdef nghttp2_nv *nva
+        cdef nghttp2_data_provider prd
+        cdef int rv
+        nv.extend(headers)
+        self._release_held(st)
+        buf_clear(&st.rq)
+        st.rq_base = st.rq_sent = st.rq_total
+        st.mode = M_LOCAL
+        st.sent_status = status
+        nva = _nva_from(nv, keep, 0)
+        try:
+            if body or trailers:
+                st.out_body = bytes(body)
+                st.out_off = 0
+                st.out_trailers = list(trailers) if trailers else None
+                prd.source.ptr = <void *>st
+                prd.read_callback = _read_bytes
+                rv = nghttp2_submit_response(self.session, st.sid, nva, len(nv), &prd)
+            else:
+                rv = nghttp2_submit_response(self.session, st.sid, nva, len(nv), NULL)
+        finally:
+            free(nva)
+        if rv != 0:
+            raise ValueError(f"cannot respond on stream {st.sid}: {nghttp2_strerror(rv).decode()}")
+        _mark(self)
+
+    cdef void _cancel_splice(self, _Stream st) except *:
+        """Give up the upstream stream of a splice before its response (deadline)."""
+        cdef ClientConnection cli = st.client
+        st.mode = M_LOCAL
+        st._rh_clear()
+        if st.cid and not st.up_closed and cli is not None and cli.session != NULL:
+            nghttp2_submit_rst_stream(cli.session, NGHTTP2_FLAG_NONE, st.cid, NGHTTP2_CANCEL)
+            _mark(cli)
+
+    cdef void _informational(self, _Stream st) except *:
+        cdef list keep = []
+        cdef size_t cnt
+        cdef nghttp2_nv *nva
+        if not st.down_closed and self.session != NULL:
+            nva = st._rh_nva(None, keep, &cnt)
+            nghttp2_submit_headers(self.session, NGHTTP2_FLAG_NONE, st.sid, NULL, nva, cnt, NULL)
+            free(nva)
+            _mark(self)
+        st._rh_clear()
+
+    cdef void _spliced_response(self, _Stream st) except *:
+        """Final response HEADERS arrived upstream: submit them downstream."""
+        cdef list keep = []
+        cdef size_t cnt
+        cdef nghttp2_nv *nva
+        cdef nghttp2_data_provider prd
+        cdef int rv
+        if st.down_closed or self.session == NULL:
+            st._rh_clear()
+            return
+        st.sent_status = st.status
+        nva = st._rh_nva(st.extra, keep, &cnt)
+        st._rh_clear()
+        try:
+            if st.resp_end:
+                rv = nghttp2_submit_response(self.session, st.sid, nva, cnt, NULL)
+            else:
+                prd.source.ptr = <void *>st
+                prd.read_callback = _read_response
+                rv = nghttp2_submit_response(self.session, st.sid, nva, cnt, &prd)
+        finally:
+            free(nva)
+        if rv != 0:
+            log.warning("nghttp2: cannot relay response on stream %d: %s", st.sid,
+                        nghttp2_strerror(rv).decode())
+            nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, st.sid,
+                                      NGHTTP2_INTERNAL_ERROR)
+        _mark(self)
+
+    cdef void _response_more(self, _Stream st) noexcept:
+        if st.down_deferred and not st.down_closed and self.session != NULL:
+            st.down_deferred = 0
+            nghttp2_session_resume_data(self.session, st.sid)
+            _mark(self)
+
+    cdef void _downstream_closed(self, _Stream st, uint32_t code) except *:
+        cdef ClientConnection cli
+        st.down_closed = 1
+        st.down_err = code
+        self._release_held(st)
+        mode = st.mode
+        if mode == M_SPLICE and st.cid and not st.up_closed:
+            cli = st.client
+            if (code != 0 or not st.req_end) and cli.session != NULL:
+                nghttp2_session_consume(cli.session, st.cid, st.rs.end - st.rs.start)
+                buf_clear(&st.rs)
+                nghttp2_submit_rst_stream(cli.session, NGHTTP2_FLAG_NONE, st.cid, NGHTTP2_CANCEL)
+                _mark(cli)
+        if st.announced and code and (mode == M_HELD or mode == M_WAIT or mode == M_READ):
+            hook = getattr(self.handler, "on_stream_reset", None)
+            if hook is not None:
+                try:
+                    hook(self, st.sid, code)
+                except BaseException:
+                    log.exception("nghttp2: on_stream_reset failed")
+        if mode == M_READ and st.callback is not None:
+            cb = st.callback
+            st.callback = None
+            cb(None, [])
+        self._maybe_complete(st)
+
+    cdef void _upstream_closed(self, _Stream st, uint32_t code, bint reached) except *:
+        """The upstream stream of a splice is gone (closed, refused, connection lost)."""
+        if st.down_closed:
+            self._maybe_complete(st)
+            return
+        if not st.resp_submitted:
+            # failed before a response: the observer decides (error, reset or replay)
+            st._rh_clear()
+            buf_clear(&st.rs)
+            st.mode = M_WAIT
+            st.cid = 0
+            st.client = None
+            st.up_closed = 0
+            st.up_deferred = 0
+            st.up_sent = 0
+            st.status = 0
+            st.hsize = 0
+            st.resp_end = 0
+            if not st.retain or st.retain_lost:
+                st._drop_sent()
+            try:
+                st.observer.on_upstream_failed(st.sid, code, reached)
+            except BaseException:
+                log.exception("nghttp2: on_upstream_failed failed; resetting stream %d", st.sid)
+                if not st.down_closed and self.session != NULL:
+                    st.mode = M_DISCARD
+                    nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, st.sid,
+                                              NGHTTP2_INTERNAL_ERROR)
+                    _mark(self)
+            return
+        if code != 0 and not st.resp_end:
+            if self.session != NULL:
+                if not st.hdr_sent:
+                    # let the relayed response HEADERS out first; RST_STREAM follows them
+                    st.rst_after_hdr = 1
+                    st.pending_rst = code
+                else:
+                    nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, st.sid, code)
+                _mark(self)
+        elif not st.req_end:
+            # response complete, request still coming: drop the rest of the upload
+            self._release_held(st)
+            buf_clear(&st.rq)
+            st.rq_base = st.rq_sent = st.rq_total
+
+    cdef void _maybe_complete(self, _Stream st) except *:
+        if st.completed or st.observer is None or not st.down_closed:
+            return
+        if st.cid and not st.up_closed:
+            return
+        st.completed = 1
+        try:
+            st.observer.on_complete(st.sid, st.sent_status, st.down_err or st.up_err)
+        except BaseException:
+            log.exception("nghttp2: on_complete failed")
+
+    # abuse limits ----------------------------------------------------------------------------
+
+    cdef void _count_reset(self) except *:
+        cdef double t = _now()
+        if t - self.rst_window >= 1.0:
+            self.rst_window = t
+            self.rst_count = 0
+        self.rst_count += 1
+        if self.rst_count > self.max_resets:
+            self._calm("RST_STREAM flood (rapid reset)")
+
+    cdef void _count_control(self) except *:
+        cdef double t = _now()
+        if t - self.ctl_window >= 1.0:
+            self.ctl_window = t
+            self.ctl_count = 0
+        self.ctl_count += 1
+        if self.ctl_count > self.max_controls:
+            self._calm("control frame flood")
+
+    cdef void _calm(self, str why) except *:
+        if self.calmed:
+            return
+        self.calmed = 1
+        log.warning("nghttp2: %s from %s: GOAWAY(ENHANCE_YOUR_CALM)", why,
+                    self.peer_info.get("peername"))
+        nghttp2_session_terminate_session(self.session, NGHTTP2_ENHANCE_YOUR_CALM)
+        _mark(self)
+
+    cdef void _final_goaway(self) except *:
+        if self.session != NULL:
+            nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE,
+                                  nghttp2_session_get_last_proc_stream_id(self.session),
+                                  NGHTTP2_NO_ERROR, NULL, 0)
+            _mark(self)
+
+    # public API ------------------------------------------------------------------------------
+
+    cdef _Stream _get(self, int32_t stream_id):
+        return self.streams.get(stream_id)
+
+    def respond(self, int stream_id, int status, headers, body=b"", trailers=None) -> None:
+        """Send a complete local response; a held request body is discarded."""
+        cdef _Stream st = self._get(stream_id)
+        if st is None or self.session == NULL:
+            return
+        if st.mode == M_SPLICE and not st.resp_submitted:
+            self._cancel_splice(st)
+        elif st.mode == M_LOCAL or st.mode == M_SPLICE or st.mode == M_DISCARD:
+            raise RuntimeError(f"stream {stream_id} is already answered")
+        self._respond(st, status, headers, body, trailers)
+        self._kick()
+
+    def reset(self, int stream_id, int error_code=ErrorCode.CANCEL) -> None:
+        """RST_STREAM the stream."""
+        cdef _Stream st = self._get(stream_id)
+        if st is None or self.session == NULL:
+            return
+        if st.mode == M_LOCAL and not st.hdr_sent:
+            # respond() then reset() in one go: the response HEADERS go out first (nghttp2
+            # would otherwise drop them), then RST_STREAM
+            st.rst_after_hdr = 1
+            st.pending_rst = error_code
+            self._kick()
+            return
+        if st.mode != M_SPLICE:
+            st.mode = M_DISCARD
+            self._release_held(st)
+            buf_clear(&st.rq)
+        nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, stream_id, error_code)
+        self._kick()
+
+    def read_body(self, int stream_id, limit, callback) -> None:
+        """Collect the whole request body (at most ``limit`` bytes), then
+        ``callback(body, trailers)``; ``body`` is None when over the limit (413 sent) or reset."""
+        cdef _Stream st = self._get(stream_id)
+        if st is None or self.session == NULL:
+            callback(None, [])
+            return
+        if st.mode != M_HELD and st.mode != M_WAIT:
+            raise RuntimeError(f"stream {stream_id} is already answered")
+        self._release_held(st)
+        st.limit = limit
+        st.callback = callback
+        if st.rq_total > <size_t>limit:
+            self._body_too_large(st)
+        elif st.req_end:
+            self._deliver_body(st)
+        else:
+            st.mode = M_READ
+        self._kick()
+
+    def splice(self, int stream_id, ClientConnection upstream not None, headers, observer,
+               extra_response_headers=(), retain_body=False) -> None:
+        """Send ``headers`` on a new stream of ``upstream`` and relay both ways in C."""
+        cdef _Stream st = self._get(stream_id)
+        cdef list keep = []
+        cdef list nv
+        cdef nghttp2_nv *nva
+        cdef nghttp2_data_provider prd
+        cdef int32_t cid
+        if st is None or self.session == NULL:
+            return
+        if st.mode == M_WAIT:
+            if not self._replayable(st):
+                raise RuntimeError(f"stream {stream_id}: request body not retained, cannot replay")
+            st.rq_sent = st.rq_base
+        elif st.mode != M_HELD:
+            raise RuntimeError(f"stream {stream_id} is already answered")
+        else:
+            st.retain = bool(retain_body)
+            if st.retain and st.held() > self.max_retained:
+                st.retain_lost = 1
+        st.observer = observer
+        st.extra = list(extra_response_headers) if extra_response_headers else None
+        st.mode = M_SPLICE
+        st.client = upstream
+        st.up_closed = st.up_deferred = st.up_sent = st.resp_submitted = st.resp_end = 0
+        if not upstream._can_take_stream():
+            self._upstream_closed(st, NGHTTP2_REFUSED_STREAM, 0)
+            self._kick()
+            return
+        nv = headers if type(headers) is list else list(headers)
+        nva = _nva_from(nv, keep, 0)
+        try:
+            if st.req_end and st.rq_sent == st.rq_total and not st.req_trailers:
+                cid = nghttp2_submit_request(upstream.session, NULL, nva, len(nv), NULL,
+                                             <void *>st)
+            else:
+                prd.source.ptr = <void *>st
+                prd.read_callback = _read_request
+                cid = nghttp2_submit_request(upstream.session, NULL, nva, len(nv), &prd,
+                                             <void *>st)
+        finally:
+            free(nva)
+        if cid < 0:
+            log.info("nghttp2: upstream refused a stream: %s", nghttp2_strerror(cid).decode())
+            self._upstream_closed(st, NGHTTP2_REFUSED_STREAM, 0)
+            self._kick()
+            return
+        st.cid = cid
+        upstream.streams[cid] = st
+        upstream.open_streams += 1
+        _mark(upstream)
+        _run()
+
+    cdef bint _replayable(self, _Stream st) noexcept:
+        return st.rq_base == 0 and not st.retain_lost
+
+    def can_replay(self, int stream_id) -> bool:
+        """True when the stream's request body (if any) is retained whole for a replay."""
+        cdef _Stream st = self._get(stream_id)
+        if st is None:
+            return False
+        return self._replayable(st)
+
+    def drain(self, int error_code=ErrorCode.NO_ERROR) -> None:
+        """Graceful shutdown: GOAWAY notice, then GOAWAY(last stream id) after a PING round
+        trip; in-flight streams finish and the transport closes when none is left."""
+        if self.session == NULL or self.draining:
+            return
+        self.draining = 1
+        if error_code:
+            nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE,
+                                  nghttp2_session_get_last_proc_stream_id(self.session),
+                                  error_code, NULL, 0)
+        else:
+            nghttp2_submit_shutdown_notice(self.session)
+            nghttp2_submit_ping(self.session, NGHTTP2_FLAG_NONE,
+                                <const uint8_t *>PyBytes_AS_STRING(_DRAIN_PING))
+        self._kick()
+
+
+cdef class ClientConnection(_Conn):
+    """One upstream HTTP/2 connection (we are the client); see ``dataplane.engine``."""
+
+    cdef public object ready
+    cdef readonly object on_closed
+    cdef public int max_streams
+    cdef bint closed_notified
+
+    def __init__(self, settings=None, on_closed=None) -> None:
+        self._set_settings(settings)
+        self.on_closed = on_closed
+        self.max_streams = _MAX_STREAMS_UNKNOWN
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = asyncio.get_event_loop()
+        self.ready = loop.create_future()
+
+    def connection_made(self, transport) -> None:
+        cdef nghttp2_option *opt
+        self.transport = transport
+        self._write = transport.write
+        opt = _new_option(self.settings, 0)
+        rv = nghttp2_session_client_new2(&self.session, _client_callbacks, <void *>self, opt)
+        nghttp2_option_del(opt)
+        if rv != 0:
+            raise MemoryError()
+        _submit_settings(self.session, self.settings, 0)
+        self._kick()
+
+    def connection_lost(self, exc) -> None:
+        if self.lost:
+            return
+        self.lost = 1
+        self.closing = 1
+        try:
+            for cid in list(self.streams):
+                st = self.streams.get(cid)
+                if st is not None:
+                    try:
+                        self._stream_gone(cid, NGHTTP2_INTERNAL_ERROR, (<_Stream>st).up_sent)
+                    except BaseException:
+                        log.exception("nghttp2: cleanup of a lost upstream stream failed")
+        finally:
+            self.streams.clear()
+            self.open_streams = 0
+            if self.session != NULL:
+                nghttp2_session_del(self.session)
+                self.session = NULL
+            self.transport = None
+            self._write = None
+        if not self.ready.done():
+            self.ready.set_exception(
+                ConnectionError(f"HTTP/2 connection lost before SETTINGS: {exc}"))
+            self.ready.exception()  # mark retrieved; the pool may not await it
+        if self.on_closed is not None and not self.closed_notified:
+            self.closed_notified = 1
+            try:
+                self.on_closed(self)
+            except BaseException:
+                log.exception("nghttp2: on_closed failed")
+        _run()
+
+    cdef void _peer_settings(self) except *:
+        cdef uint32_t m = nghttp2_session_get_remote_settings(
+            self.session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+        self.max_streams = m if m < _MAX_STREAMS_UNKNOWN else _MAX_STREAMS_UNKNOWN
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    cdef bint _can_take_stream(self) noexcept:
+        return (self.session != NULL and not self.lost and not self.closing
+                and not self.goaway_recv and not self.draining)
+
+    cdef void _stream_gone(self, int32_t cid, uint32_t code, bint reached) except *:
+        cdef _Stream st = self.streams.pop(cid, None)
+        if st is None:
+            return
+        self.open_streams -= 1
+        st.up_closed = 1
+        st.up_err = code
+        if st.mode == M_SPLICE:
+            st.server._upstream_closed(st, code, reached)
+            return
+        if st.server is not None:  # a splice answered locally meanwhile (respond on deadline)
+            st.server._maybe_complete(st)
+            return
+        cb = st.callback
+        st.callback = None
+        if cb is None:
+            return
+        body = PyBytes_FromStringAndSize(st.rs.data + st.rs.start, st.rs.end - st.rs.start)
+        buf_clear(&st.rs)
+        err = None
+        if code != 0 or not st.resp_end:
+            err = StreamError(code or NGHTTP2_INTERNAL_ERROR)
+        cb(st.status if st.resp_submitted else 0, st.resp_headers or [], body,
+           st.resp_trailers or [], err)
+
+    @property
+    def available(self) -> bool:
+        """Connected, no GOAWAY, and open_streams < max_streams."""
+        return bool(self._can_take_stream()) and self.open_streams < self.max_streams
+
+    @property
+    def closed(self) -> bool:
+        """Transport lost, or GOAWAY received/sent with no stream left."""
+        return bool(self.lost or self.closing
+                    or ((self.goaway_recv or self.draining) and self.open_streams == 0))
+
+    def request(self, headers, body, callback, trailers=None) -> int:
+        """Send a whole request of our own; the whole response goes to ``callback``."""
+        cdef _Stream st
+        cdef list keep = []
+        cdef list nv = headers if type(headers) is list else list(headers)
+        cdef nghttp2_nv *nva
+        cdef nghttp2_data_provider prd
+        cdef int32_t cid
+        if not self._can_take_stream():
+            raise ConnectionError("HTTP/2 connection is closed or going away")
+        st = _Stream.__new__(_Stream)
+        st.mode = M_CLIENT
+        st.callback = callback
+        st.resp_headers = []
+        st.out_body = bytes(body) if body else None
+        st.out_trailers = list(trailers) if trailers else None
+        nva = _nva_from(nv, keep, 0)
+        try:
+            if st.out_body is None and st.out_trailers is None:
+                cid = nghttp2_submit_request(self.session, NULL, nva, len(nv), NULL, <void *>st)
+            else:
+                prd.source.ptr = <void *>st
+                prd.read_callback = _read_bytes
+                cid = nghttp2_submit_request(self.session, NULL, nva, len(nv), &prd, <void *>st)
+        finally:
+            free(nva)
+        if cid < 0:
+            raise ConnectionError(f"cannot open a stream: {nghttp2_strerror(cid).decode()}")
+        st.cid = cid
+        self.streams[cid] = st
+        self.open_streams += 1
+        self._kick()
+        return cid
+
+    def ping(self) -> None:
+        """Send a PING (liveness of pooled connections)."""
+        if self.session != NULL:
+            nghttp2_submit_ping(self.session, NGHTTP2_FLAG_NONE, NULL)
+            self._kick()
+
+    def drain(self) -> None:
+        """Stop taking new streams; close once the open ones are done."""
+        if self.session == NULL or self.draining:
+            return
+        self.draining = 1
+        nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0)
+        self._kick()
