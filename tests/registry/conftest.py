@@ -287,7 +287,7 @@ class EtcdProcess:
             [exe, "--name", "t", "--data-dir", os.path.join(self.dir, "data"),
              "--listen-client-urls", url, "--advertise-client-urls", url,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"t={peer}", "--log-level", "error", "--logger", "zap"],
+             "--initial-cluster", f"t={peer}", "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error", "--logger", "zap"],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "etcd.log"), "w"),  # noqa: SIM115
         )
         deadline = time.monotonic() + 10
