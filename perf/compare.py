@@ -42,6 +42,7 @@ from perf.peers.backend import (
     start_nghttpd,
 )
 from perf.peers.launcher import Launched, LaunchError, free_port
+from perf.peers.nfmesh import child_env
 from perf.peers.tls_certs import TlsFiles, make_self_signed
 from perf.proc_stats import ProcessGone, TreeMeter
 
@@ -65,12 +66,14 @@ class CompareSettings:
     target_cpu: str | None = None
     load_cpu: str | None = None
     start_timeout_s: float = 15.0
+    warmup_timeout_s: float = 15.0  # a target that hangs is given up after this
 
     @classmethod
     def quick(cls, targets: list[str]) -> CompareSettings:
         """Fits 60 s for four targets on a 2-core machine."""
         return cls(targets=targets, repeats=1, closed_s=3.0, rates=[1000], rate_s=2.0,
-                   single_requests=300, warmup_requests=500)
+                   single_requests=300, warmup_requests=500, start_timeout_s=8.0,
+                   warmup_timeout_s=6.0)
 
 
 def choose_cpus() -> tuple[str | None, str | None]:
@@ -131,7 +134,7 @@ class Harness:
 
     def _h2load(self, url: str, tag: str, *, clients: int, streams: int,
                 duration_s: float | None = None, requests: int | None = None,
-                rps_per_client: int | None = None) -> H2loadRun:
+                rps_per_client: int | None = None, bound_s: float | None = None) -> H2loadRun:
         log_file = self.workdir / f"h2load-{tag}.tsv"
         if log_file.exists():
             log_file.unlink()
@@ -140,7 +143,7 @@ class Harness:
             rps_per_client=rps_per_client, data_file=self.body_file, headers=self.headers(),
             log_file=log_file,
         )
-        bound = (duration_s or 0) + (requests or 0) / 500 + 20
+        bound = bound_s or (duration_s or 0) + (requests or 0) / 500 + 20
         try:
             return run_h2load(argv, log_file, timeout_s=bound, pin=self.s.load_cpu)
         finally:
@@ -178,11 +181,11 @@ class Harness:
             res.errors.append(f"config: {exc}")
             return
         _log(f"repeat {repeat + 1}: {name}: {' '.join(argv[:4])} ...")
-        target = Launched(argv, tdir / "target.log", cpu=self.s.target_cpu)
+        target = Launched(argv, tdir / "target.log", cpu=self.s.target_cpu, env=child_env())
         try:
             target.wait_listening("127.0.0.1", port, self.s.start_timeout_s)
             warm = self._h2load(url, f"{name}-warm", clients=self.s.clients, streams=self.s.streams,
-                                requests=self.s.warmup_requests)
+                                requests=self.s.warmup_requests, bound_s=self.s.warmup_timeout_s)
             ok = warm.summary.status_2xx
             if ok != self.s.warmup_requests:
                 raise LaunchError(

@@ -2,8 +2,9 @@
 
 The load carries ``3gpp-sbi-target-apiroot: http://127.0.0.1:<backend>``, so the default
 gateway (no config file) routes every request to the backend.  The command is a template so
-the harness can measure any build or variant: ``{nfmesh}`` (the venv's ``nfmesh`` script),
-``{python}``, ``{host}``, ``{port}``, ``{backend_port}``, ``{workdir}``, and for TLS runs
+the harness can measure any build or variant: ``{nfmesh}`` (the venv's ``nfmesh`` script, or
+``python -m gateway.cli`` from this checkout when the package is not installed), ``{python}``,
+``{host}``, ``{port}``, ``{backend_port}``, ``{workdir}``, and for TLS runs
 ``{cert}``, ``{key}``.
 """
 
@@ -17,17 +18,32 @@ from pathlib import Path
 
 from perf.peers import TargetSpec
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 DEFAULT_CMD = "{nfmesh} run --listen {host}:{port} --workers 1"
 ENV_CMD = "NFMESH_PERF_CMD"
 ENV_TLS_ARGS = "NFMESH_PERF_TLS_ARGS"
 
 
 def find_nfmesh() -> str | None:
-    """The ``nfmesh`` script beside the running interpreter (the venv), else on PATH."""
+    """The ``nfmesh`` script beside the running interpreter (the venv), else on PATH, else
+    ``python -m gateway.cli`` when this checkout has it (run with the checkout on PYTHONPATH)."""
     beside = Path(sys.executable).with_name("nfmesh")
     if beside.exists():
-        return str(beside)
-    return shutil.which("nfmesh")
+        return shlex.quote(str(beside))
+    found = shutil.which("nfmesh")
+    if found:
+        return shlex.quote(found)
+    if (REPO_ROOT / "gateway" / "cli.py").exists():
+        return f"{shlex.quote(sys.executable)} -m gateway.cli"
+    return None
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a target: this checkout first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
 
 
 class Nfmesh:
@@ -42,7 +58,7 @@ class Nfmesh:
 
     def unavailable(self, tls: bool) -> str | None:
         if "{nfmesh}" in self.cmd and self.binary is None:
-            return "nfmesh script not found (pip install -e . into the venv)"
+            return "neither an nfmesh script nor gateway/cli.py found (pip install -e .)"
         if tls and not self.tls_args:
             return (
                 "no TLS listener arguments for nfmesh: pass --nfmesh-tls-args "
@@ -53,7 +69,7 @@ class Nfmesh:
     def command(self, spec: TargetSpec) -> list[str]:
         fields = {
             "nfmesh": self.binary or "nfmesh",
-            "python": sys.executable,
+            "python": shlex.quote(sys.executable),
             "host": spec.host,
             "port": spec.listen_port,
             "backend_port": spec.backend_port,

@@ -1,0 +1,93 @@
+"""``nfmesh perf compare``: result shaping, argument checks, and one short real run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from perf.compare import (
+    Measurement,
+    TargetResults,
+    add_ratios,
+    format_table,
+    main,
+    phase_summary,
+    target_summary,
+)
+
+
+def _m(requests: int, cpu_us: float, lat: list[int], rps: float = 100.0) -> Measurement:
+    return Measurement(requests=requests, failed=0, rps=rps, cpu_us=cpu_us,
+                       rss_bytes=10 << 20, latencies_us=lat)
+
+
+def test_phase_summary_pools_repeats() -> None:
+    s = phase_summary([_m(100, 1000.0, [100] * 100, 90.0), _m(300, 5000.0, [300] * 300, 110.0),
+                       _m(100, 1000.0, [200] * 100, 100.0)])
+    assert s["requests"] == 500
+    assert s["cpu_us_per_req"] == pytest.approx(7000 / 500)  # total CPU over total requests
+    assert s["rps"] == 100.0  # median of the repeats
+    assert s["p50_ms"] == pytest.approx(0.3) and s["p99_ms"] == pytest.approx(0.3)
+    assert s["per_repeat_cpu_us_per_req"] == [10.0, 16.67, 10.0]
+
+
+def test_skipped_and_failed_targets_are_never_missing() -> None:
+    assert target_summary(TargetResults(skipped="envoy not found")) == {"skipped": "envoy not found"}
+    failed = target_summary(TargetResults(errors=["repeat 1: exited with status 3"]))
+    assert failed == {"skipped": "failed: repeat 1: exited with status 3"}
+
+
+def test_ratios_to_haproxy() -> None:
+    res = {"haproxy": TargetResults(phases={"closed": [_m(100, 1000.0, [1000] * 100)]}),
+           "nfmesh": TargetResults(phases={"closed": [_m(100, 1200.0, [500] * 100)]}),
+           "envoy": TargetResults(skipped="no")}
+    targets = {n: target_summary(r) for n, r in res.items()}
+    add_ratios(targets, "haproxy")
+    assert targets["nfmesh"]["ratio_cpu_to_haproxy"] == 1.2
+    assert targets["nfmesh"]["ratio_p99_to_haproxy"] == 0.5
+    assert targets["nfmesh"]["phases"]["closed"]["ratio_cpu_us_per_req_to_haproxy"] == 1.2
+    assert targets["haproxy"]["ratio_cpu_to_haproxy"] == 1.0
+    assert targets["envoy"] == {"skipped": "no"}
+    table = format_table({"targets": targets})
+    assert "envoy    skipped: no" in table and "1.20" in table
+
+
+@pytest.mark.parametrize("argv", [
+    ["--rates", "5"], ["--rates", "x"], ["--repeats", "0"], ["--duration", "0.1"],
+    ["--targets", ","],
+])
+def test_bad_arguments(argv: list[str], capsys) -> None:
+    assert main(argv + ["--no-report"]) == 2
+    assert "nfmesh perf compare:" in capsys.readouterr().err
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(not all(shutil.which(b) for b in ("haproxy", "h2load", "nghttpd")),
+                    reason="needs haproxy, h2load, nghttpd")
+def test_short_real_run(tmp_path: Path, capsys) -> None:
+    """HAProxy measured for real; an unknown target and a target that dies at start are
+    reported as skipped with their reason; exactly one JSON object on stdout."""
+    rc = main([
+        "--quick", "--json", "--out", str(tmp_path / "rep"),
+        "--targets", "haproxy,nfmesh,nosuch", "--duration", "0.5", "--rates", "200",
+        "--rate-duration", "0.5",
+        "--nfmesh-cmd", "{python} -c 'import sys; print(\"bad flag\"); sys.exit(3)'",
+    ])
+    out = capsys.readouterr().out
+    result = json.loads(out)  # the whole stdout is one JSON object
+    t = result["targets"]
+    assert set(t) == {"haproxy", "nfmesh", "nosuch"}
+    assert t["nosuch"] == {"skipped": "unknown target"}
+    assert "exited with status 3" in t["nfmesh"]["skipped"] and "bad flag" in t["nfmesh"]["skipped"]
+    h = t["haproxy"]
+    assert h["requests"] > 0 and h["failed"] == 0
+    assert h["cpu_us_per_req"] > 0 and h["rss_mb"] > 0 and h["p50_ms"] <= h["p99_ms"]
+    assert h["ratio_cpu_to_haproxy"] == 1.0
+    assert set(h["phases"]) == {"closed", "rate_200", "single"}
+    assert 80 <= h["phases"]["rate_200"]["requests"] <= 120  # 10 clients x 20 req/s x 0.5 s
+    assert rc == 1  # a target failed
+    report = Path(result["report"])
+    assert report.exists() and (report.parent / "latency_cdf.png").exists()
