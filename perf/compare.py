@@ -9,7 +9,11 @@ check that it relays (every warm-up request must answer 2xx), and drive with h2l
   latency, and the target's CPU µs per request (``/proc`` utime+stime of its process tree
   between the two ends of the run, divided by the requests served), RSS at the end;
 * ``rate_<N>``: a fixed total rate (h2load ``--rps`` per client): latency at load;
-* ``single``: one connection, one stream: the latency floor.
+* ``single``: one connection, one stream: the latency floor;
+* ``loadgen_<N>`` (unless ``--no-loadgen``; off in ``--quick``): the project's own generator
+  (``perf.loadgen``) open loop at the same rates, latency from the intended send time, so a
+  stall of the target is not hidden by the generator waiting for it (h2load's ``--rps``
+  measures from the actual send).
 
 Results go to stdout as a table (or, with ``--json``, as exactly one JSON object whose
 ``targets`` map has every target, a skipped one as ``{"skipped": reason}``) and to a report
@@ -26,6 +30,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perf.h2load import H2loadError, H2loadRun, build_argv, run_h2load
-from perf.latency_stats import cdf_points, summarize
+from perf.latency_stats import CDF_PERCENTILES, cdf_points, summarize
 from perf.peers import Peer, TargetSpec, all_peers
 from perf.peers.backend import (
     RESPONSE_PATH,
@@ -41,7 +46,7 @@ from perf.peers.backend import (
     request_body,
     start_nghttpd,
 )
-from perf.peers.launcher import Launched, LaunchError, free_port
+from perf.peers.launcher import Launched, LaunchError, free_port, pinned
 from perf.peers.nfmesh import child_env
 from perf.peers.tls_certs import TlsFiles, make_self_signed
 from perf.proc_stats import ProcessGone, TreeMeter
@@ -65,6 +70,7 @@ class CompareSettings:
     tls: bool = False
     target_cpu: str | None = None
     load_cpu: str | None = None
+    loadgen: bool = True
     start_timeout_s: float = 15.0
     warmup_timeout_s: float = 15.0  # a target that hangs is given up after this
 
@@ -73,7 +79,7 @@ class CompareSettings:
         """Fits 60 s for four targets on a 2-core machine."""
         return cls(targets=targets, repeats=1, closed_s=3.0, rates=[1000], rate_s=2.0,
                    single_requests=300, warmup_requests=500, start_timeout_s=8.0,
-                   warmup_timeout_s=6.0)
+                   warmup_timeout_s=6.0, loadgen=False)
 
 
 def choose_cpus() -> tuple[str | None, str | None]:
@@ -97,6 +103,7 @@ class Measurement:
     cpu_us: float
     rss_bytes: int
     latencies_us: list[int]
+    hdr: str = ""  # an encoded HdrHistogram (loadgen phases) instead of latencies_us
 
 
 @dataclass(slots=True)
@@ -165,6 +172,39 @@ class Harness:
             latencies_us=run.log.latencies_us,
         )
 
+    def _note(self, name: str, phase: str, m: Measurement) -> None:
+        self.results[name].phases.setdefault(phase, []).append(m)
+        _log(f"  {name} {phase}: {m.rps:.0f} req/s, "
+             f"{m.cpu_us / max(1, m.requests):.1f} us CPU/req, failed {m.failed}")
+
+    def _measure_loadgen(self, pid: int, url: str, rate: int) -> Measurement:
+        """The project's generator, open loop at ``rate``, in its own process on the load
+        core; the target's CPU measured around it."""
+        argv = [
+            sys.executable, "-m", "perf.loadgen", "--url", url, "--scenario", "ausf-auth",
+            "--rate", str(rate), "--duration", str(self.s.rate_s), "--connections",
+            str(self.s.clients), "--drain", "5", "--json", "--hdr", "--insecure",
+            "--var", f"target_apiroot=http://127.0.0.1:{self.backend_port}",
+        ]
+        meter = TreeMeter(pid)
+        meter.start()
+        try:
+            proc = subprocess.run(pinned(argv, self.s.load_cpu), capture_output=True, text=True,
+                                  timeout=self.s.rate_s + 30, env=child_env())
+        except subprocess.TimeoutExpired as exc:
+            raise LaunchError(f"loadgen at {rate} req/s did not finish") from exc
+        sample = meter.stop()
+        try:
+            out = json.loads(proc.stdout)
+        except ValueError:
+            raise LaunchError(f"loadgen at {rate} req/s exited {proc.returncode}: "
+                              f"{proc.stderr.strip()[-300:]}") from None
+        errors = sum(out["errors"].values()) + out["timeouts"] + out["not_sent"]
+        return Measurement(
+            requests=out["answered"], failed=errors + out["unexpected_status"], rps=out["rps"],
+            cpu_us=sample.cpu_us, rss_bytes=sample.rss_bytes, latencies_us=[], hdr=out["hdr"],
+        )
+
     def run_target(self, name: str, repeat: int) -> None:
         peer = self.peers[name]
         res = self.results[name]
@@ -206,9 +246,10 @@ class Harness:
                                       "requests": self.s.single_requests}))
             for phase, load in phases:
                 m = self._measure(target.pid, url, f"{name}-{phase}", **load)
-                res.phases.setdefault(phase, []).append(m)
-                _log(f"  {name} {phase}: {m.rps:.0f} req/s, "
-                     f"{m.cpu_us / max(1, m.requests):.1f} us CPU/req, failed {m.failed}")
+                self._note(name, phase, m)
+            if self.s.loadgen:
+                for rate in self.s.rates:
+                    self._note(name, f"loadgen_{rate}", self._measure_loadgen(target.pid, url, rate))
         except (LaunchError, H2loadError, ProcessGone) as exc:
             res.errors.append(f"repeat {repeat + 1}: {exc}")
             _log(f"  {name}: {exc}")
@@ -262,8 +303,11 @@ def phase_summary(ms: list[Measurement]) -> dict:
     """Pool the repeats of one phase: CPU per request over all requests, percentiles over all
     samples, the median of the per-repeat request rates."""
     requests = sum(m.requests for m in ms)
-    samples = [x for m in ms for x in m.latencies_us]
-    lat = summarize(samples)
+    if any(m.hdr for m in ms):
+        lat, cdf = hdr_latency([m.hdr for m in ms if m.hdr])
+    else:
+        samples = [x for m in ms for x in m.latencies_us]
+        lat, cdf = summarize(samples), cdf_points(samples)
     return {
         "rps": round(statistics.median(m.rps for m in ms), 1),
         "requests": requests,
@@ -275,12 +319,29 @@ def phase_summary(ms: list[Measurement]) -> dict:
         "p99_ms": _round(lat["p99_ms"]),
         "p999_ms": _round(lat["p999_ms"]),
         "max_ms": _round(lat["max_ms"]),
-        "cdf": [(q, _round(v)) for q, v in cdf_points(samples)],
+        "cdf": [(q, _round(v)) for q, v in cdf],
         "per_repeat_cpu_us_per_req": [
             round(m.cpu_us / m.requests, 2) if m.requests else None for m in ms
         ],
         "per_repeat_rps": [round(m.rps, 1) for m in ms],
     }
+
+
+def hdr_latency(encoded: list[str]) -> tuple[dict[str, float], list[tuple[float, float]]]:
+    """Percentiles (ms) and CDF points of merged encoded HdrHistograms."""
+    from perf.loadgen import new_histogram
+
+    h = new_histogram()
+    for e in encoded:
+        h.decode_and_add(e)
+    ms = 1000.0
+    lat = {"count": h.get_total_count()}
+    for key, q in (("p50_ms", 50), ("p90_ms", 90), ("p99_ms", 99), ("p999_ms", 99.9)):
+        lat[key] = h.get_value_at_percentile(q) / ms
+    lat["max_ms"] = h.get_max_value() / ms
+    cdf = [(q, h.get_value_at_percentile(q) / ms if q > 0 else h.get_min_value() / ms)
+           for q in CDF_PERCENTILES]
+    return lat, cdf
 
 
 def _round(x: float) -> float | None:
@@ -325,7 +386,7 @@ def settings_dict(s: CompareSettings) -> dict:
     return {
         "targets": s.targets, "repeats": s.repeats, "closed_s": s.closed_s, "rates": s.rates,
         "rate_s": s.rate_s, "single_requests": s.single_requests, "clients": s.clients,
-        "streams": s.streams, "tls": s.tls, "target_cpu": s.target_cpu, "load_cpu": s.load_cpu,
+        "streams": s.streams, "tls": s.tls, "loadgen": s.loadgen, "target_cpu": s.target_cpu, "load_cpu": s.load_cpu,
         "request_bytes": len(request_body()), "backend": "nghttpd --no-tls",
     }
 
@@ -387,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", help="comma-separated total fixed rates in req/s (default 1000,10000)")
     p.add_argument("--rate-duration", type=float, help="seconds of each fixed-rate phase")
     p.add_argument("--tls", action="store_true", help="TLS (ALPN h2) on the targets' frontend")
+    p.add_argument("--loadgen", action=argparse.BooleanOptionalAction, default=None,
+                   help="also drive the fixed rates with the project's generator "
+                   "(default: on, off with --quick)")
     p.add_argument("--nfmesh-cmd", help="command template for nfmesh (see perf/peers/nfmesh.py)")
     p.add_argument("--nfmesh-tls-args", help="extra nfmesh arguments for --tls runs")
     return p
@@ -417,6 +481,8 @@ def settings_from_args(args: argparse.Namespace) -> CompareSettings:
         if any(not 10 <= r <= 1_000_000 for r in s.rates):
             raise ValueError("--rates: each rate must be within 10..1000000 req/s")
     s.tls = args.tls
+    if args.loadgen is not None:
+        s.loadgen = args.loadgen
     s.target_cpu, s.load_cpu = choose_cpus()
     return s
 

@@ -126,9 +126,11 @@ class LoadStats:
             h = self.per_operation[req.operation] = new_histogram()
         h.record_value(us)
 
-    def summary(self, mode: str, **extra: object) -> dict:
+    def summary(self, mode: str, hdr: bool = False, **extra: object) -> dict:
+        """The run as a JSON-able dict; with ``hdr`` also the latency histogram, encoded
+        (HdrHistogram's compressed base64 form) so that runs can be merged exactly."""
         answered = sum(self.statuses.values())
-        return {
+        out = {
             "mode": mode,
             **extra,
             "elapsed_s": round(self.elapsed_s, 3),
@@ -146,6 +148,9 @@ class LoadStats:
             "service_latency": histogram_summary(self.service),
             "operations": {k: histogram_summary(h) for k, h in sorted(self.per_operation.items())},
         }
+        if hdr:
+            out["hdr"] = self.histogram.encode().decode() if answered else ""
+        return out
 
 
 class LoadGenerator:
@@ -363,10 +368,10 @@ async def run_load(args: argparse.Namespace) -> dict:
         await gen.connect(args.connections)
         if args.rate:
             stats = await gen.open_loop(args.rate, args.duration, args.requests, args.drain)
-            return stats.summary("open", target_rate=args.rate, connections=args.connections,
+            return stats.summary("open", hdr=args.hdr, target_rate=args.rate, connections=args.connections,
                                  scenario=scenario.name, backend=gen.engine.NAME)
         stats = await gen.closed_loop(args.streams, args.duration, args.requests, args.drain)
-        return stats.summary("closed", connections=args.connections, streams=args.streams,
+        return stats.summary("closed", hdr=args.hdr, connections=args.connections, streams=args.streams,
                              scenario=scenario.name, backend=gen.engine.NAME)
     finally:
         gen.close()
@@ -411,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="TLS: do not check the certificate")
     p.add_argument("--cacert", help="TLS: CA file to check the target's certificate")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--hdr", action="store_true",
+                   help="with --json: add the encoded latency HdrHistogram ('hdr')")
     return p
 
 

@@ -39,8 +39,17 @@ def phase_names(result: dict) -> list[str]:
         for name in t.get("phases", {}):
             if name not in seen:
                 seen.append(name)
-    order = {"closed": 0, "single": 2}
-    return sorted(seen, key=lambda n: (order.get(n, 1), int(n[5:]) if n.startswith("rate_") else 0))
+    def key(n: str) -> tuple[int, int]:
+        if n == "closed":
+            return (0, 0)
+        if n.startswith("rate_"):
+            return (1, int(n[5:]))
+        if n == "single":
+            return (2, 0)
+        if n.startswith("loadgen_"):
+            return (3, int(n[8:]))
+        return (4, 0)
+    return sorted(seen, key=key)
 
 
 def phase_title(name: str) -> str:
@@ -50,6 +59,8 @@ def phase_title(name: str) -> str:
         return "one connection, one stream"
     if name.startswith("rate_"):
         return f"fixed rate {int(name[5:]):,} req/s"
+    if name.startswith("loadgen_"):
+        return f"nfmesh loadgen, open loop {int(name[8:]):,} req/s"
     return name
 
 
@@ -125,9 +136,13 @@ def plot_latency_cdf(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     phases = phase_names(result)
-    fig, axes = plt.subplots(1, max(1, len(phases)), figsize=(5 * max(1, len(phases)), 4),
-                             squeeze=False)
-    for ax, phase in zip(axes[0], phases, strict=False):
+    ncols = min(3, max(1, len(phases)))
+    nrows = -(-max(1, len(phases)) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(phases):]:
+        ax.set_visible(False)
+    for ax, phase in zip(flat, phases, strict=False):
         for name, t in _measured(result).items():
             cdf = t.get("phases", {}).get(phase, {}).get("cdf") or []
             pts = [(q, v) for q, v in cdf if v is not None and v > 0]

@@ -73,7 +73,7 @@ def test_short_real_run(tmp_path: Path, capsys) -> None:
     rc = main([
         "--quick", "--json", "--out", str(tmp_path / "rep"),
         "--targets", "haproxy,nfmesh,nosuch", "--duration", "0.5", "--rates", "200",
-        "--rate-duration", "0.5",
+        "--rate-duration", "0.5", "--loadgen",
         "--nfmesh-cmd", "{python} -c 'import sys; print(\"bad flag\"); sys.exit(3)'",
     ])
     out = capsys.readouterr().out
@@ -86,7 +86,10 @@ def test_short_real_run(tmp_path: Path, capsys) -> None:
     assert h["requests"] > 0 and h["failed"] == 0
     assert h["cpu_us_per_req"] > 0 and h["rss_mb"] > 0 and h["p50_ms"] <= h["p99_ms"]
     assert h["ratio_cpu_to_haproxy"] == 1.0
-    assert set(h["phases"]) == {"closed", "rate_200", "single"}
+    assert set(h["phases"]) == {"closed", "rate_200", "single", "loadgen_200"}
+    lg = h["phases"]["loadgen_200"]  # the project's generator, merged HdrHistograms
+    assert lg["requests"] == 100 and lg["failed"] == 0
+    assert 0 < lg["p50_ms"] <= lg["p99_ms"] <= lg["max_ms"] and len(lg["cdf"]) > 10
     assert 80 <= h["phases"]["rate_200"]["requests"] <= 120  # 10 clients x 20 req/s x 0.5 s
     assert rc == 1  # a target failed
     report = Path(result["report"])

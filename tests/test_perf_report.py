@@ -21,7 +21,8 @@ def _phase(cpu: float, p50: float, p99: float, rps: float = 1000.0) -> dict:
 
 def _target(cpu: float, p50: float, p99: float) -> dict:
     phases = {"closed": _phase(cpu, p50, p99, 50000.0), "rate_1000": _phase(cpu * 3, p50 / 3, p99 / 2),
-              "single": _phase(cpu * 5, p50 / 10, p99 / 10)}
+              "single": _phase(cpu * 5, p50 / 10, p99 / 10),
+              "loadgen_1000": _phase(cpu * 3, p50 / 2, p99), "rate_200": _phase(cpu, p50, p99)}
     return {"rps": 50000.0, "p50_ms": p50, "p99_ms": p99, "cpu_us_per_req": cpu, "rss_mb": 12.0,
             "requests": 3000, "failed": 0, "phases": phases}
 
@@ -40,7 +41,7 @@ def result() -> dict:
 
 
 def test_phase_order(result: dict) -> None:
-    assert phase_names(result) == ["closed", "rate_1000", "single"]
+    assert phase_names(result) == ["closed", "rate_200", "rate_1000", "single", "loadgen_1000"]
 
 
 def test_markdown_tables_and_skips(result: dict) -> None:
@@ -49,6 +50,7 @@ def test_markdown_tables_and_skips(result: dict) -> None:
     assert "| envoy | skipped: envoy not found |" in md
     assert "| nghttpx | 50000 | 0.700 | 1.500 | 9.0 | 12.0 | 0.90 | 0.88 |" in md
     assert "## fixed rate 1,000 req/s" in md and "## one connection, one stream" in md
+    assert "## nfmesh loadgen, open loop 1,000 req/s" in md
     assert "![cdf](latency_cdf.png)" in md
 
 
