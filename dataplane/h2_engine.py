@@ -62,6 +62,7 @@ class _H2(H2Connection):
 
     hard_header_list_size: int = 1 << 18
     refused_streams: int = 0
+    malformed_requests: int = 0
 
     def _receive_goaway_frame(self, frame):  # type: ignore[override]
         # h2 closes its state machine and drops queued output on GOAWAY; in-flight streams
@@ -73,6 +74,7 @@ class _H2(H2Connection):
         return [], [event]
 
     def _receive_headers_frame(self, frame):  # type: ignore[override]
+        existed = frame.stream_id in self.streams
         try:
             return super()._receive_headers_frame(frame)
         except h2.exceptions.TooManyStreamsError:
@@ -86,6 +88,15 @@ class _H2(H2Connection):
             rst.error_code = ErrorCode.REFUSED_STREAM
             self.refused_streams += 1
             return [rst], []
+        except h2.exceptions.ProtocolError:
+            # A malformed request (bad pseudo-headers, uppercase names...) fails validation
+            # after HPACK decoding, once its stream exists: a stream error (RFC 9113 §8.1.1),
+            # not the whole connection's.  Anything else stays a connection error.
+            stream = self.streams.get(frame.stream_id)
+            if existed or stream is None or self.config.client_side:
+                raise
+            self.malformed_requests += 1
+            return stream.reset_stream(ErrorCode.PROTOCOL_ERROR), []
 
     def _local_settings_acked(self):  # type: ignore[override]
         changes = super()._local_settings_acked()
