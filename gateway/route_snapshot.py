@@ -2,7 +2,8 @@
 
 ``RouteSnapshotPublisher`` listens to the ``Registry``; after a change it rebuilds an immutable
 ``nf_adapters.model_d.ModelDSnapshot`` (coalescing a burst of changes into one rebuild per
-event-loop turn), wraps it in a ``ModelDRouter`` and, through ``router_factory`` (which chains
+event-loop turn and at most one per ``min_interval_s``; profiles unchanged since the last
+build are not compiled again), wraps it in a ``ModelDRouter`` and, through ``router_factory`` (which chains
 it with the NRF and model C routers), swaps the result into the ``RouterSlot`` in one
 assignment.  The data plane keeps selecting from the previous snapshot until then and never
 waits on the control plane; if a rebuild fails the last good router stays in place.
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 from dataplane.routing import Router, RouterSlot
 from gateway.registry.registry import Registry
-from nf_adapters.model_d import ModelDRouter, ModelDSnapshot, build_snapshot
+from nf_adapters.model_d import CompileCache, ModelDRouter, ModelDSnapshot, build_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class RouteSnapshotPublisher:
         router_factory: Callable[[ModelDRouter], Router] = lambda r: r,
         *,
         timeout: float | None = None,
+        min_interval_s: float = 0.05,
     ) -> None:
         self.registry = registry
         self.slot = slot
@@ -38,7 +40,10 @@ class RouteSnapshotPublisher:
         self.timeout = timeout
         self.snapshot: ModelDSnapshot = ModelDSnapshot({}, -1)
         self.published = 0
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
         self._scheduled = False
+        self._compile_cache: CompileCache = {}
         registry.add_listener(self._on_change)
 
     def _on_change(self) -> None:
@@ -50,16 +55,22 @@ class RouteSnapshotPublisher:
             self.publish()
             return
         self._scheduled = True
-        loop.call_soon(self._publish_scheduled)
+        delay = self._last + self.min_interval_s - loop.time()
+        if delay > 0:
+            loop.call_later(delay, self._publish_scheduled)
+        else:
+            loop.call_soon(self._publish_scheduled)
 
     def _publish_scheduled(self) -> None:
         self._scheduled = False
+        self._last = asyncio.get_running_loop().time()
         self.publish()
 
     def publish(self) -> ModelDSnapshot:
         """Build from the registry now and swap the router in; returns the new snapshot."""
         try:
-            snap = build_snapshot(self.registry.instances(), self.registry.version)
+            snap = build_snapshot(self.registry.instances(), self.registry.version,
+                                  self._compile_cache)
             router = self.router_factory(ModelDRouter(snap, timeout=self.timeout))
         except Exception:  # noqa: BLE001 (keep routing on the last good snapshot)
             log.exception("route snapshot rebuild failed; keeping version %d", self.snapshot.version)

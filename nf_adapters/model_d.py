@@ -24,10 +24,11 @@ are cached per distinct set of discovery headers for the life of the snapshot (b
 
 from __future__ import annotations
 
-import heapq
 import random
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 
 from dataplane.engine import Headers
 from dataplane.routing import Endpoint, Forward, LocalResponse
@@ -73,6 +74,7 @@ class ProducerService:
     scheme: bytes
     targets: tuple[Target, ...]
     producer_id: bytes  # 3gpp-Sbi-Producer-Id value
+    cluster: str  # upstream cluster name for the pools/metrics: "<nfType>/<nfInstanceId>"
     profile: dict = field(compare=False, repr=False)
     service: dict = field(compare=False, repr=False)
 
@@ -121,34 +123,62 @@ def _targets(profile: dict, service: dict, scheme: str) -> tuple[Target, ...]:
     return tuple(out)
 
 
-def build_snapshot(instances: Iterable[tuple[dict, str]], version: int = 0) -> ModelDSnapshot:
-    """Compile (profile, effective status) pairs into a snapshot of selectable services."""
+def _compile(profile: dict) -> tuple[ProducerService, ...]:
+    nf_id = profile.get("nfInstanceId", "")
+    nf_type = profile.get("nfType", "")
+    sets = tuple(profile.get("nfSetIdList") or ())
+    out = []
+    for svc in services_of(profile):
+        if svc.get("nfServiceStatus", "REGISTERED") != "REGISTERED":
+            continue
+        scheme = svc.get("scheme", "http")
+        targets = _targets(profile, svc, scheme)
+        if not targets:
+            continue
+        prio = svc.get("priority", profile.get("priority", 65535))
+        cap = svc.get("capacity", profile.get("capacity", 100))
+        load = svc.get("load", profile.get("load", 0))
+        weight = max(cap, 1) * max(100 - load, 1) / 100.0
+        pid = f"nfinst={nf_id}; nfservinst={svc.get('serviceInstanceId', '')}"
+        if sets:
+            pid += f"; nfset={sets[0]}"
+        out.append(ProducerService(
+            nf_id, nf_type, svc.get("serviceName", ""), svc.get("serviceInstanceId", ""),
+            sets, prio, cap, load, weight, scheme.encode(), targets, pid.encode(),
+            f"{nf_type}/{nf_id}", profile, svc,
+        ))
+    return tuple(out)
+
+
+CompileCache = dict[str, tuple[dict, tuple[ProducerService, ...]]]
+
+
+def build_snapshot(instances: Iterable[tuple[dict, str]], version: int = 0,
+                   cache: CompileCache | None = None) -> ModelDSnapshot:
+    """Compile (profile, effective status) pairs into a snapshot of selectable services.
+
+    With ``cache`` (kept by the caller between builds), a profile whose dict object is the one
+    compiled last time is not compiled again: the registry replaces, never mutates, profiles,
+    so a rebuild after one change costs a dictionary walk."""
     by_type: dict[str, list[ProducerService]] = {}
+    seen: set[str] = set()
     for profile, status in instances:
         if status != "REGISTERED":
             continue
         nf_id = profile.get("nfInstanceId", "")
-        nf_type = profile.get("nfType", "")
-        sets = tuple(profile.get("nfSetIdList") or ())
-        for svc in services_of(profile):
-            if svc.get("nfServiceStatus", "REGISTERED") != "REGISTERED":
-                continue
-            scheme = svc.get("scheme", "http")
-            targets = _targets(profile, svc, scheme)
-            if not targets:
-                continue
-            prio = svc.get("priority", profile.get("priority", 65535))
-            cap = svc.get("capacity", profile.get("capacity", 100))
-            load = svc.get("load", profile.get("load", 0))
-            weight = max(cap, 1) * max(100 - load, 1) / 100.0
-            pid = f"nfinst={nf_id}; nfservinst={svc.get('serviceInstanceId', '')}"
-            if sets:
-                pid += f"; nfset={sets[0]}"
-            by_type.setdefault(nf_type, []).append(ProducerService(
-                nf_id, nf_type, svc.get("serviceName", ""), svc.get("serviceInstanceId", ""),
-                sets, prio, cap, load, weight, scheme.encode(), targets, pid.encode(),
-                profile, svc,
-            ))
+        hit = cache.get(nf_id) if cache is not None else None
+        if hit is not None and hit[0] is profile:
+            compiled = hit[1]
+        else:
+            compiled = _compile(profile)
+            if cache is not None:
+                cache[nf_id] = (profile, compiled)
+        seen.add(nf_id)
+        if compiled:
+            by_type.setdefault(compiled[0].nf_type, []).extend(compiled)
+    if cache is not None and len(cache) > len(seen):
+        for gone in [k for k in cache if k not in seen]:
+            del cache[gone]
     return ModelDSnapshot({k: tuple(v) for k, v in by_type.items()}, version)
 
 
@@ -162,6 +192,56 @@ def parse_routing_binding(value: bytes) -> dict[str, str]:
     return out
 
 
+class _Selection:
+    """The eligible producers of one cached discovery key, grouped by priority, with cumulative
+    weights so that one pick costs a bisection."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self, cands: Iterable[ProducerService]) -> None:
+        by_prio: dict[int, list[ProducerService]] = {}
+        for c in cands:
+            by_prio.setdefault(c.priority, []).append(c)
+        self.groups: list[tuple[tuple[ProducerService, ...], list[float], float]] = []
+        for prio in sorted(by_prio):
+            members = tuple(by_prio[prio])
+            cum = list(accumulate(m.weight for m in members))
+            self.groups.append((members, cum, cum[-1]))
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    def pick(self, rnd, n: int) -> list[ProducerService]:
+        """Up to ``n`` producers of distinct NF instances: lowest priority first, weighted
+        random inside a priority."""
+        out: list[ProducerService] = []
+        used: set[str] = set()
+        for members, cum, total in self.groups:
+            if len(members) == 1:
+                if members[0].nf_instance_id not in used:
+                    out.append(members[0])
+                    used.add(members[0].nf_instance_id)
+            else:
+                misses = 0
+                while len(out) < n and misses < 4:
+                    c = members[min(bisect_right(cum, rnd() * total), len(members) - 1)]
+                    if c.nf_instance_id in used:
+                        misses += 1
+                        continue
+                    out.append(c)
+                    used.add(c.nf_instance_id)
+                if len(out) < n and misses >= 4:  # few distinct ones left: take them in order
+                    for c in members:
+                        if len(out) >= n:
+                            break
+                        if c.nf_instance_id not in used:
+                            out.append(c)
+                            used.add(c.nf_instance_id)
+            if len(out) >= n:
+                break
+        return out
+
+
 class ModelDRouter:
     """``dataplane.routing.Router`` for SCP model D over one ``ModelDSnapshot``."""
 
@@ -170,24 +250,27 @@ class ModelDRouter:
         self.snapshot = snapshot
         self.rng = rng or random.Random()
         self.timeout = timeout
-        self._cache: dict[tuple, tuple[ProducerService, ...] | LocalResponse] = {}
+        self._cache: dict[tuple, _Selection | LocalResponse] = {}
 
     # -------------------------------------------------------------- filtering
 
-    def _eligible(self, key: tuple, headers: Headers, path: bytes
-                  ) -> tuple[ProducerService, ...] | LocalResponse:
+    def _selection(self, key: tuple, headers: Headers, path: bytes, binding: bytes | None
+                   ) -> _Selection | LocalResponse:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         try:
             q = parse_discovery_headers(headers)
         except DiscoveryError as exc:
-            res: tuple[ProducerService, ...] | LocalResponse = problem(
+            res: _Selection | LocalResponse = problem(
                 400, "INVALID_DISCOVERY_PARAM", f"3gpp-Sbi-Discovery-{exc}",
                 [{"param": f"3gpp-Sbi-Discovery-{exc.param}", "reason": exc.reason}])
         else:
             assert q is not None
-            res = self._filter(q, path)
+            cands = self._filter(q, path)
+            if binding is not None and cands:
+                cands = self._bind(cands, parse_routing_binding(binding))
+            res = _Selection(cands)
         if len(self._cache) >= CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = res
@@ -212,35 +295,6 @@ class ModelDRouter:
                 out.append(ps)
         return tuple(out)
 
-    # -------------------------------------------------------------- selection
-
-    def _order(self, cands: list[ProducerService]) -> list[ProducerService]:
-        """The best ``MAX_ALTERNATES``: lowest priority first, inside a priority a weighted random
-        order (Efraimidis-Spirakis keys ``u ** (1/w)``, largest first)."""
-        rnd = self.rng.random
-        return heapq.nsmallest(
-            MAX_ALTERNATES, cands, key=lambda c: (c.priority, -(rnd() ** (1.0 / c.weight)))
-        )
-
-    def _pick_first(self, cands: tuple[ProducerService, ...]) -> list[ProducerService]:
-        if len(cands) == 1:
-            return [cands[0]]
-        best = min(c.priority for c in cands)
-        group = [c for c in cands if c.priority == best]
-        if len(group) == 1:
-            first = group[0]
-        else:
-            total = sum(c.weight for c in group)
-            x = self.rng.random() * total
-            first = group[-1]
-            for c in group:
-                x -= c.weight
-                if x < 0:
-                    first = c
-                    break
-        rest = self._order([c for c in cands if c.nf_instance_id != first.nf_instance_id])
-        return [first] + rest[:MAX_ALTERNATES]
-
     # -------------------------------------------------------------- route
 
     def route(self, headers: Headers, peer: dict) -> Forward | LocalResponse | None:
@@ -248,6 +302,7 @@ class ModelDRouter:
         disc: list[tuple[bytes, bytes]] = []
         binding = None
         has_target = False
+        ua = b""
         for k, v in headers:
             if k.startswith(DISCOVERY_HEADER_PREFIX):
                 disc.append((k, v))
@@ -263,39 +318,36 @@ class ModelDRouter:
                 return None
             elif k == b"3gpp-sbi-routing-binding":
                 binding = v
+            elif k == b"user-agent":
+                ua = v.split(b"-", 1)[0]
         if not has_target:
             return None
-        ua = b""
-        if not any(k == b"3gpp-sbi-discovery-requester-nf-type" for k, _ in disc):
-            for k, v in headers:
-                if k == b"user-agent":
-                    ua = v.split(b"-", 1)[0]
-                    break
         first_seg = path.split(b"/", 2)[1] if path.count(b"/") >= 1 else b""
-        key = (tuple(disc), first_seg, ua)
-        eligible = self._eligible(key, headers, path)
-        if isinstance(eligible, LocalResponse):
-            return eligible
-        cands = eligible
-        if binding is not None and cands:
-            cands = self._bind(cands, parse_routing_binding(binding))
-        if not cands:
+        key = (tuple(disc), first_seg.split(b"?", 1)[0], ua, binding)
+        sel = self._cache.get(key)
+        if sel is None:
+            sel = self._selection(key, headers, path, binding)
+        if isinstance(sel, LocalResponse):
+            return sel
+        if not sel:
             return problem(504, "NF_DISCOVERY_FAILURE",
                            "no REGISTERED producer matches the 3gpp-Sbi-Discovery parameters")
-        chosen = self._pick_first(cands)
+        chosen = sel.pick(self.rng.random, MAX_ALTERNATES + 1)
         first = chosen[0]
+        rest = [(k, v) for k, v in headers
+                if k[:1] != b":" and not k.startswith(DISCOVERY_HEADER_PREFIX) and k != b"host"]
         t0 = first.targets[0]
         alternates: list[tuple[Endpoint, Headers]] = []
         for ps in chosen[1:]:
             t = ps.targets[0]
-            alternates.append((t.endpoint, self._rewrite(headers, method, path, ps.scheme, t)))
+            alternates.append((t.endpoint, _pseudo(method, ps.scheme, t, path) + rest))
         if len(alternates) < MAX_ALTERNATES:
             for t in first.targets[1:MAX_ALTERNATES - len(alternates) + 1]:
-                alternates.append((t.endpoint, self._rewrite(headers, method, path, first.scheme, t)))
+                alternates.append((t.endpoint, _pseudo(method, first.scheme, t, path) + rest))
         return Forward(
             endpoint=t0.endpoint,
-            headers=self._rewrite(headers, method, path, first.scheme, t0),
-            cluster=f"{first.nf_type}/{first.nf_instance_id}",
+            headers=_pseudo(method, first.scheme, t0, path) + rest,
+            cluster=first.cluster,
             alternates=alternates,
             extra_response_headers=[(b"3gpp-sbi-producer-id", first.producer_id)],
             timeout=self.timeout,
@@ -318,16 +370,7 @@ class ModelDRouter:
                 return in_set
         return cands
 
-    @staticmethod
-    def _rewrite(headers: Headers, method: bytes, path: bytes, scheme: bytes, t: Target) -> Headers:
-        out: Headers = [
-            (b":method", method),
-            (b":scheme", scheme),
-            (b":authority", t.authority),
-            (b":path", t.path_prefix + path),
-        ]
-        for k, v in headers:
-            if k[:1] == b":" or k.startswith(DISCOVERY_HEADER_PREFIX) or k == b"host":
-                continue
-            out.append((k, v))
-        return out
+
+def _pseudo(method: bytes, scheme: bytes, t: Target, path: bytes) -> Headers:
+    return [(b":method", method), (b":scheme", scheme), (b":authority", t.authority),
+            (b":path", t.path_prefix + path)]

@@ -176,5 +176,9 @@ async def test_snapshot_follows_the_registry(registry: Registry) -> None:
     # the old router object is untouched: a request already routing on it is unaffected
     assert isinstance(first.route(_req(target_nf_type="UDM"), {}), LocalResponse)
     await registry.deregister(p["nfInstanceId"])
-    await asyncio.sleep(0)
+    # rebuilds are spaced by min_interval_s (50 ms): the next one comes shortly
+    for _ in range(100):
+        if isinstance(slot.current.route(_req(target_nf_type="UDM"), {}), LocalResponse):
+            break
+        await asyncio.sleep(0.01)
     assert isinstance(slot.current.route(_req(target_nf_type="UDM"), {}), LocalResponse)
