@@ -1102,6 +1102,8 @@ cdef class ServerConnection(_Conn):
         cdef nghttp2_data_provider prd
         cdef int rv
         nv.extend(headers)
+        if body and not any(k == b"content-length" for k, _ in nv):
+            nv.append((b"content-length", b"%d" % len(body)))
         self._release_held(st)
         buf_clear(&st.rq)
         st.rq_base = st.rq_sent = st.rq_total

@@ -1,0 +1,591 @@
+"""The nghttp2 (Cython) backend against real HTTP/2 peers, and against the pure backend.
+
+Peers nobody here wrote: ``nghttp`` and ``h2load`` as clients, ``nghttpd`` as the upstream of a
+splice, the python-hyper ``h2`` library as a hand-driven client for abuse and slow readers.
+A tiny splice handler (``SpliceProxy``) joins downstream streams to one upstream connection,
+so the engine is tested without the project's proxy.  The last test runs one request sequence
+through both backends and compares the answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+
+from dataplane.engine import ErrorCode, H2Settings, available_backends, load_backend
+from tests.conftest import OriginHandler, free_port, pattern, start_origin
+
+nghttp2 = pytest.importorskip("dataplane._nghttp2")
+
+pytestmark = pytest.mark.interop
+
+WINDOW = 256 << 10
+SMALL = H2Settings(initial_window_size=WINDOW, connection_window_size=4 * WINDOW)
+FRAME = 16384
+
+
+def tools(*names: str) -> None:
+    for name in names:
+        if shutil.which(name) is None:
+            pytest.skip(f"{name} not installed (Debian nghttp2-client / nghttp2-server)")
+
+
+# ---- a minimal splice handler ------------------------------------------------------------------
+
+class SpliceProxy:
+    """Splices every request to ``upstream`` (a connected ClientConnection); an upstream
+    failure is answered 502, or replayed once on ``fallback`` with ``fallback_path``."""
+
+    def __init__(self, upstream, fallback=None, fallback_path: bytes | None = None) -> None:
+        self.upstream = upstream
+        self.fallback = fallback
+        self.fallback_path = fallback_path
+        self.connections: list = []
+        self.failed: list[tuple[int, int, bool]] = []
+        self.completed: list[tuple[int, int, int]] = []
+        self.replayed: list[int] = []
+
+    def on_connection_made(self, conn) -> None:
+        self.connections.append(conn)
+
+    def on_request(self, conn, stream_id, headers, end_stream) -> None:
+        conn.splice(stream_id, self.upstream, headers, _Observer(self, conn, headers),
+                    [(b"x-via", b"nfmesh")], retain_body=True)
+
+    def on_stream_reset(self, conn, stream_id, error_code) -> None:
+        pass
+
+    def on_connection_lost(self, conn) -> None:
+        pass
+
+
+class _Observer:
+    def __init__(self, proxy: SpliceProxy, conn, headers) -> None:
+        self.proxy, self.conn, self.headers = proxy, conn, headers
+
+    def on_upstream_failed(self, stream_id, error_code, reached) -> None:
+        p = self.proxy
+        p.failed.append((stream_id, error_code, reached))
+        if p.fallback is not None and self.conn.can_replay(stream_id) \
+                and stream_id not in p.replayed:
+            p.replayed.append(stream_id)
+            headers = [(k, p.fallback_path if k == b":path" else v) for k, v in self.headers]
+            self.conn.splice(stream_id, p.fallback, headers, self, [(b"x-replayed", b"1")])
+            return
+        self.conn.respond(stream_id, 502, [(b"x-upstream-error", b"%d" % error_code)], b"")
+
+    def on_complete(self, stream_id, status, error_code) -> None:
+        self.proxy.completed.append((stream_id, status, error_code))
+
+
+async def connect(backend, port: int, settings: H2Settings = H2Settings()):
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: backend.ClientConnection(settings),
+                                           "127.0.0.1", port)
+    await asyncio.wait_for(conn.ready, 5)
+    return conn
+
+
+async def start_splice_proxy(backend, upstream_port: int, settings: H2Settings = SMALL,
+                             fallback_port: int | None = None, fallback_path: bytes = b"/"):
+    upstream = await connect(backend, upstream_port, settings)
+    fallback = await connect(backend, fallback_port, settings) if fallback_port else None
+    proxy = SpliceProxy(upstream, fallback, fallback_path)
+    loop = asyncio.get_running_loop()
+
+    def make():
+        conn = backend.ServerConnection(proxy, settings)
+        proxy.on_connection_made(conn)
+        return conn
+
+    server = await loop.create_server(make, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], proxy
+
+
+async def stop_splice_proxy(server, proxy) -> None:
+    server.close()
+    for conn in proxy.connections:
+        conn.close()
+    proxy.upstream.close()
+    if proxy.fallback is not None:
+        proxy.fallback.close()
+    await asyncio.sleep(0)
+
+
+async def request(backend, port: int, method: str, path: str, body: bytes | None = None,
+                  extra=(), trailers=None, timeout: float = 10.0, authority: bytes | None = None):
+    """(status, headers, body, trailers, error) over the backend's own ClientConnection."""
+    conn = await connect(backend, port)
+    fut = asyncio.get_running_loop().create_future()
+    headers = [(b":method", method.encode()), (b":scheme", b"http"),
+               (b":authority", authority or b"127.0.0.1:%d" % port), (b":path", path.encode()), *extra]
+    conn.request(headers, body, lambda *a: fut.done() or fut.set_result(a), trailers)
+    try:
+        return await asyncio.wait_for(fut, timeout)
+    finally:
+        conn.close()
+
+
+def hdr(headers, name: bytes):
+    return next((v for k, v in headers if k == name), None)
+
+
+async def run(*argv: str, timeout: float = 30.0, stdin: bytes | None = None) -> bytes:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, (argv, proc.returncode, err.decode(errors="replace")[-2000:])
+    return out
+
+
+@pytest.fixture
+async def origin():
+    running = await start_origin(nghttp2)
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def nghttpd(tmp_path):
+    """A real nghttpd (h2c) serving tmp_path/htdocs, echoing POST bodies."""
+    tools("nghttpd")
+    htdocs = tmp_path / "htdocs"
+    htdocs.mkdir()
+    (htdocs / "hello.txt").write_bytes(b"hello from nghttpd\n")
+    big = os.urandom(10 << 20)
+    (htdocs / "big.bin").write_bytes(big)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        "nghttpd", "--no-tls", "--echo-upload", "-a", "127.0.0.1", "-d", str(htdocs), str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.01)
+    yield port, big, tmp_path
+    proc.terminate()
+    await proc.wait()
+
+
+# ---- local responses to real clients -------------------------------------------------------------
+
+async def test_nghttp_gets_local_responses_and_trailers(origin, tmp_path):
+    tools("nghttp")
+    base = f"http://127.0.0.1:{origin.port}"
+    assert await run("nghttp", f"{base}/hello") == b"ok origin"
+    data = tmp_path / "up.bin"
+    data.write_bytes(pattern(300_000))
+    out = json.loads(await run("nghttp", "-d", str(data), f"{base}/upload"))
+    assert out == {"len": 300_000, "sha256": hashlib.sha256(pattern(300_000)).hexdigest()}
+    # request trailers come back as response trailers (/echo), seen on the wire by nghttp -v
+    verbose = (await run("nghttp", "-v", "-d", str(data), "--trailer", "x-req-sum: 42",
+                         f"{base}/echo")).decode(errors="replace")
+    recv_headers = re.findall(r"recv \(stream_id=\d+\) (x-req-sum: \S+)", verbose)
+    assert recv_headers == ["x-req-sum: 42"]
+
+
+async def test_h2load_many_concurrent_requests(origin):
+    tools("h2load")
+    out = (await run("h2load", "-n", "3000", "-c", "4", "-m", "16",
+                     f"http://127.0.0.1:{origin.port}/hello")).decode()
+    assert "3000 succeeded" in out, out
+    assert re.search(r"status codes: 3000 2xx", out), out
+
+
+# ---- splices to a real nghttpd -------------------------------------------------------------------
+
+async def test_splice_to_nghttpd_10mb_both_ways_bounded(nghttpd):
+    tools("nghttp", "h2load")
+    port, big, tmp_path = nghttpd
+    server, pport, proxy = await start_splice_proxy(nghttp2, port)
+    try:
+        base = f"http://127.0.0.1:{pport}"
+        assert await run("nghttp", f"{base}/hello.txt") == b"hello from nghttpd\n"
+        down = await run("nghttp", f"{base}/big.bin")
+        assert hashlib.sha256(down).digest() == hashlib.sha256(big).digest()
+        echoed = await run("nghttp", "-d", str(tmp_path / "htdocs" / "big.bin"), f"{base}/echo")
+        assert len(echoed) == len(big) and echoed == big
+        out = (await run("h2load", "-n", "2000", "-c", "4", "-m", "10",
+                         f"{base}/hello.txt")).decode()
+        assert "2000 succeeded" in out, out
+        # per stream, the engine never held more than the windows it advertised
+        peak = max(c.peak_buffered for c in proxy.connections)
+        assert 0 < peak <= 2 * (WINDOW + FRAME)
+        assert proxy.upstream.available and not proxy.upstream.closed
+    finally:
+        await stop_splice_proxy(server, proxy)
+
+
+async def test_slow_reader_keeps_proxy_buffer_bounded(origin):
+    """A client that reads slowly: the upstream is slowed down, the proxy does not buffer."""
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
+    size = 4 << 20
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pport)
+        h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        h2c.initiate_connection()
+        sid = h2c.get_next_available_stream_id()
+        h2c.send_headers(sid, [(":method", "GET"), (":scheme", "http"),
+                               (":authority", "x"), (":path", f"/download?size={size}")],
+                         end_stream=True)
+        writer.write(h2c.data_to_send())
+        got = bytearray()
+        ended = False
+        while not ended:
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            assert data, "connection closed early"
+            for ev in h2c.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    got += ev.data
+                    await asyncio.sleep(0.002)  # a slow consumer
+                    h2c.acknowledge_received_data(ev.flow_controlled_length, sid)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    ended = True
+                elif isinstance(ev, h2.events.StreamReset):
+                    raise AssertionError(f"reset {ev.error_code}")
+            writer.write(h2c.data_to_send())
+        writer.close()
+        assert bytes(got) == pattern(size)
+        peak = max(c.peak_buffered for c in proxy.connections)
+        assert peak <= WINDOW + FRAME, peak
+    finally:
+        await stop_splice_proxy(server, proxy)
+
+
+# ---- the engine's own peers: trailers, resets, replay ----------------------------------------------
+
+async def test_trailers_both_ways_through_splice(origin):
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
+    try:
+        body = pattern(100_000)
+        status, headers, rbody, trailers, err = await request(
+            nghttp2, pport, "POST", "/echo", body, trailers=[(b"x-req-trailer", b"yes")])
+        assert (status, err, rbody) == (200, None, body)
+        assert hdr(headers, b"x-via") == b"nfmesh"
+        assert trailers == [(b"x-req-trailer", b"yes")]
+        status, headers, rbody, trailers, err = await request(nghttp2, pport, "GET", "/trailers")
+        assert (status, rbody, err) == (200, b"with trailers", None)
+        assert trailers == [(b"x-checksum", b"abc"), (b"grpc-status", b"0")]
+        await asyncio.sleep(0.05)
+        assert [c[1:] for c in proxy.completed] == [(200, 0), (200, 0)]
+    finally:
+        await stop_splice_proxy(server, proxy)
+
+
+async def test_upstream_reset_before_and_after_response_headers(origin):
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
+    try:
+        # before HEADERS: the observer decides (here 502), told the code and reached=True
+        status, headers, _, _, err = await request(nghttp2, pport, "GET", "/reset?code=2")
+        assert (status, err) == (502, None)
+        assert proxy.failed[-1][1:] == (ErrorCode.INTERNAL_ERROR, True)
+        # after HEADERS: the client sees the status, then the same RST_STREAM code
+        status, _, _, _, err = await request(nghttp2, pport, "GET", "/reset_mid?code=2")
+        assert status == 200
+        assert isinstance(err, nghttp2.StreamError) and err.error_code == ErrorCode.INTERNAL_ERROR
+        # REFUSED_STREAM: provably not processed
+        status, headers, _, _, err = await request(nghttp2, pport, "GET", "/reset?code=7")
+        assert status == 502 and proxy.failed[-1][1:] == (ErrorCode.REFUSED_STREAM, False)
+    finally:
+        await stop_splice_proxy(server, proxy)
+
+
+async def test_downstream_reset_cancels_upstream_stream(origin):
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pport)
+        h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        h2c.initiate_connection()
+        h2c.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "x"),
+                             (":path", "/hold")], end_stream=True)
+        writer.write(h2c.data_to_send())
+        for _ in range(200):
+            if origin.handler.held:
+                break
+            await asyncio.sleep(0.01)
+        assert origin.handler.held
+        h2c.reset_stream(1, ErrorCode.CANCEL)
+        writer.write(h2c.data_to_send())
+        for _ in range(200):
+            if origin.handler.resets and proxy.completed:
+                break
+            await asyncio.sleep(0.01)
+        assert origin.handler.resets[0][1] == ErrorCode.CANCEL
+        assert proxy.completed == [(1, 0, ErrorCode.CANCEL)]
+        # the upstream connection is unharmed
+        status, *_ = await request(nghttp2, pport, "GET", "/x")
+        assert status == 200
+        writer.close()
+    finally:
+        await stop_splice_proxy(server, proxy)
+
+
+async def test_replay_retained_body_after_refused_stream():
+    origin = await start_origin(nghttp2)
+    second = await start_origin(nghttp2, name="second")
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port,
+                                                    fallback_port=second.port,
+                                                    fallback_path=b"/upload")
+    try:
+        body = pattern(40_000)  # under max_retained_body
+        status, headers, rbody, _, err = await request(nghttp2, pport, "POST", "/reset?code=7",
+                                                       body)
+        assert (status, err) == (200, None)
+        assert json.loads(rbody) == {"len": 40_000,
+                                     "sha256": hashlib.sha256(body).hexdigest()}
+        assert hdr(headers, b"x-replayed") == b"1"
+        assert proxy.failed[0][1:] == (ErrorCode.REFUSED_STREAM, False)
+    finally:
+        await stop_splice_proxy(server, proxy)
+        await origin.stop()
+        await second.stop()
+
+
+async def test_body_over_retain_limit_is_not_replayable():
+    origin = await start_origin(nghttp2)
+    second = await start_origin(nghttp2, name="second")
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port,
+                                                    fallback_port=second.port,
+                                                    fallback_path=b"/upload")
+    try:
+        status, headers, _, _, err = await request(nghttp2, pport, "POST", "/reset?code=7",
+                                                   pattern(200_000))
+        assert status == 502 and not proxy.replayed
+    finally:
+        await stop_splice_proxy(server, proxy)
+        await origin.stop()
+        await second.stop()
+
+
+# ---- limits and shutdown -------------------------------------------------------------------------
+
+class LimitHandler(OriginHandler):
+    """/small: read_body limited to 1000 bytes; the rest as the origin."""
+
+    def __init__(self) -> None:
+        super().__init__("limits")
+        self.bodies: list = []
+
+    def on_request(self, conn, stream_id, headers, end_stream) -> None:
+        if hdr(headers, b":path") == b"/small":
+            def done(body, trailers):
+                self.bodies.append(body)
+                if body is not None:
+                    conn.respond(stream_id, 200, [], b"%d" % len(body))
+            conn.read_body(stream_id, 1000, done)
+            return
+        super().on_request(conn, stream_id, headers, end_stream)
+
+
+async def start_local(handler, settings: H2Settings = H2Settings()):
+    loop = asyncio.get_running_loop()
+    conns = []
+
+    def make():
+        conn = nghttp2.ServerConnection(handler, settings)
+        conns.append(conn)
+        return conn
+
+    server = await loop.create_server(make, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], conns
+
+
+async def test_read_body_limit_413_and_header_list_431():
+    handler = LimitHandler()
+    server, port, conns = await start_local(handler, H2Settings(max_header_list_size=2048))
+    try:
+        status, _, body, _, err = await request(nghttp2, port, "POST", "/small", b"x" * 500)
+        assert (status, body) == (200, b"500")
+        status, _, _, _, err = await request(nghttp2, port, "POST", "/small", b"x" * 50_000)
+        assert status == 413 and handler.bodies[-1] is None
+        status, *_ = await request(nghttp2, port, "GET", "/x", extra=[(b"x-big", b"v" * 4000)])
+        assert status == 431
+        status, *_ = await request(nghttp2, port, "GET", "/x")
+        assert status == 200
+    finally:
+        server.close()
+        for c in conns:
+            c.close()
+
+
+async def test_goaway_drain_finishes_in_flight_streams(origin):
+    client = await connect(nghttp2, origin.port)
+    loop = asyncio.get_running_loop()
+    closed = loop.create_future()
+    results = []
+
+    def cb(*a):
+        results.append(a)
+
+    for _ in range(3):
+        client.request([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"),
+                        (b":path", b"/slow?ms=150")], None, cb)
+    for _ in range(200):
+        if len(origin.handler.requests) == 3:
+            break
+        await asyncio.sleep(0.01)
+    (server_conn,) = origin.handler.connections
+    lost = server_conn.connection_lost
+
+    def watch(exc, _lost=lost):
+        closed.done() or closed.set_result(True)
+        _lost(exc)
+
+    server_conn.connection_lost = watch  # the listener's subclass allows it
+    server_conn.drain()
+    await asyncio.wait_for(closed, 5)
+    assert [(r[0], r[2], r[4]) for r in results] == [(200, b"slow origin", None)] * 3
+    await asyncio.sleep(0.01)
+    assert client.closed and not client.available
+    with pytest.raises(ConnectionError):
+        client.request([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"),
+                        (b":path", b"/x")], None, cb)
+
+
+async def _flood(port: int, build, settings=None) -> tuple[int | None, bool]:
+    """Send what ``build(h2c)`` queues in one write; return (GOAWAY code, connection closed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    h2c.initiate_connection()
+    build(h2c)
+    writer.write(h2c.data_to_send())
+    code = None
+    eof = False
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            if not data:
+                eof = True
+                break
+            try:
+                events = h2c.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                continue
+            for ev in events:
+                if isinstance(ev, h2.events.ConnectionTerminated):
+                    code = ev.error_code
+    finally:
+        writer.close()
+    return code, eof
+
+
+async def test_rapid_reset_gets_enhance_your_calm():
+    handler = OriginHandler("rr")
+    server, port, conns = await start_local(handler, H2Settings(max_resets_per_second=50))
+    try:
+        def build(h2c):
+            for i in range(200):
+                sid = 1 + 2 * i
+                h2c.send_headers(sid, [(":method", "GET"), (":scheme", "http"),
+                                       (":authority", "x"), (":path", "/hold")])
+                h2c.reset_stream(sid, ErrorCode.CANCEL)
+        code, eof = await _flood(port, build)
+        assert code == ErrorCode.ENHANCE_YOUR_CALM and eof
+        # far fewer than the 200 requests were announced to the handler
+        assert len(handler.requests) <= 60
+        # an honest client on a new connection is served
+        status, *_ = await request(nghttp2, port, "GET", "/x")
+        assert status == 200
+    finally:
+        server.close()
+        for c in conns:
+            c.close()
+
+
+async def test_ping_flood_gets_enhance_your_calm():
+    server, port, conns = await start_local(OriginHandler("pf"),
+                                            H2Settings(max_control_frames_per_second=100))
+    try:
+        def build(h2c):
+            for i in range(300):
+                h2c.ping(i.to_bytes(8, "big"))
+        code, eof = await _flood(port, build)
+        assert code == ErrorCode.ENHANCE_YOUR_CALM and eof
+    finally:
+        server.close()
+        for c in conns:
+            c.close()
+
+
+async def test_handler_exception_resets_only_that_stream():
+    class Broken(OriginHandler):
+        def on_request(self, conn, stream_id, headers, end_stream):
+            if hdr(headers, b":path") == b"/boom":
+                raise RuntimeError("boom")
+            super().on_request(conn, stream_id, headers, end_stream)
+
+    server, port, conns = await start_local(Broken("b"))
+    try:
+        conn = await connect(nghttp2, port)
+        fut1 = asyncio.get_running_loop().create_future()
+        fut2 = asyncio.get_running_loop().create_future()
+        base = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x")]
+        conn.request(base + [(b":path", b"/boom")], None, lambda *a: fut1.set_result(a))
+        conn.request(base + [(b":path", b"/fine")], None, lambda *a: fut2.set_result(a))
+        r1, r2 = await asyncio.wait_for(asyncio.gather(fut1, fut2), 5)
+        assert r1[4].error_code == ErrorCode.INTERNAL_ERROR
+        assert (r2[0], r2[2]) == (200, b"ok b")
+        conn.close()
+    finally:
+        server.close()
+        for c in conns:
+            c.close()
+
+
+# ---- differential: the same exchanges through both backends --------------------------------------
+
+SEQUENCE = [
+    ("GET", "/hello", None, None),
+    ("POST", "/echo", pattern(70_000), [(b"x-t", b"1")]),
+    ("GET", "/trailers", None, None),
+    ("GET", "/status/404", None, None),
+    ("GET", "/download?size=300000", None, None),
+    ("POST", "/upload", pattern(500_000), None),
+    ("GET", "/headers", None, None),
+    ("GET", "/reset?code=2", None, None),
+]
+
+
+async def _run_sequence(backend_name: str) -> list:
+    backend = load_backend(backend_name)
+    origin = await start_origin(backend)
+    server, pport, proxy = await start_splice_proxy(backend, origin.port)
+    out = []
+    try:
+        for method, path, body, trailers in SEQUENCE:
+            status, headers, rbody, rtrailers, err = await request(
+                nghttp2, pport, method, path, body, trailers=trailers, authority=b"nf.example")
+            headers = [(k, v) for k, v in headers if k not in (b"date", b"server")]
+            out.append((path, status, headers, rbody, rtrailers,
+                        getattr(err, "error_code", None if err is None else -1)))
+    finally:
+        await stop_splice_proxy(server, proxy)
+        await origin.stop()
+    return out
+
+
+@pytest.mark.skipif("h2" not in available_backends(), reason="pure backend not importable")
+async def test_differential_nghttp2_vs_h2_backend():
+    fast = await _run_sequence("nghttp2")
+    pure = await _run_sequence("h2")
+    for f, p in zip(fast, pure, strict=True):
+        assert f == p, f"{f[0]}: nghttp2 {f[1:3]} {f[4:]} vs h2 {p[1:3]} {p[4:]}"
