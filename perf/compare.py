@@ -251,7 +251,8 @@ class Harness:
                 for rate in self.s.rates:
                     self._note(name, f"loadgen_{rate}", self._measure_loadgen(target.pid, url, rate))
         except (LaunchError, H2loadError, ProcessGone) as exc:
-            res.errors.append(f"repeat {repeat + 1}: {exc}")
+            tail = target.log_tail(3) if not isinstance(exc, LaunchError) else ""
+            res.errors.append(f"repeat {repeat + 1}: {exc}" + (f"; target log: {tail}" if tail else ""))
             _log(f"  {name}: {exc}")
         finally:
             rc = target.stop()
