@@ -1,0 +1,137 @@
+"""TLS listeners and upstreams: curl over TLS with ALPN h2, HTTP/1.1 refused cleanly, mTLS with
+the client identity in ``peer_info``, H2Client over https, and TLS to the producer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import ssl
+
+import pytest
+
+from dataplane.client import H2Client, H2ClientError
+from dataplane.engine import H2Settings
+from dataplane.routing import Endpoint, LocalResponse
+from dataplane.tls import TLSConfigError, client_context, server_context, uri_sans
+from dataplane.upstream_pool import UpstreamPools
+from tests.certs import CLIENT_URI
+from tests.conftest import StaticRouter, start_origin, start_proxy
+
+pytestmark = pytest.mark.interop
+
+
+async def run(*argv: str, timeout: float = 20.0) -> tuple[int, bytes, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out, err
+
+
+def curl() -> str:
+    path = shutil.which("curl")
+    if path is None:
+        pytest.skip("curl is not installed")
+    return path
+
+
+class WhoAmI:
+    """Answers with what the listener put in peer_info."""
+
+    def route(self, headers, peer):
+        body = json.dumps({"alpn": peer.get("alpn"), "uris": uri_sans(peer.get("peercert")),
+                           "tls": peer.get("sslobject") is not None}).encode()
+        return LocalResponse(200, [(b"content-type", b"application/json")], body)
+
+
+@pytest.fixture
+async def tls_proxy(backend, pki):
+    origin = await start_origin(backend)
+    proxy = await start_proxy(backend, StaticRouter(origin.endpoint),
+                              ssl_context=server_context(pki.server_cert, pki.server_key))
+    yield proxy
+    await proxy.stop()
+    await origin.stop()
+
+
+async def test_curl_over_tls_negotiates_h2(tls_proxy, pki):
+    rc, out, err = await run(curl(), "-sS", "--cacert", pki.ca_cert, "-w",
+                             "\n%{http_code} %{http_version}",
+                             f"https://localhost:{tls_proxy.port}/hello")
+    assert rc == 0, err
+    assert out == b"ok origin\n200 2"
+
+
+async def test_http11_over_tls_is_refused_cleanly(tls_proxy, pki):
+    rc, out, err = await run(curl(), "-sS", "--http1.1", "--cacert", pki.ca_cert, "-D", "-",
+                             f"https://localhost:{tls_proxy.port}/hello")
+    assert out.startswith(b"HTTP/1.1 505")
+    assert b"HTTP/2 only" in out
+    assert tls_proxy.handler.requests == 0
+
+
+async def test_h2client_over_https(tls_proxy, pki):
+    client = H2Client("h2", ssl_context=client_context(ca_file=pki.ca_cert))
+    try:
+        resp = await client.request("POST", f"https://localhost:{tls_proxy.port}/echo",
+                                    body=b"over tls")
+        assert resp.status == 200 and resp.body == b"over tls"
+    finally:
+        client.close()
+    # a client that does not trust the CA fails with a clear error
+    client = H2Client("h2", ssl_context=client_context(ca_file=pki.other_ca_cert))
+    with pytest.raises(H2ClientError, match="CERTIFICATE_VERIFY_FAILED|certificate verify"):
+        await client.request("GET", f"https://localhost:{tls_proxy.port}/x")
+    client.close()
+
+
+async def test_mtls_identity_reaches_the_router(backend, pki):
+    ctx = server_context(pki.server_cert, pki.server_key, ca_file=pki.ca_cert,
+                         require_client_cert=True)
+    proxy = await start_proxy(backend, WhoAmI(), ssl_context=ctx)
+    try:
+        rc, out, err = await run(curl(), "-sS", "--cacert", pki.ca_cert, "--cert",
+                                 pki.client_cert, "--key", pki.client_key,
+                                 f"https://localhost:{proxy.port}/whoami")
+        assert rc == 0, err
+        assert json.loads(out) == {"alpn": "h2", "uris": [CLIENT_URI], "tls": True}
+        # without a client certificate the handshake fails
+        rc, out, err = await run(curl(), "-sS", "--cacert", pki.ca_cert,
+                                 f"https://localhost:{proxy.port}/whoami")
+        assert rc != 0
+        assert proxy.handler.requests == 1
+    finally:
+        await proxy.stop()
+
+
+async def test_tls_to_the_producer(backend, pki):
+    origin = await start_origin(backend, "tls-origin", ssl_context=server_context(
+        pki.server_cert, pki.server_key, ca_file=pki.ca_cert, require_client_cert=True))
+    ctx = client_context(ca_file=pki.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key)
+    pools = UpstreamPools(backend, H2Settings(), ssl_context_factory=lambda ep: ctx)
+    endpoint = Endpoint("127.0.0.1", origin.port, tls=True, server_name="localhost")
+    proxy = await start_proxy(backend, StaticRouter(endpoint), pools=pools)
+    client = H2Client(backend.NAME)
+    try:
+        resp = await client.request("GET", f"http://127.0.0.1:{proxy.port}/x")
+        assert resp.status == 200 and resp.body == b"ok tls-origin"
+        conn = origin.handler.connections[0]
+        assert uri_sans(conn.peer_info["peercert"]) == [CLIENT_URI]
+    finally:
+        client.close()
+        await proxy.stop()
+        await origin.stop()
+
+
+def test_tls_config_errors_name_the_path(tmp_path, pki):
+    missing = str(tmp_path / "nope.pem")
+    with pytest.raises(TLSConfigError, match="nope.pem"):
+        server_context(missing, pki.server_key)
+    with pytest.raises(TLSConfigError, match="ca_file"):
+        server_context(pki.server_cert, pki.server_key, require_client_cert=True)
+    with pytest.raises(TLSConfigError, match="1.2 or 1.3"):
+        client_context(min_version="1.0")
+    with pytest.raises(TLSConfigError, match="cannot load"):
+        server_context(pki.server_cert, pki.client_key)
+    ctx = client_context(min_version="1.3")
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
