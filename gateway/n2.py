@@ -1,0 +1,327 @@
+"""The N2 service: NGAP-aware SCTP proxy between gNBs and AMF pools, started from the config.
+
+Wiring only: ``dataplane.sctp`` carries the messages (kernel SCTP), ``nf_adapters.ngap``'s
+``NgapRouter`` decides (see its module doc for NG Setup, UE routing, the AMF-failure behaviour
+and overload).  The service listens for gNBs on ``port`` (38412) at every ``listen`` address
+(one multi-homed socket), keeps one association per AMF endpoint (multi-homed peers through
+connectx), reconnects lost AMFs with a bounded backoff, and exports counters and per-path
+state (``collect`` is a Prometheus collector).
+
+Public API::
+
+    N2Settings / AmfPoolSettings / AmfEndpointSettings      plain dataclasses
+    from_config(section) -> N2Settings                       reads the config's ``ngap`` section
+    async start_n2(section_or_settings) -> N2Service          what gateway/app.py calls
+    async run_n2_demo(duration_s, gnbs, ues) -> dict          the demo's N2 part
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dataplane.sctp import (
+    SctpAssociation,
+    SctpListener,
+    SctpParams,
+    connect,
+    listen,
+    sctp_available,
+)
+from nf_adapters.ngap import codec
+from nf_adapters.ngap.ngap_router import AmfPeer, GatewayIdentity, GnbPeer, Limits, NgapRouter
+
+log = logging.getLogger("nfmesh.n2")
+
+
+@dataclass(frozen=True, slots=True)
+class AmfEndpointSettings:
+    addresses: tuple[str, ...]
+    port: int = 38412
+
+
+@dataclass(frozen=True, slots=True)
+class AmfPoolSettings:
+    name: str
+    endpoints: tuple[AmfEndpointSettings, ...]
+    plmn: str = "00101"  # MCC + MNC digits
+    amf_set_id: int = 1
+    relative_capacity: int = 255
+
+
+@dataclass(frozen=True, slots=True)
+class N2Settings:
+    enabled: bool = True
+    listen: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 38412
+    streams: int = 16
+    amf_pools: tuple[AmfPoolSettings, ...] = ()
+    heartbeat_interval_ms: int = 30000
+    rto_min_ms: int = 1000
+    rto_max_ms: int = 60000
+    max_ues: int = 100_000
+    gnb_id: int = 1  # the gateway's Global gNB ID toward the AMFs
+    reconnect_max_s: float = 10.0
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def from_config(section: Any) -> N2Settings:
+    """N2Settings from the config's ``ngap`` section (a msgspec struct, an object or a dict),
+    reading fields by name; missing ones keep N2Settings' defaults."""
+    d = N2Settings()
+    pools = []
+    for p in _get(section, "amf_pools", []) or []:
+        eps = tuple(AmfEndpointSettings(tuple(_get(e, "addresses", ())), int(_get(e, "port", 38412)))
+                    for e in _get(p, "endpoints", []) or [])
+        pools.append(AmfPoolSettings(str(_get(p, "name", "pool")), eps,
+                                     str(_get(p, "plmn", "00101")),
+                                     int(_get(p, "amf_set_id", 1)),
+                                     int(_get(p, "relative_capacity", 255))))
+    return N2Settings(
+        enabled=bool(_get(section, "enabled", d.enabled)),
+        listen=tuple(_get(section, "listen", d.listen) or d.listen),
+        port=int(_get(section, "port", d.port)),
+        streams=int(_get(section, "streams", d.streams)),
+        amf_pools=tuple(pools),
+        heartbeat_interval_ms=int(_get(section, "heartbeat_interval_ms", d.heartbeat_interval_ms)),
+        rto_min_ms=int(_get(section, "rto_min_ms", d.rto_min_ms)),
+        rto_max_ms=int(_get(section, "rto_max_ms", d.rto_max_ms)),
+        max_ues=int(_get(section, "max_ues", d.max_ues)),
+        gnb_id=int(_get(section, "gnb_id", d.gnb_id)),
+    )
+
+
+def plmn_from_digits(digits: str) -> bytes:
+    """"00101" / "001001" -> the 3-octet PLMN identity."""
+    if not digits.isdigit() or len(digits) not in (5, 6):
+        raise ValueError(f"PLMN must be MCC+MNC digits (5 or 6), got {digits!r}")
+    return codec.plmn_bytes(digits[:3], digits[3:])
+
+
+class _GnbSide:
+    def __init__(self, service: N2Service, peer: GnbPeer) -> None:
+        self.service, self.peer = service, peer
+
+    def on_message(self, assoc: SctpAssociation, data: bytes, stream: int, ppid: int) -> None:
+        self.service.router.gnb_message(self.peer, data, stream, ppid)
+
+    def on_event(self, assoc: SctpAssociation, kind: str, detail: dict) -> None:
+        log.info("gNB association %d: %s %s", self.peer.index, kind, detail)
+
+    def on_closed(self, assoc: SctpAssociation, exc: BaseException | None) -> None:
+        self.service.gnb_assocs.pop(self.peer.index, None)
+        self.service.router.gnb_lost(self.peer)
+
+
+class _AmfSide:
+    def __init__(self, service: N2Service, name: str) -> None:
+        self.service, self.name = service, name
+        self.peer: AmfPeer | None = None
+        self.lost: asyncio.Event = asyncio.Event()
+
+    def on_message(self, assoc: SctpAssociation, data: bytes, stream: int, ppid: int) -> None:
+        if self.peer is not None:
+            self.service.router.amf_message(self.peer, data, stream, ppid)
+
+    def on_event(self, assoc: SctpAssociation, kind: str, detail: dict) -> None:
+        log.info("AMF %s: %s %s", self.name, kind, detail)
+
+    def on_closed(self, assoc: SctpAssociation, exc: BaseException | None) -> None:
+        log.warning("AMF %s association lost (%s)", self.name, exc)
+        if self.peer is not None:
+            self.service.router.amf_lost(self.peer)
+        self.lost.set()
+
+
+class N2Service:
+    """The running N2 proxy."""
+
+    def __init__(self, settings: N2Settings) -> None:
+        self.settings = settings
+        pools = settings.amf_pools
+        first = pools[0] if pools else None
+        self.identity = GatewayIdentity(
+            plmn=plmn_from_digits(first.plmn if first else "00101"),
+            gnb_id=settings.gnb_id,
+            pool_name=first.name if first else "nfmesh-amf-pool",
+            relative_capacity=first.relative_capacity if first else None)
+        self.router = NgapRouter(self.identity, Limits(max_ues=settings.max_ues))
+        self.params = SctpParams(
+            out_streams=settings.streams, in_streams=settings.streams,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            rto_min_ms=settings.rto_min_ms, rto_max_ms=settings.rto_max_ms,
+            rto_initial_ms=min(max(settings.rto_min_ms, 1000), settings.rto_max_ms))
+        self.listener: SctpListener | None = None
+        self.gnb_assocs: dict[int, SctpAssociation] = {}
+        self.amf_assocs: dict[str, SctpAssociation] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._closing = False
+
+    @property
+    def port(self) -> int:
+        assert self.listener is not None
+        return self.listener.port
+
+    async def start(self) -> N2Service:
+        ok, reason = sctp_available()
+        if not ok:
+            raise OSError(93, reason)
+        self.listener = await listen(list(self.settings.listen), self.settings.port,
+                                     self._accept, self.params)
+        for pool in self.settings.amf_pools:
+            for i, ep in enumerate(pool.endpoints):
+                name = f"{pool.name}/{i}"
+                self._tasks.append(asyncio.create_task(self._keep_amf(name, ep)))
+        return self
+
+    def _accept(self, assoc: SctpAssociation) -> _GnbSide:
+        peer = self.router.add_gnb(assoc)
+        self.gnb_assocs[peer.index] = assoc
+        return _GnbSide(self, peer)
+
+    async def _keep_amf(self, name: str, ep: AmfEndpointSettings) -> None:
+        """Connect to one AMF endpoint, and again after each loss (bounded backoff)."""
+        delay = 0.1
+        while not self._closing:
+            side = _AmfSide(self, name)
+            try:
+                assoc = await connect(list(ep.addresses), ep.port, side, self.params, timeout=5.0)
+            except (OSError, TimeoutError) as exc:
+                log.info("AMF %s %s:%d not reachable (%s); retry in %.1f s", name,
+                         ep.addresses, ep.port, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.reconnect_max_s)
+                continue
+            delay = 0.1
+            self.amf_assocs[name] = assoc
+            side.peer = self.router.add_amf(assoc, name)
+            await side.lost.wait()
+            self.amf_assocs.pop(name, None)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.listener is not None:
+            self.listener.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for assoc in list(self.gnb_assocs.values()) + list(self.amf_assocs.values()):
+            assoc.close()
+        self.gnb_assocs.clear()
+        self.amf_assocs.clear()
+
+    def snapshot(self) -> dict:
+        snap = self.router.snapshot()
+        snap["paths"] = {
+            **{f"gnb/{i}": a.peer_addresses for i, a in self.gnb_assocs.items()},
+            **{f"amf/{n}": a.peer_addresses for n, a in self.amf_assocs.items()}}
+        return snap
+
+    def collect(self) -> Iterator[Any]:
+        """Prometheus collector: NGAP counters, UE contexts, AMF state, SCTP path state."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        msgs = CounterMetricFamily("nfmesh_ngap_events", "N2 proxy events by kind", labels=["kind"])
+        for k, v in self.router.stats.items():
+            msgs.add_metric([k], v)
+        yield msgs
+        yield GaugeMetricFamily("nfmesh_ngap_ue_contexts", "UE contexts held",
+                                value=self.router.ue_count)
+        yield GaugeMetricFamily("nfmesh_ngap_overloaded", "1 while the gateway asks gNBs to "
+                                "reduce load", value=int(self.router.overloaded))
+        amf = GaugeMetricFamily("nfmesh_ngap_amf_up", "AMF association up and set up",
+                                labels=["amf"])
+        for a in self.router.amfs:
+            amf.add_metric([a.name], 1 if a.state == "up" else 0)
+        yield amf
+        path = GaugeMetricFamily("nfmesh_sctp_path_up", "SCTP peer address reachable",
+                                 labels=["peer", "address"])
+        for name, addrs in self.snapshot()["paths"].items():
+            for addr, state in addrs.items():
+                path.add_metric([name, addr], 1 if state == "available" else 0)
+        yield path
+
+
+async def start_n2(section: Any) -> N2Service:
+    """Start the N2 service from the config's ``ngap`` section (or an N2Settings)."""
+    settings = section if isinstance(section, N2Settings) else from_config(section)
+    return await N2Service(settings).start()
+
+
+async def run_n2_demo(duration_s: float, gnbs: int = 2, ues: int = 20) -> dict:
+    """Carry registration-like N2 traffic for ``duration_s`` seconds through the gateway:
+    two emulated AMFs (one pool), ``gnbs`` emulated gNBs with ``ues`` UEs each, in waves.
+
+    Returns {"ngap_messages", "ngap_errors", "available", "reason", ...}.  Where the kernel has
+    no SCTP it returns at once with available False and the reason.  Cancelling the task ends
+    the traffic and still returns the summary."""
+    ok, reason = sctp_available()
+    if not ok:
+        return {"ngap_messages": 0, "ngap_errors": 0, "available": False, "reason": reason}
+    from perf.amf_emulator import AmfLogic, AmfServer
+    from perf.gnb_emulator import GnbClient, GnbLogic
+
+    amfs = [AmfServer(AmfLogic(f"amf{i}", set_id=1, pointer=i, record=False)) for i in (1, 2)]
+    service = None
+    clients: list[GnbClient] = []
+    waves = 0
+    started = time.perf_counter()
+    result: dict = {"available": True, "reason": ""}
+    try:
+        for a in amfs:
+            await a.start(["127.0.0.1"], 0)
+        settings = N2Settings(listen=("127.0.0.1",), port=0, heartbeat_interval_ms=5000,
+                              amf_pools=(AmfPoolSettings("demo-pool", tuple(
+                                  AmfEndpointSettings(("127.0.0.1",), a.port) for a in amfs)),))
+        service = await N2Service(settings).start()
+        for _ in range(100):
+            if sum(a.state == "up" for a in service.router.amfs) == len(amfs):
+                break
+            await asyncio.sleep(0.05)
+        clients = [GnbClient(GnbLogic(g + 1)) for g in range(gnbs)]
+        for cl in clients:
+            await cl.connect(["127.0.0.1"], service.port)
+        deadline = started + duration_s
+        next_id = 1
+        while time.perf_counter() < deadline:
+            for cl in clients:
+                for i in range(next_id, next_id + ues):
+                    cl.start_ue(i)
+            next_id += ues
+            for cl in clients:
+                await cl.wait_finished(next_id - 1, max(1.0, min(30.0, deadline - time.perf_counter())))
+            waves += 1
+    except asyncio.CancelledError:
+        pass
+    except OSError as exc:
+        result["reason"] = f"N2 demo failed: {exc}"
+    finally:
+        violations = sum(len(cl.logic.violations) for cl in clients)
+        completed = sum(cl.logic.completed for cl in clients)
+        for cl in clients:
+            cl.close()
+        stats = dict(service.router.stats) if service else {}
+        if service is not None:
+            await service.close()
+        for a in amfs:
+            a.stop()
+    elapsed = time.perf_counter() - started
+    messages = stats.get("messages_from_gnb", 0) + stats.get("messages_from_amf", 0)
+    errors = (violations + stats.get("decode_errors", 0) + stats.get("unknown_ue", 0)
+              + stats.get("send_failures", 0) + stats.get("ppid_mismatch", 0))
+    result.update({"ngap_messages": messages, "ngap_errors": errors,
+                   "ngap_registrations": completed, "ngap_waves": waves,
+                   "ngap_messages_per_s": round(messages / elapsed, 1) if elapsed else 0.0})
+    return result
