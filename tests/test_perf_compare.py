@@ -92,3 +92,23 @@ def test_short_real_run(tmp_path: Path, capsys) -> None:
     assert 0 < lg["p50_ms"] <= lg["p99_ms"] <= lg["max_ms"] and len(lg["cdf"]) > 10
     assert 80 <= h["phases"]["rate_200"]["requests"] <= 120  # 10 clients x 20 req/s x 0.5 s
     assert rc == 1  # a target failed
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_nfmesh_target_config_is_valid(tmp_path: Path, tls: bool) -> None:
+    """The config the harness writes for nfmesh passes the gateway's own config checks and
+    has routing, metrics and access logging on."""
+    config = pytest.importorskip("gateway.config")
+    from perf.peers import TargetSpec
+    from perf.peers.nfmesh import Nfmesh
+    from perf.peers.tls_certs import make_self_signed
+
+    spec = TargetSpec(listen_port=18080, backend_port=18081, workdir=tmp_path,
+                      tls=make_self_signed(tmp_path / "tls") if tls else None)
+    argv = Nfmesh().command(spec)
+    assert argv[argv.index("-c") + 1] == str(tmp_path / "nfmesh.yaml")
+    cfg = config.load_config(str(tmp_path / "nfmesh.yaml"))
+    assert cfg.listeners[0].port == 18080
+    assert cfg.listeners[0].protocol == ("tls" if tls else "h2c")
+    assert cfg.routes[0].cluster == "backend" and cfg.clusters[0].endpoints[0].port == 18081
+    assert cfg.metrics.enabled and cfg.logging.access_log

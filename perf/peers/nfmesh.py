@@ -1,15 +1,19 @@
-"""nfmesh as a perf target: ``nfmesh run`` with one worker, SCP model C.
+"""nfmesh as a perf target: ``nfmesh run -c <generated config>`` with one worker.
 
-The load carries ``3gpp-sbi-target-apiroot: http://127.0.0.1:<backend>``, so the default
-gateway (no config file) routes every request to the backend.  The command is a template so
-the harness can measure any build or variant: ``{nfmesh}`` (the venv's ``nfmesh`` script, or
-``python -m gateway.cli`` from this checkout when the package is not installed), ``{python}``,
-``{host}``, ``{port}``, ``{backend_port}``, ``{workdir}``, and for TLS runs
-``{cert}``, ``{key}``.
+The generated config (``gateway/config.py`` format) is what the issue's targets are measured
+with: an h2c or TLS (ALPN h2) listener, a static route sending every path to the ``backend``
+cluster, Prometheus metrics on, access logging on.  The load also carries
+``3gpp-sbi-target-apiroot`` toward the same backend, so SCP model C routing reaches it too.
+
+The command is a template so the harness can measure any build or variant: ``{nfmesh}`` (the
+venv's ``nfmesh`` script, or ``python -m gateway.cli`` from this checkout when the package is
+not installed), ``{python}``, ``{config}`` (the generated file), ``{host}``, ``{port}``,
+``{backend_port}``, ``{workdir}``, and for TLS runs ``{cert}``, ``{key}``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -19,8 +23,7 @@ from pathlib import Path
 from perf.peers import TargetSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-DEFAULT_CMD = "{nfmesh} run --listen {host}:{port} --workers 1"
+DEFAULT_CMD = "{nfmesh} run -c {config} --workers 1"
 ENV_CMD = "NFMESH_PERF_CMD"
 ENV_TLS_ARGS = "NFMESH_PERF_TLS_ARGS"
 
@@ -46,6 +49,24 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def gateway_config(spec: TargetSpec) -> dict:
+    """The nfmesh config for one run (JSON is YAML, so it is written as JSON)."""
+    listener: dict = {"name": "sbi", "host": spec.host, "port": spec.listen_port,
+                      "protocol": "h2c"}
+    if spec.tls is not None:
+        listener["protocol"] = "tls"
+        listener["tls"] = {"cert": str(spec.tls.cert), "key": str(spec.tls.key)}
+    return {
+        "gateway": {"name": "perf", "workers": 1},
+        "listeners": [listener],
+        "clusters": [{"name": "backend",
+                      "endpoints": [{"host": "127.0.0.1", "port": spec.backend_port}]}],
+        "routes": [{"name": "all", "match": {"path_prefix": "/"}, "cluster": "backend"}],
+        "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0},
+        "logging": {"level": "warning", "access_log": True},
+    }
+
+
 class Nfmesh:
     """The gateway under test."""
 
@@ -59,23 +80,21 @@ class Nfmesh:
     def unavailable(self, tls: bool) -> str | None:
         if "{nfmesh}" in self.cmd and self.binary is None:
             return "neither an nfmesh script nor gateway/cli.py found (pip install -e .)"
-        if tls and not self.tls_args:
-            return (
-                "no TLS listener arguments for nfmesh: pass --nfmesh-tls-args "
-                f"(or ${ENV_TLS_ARGS}), e.g. '-c {{workdir}}/tls.yaml'"
-            )
         return None
 
     def command(self, spec: TargetSpec) -> list[str]:
+        config = spec.workdir / "nfmesh.yaml"
+        config.write_text(json.dumps(gateway_config(spec), indent=1))
         fields = {
             "nfmesh": self.binary or "nfmesh",
             "python": shlex.quote(sys.executable),
+            "config": shlex.quote(str(config)),
             "host": spec.host,
             "port": spec.listen_port,
             "backend_port": spec.backend_port,
-            "workdir": spec.workdir,
-            "cert": spec.tls.cert if spec.tls else "",
-            "key": spec.tls.key if spec.tls else "",
+            "workdir": shlex.quote(str(spec.workdir)),
+            "cert": shlex.quote(str(spec.tls.cert)) if spec.tls else "",
+            "key": shlex.quote(str(spec.tls.key)) if spec.tls else "",
         }
         text = self.cmd
         if spec.tls is not None and self.tls_args:
