@@ -358,13 +358,45 @@ def _twins():
     return fast
 
 
-@settings(max_examples=20000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(_hdrs, _opt, _opt, _opt, _opt, _opt)
 def test_fast_and_pure_rewrite_agree(headers, scheme, authority, path, hops, via) -> None:
     fast = _twins()
     assert fast.scan_request(headers) == sbi_rewrite.scan_request(headers)
     assert fast.rewrite_headers(headers, scheme, authority, path, hops, via) == \
         sbi_rewrite.rewrite_headers(headers, scheme, authority, path, hops, via)
+
+
+_NAME_POOL = [b":method", b":scheme", b":authority", b":path", b"host", b"via", b"",
+              b"3gpp-sbi-target-apiroot", b"3gpp-sbi-max-forward-hops", b"3gpp-sbi-max-rsp-time",
+              b"3gpp-sbi-sender-timestamp", b"user-agent", b"3gpp-sbi-discovery-dnn", b"x",
+              b":", b"3gpp-", b"3gpp-sbi-target-apiroo", b"vi", b"hosts", b":pat"]
+
+
+def test_fast_and_pure_agree_on_30000_random_inputs() -> None:
+    """Tens of thousands of seeded random header lists (hypothesis above shrinks failures;
+    this loop gives volume at low cost)."""
+    import random
+
+    fast = _twins()
+    rnd = random.Random(29500)
+
+    def opt():
+        return None if rnd.random() < 0.4 else rnd.randbytes(rnd.randrange(6))
+
+    for _ in range(30000):
+        headers = [(rnd.choice(_NAME_POOL), rnd.randbytes(rnd.randrange(5)))
+                   for _ in range(rnd.randrange(12))]
+        args = (opt(), opt(), opt(), opt(), opt())
+        assert fast.scan_request(headers) == sbi_rewrite.scan_request(headers)
+        assert fast.rewrite_headers(headers, *args) == sbi_rewrite.rewrite_headers(headers, *args)
+
+
+def test_fast_twin_rejects_non_bytes_names() -> None:
+    fast = _twins()
+    with pytest.raises(TypeError, match="header names must be bytes"):
+        fast.scan_request([(":path", b"/")])
+    assert fast.scan_request([[b":path", b"/"]])[3] == b"/"  # any 2-sequence, like the twin
 
 
 @settings(max_examples=500, deadline=None)
@@ -382,3 +414,26 @@ def test_pure_rewrite_invariants(headers, scheme, authority, path) -> None:
         b"3gpp-sbi-target-apiroot", b"3gpp-sbi-max-forward-hops")
         and not (h[0] == b"host" and authority is not None)]
     assert [h for h in out[:-2] if not h[0].startswith(b":")] == kept
+
+
+def test_router_same_decisions_with_pure_twin(monkeypatch) -> None:
+    """The router gives identical decisions whichever twin it imported."""
+    import nf_adapters.scp_router as mod
+
+    requests = [
+        req(extra=[(b"3gpp-sbi-target-apiroot", b"https://[::1]:9/p")]),
+        req(b"/nudm-uecm/v1/x", extra=[(b"host", b"h"), (b"via", b"1.1 other")]),
+        req(b"/nausf-auth/v1/x", method=b"POST",
+            extra=[(b"3gpp-sbi-max-forward-hops", b"2; nodetype=scp")]),
+        req(extra=[(b"3gpp-sbi-target-apiroot", b"bad")]),
+        req(b"/none"),
+    ]
+
+    def run():
+        r = router(table=table())
+        return [r.route(list(h), {}) for h in requests]
+
+    first = run()
+    monkeypatch.setattr(mod, "scan_request", sbi_rewrite.scan_request)
+    monkeypatch.setattr(mod, "rewrite_headers", sbi_rewrite.rewrite_headers)
+    assert run() == first

@@ -1,0 +1,151 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Cython twin of ``nf_adapters.sbi_rewrite``: the SCP router's per-request header pass.
+
+Same functions, same results (tests compare both on random inputs); the names are compared
+as C bytes (length first, then memcmp) instead of through Python's rich comparison.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from libc.string cimport memcmp
+
+cdef bytes _TARGET = b"3gpp-sbi-target-apiroot"
+cdef bytes _HOPS = b"3gpp-sbi-max-forward-hops"
+cdef bytes _RSP = b"3gpp-sbi-max-rsp-time"
+cdef bytes _TS = b"3gpp-sbi-sender-timestamp"
+cdef bytes _VIA = b"via"
+cdef bytes _HOST = b"host"
+cdef bytes _METHOD = b":method"
+cdef bytes _SCHEME = b":scheme"
+cdef bytes _AUTHORITY = b":authority"
+cdef bytes _PATH = b":path"
+REPEATED = b"\x00"
+cdef bytes _REPEATED = REPEATED
+
+
+cdef inline bint _eq(const char* p, Py_ssize_t n, bytes want):
+    return n == PyBytes_GET_SIZE(want) and memcmp(p, PyBytes_AS_STRING(want), n) == 0
+
+
+def scan_request(list headers):
+    """See ``sbi_rewrite.scan_request``."""
+    cdef object method = None, scheme = None, authority = None, path = None
+    cdef object target = None, hops = None, rsp = None, ts = None
+    cdef list via = None
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(headers), ln
+    cdef object item, name, value
+    cdef const char* p
+    for i in range(n):
+        item = <object>PyList_GET_ITEM(headers, i)
+        if type(item) is tuple and PyTuple_GET_SIZE(item) == 2:
+            name = <object>PyTuple_GET_ITEM(item, 0)
+            value = <object>PyTuple_GET_ITEM(item, 1)
+        else:
+            name, value = item
+        if type(name) is not bytes:
+            raise TypeError("header names must be bytes")
+        p = PyBytes_AS_STRING(name)
+        ln = PyBytes_GET_SIZE(name)
+        if ln == 0:
+            continue
+        if p[0] == b':':
+            if _eq(p, ln, _METHOD):
+                method = value
+            elif _eq(p, ln, _PATH):
+                path = value
+            elif _eq(p, ln, _AUTHORITY):
+                authority = value
+            elif _eq(p, ln, _SCHEME):
+                scheme = value
+        elif ln > 5 and memcmp(p, b"3gpp-", 5) == 0:
+            if _eq(p, ln, _TARGET):
+                target = value if target is None else _REPEATED
+            elif _eq(p, ln, _HOPS):
+                if hops is None:
+                    hops = value
+            elif _eq(p, ln, _RSP):
+                if rsp is None:
+                    rsp = value
+            elif _eq(p, ln, _TS):
+                if ts is None:
+                    ts = value
+        elif _eq(p, ln, _VIA):
+            if via is None:
+                via = [value]
+            else:
+                via.append(value)
+    return (method, scheme, authority, path, target, hops, via, rsp, ts)
+
+
+def rewrite_headers(list headers, scheme, authority, path, hops, via):
+    """See ``sbi_rewrite.rewrite_headers``."""
+    cdef list out = []
+    cdef bint seen_scheme = scheme is None
+    cdef bint seen_authority = authority is None
+    cdef bint seen_path = path is None
+    cdef bint pseudo_done = False
+    cdef bint drop_host = authority is not None
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(headers), ln
+    cdef object item, name
+    cdef const char* p
+    for i in range(n):
+        item = <object>PyList_GET_ITEM(headers, i)
+        if type(item) is tuple and PyTuple_GET_SIZE(item) == 2:
+            name = <object>PyTuple_GET_ITEM(item, 0)
+        else:
+            name = item[0]
+        if type(name) is not bytes:
+            raise TypeError("header names must be bytes")
+        p = PyBytes_AS_STRING(name)
+        ln = PyBytes_GET_SIZE(name)
+        if ln > 0 and p[0] == b':':
+            if _eq(p, ln, _SCHEME):
+                if scheme is not None:
+                    if seen_scheme:
+                        continue
+                    item = (name, scheme)
+                    seen_scheme = True
+            elif _eq(p, ln, _AUTHORITY):
+                if authority is not None:
+                    if seen_authority:
+                        continue
+                    item = (name, authority)
+                    seen_authority = True
+            elif _eq(p, ln, _PATH):
+                if path is not None:
+                    if seen_path:
+                        continue
+                    item = (name, path)
+                    seen_path = True
+            out.append(item)
+            continue
+        if not pseudo_done:
+            pseudo_done = True
+            if not seen_scheme:
+                out.append((_SCHEME, scheme))
+                seen_scheme = True
+            if not seen_authority:
+                out.append((_AUTHORITY, authority))
+                seen_authority = True
+            if not seen_path:
+                out.append((_PATH, path))
+                seen_path = True
+        if ln > 5 and p[0] == b'3':
+            if _eq(p, ln, _TARGET) or _eq(p, ln, _HOPS):
+                continue
+        elif drop_host and _eq(p, ln, _HOST):
+            continue
+        out.append(item)
+    if not pseudo_done:
+        if not seen_scheme:
+            out.append((_SCHEME, scheme))
+        if not seen_authority:
+            out.append((_AUTHORITY, authority))
+        if not seen_path:
+            out.append((_PATH, path))
+    if hops is not None:
+        out.append((_HOPS, hops))
+    if via is not None:
+        out.append((_VIA, via))
+    return out
