@@ -94,7 +94,7 @@ class UpstreamPools:
         if pool is None:
             pool = self._pools[endpoint] = _EndpointPool()
             self._start_sweeper()
-        for _ in range(3):
+        for _ in range(self.max_connections + 1):
             conn = self.get_ready(endpoint)
             if conn is not None:
                 return conn
