@@ -42,6 +42,7 @@ def tools(*names: str) -> None:
 
 # ---- a minimal splice handler ------------------------------------------------------------------
 
+
 class SpliceProxy:
     """Splices every request to ``upstream`` (a connected ClientConnection); an upstream
     failure is answered 502, or replayed once on ``fallback`` with ``fallback_path``."""
@@ -59,8 +60,14 @@ class SpliceProxy:
         self.connections.append(conn)
 
     def on_request(self, conn, stream_id, headers, end_stream) -> None:
-        conn.splice(stream_id, self.upstream, headers, _Observer(self, conn, headers),
-                    [(b"x-via", b"nfmesh")], retain_body=True)
+        conn.splice(
+            stream_id,
+            self.upstream,
+            headers,
+            _Observer(self, conn, headers),
+            [(b"x-via", b"nfmesh")],
+            retain_body=True,
+        )
 
     def on_stream_reset(self, conn, stream_id, error_code) -> None:
         pass
@@ -76,8 +83,11 @@ class _Observer:
     def on_upstream_failed(self, stream_id, error_code, reached) -> None:
         p = self.proxy
         p.failed.append((stream_id, error_code, reached))
-        if p.fallback is not None and self.conn.can_replay(stream_id) \
-                and stream_id not in p.replayed:
+        if (
+            p.fallback is not None
+            and self.conn.can_replay(stream_id)
+            and stream_id not in p.replayed
+        ):
             p.replayed.append(stream_id)
             headers = [(k, p.fallback_path if k == b":path" else v) for k, v in self.headers]
             self.conn.splice(stream_id, p.fallback, headers, self, [(b"x-replayed", b"1")])
@@ -90,14 +100,20 @@ class _Observer:
 
 async def connect(backend, port: int, settings: H2Settings = H2Settings()):
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(lambda: backend.ClientConnection(settings),
-                                           "127.0.0.1", port)
+    _, conn = await loop.create_connection(
+        lambda: backend.ClientConnection(settings), "127.0.0.1", port
+    )
     await asyncio.wait_for(conn.ready, 5)
     return conn
 
 
-async def start_splice_proxy(backend, upstream_port: int, settings: H2Settings = SMALL,
-                             fallback_port: int | None = None, fallback_path: bytes = b"/"):
+async def start_splice_proxy(
+    backend,
+    upstream_port: int,
+    settings: H2Settings = SMALL,
+    fallback_port: int | None = None,
+    fallback_path: bytes = b"/",
+):
     upstream = await connect(backend, upstream_port, settings)
     fallback = await connect(backend, fallback_port, settings) if fallback_port else None
     proxy = SpliceProxy(upstream, fallback, fallback_path)
@@ -122,13 +138,27 @@ async def stop_splice_proxy(server, proxy) -> None:
     await asyncio.sleep(0)
 
 
-async def request(backend, port: int, method: str, path: str, body: bytes | None = None,
-                  extra=(), trailers=None, timeout: float = 10.0, authority: bytes | None = None):
+async def request(
+    backend,
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    extra=(),
+    trailers=None,
+    timeout: float = 10.0,
+    authority: bytes | None = None,
+):
     """(status, headers, body, trailers, error) over the backend's own ClientConnection."""
     conn = await connect(backend, port)
     fut = asyncio.get_running_loop().create_future()
-    headers = [(b":method", method.encode()), (b":scheme", b"http"),
-               (b":authority", authority or b"127.0.0.1:%d" % port), (b":path", path.encode()), *extra]
+    headers = [
+        (b":method", method.encode()),
+        (b":scheme", b"http"),
+        (b":authority", authority or b"127.0.0.1:%d" % port),
+        (b":path", path.encode()),
+        *extra,
+    ]
     conn.request(headers, body, lambda *a: fut.done() or fut.set_result(a), trailers)
     try:
         return await asyncio.wait_for(fut, timeout)
@@ -142,8 +172,11 @@ def hdr(headers, name: bytes):
 
 async def run(*argv: str, timeout: float = 30.0, stdin: bytes | None = None) -> bytes:
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL)
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except TimeoutError:
@@ -172,8 +205,17 @@ async def nghttpd(tmp_path):
     (htdocs / "big.bin").write_bytes(big)
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        "nghttpd", "--no-tls", "--echo-upload", "-a", "127.0.0.1", "-d", str(htdocs), str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        "nghttpd",
+        "--no-tls",
+        "--echo-upload",
+        "-a",
+        "127.0.0.1",
+        "-d",
+        str(htdocs),
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     for _ in range(200):
         try:
             _, w = await asyncio.open_connection("127.0.0.1", port)
@@ -188,6 +230,7 @@ async def nghttpd(tmp_path):
 
 # ---- local responses to real clients -------------------------------------------------------------
 
+
 async def test_nghttp_gets_local_responses_and_trailers(origin, tmp_path):
     tools("nghttp")
     base = f"http://127.0.0.1:{origin.port}"
@@ -197,21 +240,26 @@ async def test_nghttp_gets_local_responses_and_trailers(origin, tmp_path):
     out = json.loads(await run("nghttp", "-d", str(data), f"{base}/upload"))
     assert out == {"len": 300_000, "sha256": hashlib.sha256(pattern(300_000)).hexdigest()}
     # request trailers come back as response trailers (/echo), seen on the wire by nghttp -v
-    verbose = (await run("nghttp", "-v", "-d", str(data), "--trailer", "x-req-sum: 42",
-                         f"{base}/echo")).decode(errors="replace")
+    verbose = (
+        await run("nghttp", "-v", "-d", str(data), "--trailer", "x-req-sum: 42", f"{base}/echo")
+    ).decode(errors="replace")
     recv_headers = re.findall(r"recv \(stream_id=\d+\) (x-req-sum: \S+)", verbose)
     assert recv_headers == ["x-req-sum: 42"]
 
 
 async def test_h2load_many_concurrent_requests(origin):
     tools("h2load")
-    out = (await run("h2load", "-n", "3000", "-c", "4", "-m", "16",
-                     f"http://127.0.0.1:{origin.port}/hello")).decode()
+    out = (
+        await run(
+            "h2load", "-n", "3000", "-c", "4", "-m", "16", f"http://127.0.0.1:{origin.port}/hello"
+        )
+    ).decode()
     assert "3000 succeeded" in out, out
     assert re.search(r"status codes: 3000 2xx", out), out
 
 
 # ---- splices to a real nghttpd -------------------------------------------------------------------
+
 
 async def test_splice_to_nghttpd_10mb_both_ways_bounded(nghttpd):
     tools("nghttp", "h2load")
@@ -224,8 +272,9 @@ async def test_splice_to_nghttpd_10mb_both_ways_bounded(nghttpd):
         assert hashlib.sha256(down).digest() == hashlib.sha256(big).digest()
         echoed = await run("nghttp", "-d", str(tmp_path / "htdocs" / "big.bin"), f"{base}/echo")
         assert len(echoed) == len(big) and echoed == big
-        out = (await run("h2load", "-n", "2000", "-c", "4", "-m", "10",
-                         f"{base}/hello.txt")).decode()
+        out = (
+            await run("h2load", "-n", "2000", "-c", "4", "-m", "10", f"{base}/hello.txt")
+        ).decode()
         assert "2000 succeeded" in out, out
         # per stream, the engine never held more than the windows it advertised
         peak = max(c.peak_buffered for c in proxy.connections)
@@ -244,9 +293,16 @@ async def test_slow_reader_keeps_proxy_buffer_bounded(origin):
         h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         h2c.initiate_connection()
         sid = h2c.get_next_available_stream_id()
-        h2c.send_headers(sid, [(":method", "GET"), (":scheme", "http"),
-                               (":authority", "x"), (":path", f"/download?size={size}")],
-                         end_stream=True)
+        h2c.send_headers(
+            sid,
+            [
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "x"),
+                (":path", f"/download?size={size}"),
+            ],
+            end_stream=True,
+        )
         writer.write(h2c.data_to_send())
         got = bytearray()
         ended = False
@@ -273,12 +329,14 @@ async def test_slow_reader_keeps_proxy_buffer_bounded(origin):
 
 # ---- the engine's own peers: trailers, resets, replay ----------------------------------------------
 
+
 async def test_trailers_both_ways_through_splice(origin):
     server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
     try:
         body = pattern(100_000)
         status, headers, rbody, trailers, err = await request(
-            nghttp2, pport, "POST", "/echo", body, trailers=[(b"x-req-trailer", b"yes")])
+            nghttp2, pport, "POST", "/echo", body, trailers=[(b"x-req-trailer", b"yes")]
+        )
         assert (status, err, rbody) == (200, None, body)
         assert hdr(headers, b"x-via") == b"nfmesh"
         assert trailers == [(b"x-req-trailer", b"yes")]
@@ -315,8 +373,11 @@ async def test_downstream_reset_cancels_upstream_stream(origin):
         reader, writer = await asyncio.open_connection("127.0.0.1", pport)
         h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         h2c.initiate_connection()
-        h2c.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "x"),
-                             (":path", "/hold")], end_stream=True)
+        h2c.send_headers(
+            1,
+            [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/hold")],
+            end_stream=True,
+        )
         writer.write(h2c.data_to_send())
         for _ in range(200):
             if origin.handler.held:
@@ -342,16 +403,16 @@ async def test_downstream_reset_cancels_upstream_stream(origin):
 async def test_replay_retained_body_after_refused_stream():
     origin = await start_origin(nghttp2)
     second = await start_origin(nghttp2, name="second")
-    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port,
-                                                    fallback_port=second.port,
-                                                    fallback_path=b"/upload")
+    server, pport, proxy = await start_splice_proxy(
+        nghttp2, origin.port, fallback_port=second.port, fallback_path=b"/upload"
+    )
     try:
         body = pattern(40_000)  # under max_retained_body
-        status, headers, rbody, _, err = await request(nghttp2, pport, "POST", "/reset?code=7",
-                                                       body)
+        status, headers, rbody, _, err = await request(
+            nghttp2, pport, "POST", "/reset?code=7", body
+        )
         assert (status, err) == (200, None)
-        assert json.loads(rbody) == {"len": 40_000,
-                                     "sha256": hashlib.sha256(body).hexdigest()}
+        assert json.loads(rbody) == {"len": 40_000, "sha256": hashlib.sha256(body).hexdigest()}
         assert hdr(headers, b"x-replayed") == b"1"
         assert proxy.failed[0][1:] == (ErrorCode.REFUSED_STREAM, False)
     finally:
@@ -363,12 +424,13 @@ async def test_replay_retained_body_after_refused_stream():
 async def test_body_over_retain_limit_is_not_replayable():
     origin = await start_origin(nghttp2)
     second = await start_origin(nghttp2, name="second")
-    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port,
-                                                    fallback_port=second.port,
-                                                    fallback_path=b"/upload")
+    server, pport, proxy = await start_splice_proxy(
+        nghttp2, origin.port, fallback_port=second.port, fallback_path=b"/upload"
+    )
     try:
-        status, headers, _, _, err = await request(nghttp2, pport, "POST", "/reset?code=7",
-                                                   pattern(200_000))
+        status, headers, _, _, err = await request(
+            nghttp2, pport, "POST", "/reset?code=7", pattern(200_000)
+        )
         assert status == 502 and not proxy.replayed
     finally:
         await stop_splice_proxy(server, proxy)
@@ -377,6 +439,7 @@ async def test_body_over_retain_limit_is_not_replayable():
 
 
 # ---- limits and shutdown -------------------------------------------------------------------------
+
 
 class LimitHandler(OriginHandler):
     """/small: read_body limited to 1000 bytes; the rest as the origin."""
@@ -387,10 +450,12 @@ class LimitHandler(OriginHandler):
 
     def on_request(self, conn, stream_id, headers, end_stream) -> None:
         if hdr(headers, b":path") == b"/small":
+
             def done(body, trailers):
                 self.bodies.append(body)
                 if body is not None:
                     conn.respond(stream_id, 200, [], b"%d" % len(body))
+
             conn.read_body(stream_id, 1000, done)
             return
         super().on_request(conn, stream_id, headers, end_stream)
@@ -437,8 +502,16 @@ async def test_goaway_drain_finishes_in_flight_streams(origin):
         results.append(a)
 
     for _ in range(3):
-        client.request([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"),
-                        (b":path", b"/slow?ms=150")], None, cb)
+        client.request(
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"x"),
+                (b":path", b"/slow?ms=150"),
+            ],
+            None,
+            cb,
+        )
     for _ in range(200):
         if len(origin.handler.requests) == 3:
             break
@@ -457,8 +530,11 @@ async def test_goaway_drain_finishes_in_flight_streams(origin):
     await asyncio.sleep(0.01)
     assert client.closed and not client.available
     with pytest.raises(ConnectionError):
-        client.request([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"),
-                        (b":path", b"/x")], None, cb)
+        client.request(
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/x")],
+            None,
+            cb,
+        )
 
 
 async def _flood(port: int, build, settings=None) -> tuple[int | None, bool]:
@@ -492,12 +568,21 @@ async def test_rapid_reset_gets_enhance_your_calm():
     handler = OriginHandler("rr")
     server, port, conns = await start_local(handler, H2Settings(max_resets_per_second=50))
     try:
+
         def build(h2c):
             for i in range(200):
                 sid = 1 + 2 * i
-                h2c.send_headers(sid, [(":method", "GET"), (":scheme", "http"),
-                                       (":authority", "x"), (":path", "/hold")])
+                h2c.send_headers(
+                    sid,
+                    [
+                        (":method", "GET"),
+                        (":scheme", "http"),
+                        (":authority", "x"),
+                        (":path", "/hold"),
+                    ],
+                )
                 h2c.reset_stream(sid, ErrorCode.CANCEL)
+
         code, eof = await _flood(port, build)
         assert code == ErrorCode.ENHANCE_YOUR_CALM and eof
         # far fewer than the 200 requests were announced to the handler
@@ -512,12 +597,15 @@ async def test_rapid_reset_gets_enhance_your_calm():
 
 
 async def test_ping_flood_gets_enhance_your_calm():
-    server, port, conns = await start_local(OriginHandler("pf"),
-                                            H2Settings(max_control_frames_per_second=100))
+    server, port, conns = await start_local(
+        OriginHandler("pf"), H2Settings(max_control_frames_per_second=100)
+    )
     try:
+
         def build(h2c):
             for i in range(300):
                 h2c.ping(i.to_bytes(8, "big"))
+
         code, eof = await _flood(port, build)
         assert code == ErrorCode.ENHANCE_YOUR_CALM and eof
     finally:
@@ -573,10 +661,19 @@ async def _run_sequence(backend_name: str) -> list:
     try:
         for method, path, body, trailers in SEQUENCE:
             status, headers, rbody, rtrailers, err = await request(
-                nghttp2, pport, method, path, body, trailers=trailers, authority=b"nf.example")
+                nghttp2, pport, method, path, body, trailers=trailers, authority=b"nf.example"
+            )
             headers = [(k, v) for k, v in headers if k not in (b"date", b"server")]
-            out.append((path, status, headers, rbody, rtrailers,
-                        getattr(err, "error_code", None if err is None else -1)))
+            out.append(
+                (
+                    path,
+                    status,
+                    headers,
+                    rbody,
+                    rtrailers,
+                    getattr(err, "error_code", None if err is None else -1),
+                )
+            )
     finally:
         await stop_splice_proxy(server, proxy)
         await origin.stop()
