@@ -10,6 +10,8 @@ check that it relays (every warm-up request must answer 2xx), and drive with h2l
   between the two ends of the run, divided by the requests served), RSS at the end;
 * ``rate_<N>``: a fixed total rate (h2load ``--rps`` per client): latency at load;
 * ``single``: one connection, one stream: the latency floor;
+* memory (``perf.memory_probe``): RSS growth per idle HTTP/2 connection and per open stream
+  (streams held open by stopping the backend);
 * ``loadgen_<N>`` (unless ``--no-loadgen``; off in ``--quick``): the project's own generator
   (``perf.loadgen``) open loop at the same rates, latency from the intended send time, so a
   stall of the target is not hidden by the generator waiting for it (h2load's ``--rps``
@@ -71,6 +73,8 @@ class CompareSettings:
     target_cpu: str | None = None
     load_cpu: str | None = None
     loadgen: bool = True
+    memory_connections: int = 100  # 0: no memory probe
+    memory_streams: int = 500
     start_timeout_s: float = 15.0
     warmup_timeout_s: float = 15.0  # a target that hangs is given up after this
 
@@ -79,7 +83,8 @@ class CompareSettings:
         """Fits 60 s for four targets on a 2-core machine."""
         return cls(targets=targets, repeats=1, closed_s=3.0, rates=[1000], rate_s=2.0,
                    single_requests=300, warmup_requests=500, start_timeout_s=8.0,
-                   warmup_timeout_s=6.0, loadgen=False)
+                   warmup_timeout_s=6.0, loadgen=False, memory_connections=50,
+                   memory_streams=200)
 
 
 def choose_cpus() -> tuple[str | None, str | None]:
@@ -111,6 +116,7 @@ class TargetResults:
     """All repeats of one target, by phase name."""
 
     phases: dict[str, list[Measurement]] = field(default_factory=dict)
+    memory: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     skipped: str | None = None
 
@@ -131,6 +137,7 @@ class Harness:
         self.body_file.write_bytes(request_body())
         self.tls: TlsFiles | None = make_self_signed(workdir / "tls") if settings.tls else None
         self.results: dict[str, TargetResults] = {name: TargetResults() for name in settings.targets}
+        self.backend: Launched | None = None
 
     def headers(self) -> list[str]:
         return [
@@ -171,6 +178,27 @@ class Harness:
             rss_bytes=sample.rss_bytes,
             latencies_us=run.log.latencies_us,
         )
+
+    def _memory(self, name: str, pid: int, port: int) -> None:
+        from perf.memory_probe import run_probe
+
+        assert self.backend is not None
+        headers = [
+            (b":method", b"POST"), (b":scheme", b"https" if self.tls else b"http"),
+            (b":authority", f"127.0.0.1:{port}".encode()), (b":path", RESPONSE_PATH.encode()),
+            *((k.encode(), v.strip().encode()) for k, v in (h.split(":", 1) for h in self.headers())),
+        ]
+        r = run_probe("127.0.0.1", port, pid, self.backend.pid, headers=headers,
+                      body=request_body(), tls=self.tls is not None,
+                      connections=self.s.memory_connections, streams=self.s.memory_streams)
+        self.results[name].memory.append({
+            "bytes_per_idle_connection": round(r.bytes_per_idle_connection),
+            "bytes_per_open_stream": round(r.bytes_per_open_stream),
+            "streams_answered": r.streams_answered,
+        })
+        _log(f"  {name} memory: {r.bytes_per_idle_connection / 1024:.1f} KiB per idle "
+             f"connection, {r.bytes_per_open_stream / 1024:.1f} KiB per open stream "
+             f"({r.streams_answered}/{r.streams} answered after)")
 
     def _note(self, name: str, phase: str, m: Measurement) -> None:
         self.results[name].phases.setdefault(phase, []).append(m)
@@ -233,6 +261,8 @@ class Harness:
                     f"(4xx {warm.summary.status_4xx}, 5xx {warm.summary.status_5xx}, "
                     f"failed {warm.summary.failed}): {target.log_tail()}"
                 )
+            if self.s.memory_connections:
+                self._memory(name, target.pid, port)
             phases: list[tuple[str, dict]] = [
                 ("closed", {"clients": self.s.clients, "streams": self.s.streams,
                             "duration_s": self.s.closed_s}),
@@ -250,7 +280,7 @@ class Harness:
             if self.s.loadgen:
                 for rate in self.s.rates:
                     self._note(name, f"loadgen_{rate}", self._measure_loadgen(target.pid, url, rate))
-        except (LaunchError, H2loadError, ProcessGone) as exc:
+        except (LaunchError, H2loadError, ProcessGone, OSError, TimeoutError) as exc:
             tail = target.log_tail(3) if not isinstance(exc, LaunchError) else ""
             res.errors.append(f"repeat {repeat + 1}: {exc}" + (f"; target log: {tail}" if tail else ""))
             _log(f"  {name}: {exc}")
@@ -277,7 +307,8 @@ class Harness:
                 self.results[name].skipped = f"no backend: {why_backend}"
             runnable = []
         if runnable:
-            backend = start_nghttpd(self.backend_port, self.workdir, cpu=self.s.load_cpu)
+            backend = self.backend = start_nghttpd(self.backend_port, self.workdir,
+                                                   cpu=self.s.load_cpu)
             try:
                 for repeat in range(self.s.repeats):
                     k = repeat % len(runnable)
@@ -361,6 +392,11 @@ def target_summary(res: TargetResults) -> dict:
     out = {k: closed[k] for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "rss_mb",
                                   "requests", "failed")}
     out["phases"] = phases
+    if res.memory:
+        out["memory"] = {
+            key: statistics.median(m[key] for m in res.memory)
+            for key in ("bytes_per_idle_connection", "bytes_per_open_stream")
+        }
     if res.errors:
         out["errors"] = res.errors
     return out
@@ -387,7 +423,8 @@ def settings_dict(s: CompareSettings) -> dict:
     return {
         "targets": s.targets, "repeats": s.repeats, "closed_s": s.closed_s, "rates": s.rates,
         "rate_s": s.rate_s, "single_requests": s.single_requests, "clients": s.clients,
-        "streams": s.streams, "tls": s.tls, "loadgen": s.loadgen, "target_cpu": s.target_cpu, "load_cpu": s.load_cpu,
+        "streams": s.streams, "tls": s.tls, "loadgen": s.loadgen,
+        "memory_connections": s.memory_connections, "memory_streams": s.memory_streams, "target_cpu": s.target_cpu, "load_cpu": s.load_cpu,
         "request_bytes": len(request_body()), "backend": "nghttpd --no-tls",
     }
 
@@ -452,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loadgen", action=argparse.BooleanOptionalAction, default=None,
                    help="also drive the fixed rates with the project's generator "
                    "(default: on, off with --quick)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the per-connection / per-stream memory probe")
     p.add_argument("--nfmesh-cmd", help="command template for nfmesh (see perf/peers/nfmesh.py)")
     p.add_argument("--nfmesh-tls-args", help="extra nfmesh arguments for --tls runs")
     return p
@@ -482,6 +521,8 @@ def settings_from_args(args: argparse.Namespace) -> CompareSettings:
         if any(not 10 <= r <= 1_000_000 for r in s.rates):
             raise ValueError("--rates: each rate must be within 10..1000000 req/s")
     s.tls = args.tls
+    if args.no_memory:
+        s.memory_connections = 0
     if args.loadgen is not None:
         s.loadgen = args.loadgen
     s.target_cpu, s.load_cpu = choose_cpus()

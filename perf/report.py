@@ -115,6 +115,22 @@ def markdown(result: dict, plots: dict[str, str], plot_error: str | None = None)
                 f"{_fmt(ph.get('cpu_us_per_req'), 1)} | "
                 f"{_fmt(ph.get(f'ratio_cpu_us_per_req_to_{REFERENCE}'), 2)} |"
             )
+    mem = {n: t["memory"] for n, t in _measured(result).items() if t.get("memory")}
+    if mem:
+        lines += [
+            "",
+            "## Memory per connection and per stream",
+            "",
+            f"RSS growth of the target with {s.get('memory_connections')} idle HTTP/2 "
+            f"connections, then with {s.get('memory_streams')} streams held open (backend "
+            "stopped). Page-granular estimates, comparable within one run.",
+            "",
+            "| target | KiB per idle connection | KiB per open stream |",
+            "|---|---:|---:|",
+        ]
+        for name, m in mem.items():
+            lines.append(f"| {name} | {m['bytes_per_idle_connection'] / 1024:.1f} | "
+                         f"{m['bytes_per_open_stream'] / 1024:.1f} |")
     errors = [(n, e) for n, t in _measured(result).items() for e in t.get("errors", [])]
     if errors:
         lines += ["", "## Errors during the run", ""]

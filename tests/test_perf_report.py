@@ -35,8 +35,11 @@ def result() -> dict:
         "nghttpx": _target(9.0, 0.7, 1.5),
         "envoy": {"skipped": "envoy not found"},
     }
+    targets["haproxy"]["memory"] = {"bytes_per_idle_connection": 1126,
+                                    "bytes_per_open_stream": 7270}
     add_ratios(targets, "haproxy")
-    return {"targets": targets, "settings": {"repeats": 1, "target_cpu": "1", "load_cpu": "0"},
+    return {"targets": targets, "settings": {"repeats": 1, "target_cpu": "1", "load_cpu": "0",
+                                             "memory_connections": 50, "memory_streams": 200},
             "machine": {"cpu": "test cpu", "cpus": 2, "kernel": "x"}, "started": "now"}
 
 
@@ -52,6 +55,7 @@ def test_markdown_tables_and_skips(result: dict) -> None:
     assert "## fixed rate 1,000 req/s" in md and "## one connection, one stream" in md
     assert "## nfmesh loadgen, open loop 1,000 req/s" in md
     assert "![cdf](latency_cdf.png)" in md
+    assert "| haproxy | 1.1 | 7.1 |" in md
 
 
 def test_write_report_files(result: dict, tmp_path: Path) -> None:
