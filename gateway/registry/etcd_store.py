@@ -32,6 +32,80 @@ log = logging.getLogger(__name__)
 CLAIM_TTL_S = 60
 
 
+class _KeepAliveStream:
+    """One long-lived ``LeaseKeepAlive`` stream shared by all heartbeats.
+
+    etcd answers each keep-alive request on the stream with the lease's new TTL (0 when the
+    lease is gone); a heartbeat waits for the answer to its lease id.  Opening a stream per
+    heartbeat costs several times more (gRPC call setup).  If the stream breaks, waiting
+    heartbeats fail (-> 503) and the next one opens a new stream."""
+
+    def __init__(self, lease_service) -> None:
+        self._svc = lease_service
+        self._queue: asyncio.Queue[int | None] = asyncio.Queue()
+        self._waiters: dict[int, list[asyncio.Future]] = {}
+        self._task: asyncio.Task | None = None
+
+    def _start(self) -> None:
+        from etcd3aio._protobuf import LeaseKeepAliveRequest  # noqa: PLC0415
+
+        queue = self._queue
+
+        async def requests():
+            while True:
+                lease_id = await queue.get()
+                if lease_id is None:
+                    return
+                yield LeaseKeepAliveRequest(ID=lease_id)
+
+        call = self._svc._stub.LeaseKeepAlive(requests(), metadata=self._svc._metadata or None)
+        self._task = asyncio.create_task(self._read(call), name="etcd-lease-keepalive")
+
+    async def _read(self, call) -> None:
+        error: BaseException = ConnectionError("etcd keep-alive stream ended")
+        try:
+            async for resp in call:
+                for fut in self._waiters.pop(int(resp.ID), ()):
+                    if not fut.done():
+                        fut.set_result(int(resp.TTL))
+        except asyncio.CancelledError:
+            error = ConnectionError("etcd keep-alive stream closed")
+            raise
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+        finally:
+            call.cancel()
+            waiters, self._waiters = self._waiters, {}
+            for futs in waiters.values():
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_exception(error)
+            self._queue = asyncio.Queue()
+
+    async def keepalive(self, lease_id: int, timeout: float) -> int:
+        if self._task is None or self._task.done():
+            self._queue = asyncio.Queue()
+            self._start()
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(lease_id, []).append(fut)
+        self._queue.put_nowait(lease_id)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            lst = self._waiters.get(lease_id)
+            if lst is not None and fut in lst:
+                lst.remove(fut)
+                if not lst:
+                    del self._waiters[lease_id]
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+
 class EtcdStore:
     """``RegistryStore`` on etcd; see the module docstring for the key layout."""
 
@@ -51,6 +125,7 @@ class EtcdStore:
         self._watch_task: asyncio.Task | None = None
         self._leases: dict[str, int] = {}
         self._connected = False
+        self._ka: _KeepAliveStream | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -90,6 +165,9 @@ class EtcdStore:
         return out
 
     async def close(self) -> None:
+        if self._ka is not None:
+            await self._ka.close()
+            self._ka = None
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -155,13 +233,9 @@ class EtcdStore:
 
     async def _keepalive(self, lease_id: int) -> int:
         """One keep-alive; returns the remaining TTL (<= 0: the lease is gone)."""
-        call = self._client.lease.keep_alive(lease_id)
-        try:
-            async for resp in call:
-                return int(resp.TTL)
-            return 0
-        finally:
-            call.cancel()
+        if self._ka is None:
+            self._ka = _KeepAliveStream(self._client.lease)
+        return await self._ka.keepalive(lease_id, self.timeout_s)
 
     async def _grant(self, ttl_s: int) -> int:
         resp = await self._client.lease.grant(max(1, ttl_s), timeout=self.timeout_s)

@@ -30,6 +30,7 @@ import msgspec
 from gateway.registry.json_patch import PatchError, apply_patch
 from gateway.registry.notifier import Notifier
 from gateway.registry.profile import (
+    NF_STATUSES,
     InvalidParam,
     ProfileError,
     validate_profile,
@@ -228,24 +229,27 @@ class Registry:
         cur = self._profiles.get(nf_id)
         if cur is None:
             raise NotFound(nf_id)
-        try:
-            new = apply_patch(cur, ops)
-        except PatchError as exc:
-            raise ProfileError("INVALID_MSG_FORMAT", f"JSON Patch: {exc}", []) from None
-        for key in ("nfInstanceId", "nfType"):
-            if new.get(key) != cur.get(key):
-                raise ProfileError("MODIFICATION_NOT_ALLOWED", f"{key} cannot be changed",
-                                   [_ip(f"/{key}", "cannot be changed")])
-        validate_profile(new, nf_id)
+        new = _heartbeat_patch(cur, ops)
+        if new is None:  # a general patch: apply to a deep copy and validate the whole profile
+            try:
+                new = apply_patch(cur, ops)
+            except PatchError as exc:
+                raise ProfileError("INVALID_MSG_FORMAT", f"JSON Patch: {exc}", []) from None
+            for key in ("nfInstanceId", "nfType"):
+                if new.get(key) != cur.get(key):
+                    raise ProfileError("MODIFICATION_NOT_ALLOWED", f"{key} cannot be changed",
+                                       [_ip(f"/{key}", "cannot be changed")])
+            validate_profile(new, nf_id)
         nrf_changed = False
         if new.get("heartBeatTimer") != self.settings.heartbeat_timer_s:
+            new = dict(new)  # never mutate the stored profile in place
             new["heartBeatTimer"] = self.settings.heartbeat_timer_s
             nrf_changed = True
         heartbeat_only = all(
             isinstance(op, dict) and op.get("path") in _HEARTBEAT_PATHS for op in ops  # type: ignore[union-attr]
         )
         ttl = int(self._ttl() + 0.999)
-        if new == cur:
+        if new is cur or new == cur:
             rev = await self.store.heartbeat(nf_id, ttl)
         else:
             rev = await self.store.put_profile(nf_id, new, ttl)
@@ -489,6 +493,39 @@ class Registry:
                     data["nfProfile"] = public_view(p, self.status_of(nf_id))
                 body = _encode(data)
             self.notifier.post(sub["nfStatusNotificationUri"], body)
+
+
+def _heartbeat_patch(cur: dict, ops: object) -> dict | None:
+    """The heartbeat fast path: ``replace``/``add`` of /nfStatus, /load, /loadTimeStamp with
+    valid values -> the new profile (the same object when nothing changes); None for any other
+    patch, which then takes the general path (deep copy, full validation)."""
+    if not isinstance(ops, list) or not ops or len(ops) > 3:
+        return None
+    changes = {}
+    for op in ops:
+        if not isinstance(op, dict) or op.get("op") not in ("replace", "add") or "value" not in op:
+            return None
+        path, value = op.get("path"), op["value"]
+        if path == "/nfStatus":
+            if value not in NF_STATUSES:
+                return None
+        elif path == "/load":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100:
+                return None
+        elif path == "/loadTimeStamp":
+            if not isinstance(value, str):
+                return None
+        else:
+            return None
+        key = path[1:]
+        if key not in cur and op["op"] == "replace" and key != "nfStatus":
+            return None  # replace of an absent member: let the general path report it
+        changes[key] = value
+    if all(cur.get(k) == v for k, v in changes.items()):
+        return cur
+    new = dict(cur)
+    new.update(changes)
+    return new
 
 
 def _ip(param: str, reason: str) -> InvalidParam:
