@@ -813,7 +813,7 @@ class ServerConnection(_Connection):
         # the held (or retained) body goes first; already acknowledged bytes are not acked twice
         up.out.extend(st.body)
         up.out_len += st.body_len
-        if not retain_body:
+        if not retain_body or st.body_len > self.settings.max_retained_body:
             st.body = []
             st.body_len = 0
             st.body_whole = st.rx == 0 and st.req_ended

@@ -77,13 +77,19 @@ class OriginHandler:
         self.resets: list[tuple[int, int]] = []
         self.connections: list = []
         self.held: list[tuple] = []
-        self.refuse_all = False  # answer every request with RST_STREAM(REFUSED_STREAM)
+        # answer every request with RST_STREAM(REFUSED_STREAM): True at once, "after_body" once
+        # the whole request body was read
+        self.refuse_all: bool | str = False
 
     def on_connection_made(self, conn) -> None:
         self.connections.append(conn)
 
     def on_request(self, conn, stream_id: int, headers: Headers, end_stream: bool) -> None:
         self.requests.append(headers)
+        if self.refuse_all == "after_body":  # REFUSED_STREAM once the whole body is in
+            conn.read_body(stream_id, 64 << 20, lambda body, trailers: body is not None and
+                           conn.reset(stream_id, ErrorCode.REFUSED_STREAM))
+            return
         if self.refuse_all:
             conn.reset(stream_id, ErrorCode.REFUSED_STREAM)
             return

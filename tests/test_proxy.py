@@ -254,11 +254,33 @@ async def test_alternate_used_on_refused_stream(backend, client):
         await second.stop()
 
 
-async def test_timeout_is_504_and_upstream_stream_reset(backend, origin, client, request):
-    if backend.NAME == "nghttp2":
-        request.applymarker(pytest.mark.xfail(
-            reason="nghttp2 backend: respond() on a spliced stream before response headers "
-                   "(engine.py contract addition) not implemented yet", strict=False))
+async def test_unreplayable_body_on_refused_stream_returns_all_window_credit(backend):
+    """A refused request whose body is over max_retained_body cannot be replayed: 503, and every
+    byte of it is still acknowledged, so the connection does not stall afterwards."""
+    first = await start_origin(backend, "first", settings=SMALL_WINDOWS)
+    first.handler.refuse_all = "after_body"
+    second = await start_origin(backend, "second", settings=SMALL_WINDOWS)
+    proxy = await start_proxy(backend, StaticRouter(first.endpoint, [second.endpoint]),
+                              settings=SMALL_WINDOWS)
+    client = H2Client(backend.NAME, settings=SMALL_WINDOWS)
+    try:
+        body = pattern(200_000)  # > max_retained_body (64 KiB), < one stream window
+        for _ in range(12):  # 2.4 MB in all, over the 1 MiB connection window
+            resp = await client.request("POST", url(proxy, "/echo"), body=body, timeout=5)
+            assert resp.status == 503
+            assert resp.json()["cause"] == "NF_UNREACHABLE"
+        assert second.handler.requests == []
+        # a small body is retained whole: replayed to the alternate
+        small = await client.request("POST", url(proxy, "/echo"), body=b"small", timeout=5)
+        assert small.status == 200 and small.body == b"small"
+    finally:
+        client.close()
+        await proxy.stop()
+        await first.stop()
+        await second.stop()
+
+
+async def test_timeout_is_504_and_upstream_stream_reset(backend, origin, client):
     proxy = await start_proxy(backend, StaticRouter(origin.endpoint, timeout=0.2))
     try:
         resp = await client.request("GET", url(proxy, "/hold"), timeout=2.0)
