@@ -52,6 +52,8 @@ IDEMPOTENT_METHODS = frozenset((b"GET", b"PUT", b"DELETE", b"HEAD", b"OPTIONS"))
 LB_POLICIES = ("round_robin", "weighted")
 MODEL_C_CLUSTER = "scp-model-c"
 MAX_ALTERNATES = 8
+TARGET_CACHE_SIZE = 4096  # parsed apiRoots kept (cleared whole when full)
+TARGET_CACHE_VALUE_MAX = 256  # longer values are parsed every time, never kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +266,8 @@ class ScpRouter:
         o.hops_values = [sh.format_max_forward_hops(n) for n in range(100)]
         self._o = o
         self._pickers = {name: _Picker(spec) for name, spec in self.table.clusters.items()}
+        # parsed Target-apiRoot values: NFs talk to few producers, so most requests hit
+        self._targets: dict[bytes, tuple] = {}
 
     @classmethod
     def from_config(cls, config: object, fallback: Router | None = None) -> ScpRouter:
@@ -300,11 +304,14 @@ class ScpRouter:
         route = self.table.match(authority, path)
         if route is None:
             return None
-        err = self._loop_check(hops_raw, via)
-        if isinstance(err, LocalResponse):
-            return err
-        hops = err
-        timeout = self._deadline(rsp_raw, ts_raw)
+        if hops_raw is None and via is None:
+            hops = o.max_forward_hops - 1
+        else:
+            err = self._loop_check(hops_raw, via)
+            if isinstance(err, LocalResponse):
+                return err
+            hops = err
+        timeout = None if rsp_raw is None else self._deadline(rsp_raw, ts_raw)
         if isinstance(timeout, LocalResponse):
             return timeout
         picker = self._pickers[route.cluster]
@@ -337,19 +344,33 @@ class ScpRouter:
     def _model_c(self, headers: Headers, scan: tuple) -> Decision:
         method, _scheme, _authority, path, target, hops_raw, via, rsp_raw, ts_raw = scan
         o = self._o
-        try:
-            if target == b"\x00":  # sbi_rewrite.REPEATED
-                raise sh.SbiHeaderError("3gpp-Sbi-Target-apiRoot", "header repeated")
-            root = sh.parse_target_apiroot(target)
-        except sh.SbiHeaderError as exc:
-            return problem(400, "MANDATORY_IE_INCORRECT",
-                           f"invalid 3gpp-Sbi-Target-apiRoot: {exc.reason}",
-                           [(exc.header, exc.reason)])
-        err = self._loop_check(hops_raw, via)
-        if isinstance(err, LocalResponse):
-            return err
-        hops = err
-        timeout = self._deadline(rsp_raw, ts_raw)
+        target_info = self._targets.get(target)
+        if target_info is None:
+            try:
+                if target == b"\x00":  # sbi_rewrite.REPEATED
+                    raise sh.SbiHeaderError("3gpp-Sbi-Target-apiRoot", "header repeated")
+                root = sh.parse_target_apiroot(target)
+            except sh.SbiHeaderError as exc:
+                return problem(400, "MANDATORY_IE_INCORRECT",
+                               f"invalid 3gpp-Sbi-Target-apiRoot: {exc.reason}",
+                               [(exc.header, exc.reason)])
+            tls = root.tls
+            ep = Endpoint(root.host, root.effective_port, tls,
+                          root.host if tls and not root.is_ip else None)
+            target_info = (root, ep, root.scheme.encode(), root.authority.encode())
+            if len(target) <= TARGET_CACHE_VALUE_MAX:
+                if len(self._targets) >= TARGET_CACHE_SIZE:
+                    self._targets.clear()
+                self._targets[target] = target_info
+        root, ep, scheme_b, authority_b = target_info
+        if hops_raw is None and via is None:
+            hops = o.max_forward_hops - 1
+        else:
+            err = self._loop_check(hops_raw, via)
+            if isinstance(err, LocalResponse):
+                return err
+            hops = err
+        timeout = None if rsp_raw is None else self._deadline(rsp_raw, ts_raw)
         if isinstance(timeout, LocalResponse):
             return timeout
         if timeout is None:
@@ -358,10 +379,7 @@ class ScpRouter:
             return problem(400, "MANDATORY_IE_MISSING", "request has no :path",
                            [(":path", "missing")])
         new_path = root.join(path.decode("latin-1")).encode("latin-1") if root.prefix else path
-        tls = root.tls
-        ep = Endpoint(root.host, root.effective_port, tls,
-                      root.host if tls and not root.is_ip else None)
-        fwd = rewrite_headers(headers, root.scheme.encode(), root.authority.encode(), new_path,
+        fwd = rewrite_headers(headers, scheme_b, authority_b, new_path,
                               o.hops_values[hops], o.via_value)
         return Forward(ep, fwd, MODEL_C_CLUSTER, [], [], timeout, method in IDEMPOTENT_METHODS)
 
