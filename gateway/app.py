@@ -1,0 +1,183 @@
+"""One gateway instance on one event loop: wires config, routers, engine, proxy and services.
+
+``Gateway(config).start()`` builds, in order: the HTTP/2 backend and settings, the route
+snapshot (static routes + SCP model C, with the registry's NRF API and model D routers in front
+when the registry is on), the upstream pools, the proxy, the listeners, the metrics endpoint,
+and the N2 service.  ``stop(drain=True)`` sends GOAWAY on every downstream connection, lets
+in-flight requests finish (bounded by ``gateway.drain_timeout_s``), then closes everything.
+
+The data plane holds the router in a ``RouterSlot``; ``publish_router`` swaps it in one
+assignment, so the data plane never waits on the control plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from dataplane.engine import load_backend
+from dataplane.routing import Router, RouterSlot
+from gateway.metrics import MetricsServer, RequestStats, new_registry
+
+log = logging.getLogger("nfmesh.gateway")
+
+
+class AccessLog:
+    """One line per request on stderr (JSON or text), off the hot path when disabled."""
+
+    def __init__(self, fmt: str = "json") -> None:
+        self.fmt = fmt
+        self.out = sys.stderr
+
+    def __call__(self, **fields: Any) -> None:
+        if self.fmt == "json":
+            self.out.write(json.dumps(fields, separators=(",", ":"), default=str) + "\n")
+        else:
+            self.out.write(" ".join(f"{k}={v}" for k, v in fields.items()) + "\n")
+
+
+class Gateway:
+    """The gateway's pieces for one worker."""
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        worker: int = 0,
+        listen: tuple[str, int] | None = None,
+        backend: str | None = None,
+        metrics: tuple[str, int] | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        self.config = config
+        self.worker = worker
+        self.listen_override = listen
+        self.backend_name = backend or config.gateway.backend
+        self.metrics_override = metrics
+        self.reuse_port = reuse_port
+        self.backend: Any = None
+        self.stats = RequestStats()
+        self.ports: dict[str, int] = {}
+        self.metrics_port: int | None = None
+        self.router_slot: RouterSlot | None = None
+        self.registry: Any = None
+        self.n2: Any = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._metrics: MetricsServer | None = None
+        self.proxy: Any = None
+        self.pools: Any = None
+        self.started_at = 0.0
+
+    # -- routing ---------------------------------------------------------------------------
+    def _static_router(self) -> Router:
+        from nf_adapters.scp_router import ScpRouter
+
+        return ScpRouter.from_config(self.config)
+
+    def publish_router(self, router: Router) -> None:
+        """Swap the data plane's router atomically (called by the control plane)."""
+        assert self.router_slot is not None
+        self.router_slot.current = router
+
+    # -- life cycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        from dataplane.listener import serve
+        from dataplane.proxy import Proxy
+        from dataplane.upstream_pool import UpstreamPools
+        from nf_adapters.problem_details import problem_responder
+
+        cfg = self.config
+        self.started_at = time.monotonic()
+        self.backend = load_backend(self.backend_name)
+        settings = cfg.http2.to_h2_settings()
+        static = self._static_router()
+        self.router_slot = RouterSlot(static)
+        if cfg.registry.enabled:
+            from gateway.registry.startup import start_registry
+            from nf_adapters.scp_router import ChainRouter
+
+            # NRF API first, then model D (3gpp-Sbi-Discovery-*), then model C / static routes
+            self.registry = await start_registry(
+                cfg.registry, self.router_slot,
+                lambda nrf, model_d: ChainRouter([r for r in (nrf, model_d) if r is not None],
+                                                 fallback=static),
+            )
+        self.pools = UpstreamPools(self.backend, settings, connect_timeout=2.0)
+        access_log = AccessLog(cfg.logging.format) if cfg.logging.access_log else None
+        self.proxy = Proxy(self.router_slot, self.pools, error_responder=problem_responder,
+                           stats=self.stats, access_log=access_log)
+        listeners = list(cfg.listeners)
+        if self.listen_override is not None:
+            host, port = self.listen_override
+            listeners = [_H2cListener("sbi", host, port)]
+        for lst in listeners:
+            ssl_ctx = None
+            if lst.protocol == "tls":
+                from dataplane.tls import server_context
+
+                tls = lst.tls
+                ssl_ctx = server_context(tls.cert, tls.key, ca_file=tls.client_ca,
+                                         require_client_cert=tls.require_client_cert)
+            server = await serve(lst.host, lst.port, lambda: self.proxy, self.backend, settings,
+                                 ssl_context=ssl_ctx, reuse_port=self.reuse_port)
+            self._servers.append(server)
+            self.ports[lst.name] = server.sockets[0].getsockname()[1]
+        mcfg = cfg.metrics
+        if mcfg.enabled or self.metrics_override:
+            host, port = self.metrics_override or (mcfg.host, mcfg.port)
+            if self.reuse_port and port:
+                port += self.worker  # one scrape target per worker
+            collectors: list[object] = [self.stats]
+            if self.registry is not None and hasattr(self.registry, "collectors"):
+                collectors.extend(self.registry.collectors())
+            self._metrics = MetricsServer(new_registry(*collectors), ready=lambda: bool(self._servers))
+            self.metrics_port = await self._metrics.start(host, port)
+        if getattr(cfg, "ngap", None) is not None and cfg.ngap.enabled:
+            from gateway.n2 import start_n2
+
+            self.n2 = await start_n2(cfg.ngap)
+
+    def describe(self) -> str:
+        parts = [f"{name}=:{port}" for name, port in self.ports.items()]
+        if self.metrics_port:
+            parts.append(f"metrics=:{self.metrics_port}")
+        parts.append(f"backend={self.backend.NAME if self.backend else '?'}")
+        if self.registry is not None:
+            parts.append("registry=on")
+        return " ".join(parts)
+
+    async def stop(self, drain: bool = True) -> None:
+        timeout = float(getattr(self.config.gateway, "drain_timeout_s", 10) or 10)
+        for server in self._servers:
+            server.close()
+        if self.proxy is not None:
+            if drain:
+                self.proxy.drain()
+                if not await self.proxy.wait_drained(timeout):
+                    log.warning("drain did not finish in %.0f s; closed the rest", timeout)
+            else:
+                await self.proxy.wait_drained(0)
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+            except TimeoutError:
+                pass
+        if self.pools is not None:
+            self.pools.close()
+        if self.n2 is not None:
+            await self.n2.close()
+        if self.registry is not None:
+            await self.registry.close()
+        if self._metrics is not None:
+            await self._metrics.close()
+
+
+class _H2cListener:
+    """The listener ``--listen HOST:PORT`` stands for."""
+
+    def __init__(self, name: str, host: str, port: int) -> None:
+        self.name, self.host, self.port, self.protocol, self.tls = name, host, port, "h2c", None
