@@ -5,8 +5,8 @@
 event-loop turn and at most one per ``min_interval_s``; profiles unchanged since the last
 build are not compiled again), wraps it in a ``ModelDRouter`` and, through ``router_factory`` (which chains
 it with the NRF and model C routers), swaps the result into the ``RouterSlot`` in one
-assignment.  The data plane keeps selecting from the previous snapshot until then and never
-waits on the control plane; if a rebuild fails the last good router stays in place.
+assignment (or hands it to a ``publish(router)`` callable that does).  The data plane keeps
+selecting from the previous snapshot until then and never waits on the control plane; if a rebuild fails the last good router stays in place.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class RouteSnapshotPublisher:
     def __init__(
         self,
         registry: Registry,
-        slot: RouterSlot,
+        slot: RouterSlot | Callable[[Router], None],
         router_factory: Callable[[ModelDRouter], Router] = lambda r: r,
         *,
         timeout: float | None = None,
@@ -36,6 +36,13 @@ class RouteSnapshotPublisher:
     ) -> None:
         self.registry = registry
         self.slot = slot
+        if isinstance(slot, RouterSlot):
+            def assign(router: Router) -> None:
+                slot.current = router
+
+            self._swap: Callable[[Router], None] = assign
+        else:
+            self._swap = slot
         self.router_factory = router_factory
         self.timeout = timeout
         self.snapshot: ModelDSnapshot = ModelDSnapshot({}, -1)
@@ -76,6 +83,6 @@ class RouteSnapshotPublisher:
             log.exception("route snapshot rebuild failed; keeping version %d", self.snapshot.version)
             return self.snapshot
         self.snapshot = snap
-        self.slot.current = router
+        self._swap(router)
         self.published += 1
         return snap

@@ -48,10 +48,12 @@ async def mesh(backend):
     origin = await start_origin(backend, "udm-origin")
     proxy = await start_proxy(backend, StaticRouter(origin.endpoint))
     slot = proxy.handler.router_slot
+    # wired as gateway.app does it: the static (model C) router last, a publish callback
     svc = await start_registry(
-        {"heartbeat_timer_s": 5, "api_root": f"http://127.0.0.1:{proxy.port}"}, slot,
-        lambda nrf, md: ChainRouter([r for r in (nrf, md) if r is not None]),
+        {"heartbeat_timer_s": 5, "api_root": f"http://127.0.0.1:{proxy.port}"}, slot.current,
+        lambda router: setattr(slot, "current", router),
     )
+    assert isinstance(slot.current, ChainRouter)
     try:
         yield origin, proxy, svc
     finally:
