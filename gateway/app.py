@@ -98,14 +98,9 @@ class Gateway:
         self.router_slot = RouterSlot(static)
         if cfg.registry.enabled:
             from gateway.registry.startup import start_registry
-            from nf_adapters.scp_router import ChainRouter
 
             # NRF API first, then model D (3gpp-Sbi-Discovery-*), then model C / static routes
-            self.registry = await start_registry(
-                cfg.registry, self.router_slot,
-                lambda nrf, model_d: ChainRouter([r for r in (nrf, model_d) if r is not None],
-                                                 fallback=static),
-            )
+            self.registry = await start_registry(cfg, static, self.publish_router)
         self.pools = UpstreamPools(self.backend, settings, connect_timeout=2.0)
         access_log = AccessLog(cfg.logging.format) if cfg.logging.access_log else None
         self.proxy = Proxy(self.router_slot, self.pools, error_responder=problem_responder,

@@ -18,7 +18,8 @@ rc=0
 echo "== kernel SCTP suite (QEMU VM)"
 vrc=0
 if [ -f scripts/sctp_vm.py ]; then
-  .venv/bin/python scripts/sctp_vm.py --pytest || vrc=$?
+  .venv/bin/python scripts/sctp_vm.py -- "$root/.venv/bin/python" -m pytest -p no:cacheprovider \
+      -m sctp tests/sctp -q || vrc=$?
 else
   echo "scripts/sctp_vm.py missing"; vrc=1
 fi
