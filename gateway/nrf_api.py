@@ -14,6 +14,7 @@ Resources:
 * ``/nnrf-nfm/v1/subscriptions``: POST (201 + Location); ``/subscriptions/{id}``: PATCH, DELETE;
 * ``/nnrf-disc/v1/nf-instances?target-nf-type=&requester-nf-type=...``: GET (SearchResult).
 
+Discovery answers are cached per query string until the registry changes (its ``version``).
 Errors are TS 29.571 ProblemDetails with the TS 29.500 cause; a store failure is 503.
 """
 
@@ -40,6 +41,7 @@ JSON = b"application/json"
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
 MAX_BODY = 256 * 1024
+DISCOVERY_CACHE_SIZE = 1024  # SearchResult bodies per query string, valid for one registry version
 
 
 def _json_response(status: int, body: bytes, extra: Headers | None = None) -> LocalResponse:
@@ -80,6 +82,7 @@ class NrfApi:
         self.registry = registry
         self.max_body = max_body
         self.service = LocalService("nrf", self.handle, max_body=max_body)
+        self._disc_cache: dict[str, tuple[int, bytes]] = {}
 
     async def handle(self, req: Request) -> LocalResponse:
         """Answer one NRF request."""
@@ -236,6 +239,10 @@ class NrfApi:
             return problem(404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource {DISC}{rest}")
         if req.method != "GET":
             return problem(405, "INVALID_API", f"{req.method} not allowed on nf-instances")
+        version = self.registry.version
+        hit = self._disc_cache.get(query)
+        if hit is not None and hit[0] == version:
+            return _json_response(200, hit[1])
         try:
             q = parse_query(query)
         except DiscoveryError as exc:
@@ -255,6 +262,9 @@ class NrfApi:
         validity = str(self.registry.settings.discovery_validity_s).encode()
         body = (b'{"validityPeriod":' + validity + b',"nfInstances":[' + b",".join(parts)
                 + b'],"numNfInstComplete":' + str(len(ids)).encode() + b"}")
+        if len(self._disc_cache) >= DISCOVERY_CACHE_SIZE:
+            self._disc_cache.clear()
+        self._disc_cache[query] = (version, body)
         return _json_response(200, body)
 
 
