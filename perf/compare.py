@@ -75,6 +75,7 @@ class CompareSettings:
     loadgen: bool = True
     memory_connections: int = 100  # 0: no memory probe
     memory_streams: int = 500
+    nfmesh_set: list[str] = field(default_factory=list)  # recorded: what nfmesh ran with
     start_timeout_s: float = 15.0
     warmup_timeout_s: float = 15.0  # a target that hangs is given up after this
 
@@ -269,7 +270,7 @@ class Harness:
             ]
             for rate in self.s.rates:
                 per_client = max(1, round(rate / self.s.clients))
-                phases.append((f"rate_{rate}", {"clients": self.s.clients, "streams": 1,
+                phases.append((f"rate_{rate}", {"clients": self.s.clients, "streams": self.s.streams,
                                                 "duration_s": self.s.rate_s,
                                                 "rps_per_client": per_client}))
             phases.append(("single", {"clients": 1, "streams": 1,
@@ -424,7 +425,8 @@ def settings_dict(s: CompareSettings) -> dict:
         "targets": s.targets, "repeats": s.repeats, "closed_s": s.closed_s, "rates": s.rates,
         "rate_s": s.rate_s, "single_requests": s.single_requests, "clients": s.clients,
         "streams": s.streams, "tls": s.tls, "loadgen": s.loadgen,
-        "memory_connections": s.memory_connections, "memory_streams": s.memory_streams, "target_cpu": s.target_cpu, "load_cpu": s.load_cpu,
+        "memory_connections": s.memory_connections, "memory_streams": s.memory_streams,
+        "nfmesh_set": list(s.nfmesh_set), "target_cpu": s.target_cpu, "load_cpu": s.load_cpu,
         "request_bytes": len(request_body()), "backend": "nghttpd --no-tls",
     }
 
@@ -493,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the per-connection / per-stream memory probe")
     p.add_argument("--nfmesh-cmd", help="command template for nfmesh (see perf/peers/nfmesh.py)")
     p.add_argument("--nfmesh-tls-args", help="extra nfmesh arguments for --tls runs")
+    p.add_argument("--nfmesh-set", action="append", default=[], metavar="PATH=VALUE",
+                   help="change a field of nfmesh's generated config, e.g. "
+                   "logging.access_log=false (repeatable)")
     return p
 
 
@@ -521,6 +526,7 @@ def settings_from_args(args: argparse.Namespace) -> CompareSettings:
         if any(not 10 <= r <= 1_000_000 for r in s.rates):
             raise ValueError("--rates: each rate must be within 10..1000000 req/s")
     s.tls = args.tls
+    s.nfmesh_set = list(args.nfmesh_set)
     if args.no_memory:
         s.memory_connections = 0
     if args.loadgen is not None:
@@ -537,7 +543,11 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"nfmesh perf compare: {exc}", file=sys.stderr)
         return 2
-    peers = all_peers(args.nfmesh_cmd, args.nfmesh_tls_args)
+    try:
+        peers = all_peers(args.nfmesh_cmd, args.nfmesh_tls_args, args.nfmesh_set)
+    except ValueError as exc:
+        print(f"nfmesh perf compare: --nfmesh-set: {exc}", file=sys.stderr)
+        return 2
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="nfmesh-perf-") as tmp:
         result = Harness(settings, Path(tmp), peers).run()

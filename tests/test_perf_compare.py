@@ -115,3 +115,17 @@ def test_nfmesh_target_config_is_valid(tmp_path: Path, tls: bool) -> None:
     assert cfg.listeners[0].protocol == ("tls" if tls else "h2c")
     assert cfg.routes[0].cluster == "backend" and cfg.clusters[0].endpoints[0].port == 18081
     assert cfg.metrics.enabled and cfg.logging.access_log
+
+
+def test_nfmesh_set_changes_the_generated_config(tmp_path: Path) -> None:
+    from perf.peers import TargetSpec
+    from perf.peers.nfmesh import Nfmesh
+
+    peer = Nfmesh(set_fields=["logging.access_log=false", "http2.max_concurrent_streams=50"])
+    peer.command(TargetSpec(listen_port=1, backend_port=2, workdir=tmp_path))
+    cfg = json.loads((tmp_path / "nfmesh.yaml").read_text())
+    assert cfg["logging"] == {"level": "warning", "access_log": False}
+    assert cfg["http2"] == {"max_concurrent_streams": 50}
+    with pytest.raises(ValueError, match="dotted.path=value"):
+        Nfmesh(set_fields=["no-equals-sign"])
+    assert main(["--nfmesh-set", "logging.access_log", "--no-report"]) == 2

@@ -38,14 +38,15 @@ class Peer(Protocol):
         """Write the config files into ``spec.workdir`` and return the argv to start it."""
 
 
-def all_peers(nfmesh_cmd: str | None = None, nfmesh_tls_args: str | None = None) -> list[Peer]:
+def all_peers(nfmesh_cmd: str | None = None, nfmesh_tls_args: str | None = None,
+              nfmesh_set: list[str] | tuple[str, ...] = ()) -> list[Peer]:
     """nfmesh first, then the reference proxies, in report order."""
     from perf.peers.envoy import Envoy
     from perf.peers.haproxy import HAProxy
     from perf.peers.nfmesh import Nfmesh
     from perf.peers.nghttpx import Nghttpx
 
-    return [Nfmesh(nfmesh_cmd, nfmesh_tls_args), HAProxy(), Nghttpx(), Envoy()]
+    return [Nfmesh(nfmesh_cmd, nfmesh_tls_args, nfmesh_set), HAProxy(), Nghttpx(), Envoy()]
 
 
 __all__ = ["Peer", "TargetSpec", "TlsFiles", "all_peers"]

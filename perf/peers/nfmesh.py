@@ -8,7 +8,9 @@ cluster, Prometheus metrics on, access logging on.  The load also carries
 The command is a template so the harness can measure any build or variant: ``{nfmesh}`` (the
 venv's ``nfmesh`` script, or ``python -m gateway.cli`` from this checkout when the package is
 not installed), ``{python}``, ``{config}`` (the generated file), ``{host}``, ``{port}``,
-``{backend_port}``, ``{workdir}``, and for TLS runs ``{cert}``, ``{key}``.
+``{backend_port}``, ``{workdir}``, and for TLS runs ``{cert}``, ``{key}``.  Config fields can
+be changed per run with ``set_fields`` (``--nfmesh-set logging.access_log=false``), to measure
+what a feature costs.
 """
 
 from __future__ import annotations
@@ -49,14 +51,31 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def gateway_config(spec: TargetSpec) -> dict:
+def apply_setting(config: dict, assignment: str) -> None:
+    """Apply ``dotted.path=value`` (value parsed as YAML: ``false``, ``2``, ``[a, b]``)."""
+    import yaml
+
+    path, sep, raw = assignment.partition("=")
+    keys = [k for k in path.strip().split(".") if k]
+    if not sep or not keys:
+        raise ValueError(f"expected dotted.path=value, got {assignment!r}")
+    node = config
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{assignment!r}: {k} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def gateway_config(spec: TargetSpec, set_fields: list[str] | tuple[str, ...] = ()) -> dict:
     """The nfmesh config for one run (JSON is YAML, so it is written as JSON)."""
     listener: dict = {"name": "sbi", "host": spec.host, "port": spec.listen_port,
                       "protocol": "h2c"}
     if spec.tls is not None:
         listener["protocol"] = "tls"
         listener["tls"] = {"cert": str(spec.tls.cert), "key": str(spec.tls.key)}
-    return {
+    config = {
         "gateway": {"name": "perf", "workers": 1},
         "listeners": [listener],
         "clusters": [{"name": "backend",
@@ -65,6 +84,9 @@ def gateway_config(spec: TargetSpec) -> dict:
         "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0},
         "logging": {"level": "warning", "access_log": True},
     }
+    for assignment in set_fields:
+        apply_setting(config, assignment)
+    return config
 
 
 class Nfmesh:
@@ -72,8 +94,12 @@ class Nfmesh:
 
     name = "nfmesh"
 
-    def __init__(self, cmd: str | None = None, tls_args: str | None = None) -> None:
+    def __init__(self, cmd: str | None = None, tls_args: str | None = None,
+                 set_fields: list[str] | tuple[str, ...] = ()) -> None:
         self.cmd = cmd or os.environ.get(ENV_CMD) or DEFAULT_CMD
+        self.set_fields = tuple(set_fields)
+        for assignment in self.set_fields:
+            apply_setting({}, assignment)  # a malformed one fails now, not mid-run
         self.tls_args = tls_args or os.environ.get(ENV_TLS_ARGS)
         self.binary = find_nfmesh()
 
@@ -84,7 +110,7 @@ class Nfmesh:
 
     def command(self, spec: TargetSpec) -> list[str]:
         config = spec.workdir / "nfmesh.yaml"
-        config.write_text(json.dumps(gateway_config(spec), indent=1))
+        config.write_text(json.dumps(gateway_config(spec, self.set_fields), indent=1))
         fields = {
             "nfmesh": self.binary or "nfmesh",
             "python": shlex.quote(sys.executable),
