@@ -22,7 +22,7 @@ stream-close (or frame-not-sent) callback, so it lives until both sides are done
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcpy, memmove, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cimport cython
@@ -31,6 +31,7 @@ from dataplane._nghttp2_api cimport *
 
 import asyncio
 import logging
+import os
 
 from dataplane.engine import ErrorCode, H2Settings
 
@@ -105,6 +106,127 @@ cdef inline double _now() noexcept:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# a pooled allocator for libnghttp2 (nghttp2_mem): per-size-class free lists in front of malloc.
+# libnghttp2 allocates and frees several small blocks per stream (stream, frames, header
+# buffers); recycling them skips most of glibc's bin work.  All calls happen with the GIL
+# held (every session call is made from Python-holding code), so no lock is needed.
+
+DEF POOL_CLASSES = 9          # 32 B .. 8 KiB blocks, header included
+DEF POOL_MIN_SHIFT = 5
+DEF POOL_HDR = 16
+DEF POOL_CACHE_BYTES = 1048576  # at most this much idle memory per size class
+
+cdef void *_pool_free[POOL_CLASSES]
+cdef int _pool_count[POOL_CLASSES]
+cdef int _pool_limit[POOL_CLASSES]
+cdef nghttp2_mem _pool_mem
+
+
+cdef inline int _pool_class(size_t size) noexcept:
+    cdef size_t need = size + POOL_HDR
+    cdef int c = 0
+    cdef size_t cap = 1 << POOL_MIN_SHIFT
+    while cap < need:
+        cap <<= 1
+        c += 1
+        if c >= POOL_CLASSES:
+            return -1
+    return c
+
+
+cdef void *_pool_malloc(size_t size, void *ud) noexcept:
+    cdef int c = _pool_class(size)
+    cdef char *blk
+    if c < 0:
+        blk = <char *>malloc(size + POOL_HDR)
+        if blk == NULL:
+            return NULL
+        (<size_t *>blk)[0] = POOL_CLASSES
+        (<size_t *>blk)[1] = size
+        return blk + POOL_HDR
+    blk = <char *>_pool_free[c]
+    if blk != NULL:
+        _pool_free[c] = (<void **>blk)[0]
+        _pool_count[c] -= 1
+    else:
+        blk = <char *>malloc(<size_t>1 << (c + POOL_MIN_SHIFT))
+        if blk == NULL:
+            return NULL
+    (<size_t *>blk)[0] = c
+    return blk + POOL_HDR
+
+
+cdef void _pool_release(void *ptr, void *ud) noexcept:
+    cdef char *blk
+    cdef size_t c
+    if ptr == NULL:
+        return
+    blk = <char *>ptr - POOL_HDR
+    c = (<size_t *>blk)[0]
+    if c >= POOL_CLASSES or _pool_count[c] >= _pool_limit[c]:
+        free(blk)
+        return
+    (<void **>blk)[0] = _pool_free[c]
+    _pool_free[c] = blk
+    _pool_count[c] += 1
+
+
+cdef void *_pool_calloc(size_t nmemb, size_t size, void *ud) noexcept:
+    cdef size_t n = nmemb * size
+    cdef void *p
+    if size and n / size != nmemb:
+        return NULL
+    p = _pool_malloc(n, ud)
+    if p != NULL:
+        memset(p, 0, n)
+    return p
+
+
+cdef void *_pool_realloc(void *ptr, size_t size, void *ud) noexcept:
+    cdef char *blk
+    cdef size_t c, have
+    cdef void *np
+    if ptr == NULL:
+        return _pool_malloc(size, ud)
+    if size == 0:
+        _pool_release(ptr, ud)
+        return NULL
+    blk = <char *>ptr - POOL_HDR
+    c = (<size_t *>blk)[0]
+    if c >= POOL_CLASSES:
+        have = (<size_t *>blk)[1]
+    else:
+        have = (<size_t>1 << (c + POOL_MIN_SHIFT)) - POOL_HDR
+        if size <= have:
+            return ptr
+    np = _pool_malloc(size, ud)
+    if np == NULL:
+        return NULL
+    memcpy(np, ptr, have if have < size else size)
+    _pool_release(ptr, ud)
+    return np
+
+
+cdef void _pool_init() noexcept:
+    cdef int c
+    for c in range(POOL_CLASSES):
+        _pool_free[c] = NULL
+        _pool_count[c] = 0
+        _pool_limit[c] = POOL_CACHE_BYTES >> (c + POOL_MIN_SHIFT)
+    _pool_mem.mem_user_data = NULL
+    _pool_mem.malloc = _pool_malloc
+    _pool_mem.free = _pool_release
+    _pool_mem.calloc = _pool_calloc
+    _pool_mem.realloc = _pool_realloc
+
+
+_pool_init()
+# NFMESH_NGHTTP2_POOL=0 falls back to libnghttp2's default allocator (valgrind, comparisons)
+cdef nghttp2_mem *_session_mem = NULL if os.environ.get("NFMESH_NGHTTP2_POOL") == "0" \
+    else &_pool_mem
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,9 +422,11 @@ cdef void _run() noexcept:
         while _dirty:
             c = <_Conn>_dirty.pop()
             c.dirty = 0
-            c._flush()
-    except BaseException:
-        log.exception("nghttp2: flush failed")
+            try:
+                c._flush()
+            except BaseException:
+                log.exception("nghttp2: flush failed")
+                c._close_transport()
     finally:
         _busy = 0
 
@@ -982,6 +1106,7 @@ cdef class ServerConnection(_Conn):
     """One downstream HTTP/2 connection (we are the server); see ``dataplane.engine``."""
 
     cdef object handler
+    cdef object _on_request          # handler.on_request, looked up once
     cdef public dict peer_info
     cdef double rst_window, ctl_window
     cdef int rst_count, ctl_count
@@ -990,6 +1115,7 @@ cdef class ServerConnection(_Conn):
 
     def __init__(self, handler, settings=None, peer_info=None) -> None:
         self.handler = handler
+        self._on_request = handler.on_request
         self._set_settings(settings)
         self.peer_info = peer_info if peer_info is not None else {}
         self.max_resets = self.settings.max_resets_per_second
@@ -1002,7 +1128,8 @@ cdef class ServerConnection(_Conn):
         if "peername" not in self.peer_info:
             self.peer_info["peername"] = transport.get_extra_info("peername")
         opt = _new_option(self.settings, 1)
-        rv = nghttp2_session_server_new2(&self.session, _server_callbacks, <void *>self, opt)
+        rv = nghttp2_session_server_new3(&self.session, _server_callbacks, <void *>self, opt,
+                                         _session_mem)
         nghttp2_option_del(opt)
         if rv != 0:
             raise MemoryError()
@@ -1047,7 +1174,7 @@ cdef class ServerConnection(_Conn):
         st.headers = None
         st.hsize = 0
         try:
-            self.handler.on_request(self, st.sid, headers, bool(st.req_end))
+            self._on_request(self, st.sid, headers, True if st.req_end else False)
         except BaseException:
             log.exception("nghttp2: on_request failed; resetting stream %d", st.sid)
             if not st.down_closed:
@@ -1459,7 +1586,8 @@ cdef class ClientConnection(_Conn):
         self.transport = transport
         self._write = transport.write
         opt = _new_option(self.settings, 0)
-        rv = nghttp2_session_client_new2(&self.session, _client_callbacks, <void *>self, opt)
+        rv = nghttp2_session_client_new3(&self.session, _client_callbacks, <void *>self, opt,
+                                         _session_mem)
         nghttp2_option_del(opt)
         if rv != 0:
             raise MemoryError()

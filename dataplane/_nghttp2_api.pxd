@@ -168,6 +168,26 @@ cdef extern from "nghttp2/nghttp2.h":
         nghttp2_option *option, uint64_t burst, uint64_t rate)
     void nghttp2_option_set_max_continuations(nghttp2_option *option, size_t val)
 
+    ctypedef void *(*nghttp2_malloc)(size_t size, void *mem_user_data) noexcept
+    ctypedef void (*nghttp2_free)(void *ptr, void *mem_user_data) noexcept
+    ctypedef void *(*nghttp2_calloc)(size_t nmemb, size_t size, void *mem_user_data) noexcept
+    ctypedef void *(*nghttp2_realloc)(void *ptr, size_t size, void *mem_user_data) noexcept
+
+    ctypedef struct nghttp2_mem:
+        void *mem_user_data
+        nghttp2_malloc malloc
+        nghttp2_free free
+        nghttp2_calloc calloc
+        nghttp2_realloc realloc
+
+    int nghttp2_session_server_new3(nghttp2_session **session_ptr,
+                                    const nghttp2_session_callbacks *callbacks,
+                                    void *user_data, const nghttp2_option *option,
+                                    nghttp2_mem *mem)
+    int nghttp2_session_client_new3(nghttp2_session **session_ptr,
+                                    const nghttp2_session_callbacks *callbacks,
+                                    void *user_data, const nghttp2_option *option,
+                                    nghttp2_mem *mem)
     int nghttp2_session_server_new2(nghttp2_session **session_ptr,
                                     const nghttp2_session_callbacks *callbacks,
                                     void *user_data, const nghttp2_option *option)

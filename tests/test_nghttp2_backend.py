@@ -686,3 +686,77 @@ async def test_differential_nghttp2_vs_h2_backend():
     pure = await _run_sequence("h2")
     for f, p in zip(fast, pure, strict=True):
         assert f == p, f"{f[0]}: nghttp2 {f[1:3]} {f[4:]} vs h2 {p[1:3]} {p[4:]}"
+
+
+# ---- more independent peers: curl, grpcio (C-core) ----------------------------------------------
+
+
+async def test_curl_through_splice(origin, tmp_path):
+    tools("curl")
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
+    try:
+        base = f"http://127.0.0.1:{pport}"
+        out = await run(
+            "curl", "-sS", "--http2-prior-knowledge", "-D", "-", f"{base}/download?size=1000000"
+        )
+        head, _, body = out.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/2 200") and b"x-via: nfmesh" in head
+        assert body == pattern(1_000_000)
+        data = tmp_path / "up.bin"
+        data.write_bytes(pattern(2_000_000))
+        out = await run(
+            "curl", "-sS", "--http2-prior-knowledge", "--data-binary", f"@{data}", f"{base}/upload"
+        )
+        assert json.loads(out)["sha256"] == hashlib.sha256(pattern(2_000_000)).hexdigest()
+    finally:
+        await stop_splice_proxy(server, proxy)
+
+
+async def test_grpc_unary_stream_and_error_status_through_splice():
+    grpc = pytest.importorskip("grpc")
+    from concurrent import futures
+
+    def echo(request, context):
+        return request[::-1]
+
+    def count(request, context):
+        for i in range(int(request)):
+            yield b"%d" % i
+
+    def fail(request, context):
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such subscriber")
+
+    handlers = grpc.method_handlers_generic_handler(
+        "nfmesh.Test",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Count": grpc.unary_stream_rpc_method_handler(count),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        },
+    )
+    gserver = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    gserver.add_generic_rpc_handlers((handlers,))
+    gport = gserver.add_insecure_port("127.0.0.1:0")
+    gserver.start()
+    server, pport, proxy = await start_splice_proxy(nghttp2, gport)
+    try:
+
+        def calls():
+            with grpc.insecure_channel(f"127.0.0.1:{pport}") as ch:
+                echoed = ch.unary_unary("/nfmesh.Test/Echo")(b"x" * 100_000 + b"end", timeout=5)
+                counted = list(ch.unary_stream("/nfmesh.Test/Count")(b"50", timeout=5))
+                try:
+                    ch.unary_unary("/nfmesh.Test/Fail")(b"", timeout=5)
+                    failed = None
+                except grpc.RpcError as exc:
+                    failed = (exc.code(), exc.details())
+                return echoed, counted, failed
+
+        echoed, counted, failed = await asyncio.to_thread(calls)
+        assert echoed == b"dne" + b"x" * 100_000
+        assert counted == [b"%d" % i for i in range(50)]
+        # grpc-status / grpc-message travel in the trailers (a trailers-only response here)
+        assert failed == (grpc.StatusCode.NOT_FOUND, "no such subscriber")
+    finally:
+        await stop_splice_proxy(server, proxy)
+        gserver.stop(None)
