@@ -103,6 +103,31 @@ class _H2(H2Connection):
         self.decoder.max_header_list_size = self.hard_header_list_size
         return changes
 
+    # h2 counts open streams by walking all of them (and drops closed ones as it goes) on every
+    # HEADERS sent or received: O(n) per request.  The engine drops each stream from
+    # ``self.streams`` once it is closed (``forget_stream``), so the dict's size is the count;
+    # the exact walk runs only when that count reaches the limit.
+    @property
+    def open_inbound_streams(self) -> int:  # type: ignore[override]
+        n = len(self.streams)
+        if n >= self.local_settings.max_concurrent_streams:
+            n = self._open_streams(int(not self.config.client_side))
+        return n
+
+    @property
+    def open_outbound_streams(self) -> int:  # type: ignore[override]
+        n = len(self.streams)
+        if n >= self.remote_settings.max_concurrent_streams:
+            n = self._open_streams(int(self.config.client_side))
+        return n
+
+    def forget_stream(self, stream_id: int) -> None:
+        """Drop a closed stream from h2's table (what ``_open_streams`` would do later)."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.closed:
+            del self.streams[stream_id]
+            self._closed_streams[stream_id] = stream.closed_by
+
     def send_goaway_frame(self, error_code: int, last_stream_id: int) -> None:
         """Queue a GOAWAY without closing h2's state machine (graceful drain)."""
         frame = GoAwayFrame(0)
@@ -117,7 +142,9 @@ def _new_h2(settings: H2Settings, client_side: bool) -> _H2:
         header_encoding=None,
         validate_inbound_headers=True,
         normalize_inbound_headers=True,
-        validate_outbound_headers=True,
+        # what we send was validated when it came in (relayed) or is built by our own code
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
     )
     conn = _H2(config)
     codes = h2.settings.SettingCodes
@@ -412,6 +439,8 @@ class _Connection(asyncio.Protocol):
 
     def _forget(self, st: _Stream) -> None:
         if self._streams.pop(st.sid, None) is not None:
+            if self._h2 is not None:
+                self._h2.forget_stream(st.sid)
             self._waiting.discard(st)
             self._on_forgotten(st)
         if self._close_when_idle and not self._streams:
@@ -529,6 +558,7 @@ class ServerConnection(_Connection):
             self._h2.reset_stream(sid, ErrorCode.REFUSED_STREAM)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             pass
+        self._h2.forget_stream(sid)
         self._mark()
 
     def _on_data(self, event) -> None:
