@@ -328,3 +328,106 @@ async def test_drain_lets_in_flight_finish(proxy, client):
 async def test_client_error_on_closed_port(client):
     with pytest.raises(H2ClientError):
         await client.request("GET", f"http://127.0.0.1:{free_port()}/")
+
+
+# ---- local services and hooks ------------------------------------------------------------------
+
+class LocalRouter:
+    """/svc/* goes to an in-process service, /static answers at once."""
+
+    def __init__(self) -> None:
+        from dataplane.routing import LocalResponse, LocalService
+
+        async def handle(request):
+            if request.path.endswith("/boom"):
+                raise ValueError("service bug")
+            await asyncio.sleep(0)
+            body = json.dumps({"method": request.method, "path": request.path,
+                               "len": len(request.body)}).encode()
+            return LocalResponse(201, [(b"content-type", b"application/json")], body)
+
+        self.service = LocalService("nrf", handle, max_body=1000)
+        self.static = LocalResponse(200, [(b"content-type", b"text/plain")], b"static")
+
+    def route(self, headers, peer):
+        path = dict(headers)[b":path"]
+        return self.service if path.startswith(b"/svc") else self.static
+
+
+async def test_local_service_and_local_response(backend, client):
+    log_entries = []
+    proxy = await start_proxy(backend, LocalRouter(), access_log=log_entries.append)
+    try:
+        resp = await client.request("PUT", url(proxy, "/svc/nf-instances/1"), body=b"x" * 500)
+        assert resp.status == 201
+        assert resp.json() == {"method": "PUT", "path": "/svc/nf-instances/1", "len": 500}
+        resp = await client.request("GET", url(proxy, "/static"))
+        assert (resp.status, resp.body) == (200, b"static")
+        resp = await client.request("POST", url(proxy, "/svc/too-big"), body=b"x" * 5000)
+        assert resp.status == 413
+        resp = await client.request("GET", url(proxy, "/svc/boom"))
+        assert resp.status == 500 and resp.json()["cause"] == "SYSTEM_FAILURE"
+        # one access-log entry per request, with what an operator needs
+        assert [e["status"] for e in log_entries] == [201, 200, 413, 500]
+        first = log_entries[0]
+        assert first["method"] == "PUT" and first["path"] == "/svc/nf-instances/1"
+        assert first["cluster"] == "nrf" and first["peer"][0] == "127.0.0.1"
+        done = proxy.extra["stats"].done
+        assert [d[2] for d in done] == [201, 200, 413, 500]
+    finally:
+        await proxy.stop()
+
+
+async def test_custom_error_responder(backend, client):
+    from dataplane.routing import LocalResponse
+
+    def responder(status, cause, detail):
+        return LocalResponse(status, [(b"content-type", b"application/problem+json"),
+                                      (b"x-cause", cause.encode())], b"{}")
+
+    proxy = await start_proxy(backend, StaticRouter(Endpoint("127.0.0.1", free_port())),
+                              error_responder=responder)
+    try:
+        resp = await client.request("GET", url(proxy, "/x"))
+        assert resp.status == 503 and resp.header("x-cause") == "NF_UNREACHABLE"
+    finally:
+        await proxy.stop()
+
+
+# ---- a producer that sends GOAWAY below our stream -------------------------------------------------
+
+async def start_goaway_server() -> tuple[asyncio.Server, int]:
+    """A raw h2-library server that answers every request with GOAWAY(last_stream_id=0): the
+    request provably was not processed."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    async def serve(reader, writer):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    conn.close_connection(0, last_stream_id=0)
+            writer.write(conn.data_to_send())
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_goaway_below_our_stream_moves_to_alternate(backend, origin, client):
+    server, port = await start_goaway_server()
+    proxy = await start_proxy(backend, StaticRouter(Endpoint("127.0.0.1", port),
+                                                    alternates=[origin.endpoint]))
+    try:
+        resp = await client.request("POST", url(proxy, "/echo"), body=b"not processed")
+        assert resp.status == 200 and resp.body == b"not processed"
+    finally:
+        await proxy.stop()
+        server.close()
