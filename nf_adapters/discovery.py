@@ -77,6 +77,7 @@ class DiscoveryQuery:
     preferred_locality: str | None = None
     requester_nf_instance_fqdn: str | None = None
     requester_nf_instance_id: str | None = None
+    requester_plmn_list: tuple[tuple[str, str], ...] = ()  # (mcc, mnc)
     limit: int | None = None
     max_payload_size: int | None = None  # kilo-octets (TS 29.510: default 124, max 2000)
 
@@ -193,6 +194,20 @@ def _snssais(multi: dict[str, list[str]], name: str) -> tuple[Snssai, ...]:
     return tuple(parse_snssai(o, name) for o in arr)
 
 
+def _plmns(multi: dict[str, list[str]], name: str) -> tuple[tuple[str, str], ...]:
+    arr = _json(multi, name)
+    if arr is None:
+        return ()
+    if not isinstance(arr, list) or not arr or len(arr) > MAX_LIST_ITEMS:
+        raise DiscoveryError(name, f"must be a JSON array of 1..{MAX_LIST_ITEMS} PlmnId")
+    out = []
+    for p in arr:
+        if not isinstance(p, dict) or not isinstance(p.get("mcc"), str) or not isinstance(p.get("mnc"), str):
+            raise DiscoveryError(name, "each PlmnId needs mcc and mnc strings")
+        out.append((p["mcc"], p["mnc"]))
+    return tuple(out)
+
+
 def _tai(multi: dict[str, list[str]]) -> Tai | None:
     obj = _json(multi, "tai")
     if obj is None:
@@ -233,6 +248,7 @@ def _build(multi: dict[str, list[str]], *, require_requester: bool) -> Discovery
         preferred_locality=(_one(multi, "preferred-locality") or None),
         requester_nf_instance_fqdn=(_one(multi, "requester-nf-instance-fqdn") or None),
         requester_nf_instance_id=(_one(multi, "requester-nf-instance-id") or None),
+        requester_plmn_list=_plmns(multi, "requester-plmn-list"),
         limit=_int(multi, "limit", 1, 1 << 20),
         max_payload_size=_int(multi, "max-payload-size", 1, 2000),
     )
@@ -322,7 +338,8 @@ def _domain_allowed(patterns: list | None, fqdn: str | None) -> bool:
 
 
 def requester_allowed(obj: dict, q: DiscoveryQuery) -> bool:
-    """Access checks of a profile or service: allowedNfTypes, allowedNssais, allowedNfDomains."""
+    """Access checks of a profile or service: allowedNfTypes, allowedNssais, allowedNfDomains,
+    allowedPlmns (each applies only when the requester said the matching thing about itself)."""
     allowed_types = obj.get("allowedNfTypes")
     if allowed_types and q.requester_nf_type and q.requester_nf_type not in allowed_types:
         return False
@@ -332,6 +349,11 @@ def requester_allowed(obj: dict, q: DiscoveryQuery) -> bool:
             return False
     if not _domain_allowed(obj.get("allowedNfDomains"), q.requester_nf_instance_fqdn):
         return False
+    allowed_plmns = obj.get("allowedPlmns")
+    if allowed_plmns and q.requester_plmn_list:
+        offered = {(p.get("mcc"), p.get("mnc")) for p in allowed_plmns if isinstance(p, dict)}
+        if not any(p in offered for p in q.requester_plmn_list):
+            return False
     return True
 
 

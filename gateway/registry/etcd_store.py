@@ -25,11 +25,14 @@ import json
 import logging
 from collections.abc import Callable
 
+import msgspec
+
 from gateway.registry.store import StoreContents, StoreError, StoreEvent
 
 log = logging.getLogger(__name__)
 
 CLAIM_TTL_S = 60
+_encode = msgspec.json.Encoder().encode
 
 
 class _KeepAliveStream:
@@ -250,7 +253,7 @@ class EtcdStore:
                 lease = await self._grant(ttl_s)
             kv = self._client.kv
             resp = await kv.txn([], [
-                kv.txn_op_put(self._k("nf", nf_id), json.dumps(profile, separators=(",", ":"))),
+                kv.txn_op_put(self._k("nf", nf_id), _encode(profile)),
                 kv.txn_op_put(self._k("alive", nf_id), str(lease), lease=lease),
             ], timeout=self.timeout_s)
             self._leases[nf_id] = lease
@@ -292,7 +295,7 @@ class EtcdStore:
 
     async def put_subscription(self, sub_id: str, data: dict) -> int:
         resp = await self._call("put subscription", self._client.kv.put(
-            self._k("sub", sub_id), json.dumps(data, separators=(",", ":")), timeout=self.timeout_s))
+            self._k("sub", sub_id), _encode(data), timeout=self.timeout_s))
         return int(resp.header.revision)
 
     async def delete_subscription(self, sub_id: str) -> int:

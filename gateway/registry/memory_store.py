@@ -18,11 +18,14 @@ import logging
 import os
 from collections.abc import Callable
 
+import msgspec
+
 from gateway.registry.store import StoreContents, StoreError, StoreEvent
 
 log = logging.getLogger(__name__)
 
 _FORMAT = "nfmesh-registry-journal/1"
+_encode = msgspec.json.Encoder().encode
 
 
 class MemoryStore:
@@ -97,7 +100,7 @@ class MemoryStore:
     def _append(self, rec: dict) -> None:
         if not self.path:
             return
-        line = json.dumps(rec, separators=(",", ":")) + "\n"
+        line = _encode(rec).decode() + "\n"
         try:
             if self._fh is None:
                 self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115

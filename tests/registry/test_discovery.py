@@ -68,6 +68,11 @@ def test_matching_slices_ranges_wildcards_tai_domains() -> None:
     assert not profile_matches(p, parse_query(base + '&tai={"plmnId":{"mcc":"001","mnc":"01"},"tac":"000002"}'))
     assert not profile_matches(p, parse_query("target-nf-type=SMF&requester-nf-type=AMF"
                                               "&requester-nf-instance-fqdn=amf1.evil.org"))
+    home = make_profile("UDM", allowedPlmns=[{"mcc": "001", "mnc": "01"}])
+    assert profile_matches(home, parse_query('target-nf-type=UDM&requester-nf-type=AMF'
+                                             '&requester-plmn-list=[{"mcc":"001","mnc":"01"}]'))
+    assert not profile_matches(home, parse_query('target-nf-type=UDM&requester-nf-type=AMF'
+                                                 '&requester-plmn-list=[{"mcc":"999","mnc":"99"}]'))
 
 
 async def test_api_discovery_follows_changes_and_payload_limit(api: NrfApi) -> None:

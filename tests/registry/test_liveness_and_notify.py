@@ -7,12 +7,15 @@ import asyncio
 import json
 import time
 
+from dataplane.routing import Forward, LocalResponse, RouterSlot
 from gateway.nrf_api import NrfApi
 from gateway.registry.memory_store import MemoryStore
 from gateway.registry.notifier import Notifier
 from gateway.registry.registry import Registry
 from gateway.registry.settings import RegistrySettings
+from gateway.route_snapshot import RouteSnapshotPublisher
 from nf_adapters.discovery import parse_query
+from nf_adapters.model_d import ModelDRouter, build_snapshot
 from tests.registry.conftest import NFM, H2Sink, curl_sender, make_profile, req
 
 
@@ -30,6 +33,11 @@ async def test_missed_heartbeats_suspend_then_heartbeat_resumes(api: NrfApi, reg
     await api.handle(req("PUT", f"/nnrf-nfm/v1/nf-instances/{p['nfInstanceId']}", json.dumps(p).encode()))
     q = parse_query("target-nf-type=AUSF&requester-nf-type=AMF")
     assert registry.discover(q) == [p["nfInstanceId"]]
+    slot = RouterSlot(ModelDRouter(build_snapshot([])))
+    RouteSnapshotPublisher(registry, slot, min_interval_s=0).publish()
+    model_d = [(b":method", b"POST"), (b":path", b"/nausf-auth/v1/ue-authentications"),
+               (b"3gpp-sbi-discovery-target-nf-type", b"AUSF"), (b"user-agent", b"AMF")]
+    assert isinstance(slot.current.route(model_d, {}), Forward)
     # heartBeatTimer 2 s + grace 0.3 s; heartbeats every 0.5 s keep it REGISTERED
     hb = json.dumps([{"op": "replace", "path": "/nfStatus", "value": "REGISTERED"}]).encode()
     path = f"/nnrf-nfm/v1/nf-instances/{p['nfInstanceId']}"
@@ -43,6 +51,8 @@ async def test_missed_heartbeats_suspend_then_heartbeat_resumes(api: NrfApi, reg
     await _wait(lambda: registry.status_of(p["nfInstanceId"]) == "SUSPENDED", 4)
     assert registry.discover(q) == []
     assert registry.get(p["nfInstanceId"])["nfStatus"] == "SUSPENDED"
+    await asyncio.sleep(0.01)
+    assert isinstance(slot.current.route(model_d, {}), LocalResponse)  # no longer selected
     await _wait(lambda: any(json.loads(b).get("profileChanges") for _, b in sender.sent))
     change = next(json.loads(b) for _, b in sender.sent if json.loads(b).get("profileChanges"))
     assert change["event"] == "NF_PROFILE_CHANGED"
