@@ -233,6 +233,7 @@ class _Connection(asyncio.Protocol):
         self._goaway_sent = False
         self._goaway_last = 0
         self._close_when_idle = False
+        self._goaway_received = False
         self._resets: deque = deque()
         self._control: deque = deque()
         self.calm_goaway = False  # we ended the connection with ENHANCE_YOUR_CALM
@@ -456,8 +457,8 @@ class _Connection(asyncio.Protocol):
     def _on_lost(self, exc: Exception | None) -> None:
         raise NotImplementedError
 
-    def _common_event(self, event) -> bool:
-        """Handle the events both sides treat alike; False when not one of them."""
+    def _common_event(self, event) -> None:
+        """Handle the events both sides treat alike (others are ignored)."""
         if isinstance(event, h2.events.WindowUpdated):
             self._on_window(event.stream_id)
         elif isinstance(event, h2.events.PingReceived):
@@ -467,9 +468,6 @@ class _Connection(asyncio.Protocol):
                 self._on_remote_settings(event)
         elif isinstance(event, h2.events.PriorityUpdated):
             self._over_rate(self._control, self.settings.max_control_frames_per_second)
-        else:
-            return False
-        return True
 
     def _on_remote_settings(self, event) -> None:
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
@@ -528,8 +526,8 @@ class ServerConnection(_Connection):
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._goaway_received = True
             self._close_when_idle = True
-        elif not self._common_event(event):
-            pass
+        else:
+            self._common_event(event)
 
     def _on_request(self, event) -> None:
         sid = event.stream_id
@@ -574,7 +572,7 @@ class ServerConnection(_Connection):
             self._h2.acknowledge_received_data(pad, sid)
         if not n:
             pass
-        elif st.mode == _SPLICED and not st.peer.local_closed:
+        elif st.mode == _SPLICED and st.peer is not None and not st.peer.local_closed:
             st.rx += n
             up = st.peer
             if st.retain and st.body_whole:
@@ -928,7 +926,6 @@ class ClientConnection(_Connection):
             self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         except RuntimeError:
             self.ready = asyncio.get_event_loop().create_future()
-        self._goaway_received = False
         self._closed_reported = False
         self.last_used = time.monotonic()
 
@@ -1002,8 +999,8 @@ class ClientConnection(_Connection):
                 self._on_server_reset(st, event.error_code)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._on_goaway(event.error_code, event.last_stream_id)
-        elif not self._common_event(event):
-            pass
+        else:
+            self._common_event(event)
 
     def _on_remote_settings(self, event) -> None:
         code = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS

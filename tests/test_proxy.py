@@ -431,3 +431,52 @@ async def test_goaway_below_our_stream_moves_to_alternate(backend, origin, clien
     finally:
         await proxy.stop()
         server.close()
+
+
+# ---- backpressure ----------------------------------------------------------------------------------
+
+async def test_slow_reader_backpressure_reaches_the_producer(backend, origin):
+    """A client that stops reading (no WINDOW_UPDATE) holds the producer back: the proxy keeps
+    about one upstream stream window, not the 10 MB response; reading again finishes it."""
+    import h2.events
+
+    from tests.test_engine_limits import RawH2, is_
+
+    settings = SMALL_WINDOWS
+    proxy = await start_proxy(backend, StaticRouter(origin.endpoint), settings=settings)
+    raw = await RawH2.connect(proxy.port)
+    try:
+        size = 10 << 20
+        sid = raw.request(f"/download?size={size}")
+        raw.flush()
+        await raw.until(is_(h2.events.ResponseReceived, sid))
+        await asyncio.sleep(0.3)  # not reading, not acknowledging
+        peak = max_buffered(proxy)
+        if peak is not None:
+            assert peak <= 2 * WINDOW
+        got = 0
+        chunks = []
+        for event in raw.events:
+            if isinstance(event, h2.events.DataReceived):
+                got += len(event.data)
+                chunks.append(event.data)
+                raw.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+        assert got < size // 4  # only windows' worth arrived while we did not acknowledge
+        raw.events.clear()
+        raw.flush()
+        while got < size:
+            ev = await raw.until(lambda e: isinstance(e, (h2.events.DataReceived,
+                                                          h2.events.StreamReset)), timeout=10)
+            assert isinstance(ev, h2.events.DataReceived)
+            for event in raw.events:
+                if isinstance(event, h2.events.DataReceived):
+                    got += len(event.data)
+                    chunks.append(event.data)
+                    raw.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+            raw.events.clear()
+            raw.flush()
+        assert got == size
+        assert b"".join(chunks) == pattern(size)
+    finally:
+        raw.close()
+        await proxy.stop()
