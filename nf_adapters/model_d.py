@@ -15,7 +15,9 @@ instances:
 4. rewrite: ``:scheme``/``:authority``/``:path`` to the chosen service's apiRoot
    (ipEndPoints, fqdn, apiPrefix, scheme); discovery headers are removed;
 5. ``alternates``: other producers (and other endpoints of the chosen one) for reselection;
-   ``retryable`` for idempotent methods; ``3gpp-Sbi-Producer-Id`` on the response.
+   ``retryable`` for idempotent methods; ``3gpp-Sbi-Producer-Id`` on the response;
+6. deadline: ``timeout`` from ``3gpp-Sbi-Max-Rsp-Time`` (less the time since
+   ``3gpp-Sbi-Sender-Timestamp``), so reselection stays within the request's budget.
 
 The router returns ``None`` for requests that are not model D (no discovery header, a
 Target-apiRoot present, or target NF type NRF, which the NRF router serves).  Filter results
@@ -25,13 +27,15 @@ are cached per distinct set of discovery headers for the life of the snapshot (b
 from __future__ import annotations
 
 import random
+import time
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
 
 from dataplane.engine import Headers
 from dataplane.routing import Endpoint, Forward, LocalResponse
+from nf_adapters import sbi_headers as sh
 from nf_adapters.discovery import (
     DISCOVERY_HEADER_PREFIX,
     DiscoveryError,
@@ -246,10 +250,11 @@ class ModelDRouter:
     """``dataplane.routing.Router`` for SCP model D over one ``ModelDSnapshot``."""
 
     def __init__(self, snapshot: ModelDSnapshot, *, rng: random.Random | None = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self.snapshot = snapshot
         self.rng = rng or random.Random()
         self.timeout = timeout
+        self.clock = clock
         self._cache: dict[tuple, _Selection | LocalResponse] = {}
 
     # -------------------------------------------------------------- filtering
@@ -300,7 +305,7 @@ class ModelDRouter:
     def route(self, headers: Headers, peer: dict) -> Forward | LocalResponse | None:
         method = path = b""
         disc: list[tuple[bytes, bytes]] = []
-        binding = None
+        binding = rsp_time = sender_ts = None
         has_target = False
         ua = b""
         for k, v in headers:
@@ -320,8 +325,18 @@ class ModelDRouter:
                 binding = v
             elif k == b"user-agent":
                 ua = v.split(b"-", 1)[0]
+            elif k == b"3gpp-sbi-max-rsp-time":
+                rsp_time = v
+            elif k == b"3gpp-sbi-sender-timestamp":
+                sender_ts = v
         if not has_target:
             return None
+        timeout = self.timeout
+        if rsp_time is not None:
+            budget = self._deadline(rsp_time, sender_ts)
+            if isinstance(budget, LocalResponse):
+                return budget
+            timeout = budget if timeout is None else min(timeout, budget)
         first_seg = path.split(b"/", 2)[1] if path.count(b"/") >= 1 else b""
         key = (tuple(disc), first_seg.split(b"?", 1)[0], ua, binding)
         sel = self._cache.get(key)
@@ -350,9 +365,25 @@ class ModelDRouter:
             cluster=first.cluster,
             alternates=alternates,
             extra_response_headers=[(b"3gpp-sbi-producer-id", first.producer_id)],
-            timeout=self.timeout,
+            timeout=timeout,
             retryable=method in IDEMPOTENT,
         )
+
+    def _deadline(self, rsp_raw: bytes, ts_raw: bytes | None) -> float | LocalResponse:
+        """Seconds left of the request's ``3gpp-Sbi-Max-Rsp-Time`` (counted from
+        ``3gpp-Sbi-Sender-Timestamp`` when present), or the 400/504 answer."""
+        try:
+            budget = sh.parse_max_rsp_time(rsp_raw) / 1000.0
+            if ts_raw is not None:
+                sent = sh.parse_sender_timestamp(ts_raw).timestamp()
+                budget = min(budget, sent + budget - self.clock())
+        except sh.SbiHeaderError as exc:
+            return problem(400, "OPTIONAL_IE_INCORRECT", f"invalid {exc.header}: {exc.reason}",
+                           [(exc.header, exc.reason)])
+        if budget <= 0:
+            return problem(504, "TIMED_OUT_REQUEST",
+                           "the request's 3gpp-Sbi-Max-Rsp-Time has already elapsed")
+        return budget
 
     @staticmethod
     def _bind(cands: tuple[ProducerService, ...], b: dict[str, str]

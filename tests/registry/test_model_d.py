@@ -182,3 +182,22 @@ async def test_snapshot_follows_the_registry(registry: Registry) -> None:
             break
         await asyncio.sleep(0.01)
     assert isinstance(slot.current.route(_req(target_nf_type="UDM"), {}), LocalResponse)
+
+
+def test_deadline_from_max_rsp_time_and_sender_timestamp() -> None:
+    p = make_profile("UDM", ip="10.0.0.1")
+    r = ModelDRouter(build_snapshot([(p, "REGISTERED")]), timeout=10.0,
+                     clock=lambda: 1_700_000_000.5)  # Tue, 14 Nov 2023 22:13:20.500 GMT
+    h = _req(target_nf_type="UDM") + [(b"3gpp-sbi-max-rsp-time", b"2000")]
+    assert r.route(h, {}).timeout == 2.0
+    sent = b"Tue, 14 Nov 2023 22:13:20.000 GMT"  # 0.5 s ago
+    d = r.route(h + [(b"3gpp-sbi-sender-timestamp", sent)], {})
+    assert isinstance(d, Forward) and abs(d.timeout - 1.5) < 1e-6
+    late = _req(target_nf_type="UDM") + [(b"3gpp-sbi-max-rsp-time", b"300"),
+                                          (b"3gpp-sbi-sender-timestamp", sent)]
+    d = r.route(late, {})
+    assert isinstance(d, LocalResponse) and d.status == 504
+    assert json.loads(d.body)["cause"] == "TIMED_OUT_REQUEST"
+    d = r.route(_req(target_nf_type="UDM") + [(b"3gpp-sbi-max-rsp-time", b"soon")], {})
+    assert isinstance(d, LocalResponse) and d.status == 400
+    assert r.route(_req(target_nf_type="UDM"), {}).timeout == 10.0
