@@ -79,14 +79,14 @@ cdef inline int buf_append(Buf *b, const uint8_t *p, size_t n) noexcept:
             b.start = 0
         else:
             need = b.end - b.start + n
-            cap = b.cap * 2 if b.cap else 16384
+            cap = b.cap * 2 if b.cap else 1008  # a 1 KiB pool block to start with
             while cap < need:
-                cap *= 2
+                cap = cap * 2 + 16
             if b.start:
                 memmove(b.data, b.data + b.start, b.end - b.start)
                 b.end -= b.start
                 b.start = 0
-            nd = <char *>realloc(b.data, cap)
+            nd = <char *>_pool_realloc(b.data, cap, NULL)
             if nd == NULL:
                 return -1
             b.data = nd
@@ -97,7 +97,7 @@ cdef inline int buf_append(Buf *b, const uint8_t *p, size_t n) noexcept:
 
 
 cdef inline void buf_clear(Buf *b) noexcept:
-    free(b.data)
+    _pool_release(b.data, NULL)
     b.data = NULL
     b.start = b.end = b.cap = 0
 

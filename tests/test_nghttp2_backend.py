@@ -760,3 +760,57 @@ async def test_grpc_unary_stream_and_error_status_through_splice():
     finally:
         await stop_splice_proxy(server, proxy)
         gserver.stop(None)
+
+
+async def test_streams_over_the_limit_are_refused():
+    handler = OriginHandler("lim")
+    server, port, conns = await start_local(handler, H2Settings(max_concurrent_streams=2))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        h2c.initiate_connection()
+        for sid in (1, 3, 5):  # sent before the server's SETTINGS are known
+            h2c.send_headers(
+                sid,
+                [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/hold")],
+                end_stream=True,
+            )
+        writer.write(h2c.data_to_send())
+        resets = {}
+        while not resets:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data
+            for ev in h2c.receive_data(data):
+                if isinstance(ev, h2.events.StreamReset):
+                    resets[ev.stream_id] = ev.error_code
+            writer.write(h2c.data_to_send())
+        assert resets == {5: ErrorCode.REFUSED_STREAM}
+        assert len(handler.held) == 2
+        writer.close()
+    finally:
+        server.close()
+        for c in conns:
+            c.close()
+
+
+async def test_splice_to_upstream_after_its_goaway_fails_unreached(origin):
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
+    try:
+        status, *_ = await request(nghttp2, pport, "GET", "/x")
+        assert status == 200
+        for conn in origin.handler.connections:
+            conn.drain()
+        for _ in range(200):
+            if not proxy.upstream.available:
+                break
+            await asyncio.sleep(0.01)
+        assert not proxy.upstream.available
+        status, headers, *_ = await request(nghttp2, pport, "GET", "/x")
+        assert status == 502 and proxy.failed[-1][1:] == (ErrorCode.REFUSED_STREAM, False)
+        for _ in range(200):
+            if proxy.upstream.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert proxy.upstream.closed
+    finally:
+        await stop_splice_proxy(server, proxy)
