@@ -795,7 +795,7 @@ def format_via(entries: Iterable[ViaEntry]) -> bytes:
 
 def scp_via_pseudonym(name: str) -> str:
     """The received-by an SCP puts in Via (TS 29.500 §6.10.x): ``SCP-<FQDN or name>``."""
-    return name if name.upper().startswith("SCP-") else f"SCP-{name}"
+    return name if name.startswith("SCP-") else f"SCP-{name}"
 
 
 # ---------------------------------------------------------------------------------------------

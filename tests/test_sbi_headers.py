@@ -119,13 +119,13 @@ _apiroots = st.builds(ApiRoot, st.sampled_from(["http", "https"]),
                       st.one_of(st.none(), st.integers(1, 65535)), _prefix)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_apiroots)
 def test_target_apiroot_round_trip(root: ApiRoot) -> None:
     assert sh.parse_target_apiroot(sh.format_target_apiroot(root)) == root
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_prefix, st.lists(_segment, max_size=3).map(lambda s: "/" + "/".join(s)),
        st.one_of(st.just(""), st.just("?a=1&b=2")))
 def test_join_prefix_never_doubles_or_drops_a_slash(prefix: str, path: str, query: str) -> None:
@@ -137,7 +137,7 @@ def test_join_prefix_never_doubles_or_drops_a_slash(prefix: str, path: str, quer
     assert joined[: len(joined) - len(query)].endswith(path.strip("/")) or path == "/"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=80))
 def test_target_apiroot_random_bytes_never_crash(data: bytes) -> None:
     try:
@@ -231,7 +231,7 @@ _times = st.datetimes(min_value=dt.datetime(1970, 1, 1), max_value=dt.datetime(9
                           microsecond=t.microsecond // 1000 * 1000))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_times)
 def test_sender_timestamp_round_trip(when: dt.datetime) -> None:
     assert sh.parse_sender_timestamp(sh.format_sender_timestamp(when)) == when
@@ -294,7 +294,7 @@ def test_lci_example_and_errors() -> None:
         "3gpp-Sbi-Lci", "Relative-Capacity must be 0..100, got '400%'")
 
 
-_tok = st.from_regex(r"[a-z0-9][a-z0-9.\-]{0,12}", fullmatch=True)
+_tok = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-", min_size=1, max_size=12)
 _sec_times = _times.map(lambda t: t.replace(microsecond=0, year=max(t.year, 1900)))
 _scopes = st.one_of(
     st.builds(ControlScope, st.just("NF-Instance"), st.uuids().map(str)),
@@ -303,14 +303,14 @@ _scopes = st.one_of(
     st.builds(ControlScope, st.just("SCP-FQDN"), _tok))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.builds(OverloadControl, _sec_times, st.integers(0, 10**6),
                           st.integers(0, 100), _scopes), min_size=1, max_size=4))
 def test_oci_round_trip(items: list[OverloadControl]) -> None:
     assert sh.parse_oci(sh.format_oci(items)) == items
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.builds(LoadControl, _sec_times, st.integers(0, 100), _scopes),
                 min_size=1, max_size=4))
 def test_lci_round_trip(items: list[LoadControl]) -> None:
@@ -369,7 +369,7 @@ _bparams = st.lists(st.tuples(st.sampled_from(["nfset", "nfservinst", "servname"
                               _tok), min_size=1, max_size=4).map(tuple)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.builds(Binding, st.sampled_from(sh.BINDING_LEVELS), _bparams,
                           st.one_of(st.none(), st.just("/cb/x"))), min_size=1, max_size=3))
 def test_binding_round_trip(items: list[Binding]) -> None:
@@ -441,6 +441,7 @@ def test_via_parse() -> None:
     assert _err(sh.parse_via, b"2.0 a (x") == ("Via", "comment must be in parentheses")
     assert sh.scp_via_pseudonym("gw1") == "SCP-gw1"
     assert sh.scp_via_pseudonym("SCP-gw1") == "SCP-gw1"
+    assert sh.scp_via_pseudonym("scp-gw1") == "SCP-scp-gw1"
 
 
 @given(st.lists(st.builds(ViaEntry, st.sampled_from(["2.0", "HTTP/2.0", "1.1"]),
@@ -492,7 +493,7 @@ _json_vals = st.recursive(
     max_leaves=8)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.sampled_from(["snssais", "tai", "guami", "target-plmn-list"]), _json_vals)
 def test_discovery_json_round_trip(param: str, value: object) -> None:
     name = sh.discovery_header_name(param)
@@ -500,7 +501,7 @@ def test_discovery_json_round_trip(param: str, value: object) -> None:
     assert (got.name, got.value) == (param, value)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=5),
        st.text(min_size=1, max_size=20).filter(lambda s: s.strip(" \t") == s))
 def test_discovery_list_and_string_round_trip(items: list[str], text: str) -> None:
