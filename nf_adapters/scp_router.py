@@ -383,6 +383,17 @@ class ScpRouter:
                               o.hops_values[hops], o.via_value)
         return Forward(ep, fwd, MODEL_C_CLUSTER, [], [], timeout, method in IDEMPOTENT_METHODS)
 
+    def hop_stamp(self, headers: Headers) -> tuple[bytes, bytes] | LocalResponse:
+        """Loop protection for another forwarding router (model D) chained with this one:
+        the 400/508 answer, or the (``3gpp-sbi-max-forward-hops``, ``via``) values to put on
+        the forwarded request, e.g. ``rewrite_headers(headers, scheme, authority, path,
+        *stamp)``, which also drops the received hop count."""
+        scan = scan_request(headers)
+        hops = self._loop_check(scan[5], scan[6])
+        if isinstance(hops, LocalResponse):
+            return hops
+        return self._o.hops_values[hops], self._o.via_value
+
     def _loop_check(self, hops_raw: bytes | None, via: list[bytes] | None) -> int | LocalResponse:
         """The hop count to forward with, or the 400/508 answer."""
         o = self._o

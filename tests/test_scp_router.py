@@ -304,6 +304,21 @@ def test_router_option_validation() -> None:
         ScpRouter(via_name="a b")
 
 
+def test_hop_stamp_for_other_forwarding_routers() -> None:
+    from nf_adapters.scp_router import rewrite_headers
+
+    r = router()
+    stamp = r.hop_stamp(req(extra=[(b"3gpp-sbi-max-forward-hops", b"4; nodetype=scp")]))
+    assert stamp == (b"3; nodetype=scp", b"2.0 SCP-scp1.5gc")
+    out = rewrite_headers(req(extra=[(b"3gpp-sbi-max-forward-hops", b"4; nodetype=scp")]),
+                          b"https", b"udm:443", b"/x", *stamp)
+    assert out[-2:] == [(b"3gpp-sbi-max-forward-hops", b"3; nodetype=scp"),
+                        (b"via", b"2.0 SCP-scp1.5gc")]
+    assert [k for k, _ in out].count(b"3gpp-sbi-max-forward-hops") == 1
+    assert r.hop_stamp(req(extra=[(b"via", b"2.0 SCP-scp1.5gc")])).status == 508
+    assert r.hop_stamp(req()) == (b"7; nodetype=scp", b"2.0 SCP-scp1.5gc")
+
+
 # --------------------------------------------------------------------------- composition
 
 class _ModelD:
