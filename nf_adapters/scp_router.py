@@ -265,6 +265,7 @@ class ScpRouter:
         o.via_value = b"2.0 " + o.pseudonym
         o.hops_values = [sh.format_max_forward_hops(n) for n in range(100)]
         self._o = o
+        self._fallback_call = _decline_call(fallback)
         self._pickers = {name: _Picker(spec) for name, spec in self.table.clusters.items()}
         # parsed Target-apiRoot values: NFs talk to few producers, so most requests hit
         self._targets: dict[bytes, tuple] = {}
@@ -284,16 +285,16 @@ class ScpRouter:
 
     def route(self, headers: Headers, peer: dict) -> Decision:
         decision = self.try_route(headers, peer)
-        if decision is not None:
-            return decision
-        if self.fallback is not None:
-            decision = self.fallback.route(headers, peer)
-            if decision is not None:
-                return decision
-        return not_found(headers)
+        return decision if decision is not None else not_found(headers)
 
     def try_route(self, headers: Headers, peer: dict) -> Decision | None:
-        """The decision for requests this router owns; None for the others."""
+        """The decision for requests this router (or its fallback) owns; None otherwise."""
+        decision = self._own(headers, peer)
+        if decision is None and self._fallback_call is not None:
+            decision = self._fallback_call(headers, peer)
+        return decision
+
+    def _own(self, headers: Headers, peer: dict) -> Decision | None:
         scan = scan_request(headers)
         method, _scheme, authority, path, target, hops_raw, via, rsp_raw, ts_raw = scan
         o = self._o
@@ -466,8 +467,11 @@ class ChainRouter:
 
     def __init__(self, routers: Iterable[object], fallback: Router | None = None) -> None:
         self.routers = tuple(routers)
-        self._calls = tuple(getattr(r, "try_route", None) or r.route for r in self.routers)
         self.fallback = fallback
+        calls = [_decline_call(r) for r in self.routers]
+        if fallback is not None:
+            calls.append(_decline_call(fallback))
+        self._calls = tuple(calls)
 
     def try_route(self, headers: Headers, peer: dict) -> Decision | None:
         for call in self._calls:
@@ -478,10 +482,11 @@ class ChainRouter:
 
     def route(self, headers: Headers, peer: dict) -> Decision:
         decision = self.try_route(headers, peer)
-        if decision is not None:
-            return decision
-        if self.fallback is not None:
-            decision = self.fallback.route(headers, peer)
-            if decision is not None:
-                return decision
-        return not_found(headers)
+        return decision if decision is not None else not_found(headers)
+
+
+def _decline_call(router: object | None) -> Callable[[Headers, dict], Decision | None] | None:
+    """The method to ask ``router`` with, preferring ``try_route`` (may decline with None)."""
+    if router is None:
+        return None
+    return getattr(router, "try_route", None) or router.route  # type: ignore[attr-defined]

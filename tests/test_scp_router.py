@@ -345,6 +345,16 @@ def test_chain_router_order_and_fallthrough() -> None:
     assert chain.try_route(req(b"/npcf/v1"), {}) is None
 
 
+def test_nested_chains_reach_the_innermost_fallback() -> None:
+    inner = ChainRouter([_ModelD()], fallback=router(table=table()))
+    outer = ChainRouter([ChainRouter([inner])])
+    assert outer.route(req(b"/nudm-sdm/v2/x"), {}).cluster == "udm-sdm"
+    assert outer.try_route(req(b"/npcf/v1"), {}) is None
+    scp = router(fallback=inner)
+    assert scp.try_route(req(b"/x", extra=[(b"3gpp-sbi-discovery-dnn", b"a")]), {}).body == \
+        b"model-d"
+
+
 def test_scp_router_fallback_and_plain_route_members() -> None:
     class Plain:
         def route(self, headers, peer):
