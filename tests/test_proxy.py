@@ -480,3 +480,47 @@ async def test_slow_reader_backpressure_reaches_the_producer(backend, origin):
     finally:
         raw.close()
         await proxy.stop()
+
+
+# ---- IPv6 ------------------------------------------------------------------------------------------
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+async def test_ipv6_listener_and_producer(backend, client):
+    from dataplane.listener import serve
+    from dataplane.proxy import Proxy
+    from dataplane.routing import RouterSlot
+    from dataplane.upstream_pool import UpstreamPools
+    from tests.conftest import OriginHandler
+
+    handler = OriginHandler("v6")
+    origin = await serve("::1", 0, lambda: handler, backend)
+    endpoint = Endpoint("::1", origin.sockets[0].getsockname()[1])
+    pools = UpstreamPools(backend, H2Settings())
+    proxy = Proxy(RouterSlot(StaticRouter(endpoint)), pools)
+    listener = await serve("::1", 0, lambda: proxy, backend)
+    try:
+        port = listener.sockets[0].getsockname()[1]
+        resp = await client.request("GET", f"http://[::1]:{port}/headers")
+        assert resp.status == 200
+        sent = dict(resp.json())
+        assert sent[":authority"] == f"[::1]:{port}"
+        assert next(iter(proxy.connections)).peer_info["peername"][0] == "::1"
+    finally:
+        listener.close()
+        for conn in list(proxy.connections):
+            conn.close()
+        pools.close()
+        origin.close()
+        for conn in handler.connections:
+            conn.close()
