@@ -510,3 +510,28 @@ def test_discovery_list_and_string_round_trip(items: list[str], text: str) -> No
     assert got.value == items
     got = sh.parse_discovery_header(b"3gpp-sbi-discovery-dnn", sh.format_discovery_value("dnn", text))
     assert got.value == text
+
+
+# --------------------------------------------------------------------------- robustness
+
+_PARSERS = [sh.parse_target_apiroot, sh.parse_message_priority, sh.parse_max_rsp_time,
+            sh.parse_max_forward_hops, sh.parse_sender_timestamp, sh.parse_oci, sh.parse_lci,
+            sh.parse_routing_binding, sh.parse_binding, sh.parse_producer_id,
+            sh.parse_target_nf_id, sh.parse_callback, sh.parse_correlation_info, sh.parse_via]
+_ALPHABET = ' \t;,="%:/[]@-_.0123456789abcdefnsrtxAZGMT()&?#\\\x00\x7f\xff'
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=_ALPHABET, max_size=60), st.sampled_from(_PARSERS))
+def test_parsers_raise_only_sbi_header_error(text: str, parser) -> None:
+    """Garbage in: a parsed value or SbiHeaderError with a reason, never another exception."""
+    for value in (text, text.encode("latin-1")):
+        try:
+            parser(value)
+        except SbiHeaderError as exc:
+            assert exc.reason and exc.header
+
+
+def test_parsers_bound_element_count() -> None:
+    many = ", ".join(["2.0 SCP-a"] * (sh.MAX_ELEMENTS + 1))
+    assert _err(sh.parse_via, many) == ("Via", f"more than {sh.MAX_ELEMENTS} elements")
