@@ -80,6 +80,7 @@ class OriginHandler:
         # answer every request with RST_STREAM(REFUSED_STREAM): True at once, "after_body" once
         # the whole request body was read
         self.refuse_all: bool | str = False
+        self.reset_all: int | None = None  # RST_STREAM every request with this code
 
     def on_connection_made(self, conn) -> None:
         self.connections.append(conn)
@@ -92,6 +93,9 @@ class OriginHandler:
             return
         if self.refuse_all:
             conn.reset(stream_id, ErrorCode.REFUSED_STREAM)
+            return
+        if self.reset_all is not None:
+            conn.reset(stream_id, self.reset_all)
             return
         url = urlsplit(header(headers, b":path").decode())
         query = {k: v[0] for k, v in parse_qs(url.query).items()}

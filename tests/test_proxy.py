@@ -280,6 +280,28 @@ async def test_unreplayable_body_on_refused_stream_returns_all_window_credit(bac
         await second.stop()
 
 
+@pytest.mark.parametrize("retryable", [True, False])
+async def test_reset_after_reaching_producer_retried_only_when_retryable(backend, client,
+                                                                        retryable):
+    first = await start_origin(backend, "first")
+    first.handler.reset_all = ErrorCode.INTERNAL_ERROR
+    second = await start_origin(backend, "second")
+    proxy = await start_proxy(backend, StaticRouter(first.endpoint, [second.endpoint],
+                                                    retryable=retryable))
+    try:
+        resp = await client.request("PUT", url(proxy, "/echo"), body=b"idempotent")
+        if retryable:
+            assert resp.status == 200 and resp.body == b"idempotent"
+            assert len(second.handler.requests) == 1
+        else:
+            assert resp.status == 502 and resp.json()["cause"] == "UPSTREAM_RESET"
+            assert second.handler.requests == []
+    finally:
+        await proxy.stop()
+        await first.stop()
+        await second.stop()
+
+
 async def test_timeout_is_504_and_upstream_stream_reset(backend, origin, client):
     proxy = await start_proxy(backend, StaticRouter(origin.endpoint, timeout=0.2))
     try:
