@@ -52,6 +52,7 @@ class Gateway:
         backend: str | None = None,
         metrics: tuple[str, int] | None = None,
         reuse_port: bool = False,
+        control_plane: dict | None = None,
     ) -> None:
         self.config = config
         self.worker = worker
@@ -59,6 +60,8 @@ class Gateway:
         self.backend_name = backend or config.gateway.backend
         self.metrics_override = metrics
         self.reuse_port = reuse_port
+        self.control_plane = control_plane
+        self.snapshots: Any = None
         self.backend: Any = None
         self.stats = RequestStats()
         self.ports: dict[str, int] = {}
@@ -96,7 +99,9 @@ class Gateway:
         settings = cfg.http2.to_h2_settings()
         static = self._static_router()
         self.router_slot = RouterSlot(static)
-        if cfg.registry.enabled:
+        if cfg.registry.enabled and self.control_plane is not None:
+            await self._follow_control_plane(static)
+        elif cfg.registry.enabled:
             from gateway.registry.startup import start_registry
 
             # NRF API first, then model D (3gpp-Sbi-Discovery-*), then model C / static routes
@@ -136,6 +141,22 @@ class Gateway:
 
             self.n2 = await start_n2(cfg.ngap)
 
+    async def _follow_control_plane(self, static: Router) -> None:
+        """Worker mode: route from the snapshots the control plane pushes (see runner)."""
+        from gateway.control_plane import ControlPlaneAddress, NrfForwardRouter, WorkerRouting
+        from gateway.registry.startup import settings_of
+        from gateway.snapshot_channel import SnapshotSubscriber
+
+        address = ControlPlaneAddress.from_json(self.control_plane or {})
+        own_root = settings_of(self.config).api_root
+        routing = WorkerRouting(static, NrfForwardRouter(address, (own_root,)), self.publish_router)
+        self.snapshots = SnapshotSubscriber(address.snapshot_socket, routing.apply)
+        self.snapshots.start()
+        try:  # start with the current registry; if the control plane is slow, route without it
+            await asyncio.wait_for(asyncio.shield(self.snapshots.first), 5.0)
+        except TimeoutError:
+            log.warning("no route snapshot from the control plane yet; model D waits for it")
+
     def describe(self) -> str:
         parts = [f"{name}=:{port}" for name, port in self.ports.items()]
         if self.metrics_port:
@@ -167,6 +188,8 @@ class Gateway:
             await self.n2.close()
         if self.registry is not None:
             await self.registry.close()
+        if self.snapshots is not None:
+            await self.snapshots.close()
         if self._metrics is not None:
             await self._metrics.close()
 

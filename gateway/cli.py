@@ -138,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"nfmesh: cannot read {args.config}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     return run_gateway(
-        config, listen=args.listen, workers=args.workers, backend=args.backend,
+        config, config_path=os.path.abspath(args.config) if args.config else None, listen=args.listen, workers=args.workers, backend=args.backend,
         metrics=args.metrics, log_level=args.log_level,
     )
 

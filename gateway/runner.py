@@ -1,26 +1,35 @@
-"""Process management for ``nfmesh run``: one event loop per worker, signals, graceful drain.
+"""Process management for ``nfmesh run``: workers, the control plane, signals, graceful drain.
 
-With one worker the gateway runs in this process.  With N workers the parent forks N
-processes before any event loop exists; each binds the listen ports with SO_REUSEPORT so the
-kernel spreads connections, runs its own loop and upstream pools, and follows the same route
-configuration.  SIGTERM/SIGINT drain gracefully (GOAWAY, in-flight requests finish, then exit);
-a worker that dies unexpectedly is restarted while the others keep serving.
+One worker: the whole gateway (registry included) runs in this process on one uvloop loop.
+
+N workers: this process becomes the supervisor.  When the registry is on it first starts the
+control plane (``gateway.control_plane``: the one registry, its NRF API on an internal
+listener, the snapshot channel), then starts N worker processes (``python -m gateway.worker``),
+each binding the listen ports with SO_REUSEPORT so the kernel spreads connections, each with
+its own loop and upstream pools, routing from the snapshots the control plane pushes.
+
+SIGTERM/SIGINT: every worker drains (GOAWAY with the last stream id, in-flight requests
+finish, bounded by ``gateway.drain_timeout_s``), then the control plane stops.  A worker that
+exits while the gateway is not stopping (killed, crashed, or sent SIGTERM alone to roll it) is
+started again; its in-flight requests were finished by its own drain.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from typing import Any
 
 log = logging.getLogger("nfmesh")
 
 
-def _setup_logging(level: str | None, config: Any) -> None:
+def setup_logging(level: str | None, config: Any) -> None:
     lvl = (level or getattr(getattr(config, "logging", None), "level", None) or "info").upper()
     logging.basicConfig(
         level=getattr(logging, lvl, logging.INFO),
@@ -29,13 +38,14 @@ def _setup_logging(level: str | None, config: Any) -> None:
     )
 
 
-async def _serve(config: Any, opts: dict, worker: int) -> int:
+async def serve_until_signal(config: Any, opts: dict, worker: int) -> int:
+    """Run one gateway until SIGTERM/SIGINT, then drain; returns the exit status."""
     from gateway.app import Gateway
 
     gw = Gateway(config, worker=worker, **opts)
     try:
         await gw.start()
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - reported, then a clean exit status
         log.error("cannot start: %s", exc)
         await gw.stop(drain=False)
         return 1
@@ -50,15 +60,10 @@ async def _serve(config: Any, opts: dict, worker: int) -> int:
     return 0
 
 
-def _run_worker(config: Any, opts: dict, worker: int) -> int:
-    import uvloop
-
-    return uvloop.run(_serve(config, opts, worker))
-
-
 def run_gateway(
     config: Any,
     *,
+    config_path: str | None = None,
     listen: tuple[str, int] | None = None,
     workers: int | None = None,
     backend: str | None = None,
@@ -66,75 +71,83 @@ def run_gateway(
     log_level: str | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status."""
-    _setup_logging(log_level, config)
+    import uvloop
+
+    setup_logging(log_level, config)
     n = workers or config.gateway.workers or os.cpu_count() or 1
-    opts = {"listen": listen, "backend": backend, "metrics": metrics, "reuse_port": n > 1}
-    if n > 1 and config.registry.enabled and config.registry.store == "memory":
-        log.warning(
-            "registry.store=memory keeps registrations in one process: running 1 worker "
-            "(use store: etcd to share the registry between %d workers)", n,
-        )
-        n, opts["reuse_port"] = 1, False
-    if n == 1:
-        try:
-            return _run_worker(config, opts, 0)
-        except KeyboardInterrupt:
-            return 0
-    return _supervise(config, opts, n)
+    opts: dict = {"listen": listen, "backend": backend, "metrics": metrics, "reuse_port": n > 1}
+    try:
+        if n == 1:
+            return uvloop.run(serve_until_signal(config, opts, 0))
+        spec = {"config_path": config_path, "log_level": log_level, "opts": {
+            "listen": list(listen) if listen else None, "backend": backend,
+            "metrics": list(metrics) if metrics else None}}
+        return uvloop.run(_supervise(config, spec, n))
+    except KeyboardInterrupt:
+        return 0
 
 
-def _supervise(config: Any, opts: dict, n: int) -> int:
-    children: dict[int, int] = {}  # pid -> worker index
-    stopping = False
+async def _supervise(config: Any, spec: dict, n: int) -> int:
+    control = None
+    tmp = tempfile.mkdtemp(prefix="nfmesh-")
+    if config.registry.enabled:
+        from gateway.control_plane import ControlPlane
 
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            code = 1
-            try:
-                code = _run_worker(config, opts, index)
-            finally:
-                os._exit(code)
-        children[pid] = index
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for i in range(n):
-        spawn(i)
+        control = ControlPlane(config, os.path.join(tmp, "snapshot.sock"))
+        spec["control_plane"] = (await control.start()).to_json()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    procs: dict[int, asyncio.subprocess.Process] = {}
     restarts: list[float] = []
     status = 0
-    while children:
-        try:
-            pid, wstatus = os.wait()
-        except ChildProcessError:
+
+    async def spawn(index: int) -> None:
+        env = dict(os.environ, NFMESH_WORKER=json.dumps({**spec, "index": index}))
+        procs[index] = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.worker", env=env)
+
+    for i in range(n):
+        await spawn(i)
+    log.info("supervisor: %d workers started%s", n, " with the control plane" if control else "")
+    while not stopping.is_set():
+        waits = {asyncio.create_task(p.wait()): i for i, p in procs.items()}
+        stop_wait = asyncio.create_task(stopping.wait())
+        done, _ = await asyncio.wait({*waits, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        for t in waits:
+            if t not in done:
+                t.cancel()
+        stop_wait.cancel()
+        if stopping.is_set():
             break
-        except InterruptedError:
-            continue
-        index = children.pop(pid, None)
-        if index is None:
-            continue
-        code = os.waitstatus_to_exitcode(wstatus)
-        if stopping:
-            status = status or (code if code > 0 else 0)
-            continue
-        now = time.monotonic()
-        restarts = [t for t in restarts if now - t < 60] + [now]
-        if len(restarts) > 5 * n:
-            log.error("workers keep dying (last exit %s); stopping", code)
-            forward(signal.SIGTERM, None)
-            status = 1
-            continue
-        log.warning("worker %d (pid %d) exited with %s; restarting it", index, pid, code)
-        spawn(index)
+        for t in done:
+            if t in waits:
+                index = waits[t]
+                code = t.result()
+                now = time.monotonic()
+                restarts = [r for r in restarts if now - r < 60] + [now]
+                if len(restarts) > 5 * n:
+                    log.error("workers keep exiting (last status %s); stopping", code)
+                    status = 1
+                    stopping.set()
+                    break
+                log.warning("worker %d exited with status %s; starting it again", index, code)
+                await spawn(index)
+    for p in procs.values():
+        if p.returncode is None:
+            p.send_signal(signal.SIGTERM)
+    drain = float(getattr(config.gateway, "drain_timeout_s", 10) or 10)
+    for p in procs.values():
+        try:
+            await asyncio.wait_for(p.wait(), drain + 5)
+        except TimeoutError:
+            p.kill()
+            await p.wait()
+    if control is not None:
+        await control.close()
+    try:
+        os.rmdir(tmp)
+    except OSError:
+        pass
     return status
