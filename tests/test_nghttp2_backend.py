@@ -814,3 +814,57 @@ async def test_splice_to_upstream_after_its_goaway_fails_unreached(origin):
         assert proxy.upstream.closed
     finally:
         await stop_splice_proxy(server, proxy)
+
+
+async def test_held_upload_is_bounded_by_windows_until_upstream_reads():
+    """The origin holds a 5 MB upload without reading: the client is stopped by flow control,
+    neither the proxy nor the origin buffers more than its stream window; reading resumes it."""
+
+    class Later(OriginHandler):
+        def __init__(self) -> None:
+            super().__init__("later")
+            self.waiting = []
+
+        def on_request(self, conn, stream_id, headers, end_stream) -> None:
+            self.connections.append(conn)
+            self.waiting.append((conn, stream_id))
+
+    handler = Later()
+    server, oport, oconns = await start_local(handler)
+    pserver, pport, proxy = await start_splice_proxy(nghttp2, oport)
+    size = 5 << 20
+    body = pattern(size)
+    try:
+        fut = asyncio.get_running_loop().create_future()
+        client = await connect(nghttp2, pport)
+        client.request(
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":authority", b"x"),
+                (b":path", b"/u"),
+            ],
+            body,
+            lambda *a: fut.set_result(a),
+        )
+        for _ in range(300):
+            if handler.waiting:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # let the upload run into the windows
+        assert not fut.done()
+        held = max(c.peak_buffered for c in oconns)
+        assert 0 < held <= H2Settings().initial_window_size + FRAME
+        assert max(c.peak_buffered for c in proxy.connections) <= WINDOW + FRAME
+        conn, sid = handler.waiting[0]
+        conn.read_body(
+            sid, size, lambda b, t: conn.respond(sid, 200, [], hashlib.sha256(b).digest())
+        )
+        status, _, digest, _, err = await asyncio.wait_for(fut, 10)
+        assert (status, err, digest) == (200, None, hashlib.sha256(body).digest())
+        client.close()
+    finally:
+        await stop_splice_proxy(pserver, proxy)
+        server.close()
+        for c in oconns:
+            c.close()
