@@ -19,6 +19,7 @@ keys are errors (PyYAML would silently keep the last one), and alias expansion i
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -390,6 +391,9 @@ class _Decoder:
         if isinstance(t, mi.FloatType):
             if type(value) not in (int, float):
                 self.issue(path, f"expected number, got {_tname(value)}")
+                return _BAD
+            if not math.isfinite(value):
+                self.issue(path, "must be a finite number")
                 return _BAD
             reason = _range_reason(t, value)
             if reason:

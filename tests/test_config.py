@@ -155,6 +155,8 @@ def test_all_errors_reported_at_once() -> None:
     ({"gateway": {"drain_timeout_s": -1}}, [("gateway.drain_timeout_s", "must be >= 0")]),
     ({"gateway": {"drain_timeout_s": "5s"}}, [("gateway.drain_timeout_s", "expected number, got str")]),
     ({"gateway": {"name": None}}, [("gateway.name", "expected str, got null")]),
+    ({"gateway": {"drain_timeout_s": float("nan")}}, [("gateway.drain_timeout_s", "must be a finite number")]),
+    ({"scp": {"request_timeout_s": float("inf")}}, [("scp.request_timeout_s", "must be a finite number")]),
     ({"gateway": {"name": "a b"}},
      [("gateway.name", "must be a token (letters, digits, -._~ and the like)")]),
     ({"clusters": [{"name": "c", "endpoints": [{"host": "h", "port": 0}]}]},
@@ -325,3 +327,33 @@ def test_empty_file_and_unreadable(tmp_path) -> None:
 def test_to_dict_round_trips() -> None:
     cfg = parse_config({"clusters": [{"name": "c", "endpoints": [{"host": "h", "port": 1}]}]})
     assert parse_config(to_dict(cfg)) == cfg
+
+
+# --------------------------------------------------------------------------- robustness
+
+def _shaped():
+    from hypothesis import strategies as st
+
+    keys = st.sampled_from(["gateway", "listeners", "clusters", "routes", "name", "port", "host",
+                            "endpoints", "match", "path_prefix", "cluster", "tls", "cert", "lb",
+                            "weight", "registry", "etcd", "ngap", "amf_pools", "addresses",
+                            "enabled", "protocol", "scp", "metrics", "x"])
+    leaves = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.floats(-1, 1e6),
+                       st.sampled_from(["", "a", "/x", "h2c", "tls", "weighted", "1.2.3.4",
+                                        "::1", "h:1", "etcd", "00101"]))
+    return st.recursive(leaves, lambda kids: st.one_of(
+        st.lists(kids, max_size=3), st.dictionaries(keys, kids, max_size=4)), max_leaves=12)
+
+
+def test_random_documents_give_config_or_config_error() -> None:
+    from hypothesis import given, settings
+
+    @settings(max_examples=300, deadline=None)
+    @given(_shaped())
+    def check(data) -> None:
+        try:
+            parse_config(data)
+        except ConfigError as exc:
+            assert exc.errors and all(e.reason for e in exc.errors)
+
+    check()
