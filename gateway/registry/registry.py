@@ -95,6 +95,8 @@ class Registry:
         self._profiles: dict[str, dict] = {}
         self._by_type: dict[str, set[str]] = {}
         self._suspended_at: dict[str, float] = {}
+        self._suspend_rev: dict[str, int] = {}  # etcd revision of the lease expiry (replicas)
+        self._removal_claimed: dict[str, float] = {}  # nf_id -> when this replica tried
         self._deadline: dict[str, float] = {}
         self._subs: dict[str, dict] = {}
         self._sub_expiry: dict[str, float] = {}
@@ -257,6 +259,7 @@ class Registry:
             self._put_local(nf_id, new)
         self._deadline[nf_id] = time.monotonic() + self._ttl()
         resumed = self._suspended_at.pop(nf_id, None) is not None
+        self._removal_claimed.pop(nf_id, None)
         if new != cur or resumed:
             self._public_json.pop(nf_id, None)
             self._changed()
@@ -354,6 +357,8 @@ class Registry:
         self._public_json.pop(nf_id, None)
 
     def _drop_local(self, nf_id: str) -> None:
+        self._suspend_rev.pop(nf_id, None)
+        self._removal_claimed.pop(nf_id, None)
         p = self._profiles.pop(nf_id, None)
         if p is not None:
             self._by_type.get(p.get("nfType", ""), set()).discard(nf_id)
@@ -411,6 +416,7 @@ class Registry:
                 self._drop_local(ev.key)
                 self._changed()
         elif ev.kind == "alive":
+            self._removal_claimed.pop(ev.key, None)
             if self._suspended_at.pop(ev.key, None) is not None:
                 self._public_json.pop(ev.key, None)
                 self._changed()
@@ -432,6 +438,7 @@ class Registry:
                 notify = await claim(f"suspend/{nf_id}/{revision}")
             except Exception:  # noqa: BLE001
                 notify = False
+        self._suspend_rev[nf_id] = revision
         self._suspend(nf_id, notify=notify)
 
     # ------------------------------------------------------------------ timers
@@ -454,8 +461,15 @@ class Registry:
                 if now > deadline and nf_id not in self._suspended_at:
                     if self._profiles.get(nf_id, {}).get("nfStatus") == "REGISTERED":
                         self._suspend(nf_id)
+        claim = getattr(self.store, "claim", None)
         for nf_id, since in list(self._suspended_at.items()):
             if now - since > self.settings.suspended_removal_s and nf_id in self._profiles:
+                if claim is not None:  # replicas: one removes (and notifies), the rest see it
+                    if now - self._removal_claimed.get(nf_id, -1e9) < 60.0:
+                        continue  # tried lately; the claim's holder is removing it
+                    self._removal_claimed[nf_id] = now
+                    if not await claim(f"remove/{nf_id}/{self._suspend_rev.get(nf_id, 0)}"):
+                        continue
                 log.info("NF instance %s removed after %.0f s SUSPENDED", nf_id, now - since)
                 await self.deregister(nf_id)
         wall = time.time()

@@ -150,3 +150,27 @@ async def test_etcd_down_is_503_nothing_half_written_and_routing_continues(etcd)
         assert r.status == 201
     finally:
         await a.close()
+
+
+async def test_removal_by_policy_happens_once_across_replicas(etcd) -> None:
+    s = RegistrySettings(heartbeat_timer_s=1, heartbeat_grace_s=0.0, suspended_removal_s=0.3,
+                         sweep_interval_s=0.05)
+    senders = [RecordingSender(), RecordingSender()]
+    regs = []
+    for snd in senders:
+        reg = Registry(s, EtcdStore([etcd.endpoint], "/rm", timeout_s=1.0), Notifier(snd, backoff_s=0.01))
+        await reg.start()
+        regs.append(reg)
+    a, b = regs
+    try:
+        await a.subscribe({"nfStatusNotificationUri": "http://127.0.0.1:9/n", "reqNotifEvents": ["NF_DEREGISTERED"]})
+        await _wait(lambda: len(b._subs) == 1, 1.0)
+        p = make_profile("NSSF", services=("nnssf-nsselection",))
+        await b.register(p["nfInstanceId"], p)
+        await _wait(lambda: len(a) == 0 and len(b) == 0, 8.0)  # lease expiry, then removal
+        await asyncio.sleep(0.3)
+        events = [json.loads(body)["event"] for snd in senders for _, body in snd.sent]
+        assert events == ["NF_DEREGISTERED"]
+    finally:
+        await a.close()
+        await b.close()
