@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 NF_TYPES = frozenset(
     """NRF UDM AMF SMF AUSF NEF PCF SMSF NSSF UDR LMF GMLC 5G_EIR SEPP UPF N3IWF AF UDSF BSF CHF
@@ -111,7 +111,10 @@ def parse_discovery_headers(
     plen = len(DISCOVERY_HEADER_PREFIX)
     for name, value in headers:
         if name.startswith(DISCOVERY_HEADER_PREFIX):
-            multi.setdefault(name[plen:].decode("latin-1"), []).append(value.decode("latin-1"))
+            text = value.decode("latin-1")
+            if "%" in text:  # some NFs percent-encode JSON values as in the query string
+                text = unquote(text)
+            multi.setdefault(name[plen:].decode("latin-1"), []).append(text)
         elif name == b"user-agent":
             ua = value.decode("latin-1")
     if "target-nf-type" not in multi:

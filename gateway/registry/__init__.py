@@ -4,8 +4,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 
-async def start_registry(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+if TYPE_CHECKING:
+    from gateway.registry.startup import RegistryService
+
+
+async def start_registry(*args: Any, **kwargs: Any) -> RegistryService:
     """``gateway.registry.startup.start_registry`` (imported lazily: the startup module
     imports the NRF API, which imports this package)."""
     from gateway.registry.startup import start_registry as _start  # noqa: PLC0415

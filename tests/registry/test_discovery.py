@@ -50,6 +50,9 @@ def test_headers_with_user_agent_requester() -> None:
     q = parse_discovery_headers(h)
     assert q is not None and q.requester_nf_type == "SMF" and q.snssais == (Snssai(1),)
     assert parse_discovery_headers([(b"user-agent", b"AMF")]) is None
+    q = parse_discovery_headers([(b"3gpp-sbi-discovery-target-nf-type", b"SMF"),
+                                 (b"3gpp-sbi-discovery-snssais", b"%5B%7B%22sst%22%3A2%7D%5D")])
+    assert q is not None and q.snssais == (Snssai(2),) and q.requester_nf_type is None
 
 
 def test_matching_slices_ranges_wildcards_tai_domains() -> None:
