@@ -98,6 +98,7 @@ PERF_TOOLS: dict[str, tuple[str, str]] = {
     "compare": ("perf.compare", "nfmesh beside HAProxy, nghttpx and Envoy (--quick, --json)"),
     "load": ("perf.loadgen", "the SBI load generator (open or closed loop, scenarios)"),
     "ngap-decode": ("perf.ngap_decode_bench", "NGAP routing-key extraction: fast path vs pycrate"),
+    "snapshot": ("perf.snapshot_bench", "route snapshot: control plane -> worker cost for N profiles"),
     "registry": ("perf.registry_bench", "NRF registry: registrations, heartbeats, discoveries per second"),
 }
 
@@ -158,6 +159,10 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) >= 2 and argv[0] == "perf" and argv[1] in PERF_TOOLS:
+        # the tool parses its own options (argparse.REMAINDER would choke on a leading --flag)
+        return cmd_perf(argparse.Namespace(perf_cmd=argv[1], args=argv[2:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd is None:

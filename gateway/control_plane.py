@@ -136,7 +136,14 @@ class WorkerRouting:
         from nf_adapters.model_d import ModelDRouter, build_snapshot
         from nf_adapters.scp_router import ChainRouter
 
-        snap = build_snapshot(instances, version, self.cache)
+        # frames carry whole snapshots: hand build_snapshot the dict it compiled last time
+        # when a profile did not change, so only changed profiles are compiled again
+        cache = self.cache
+        same = []
+        for profile, status in instances:
+            hit = cache.get(profile.get("nfInstanceId", ""))
+            same.append((hit[0] if hit is not None and hit[0] == profile else profile, status))
+        snap = build_snapshot(same, version, cache)
         self.publish(ChainRouter([self.nrf_forward, ModelDRouter(snap, timeout=self.timeout)],
                                  fallback=self.static))
         self.version = version
