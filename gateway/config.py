@@ -142,6 +142,8 @@ class ScpSection(msgspec.Struct, **_STRUCT):
     max_forward_hops: Annotated[int, msgspec.Meta(ge=1, le=99)] = 8
     via_name: str | None = None  # Via pseudonym SCP-<via_name>; null = gateway.name
     request_timeout_s: PosFloat = 30.0  # when neither Max-Rsp-Time nor the route says
+    allowed_targets: list[str] = msgspec.field(default_factory=list)  # model C targets: CIDR,
+    # .domain suffix or host; empty = any (an open proxy: set it in production)
 
 
 class EtcdSection(msgspec.Struct, **_STRUCT):
@@ -541,6 +543,14 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
         d.issue("gateway.name", "must be a token (letters, digits, -._~ and the like)")
     if "scp" not in failed and cfg.scp.via_name is not None and not _TOKEN_RE.match(cfg.scp.via_name):
         d.issue("scp.via_name", "must be a token (letters, digits, -._~ and the like)")
+    if "scp" not in failed:
+        from nf_adapters.scp_router import TargetPolicy
+
+        for i, entry in enumerate(cfg.scp.allowed_targets):
+            try:
+                TargetPolicy([entry])
+            except ValueError as exc:
+                d.issue(f"scp.allowed_targets[{i}]", str(exc))
 
     listeners = []
     _unique(d, ((f"listeners[{i}].name", lst.name) for i, lst in enumerate(cfg.listeners)),

@@ -55,6 +55,8 @@ CAUSES: Mapping[str, int] = {
     "TIMED_OUT_REQUEST": 504,
     "NF_DISCOVERY_FAILURE": 504,
     "LOOP_DETECTED": 508,
+    # nfmesh's own: a model C target outside scp.allowed_targets (no 3GPP cause fits)
+    "TARGET_NOT_ALLOWED": 403,
 }
 
 _ENCODER = msgspec.json.Encoder()

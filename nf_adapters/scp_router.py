@@ -29,6 +29,7 @@ proxy's case, not the router's).
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -183,6 +184,52 @@ def _host_of(authority: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
+# which model C targets may be reached
+
+class TargetPolicy:
+    """Where model C may send requests: without it an SCP is an open proxy (any consumer can
+    make it connect anywhere).  Entries: a CIDR or IP (``10.0.0.0/8``, ``2001:db8::/32``), a
+    domain suffix starting with a dot (``.3gppnetwork.org``), or an exact host name.  No
+    entries: every target is allowed."""
+
+    __slots__ = ("networks", "suffixes", "hosts", "open")
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        self.networks: list = []
+        self.suffixes: tuple[str, ...] = ()
+        self.hosts: frozenset[str] = frozenset()
+        suffixes, hosts = [], set()
+        for entry in entries:
+            e = entry.strip().lower()
+            if not e:
+                raise ValueError("empty allowed target")
+            if e.startswith("."):
+                suffixes.append(e)
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(e, strict=False))
+                continue
+            except ValueError:
+                pass
+            if not sh._REGNAME_RE.fullmatch(e) or sh._DIGITS_DOTS_RE.fullmatch(e):
+                raise ValueError(f"allowed target must be a CIDR, .domain or host name: {entry!r}")
+            hosts.add(e)
+        self.suffixes = tuple(suffixes)
+        self.hosts = frozenset(hosts)
+        self.open = not (self.networks or self.suffixes or self.hosts)
+
+    def allows(self, host: str) -> bool:
+        """``host`` as parsed from an apiRoot (lowercase, IPv6 without brackets)."""
+        if self.open:
+            return True
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return host in self.hosts or host.endswith(self.suffixes)
+        return any(addr in net for net in self.networks)
+
+
+# ---------------------------------------------------------------------------------------------
 # endpoint selection
 
 class _Picker:
@@ -251,9 +298,11 @@ class ScpRouter:
         fallback: Router | None = None,
         default_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
+        allowed_targets: Iterable[str] = (),
     ) -> None:
         if not 1 <= max_forward_hops <= 99:
             raise ValueError("max_forward_hops must be 1..99")
+        self.target_policy = TargetPolicy(allowed_targets)
         self.table = snapshot if snapshot is not None else RouteTable()
         self.fallback = fallback
         o = _Options(via_name, max_forward_hops, model_c, default_timeout, clock)
@@ -279,7 +328,8 @@ class ScpRouter:
         return cls(RouteTable.from_config(config), via_name=via,
                    max_forward_hops=getattr(scp, "max_forward_hops", 8),
                    model_c=getattr(scp, "model_c", True), fallback=fallback,
-                   default_timeout=getattr(scp, "request_timeout_s", None))
+                   default_timeout=getattr(scp, "request_timeout_s", None),
+                   allowed_targets=getattr(scp, "allowed_targets", None) or ())
 
     # -- the Router protocol -----------------------------------------------------------------
 
@@ -358,6 +408,11 @@ class ScpRouter:
             tls = root.tls
             ep = Endpoint(root.host, root.effective_port, tls,
                           root.host if tls and not root.is_ip else None)
+            if not self.target_policy.allows(root.host):
+                return problem(403, "TARGET_NOT_ALLOWED",
+                               f"3gpp-Sbi-Target-apiRoot host {root.host} is not in "
+                               "scp.allowed_targets",
+                               [("3gpp-Sbi-Target-apiRoot", "target not allowed")])
             target_info = (root, ep, root.scheme.encode(), root.authority.encode())
             if len(target) <= TARGET_CACHE_VALUE_MAX:
                 if len(self._targets) >= TARGET_CACHE_SIZE:

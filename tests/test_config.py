@@ -170,6 +170,8 @@ def test_all_errors_reported_at_once() -> None:
     ({"ngap": {"amf_pools": [{"name": "p", "plmn": "12a45", "endpoints": [{"addresses": ["1.1.1.1"]}]}]}},
      [("ngap.amf_pools[0].plmn", "must match ^[0-9]{5,6}$")]),
     ({"ngap": {"streams": 1}}, [("ngap.streams", "must be 2..65535")]),
+    ({"scp": {"allowed_targets": ["10.0.0.0/8", "bad host"]}},
+     [("scp.allowed_targets[1]", "allowed target must be a CIDR, .domain or host name: 'bad host'")]),
     ({"registry": {"store": "redis"}}, [("registry.store", "expected one of etcd, memory, got 'redis'")]),
     ([], [("", "expected mapping, got list")]),
 ])

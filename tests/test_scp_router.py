@@ -116,6 +116,28 @@ def test_model_c_disabled_is_not_mine() -> None:
     assert r.try_route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://a")]), {}) is None
 
 
+def test_allowed_targets_policy() -> None:
+    r = router(allowed_targets=["10.0.0.0/8", "2001:db8::/32", ".3gppnetwork.org", "nrf.local"])
+    for root, ok in [(b"http://10.1.2.3", True), (b"http://11.0.0.1", False),
+                     (b"http://[2001:db8::9]", True), (b"http://[2001:db9::9]", False),
+                     (b"http://udm.5gc.mnc001.mcc001.3gppnetwork.org", True),
+                     (b"http://3gppnetwork.org.evil.com", False), (b"http://NRF.local:80", True),
+                     (b"http://nrf.local.evil", False)]:
+        for _ in range(2):  # the second answer comes from the parsed-target cache
+            d = r.route(req(extra=[(b"3gpp-sbi-target-apiroot", root)]), {})
+            assert isinstance(d, Forward) is ok, root
+    d = r.route(req(extra=[(b"3gpp-sbi-target-apiroot", b"http://169.254.169.254")]), {})
+    assert d.status == 403
+    assert body(d) == {
+        "title": "Forbidden", "status": 403, "cause": "TARGET_NOT_ALLOWED",
+        "detail": "3gpp-Sbi-Target-apiRoot host 169.254.169.254 is not in scp.allowed_targets",
+        "invalidParams": [{"param": "3gpp-Sbi-Target-apiRoot", "reason": "target not allowed"}]}
+    with pytest.raises(ValueError, match="allowed target must be a CIDR, .domain or host name"):
+        ScpRouter(allowed_targets=["bad host"])
+    with pytest.raises(ValueError, match="allowed target must be a CIDR, .domain or host name"):
+        ScpRouter(allowed_targets=["300.1.1.1"])
+
+
 # --------------------------------------------------------------------------- loops
 
 def test_own_via_is_a_loop() -> None:
