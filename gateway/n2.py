@@ -137,7 +137,8 @@ class _AmfSide:
         log.info("AMF %s: %s %s", self.name, kind, detail)
 
     def on_closed(self, assoc: SctpAssociation, exc: BaseException | None) -> None:
-        log.warning("AMF %s association lost (%s)", self.name, exc)
+        if not self.service._closing:
+            log.warning("AMF %s association lost (%s)", self.name, exc)
         if self.peer is not None:
             self.service.router.amf_lost(self.peer)
         self.lost.set()

@@ -22,6 +22,7 @@ from dataplane.sctp import SctpAssociation, SctpParams, listen
 from nf_adapters.ngap import codec as c
 from nf_adapters.ngap import extract
 from nf_adapters.ngap.routing_key import AMF_UE_ID, PDU_TYPE, PROCEDURE_CODE, RAN_UE_ID
+from nf_adapters.ngap.templates import NAS_LEN, UeTemplates, find_nas
 
 NGAP_PPID = 60
 
@@ -54,6 +55,9 @@ class AmfLogic:
     record: bool = True
     _next: int = 0
 
+    def __post_init__(self) -> None:
+        self.templates = UeTemplates(self.plmn, self.guami)
+
     @property
     def guami(self) -> c.Guami:
         return c.Guami(self.plmn, self.region_id, self.set_id, self.pointer)
@@ -66,12 +70,13 @@ class AmfLogic:
             self.received.append((pdu, proc, ran, amf, stream, ppid))
         if pdu == c.INITIATING and proc == c.PROC_NG_SETUP:
             return [(c.ng_setup_response(self.name, [self.guami], self.capacity, [self.plmn]), 0)]
+        t = self.templates
         if pdu == c.INITIATING and proc == c.PROC_INITIAL_UE_MESSAGE:
-            nas = c.decode(data).ies[c.IE_NAS_PDU] if self.nas_rounds >= 0 else b""
+            nas = find_nas(data) or c.decode(data).ies[c.IE_NAS_PDU]
             self._next += 1
             ue = AmfUe(self.id_base + self._next, ran, stream, nas)
             self.ues[ue.amf_ue_id] = ue
-            return [(c.downlink_nas(ue.amf_ue_id, ran, nas), stream)]
+            return [(self._downlink(ue), stream)]
         ue = self.ues.get(amf)
         if pdu == c.INITIATING and proc == c.PROC_ERROR_INDICATION:
             self.errors_received += 1
@@ -83,18 +88,25 @@ class AmfLogic:
         if pdu == c.INITIATING and proc == c.PROC_UPLINK_NAS_TRANSPORT:
             ue.rounds += 1
             if ue.rounds < self.nas_rounds:
-                return [(c.downlink_nas(ue.amf_ue_id, ran, ue.tag), ue.stream)]
+                return [(self._downlink(ue), ue.stream)]
+            if len(ue.tag) == NAS_LEN:
+                return [(t.ics_request.stamp(ran, ue.amf_ue_id, ue.tag), ue.stream)]
             return [(c.initial_context_setup_request(ue.amf_ue_id, ran, self.guami, ue.tag),
                      ue.stream)]
         if pdu == c.SUCCESSFUL and proc == c.PROC_INITIAL_CONTEXT_SETUP:
-            return [(c.ue_context_release_command(ue.amf_ue_id, ran), ue.stream)]
+            return [(t.release_command.stamp(ran, ue.amf_ue_id), ue.stream)]
         if pdu == c.INITIATING and proc == c.PROC_UE_CONTEXT_RELEASE_REQUEST:
-            return [(c.ue_context_release_command(ue.amf_ue_id, ran), ue.stream)]
+            return [(t.release_command.stamp(ran, ue.amf_ue_id), ue.stream)]
         if pdu == c.SUCCESSFUL and proc == c.PROC_UE_CONTEXT_RELEASE:
             del self.ues[ue.amf_ue_id]
             self.completed += 1
             return []
         return []
+
+    def _downlink(self, ue: AmfUe) -> bytes:
+        if len(ue.tag) == NAS_LEN:
+            return self.templates.downlink_nas.stamp(ue.ran_ue_id, ue.amf_ue_id, ue.tag)
+        return c.downlink_nas(ue.amf_ue_id, ue.ran_ue_id, ue.tag)
 
 
 class _AmfAssociation:

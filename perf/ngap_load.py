@@ -96,6 +96,10 @@ async def run_self(gnbs: int, ues: int, rate: float, timeout: float, pcap: str |
                 break
             await asyncio.sleep(0.05)
         report = await run_load(["127.0.0.1"], service.port, gnbs, ues, rate, timeout, pcap)
+        for _ in range(100):  # the last Release Completes may still be on their way
+            if sum(a.logic.completed for a in amfs) >= report["ues_completed"]:
+                break
+            await asyncio.sleep(0.05)
         stats = service.router.stats
         report["gateway_messages"] = stats["messages_from_gnb"] + stats["messages_from_amf"]
         report["gateway_messages_per_s"] = round(report["gateway_messages"] / report["seconds"], 1)
