@@ -673,6 +673,10 @@ class ServerConnection(_Connection):
         if st.mode != _SPLICED:
             # a local answer (respond) that replaced a splice still ends the exchange once
             st.observer = None
+            if not st.remote_closed:
+                # complete answer before the whole request (413, a problem): stop the upload
+                # politely (RFC 9113 §8.1)
+                self._reset_stream(st, ErrorCode.NO_ERROR)
             if obs is not None:
                 obs.on_complete(st.sid, st.status, 0)
         else:

@@ -214,6 +214,10 @@ async def test_unreachable_upstream_is_503_problem(backend, client):
         # in back-off: fails fast, clear reason, and the connection is still good
         resp2 = await client.request("GET", url(proxy, "/y"))
         assert resp2.status == 503 and "back-off" in resp2.json()["detail"]
+        # a big upload gets its answer without being read whole (then RST NO_ERROR stops it)
+        resp3 = await client.request("POST", url(proxy, "/z"), body=pattern(3 << 20))
+        assert resp3.status == 503
+        assert (await client.request("GET", url(proxy, "/w"))).status == 503
     finally:
         await proxy.stop()
 
