@@ -110,6 +110,7 @@ class Measurement:
     rss_bytes: int
     latencies_us: list[int]
     hdr: str = ""  # an encoded HdrHistogram (loadgen phases) instead of latencies_us
+    service_ms: tuple[float, float] | None = None  # loadgen: p50, p99 from the actual send
 
 
 @dataclass(slots=True)
@@ -229,9 +230,12 @@ class Harness:
             raise LaunchError(f"loadgen at {rate} req/s exited {proc.returncode}: "
                               f"{proc.stderr.strip()[-300:]}") from None
         errors = sum(out["errors"].values()) + out["timeouts"] + out["not_sent"]
+        service = out.get("service_latency", {})
         return Measurement(
-            requests=out["answered"], failed=errors + out["unexpected_status"], rps=out["rps"],
+            requests=out["answered"] - out["unexpected_status"],
+            failed=errors + out["unexpected_status"], rps=out["rps"],
             cpu_us=sample.cpu_us, rss_bytes=sample.rss_bytes, latencies_us=[], hdr=out["hdr"],
+            service_ms=(service["p50_ms"], service["p99_ms"]) if service.get("count") else None,
         )
 
     def run_target(self, name: str, repeat: int) -> None:
@@ -357,7 +361,19 @@ def phase_summary(ms: list[Measurement]) -> dict:
             round(m.cpu_us / m.requests, 2) if m.requests else None for m in ms
         ],
         "per_repeat_rps": [round(m.rps, 1) for m in ms],
+        **service_summary(ms),
     }
+
+
+def service_summary(ms: list[Measurement]) -> dict:
+    """For loadgen phases: the median over repeats of p50/p99 measured from the actual send
+    (beside the latency from the intended time); a large gap means requests waited to be
+    sent, in the target's stream limit or in the generator itself."""
+    svc = [m.service_ms for m in ms if m.service_ms is not None]
+    if not svc:
+        return {}
+    return {"service_p50_ms": round(statistics.median(p50 for p50, _ in svc), 4),
+            "service_p99_ms": round(statistics.median(p99 for _, p99 in svc), 4)}
 
 
 def hdr_latency(encoded: list[str]) -> tuple[dict[str, float], list[tuple[float, float]]]:

@@ -77,8 +77,11 @@ def markdown(result: dict, plots: dict[str, str], plot_error: str | None = None)
         f"Each target pinned to CPU {s.get('target_cpu')}; backend (nghttpd) and h2load on CPU "
         f"{s.get('load_cpu')}. Frontend {'TLS (ALPN h2)' if s.get('tls') else 'h2c'}, backend "
         f"h2c. POST of a {s.get('request_bytes', '?')}-byte JSON body, 227-byte JSON answer. "
-        f"{s.get('repeats', '?')} interleaved repeat(s). CPU is the target's process tree "
-        "utime+stime from /proc over the phase, divided by the requests served.",
+        f"{s.get('repeats', '?')} interleaved repeat(s). CPU is the target's process tree's "
+        "CPU time from /proc over the phase (per-thread run time from schedstat, utime+stime "
+        "where a thread exited), divided by the requests answered 2xx. The loadgen phases "
+        "measure latency from each request's intended send time (open loop); their "
+        "service p50/p99 (from the actual send) is in results.json.",
         "",
         "## Headline (closed loop)",
         "",

@@ -90,6 +90,7 @@ def test_short_real_run(tmp_path: Path, capsys) -> None:
     lg = h["phases"]["loadgen_200"]  # the project's generator, merged HdrHistograms
     assert lg["requests"] == 100 and lg["failed"] == 0
     assert 0 < lg["p50_ms"] <= lg["p99_ms"] <= lg["max_ms"] and len(lg["cdf"]) > 10
+    assert 0 < lg["service_p50_ms"] <= lg["service_p99_ms"]
     assert 80 <= h["phases"]["rate_200"]["requests"] <= 120  # 10 clients x 20 req/s x 0.5 s
     # 50 idle connections and 200 held streams cost HAProxy some memory, bounded
     assert 0 < h["memory"]["bytes_per_open_stream"] < 1 << 20

@@ -80,6 +80,12 @@ def bootstrap(spec: TargetSpec) -> dict:
                     "name": "backend",
                     "connect_timeout": "5s",
                     "type": "STATIC",
+                    # Envoy's default circuit breakers (1024 requests/pending) would answer
+                    # 503 at the fixed-rate phases where the other proxies just queue
+                    "circuit_breakers": {"thresholds": [{
+                        "max_connections": 1000000, "max_pending_requests": 1000000,
+                        "max_requests": 1000000, "max_retries": 1000000,
+                    }]},
                     "load_assignment": {
                         "cluster_name": "backend",
                         "endpoints": [
