@@ -128,6 +128,18 @@ async def _register(client: Any, gw_root: str, nf: EmulatedNF) -> None:
         raise RuntimeError(f"{nf.nf_type} registration failed: {resp.status} {resp.body[:200]!r}")
 
 
+async def _snapshot_caught_up(gw: Any, limit_s: float = 2.0) -> None:
+    """Wait until model D routes from a snapshot that holds every registration so far (the
+    control plane coalesces registry changes into one rebuild per 50 ms)."""
+    svc = gw.registry
+    publisher = getattr(svc, "publisher", None)
+    if publisher is None:
+        return
+    deadline = time.perf_counter() + limit_s
+    while publisher.snapshot.version < svc.registry.version and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+
+
 async def _heartbeats(client: Any, gw_root: str, nfs: list[EmulatedNF], period: float,
                       counts: dict[str, int]) -> None:
     patch = json.dumps([{"op": "replace", "path": "/nfStatus", "value": "REGISTERED"}]).encode()
@@ -232,19 +244,23 @@ async def _run(duration: float | None, as_json: bool, rate: float, backend: str)
     started = time.perf_counter()
     hb = None
     try:
+        # imported before the traffic phase: its NGAP codec (pycrate) takes seconds to load
+        from gateway.n2 import run_n2_demo
+    except ImportError:
+        run_n2_demo = None
+    try:
         for nf in nfs:
             await nf.start()
             await _register(client, gw_root, nf)
         counts["registered_nfs"] = len(nfs)
+        await _snapshot_caught_up(gw)
         udm_root = await _discover_udm(client, gw_root)
         hb = asyncio.create_task(_heartbeats(client, gw_root, nfs, 2.0, counts))
+        counts["setup_s"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()  # the traffic phase lasts `duration`
         deadline = started + (duration if duration else 10 * 365 * 86400)
-        try:
-            from gateway.n2 import run_n2_demo
-
+        if run_n2_demo is not None:
             n2_task = asyncio.create_task(run_n2_demo(duration or 3600.0, gnbs=2, ues=20))
-        except ImportError:
-            n2_task = None
         consumer = asyncio.create_task(_consumer(client, gw_root, udm_root, rate, deadline, pairs, stop))
         while not consumer.done():
             await asyncio.wait({consumer}, timeout=1.0)
