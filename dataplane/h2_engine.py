@@ -44,6 +44,7 @@ NAME = "h2"
 log = logging.getLogger("nfmesh.h2")
 
 _MAX_STREAMS_UNKNOWN = 2**31 - 1
+_LINGER_S = 1.0  # how long a closing connection keeps discarding input after its GOAWAY
 # Connections marked for a flush while a data_received batch runs; written once at its end.
 _batch: list | None = None
 
@@ -233,6 +234,7 @@ class _Connection(asyncio.Protocol):
         self._goaway_sent = False
         self._goaway_last = 0
         self._close_when_idle = False
+        self._lingering = False
         self._goaway_received = False
         self._resets: deque = deque()
         self._control: deque = deque()
@@ -251,7 +253,7 @@ class _Connection(asyncio.Protocol):
             _batch = []
         try:
             h2c = self._h2
-            if h2c is None or self._lost:
+            if h2c is None or self._lost or self._lingering:
                 return
             try:
                 events = h2c.receive_data(data)
@@ -301,13 +303,29 @@ class _Connection(asyncio.Protocol):
         if data and transport is not None:
             transport.write(data)
         if self._close_when_idle and transport is not None and not self._streams:
-            transport.close()
+            self._linger_close()
 
     def _abort_after_flush(self) -> None:
         self._flush()
-        if self._transport is not None:
-            self._transport.close()
-            self._lost = True
+        self._lost = True  # process nothing more
+        self._linger_close()
+
+    def _linger_close(self) -> None:
+        """Close after a GOAWAY without losing it: send FIN, discard what the peer still had in
+        flight, close when it closes (at most ``_LINGER_S`` later).  Closing with unread input
+        makes the kernel answer RST, which can destroy the GOAWAY before the peer reads it."""
+        transport = self._transport
+        if transport is None or self._lingering:
+            return
+        self._lingering = True
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+                asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
+                return
+        except (OSError, RuntimeError, NotImplementedError):
+            pass
+        transport.close()
 
     # ---- abuse limits ---------------------------------------------------------------------
     def _over_rate(self, window: deque, limit: int) -> bool:

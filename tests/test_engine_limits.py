@@ -36,6 +36,7 @@ class RawH2:
             client_side=True, header_encoding=None, validate_outbound_headers=False))
         self.events: list = []
         self.closed = False
+        self.reset_seen = False  # the connection ended with a TCP RST
 
     @classmethod
     async def connect(cls, port: int) -> RawH2:
@@ -71,7 +72,8 @@ class RawH2:
                 data = await asyncio.wait_for(self.reader.read(65536), remaining)
             except TimeoutError:
                 raise TimeoutError(f"no matching event; got {self.events[-10:]}") from None
-            except ConnectionError:
+            except ConnectionError as exc:
+                self.reset_seen = isinstance(exc, ConnectionResetError)
                 data = b""
             if not data:
                 self.closed = True
