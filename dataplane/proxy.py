@@ -13,6 +13,10 @@ nghttp2 and the h2 backend.  Per request it asks ``router_slot.current.route`` o
 * ``LocalResponse``: answer it.
 * ``LocalService``: read the whole body, await ``handle``, answer.
 
+Once per finished request ``stats.on_request_done(cluster, method, status, duration_s,
+error_code)`` and ``access_log(method=, path=, status=, cluster=, upstream=, duration_s=,
+error_code=, peer=)`` (keyword arguments) are called; status 0 means no response was sent.
+
 One bad request costs only its stream: router or service exceptions become a 500 problem.
 """
 
@@ -246,7 +250,7 @@ class Proxy:
         pools: UpstreamPools,
         error_responder: Callable[[int, str, str], LocalResponse] = default_problem,
         stats: ProxyStats | None = None,
-        access_log: Callable[[dict], None] | None = None,
+        access_log: Callable[..., None] | None = None,
     ) -> None:
         self.router_slot = router_slot
         self.pools = pools
@@ -337,12 +341,12 @@ class Proxy:
                 log.exception("stats hook failed")
         if self.access_log is not None:
             try:
-                self.access_log({
-                    "method": method, "path": path, "status": status, "cluster": cluster,
-                    "upstream": _endpoint_text(endpoint) if endpoint else "",
-                    "duration_s": duration, "error_code": error_code,
-                    "peer": conn.peer_info.get("peername"),
-                })
+                self.access_log(
+                    method=method, path=path, status=status, cluster=cluster,
+                    upstream=_endpoint_text(endpoint) if endpoint else "",
+                    duration_s=duration, error_code=error_code,
+                    peer=conn.peer_info.get("peername"),
+                )
             except Exception:
                 log.exception("access log hook failed")
 

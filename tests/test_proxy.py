@@ -382,7 +382,8 @@ class LocalRouter:
 
 async def test_local_service_and_local_response(backend, client):
     log_entries = []
-    proxy = await start_proxy(backend, LocalRouter(), access_log=log_entries.append)
+    proxy = await start_proxy(backend, LocalRouter(),
+                              access_log=lambda **entry: log_entries.append(entry))
     try:
         resp = await client.request("PUT", url(proxy, "/svc/nf-instances/1"), body=b"x" * 500)
         assert resp.status == 201
