@@ -334,6 +334,7 @@ class Proxy:
     # ---- bookkeeping -------------------------------------------------------------------------
     def _record(self, cluster: str, method: str, path: str, status: int, duration: float,
                 error_code: int, endpoint: Endpoint | None, conn) -> None:
+        error_code = int(error_code)  # plain int, never an enum member (metric labels)
         if self.stats is not None:
             try:
                 self.stats.on_request_done(cluster, method, status, duration, error_code)
