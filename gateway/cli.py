@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("version", help="version, Python, uvloop, compiled hot paths")
     ver.add_argument("--json", action="store_true")
 
+    ca = sub.add_parser("ca", help="the mesh certificate authority: init, issue, gateway, show, example",
+                        add_help=False)
+    ca.add_argument("args", nargs=argparse.REMAINDER)
+
     perf = sub.add_parser("perf", help="benchmarks and traffic generators")
     perf_sub = perf.add_subparsers(dest="perf_cmd", metavar="TOOL")
     for name, helptext in PERF_TOOLS.items():
@@ -160,6 +164,10 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "ca":
+        from gateway.ca import main as ca_main
+
+        return int(ca_main(argv[1:]) or 0)
     if len(argv) >= 2 and argv[0] == "perf" and argv[1] in PERF_TOOLS:
         # the tool parses its own options (argparse.REMAINDER would choke on a leading --flag)
         return cmd_perf(argparse.Namespace(perf_cmd=argv[1], args=argv[2:]))
