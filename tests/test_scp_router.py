@@ -291,6 +291,26 @@ def test_smooth_weighted_round_robin() -> None:
     assert picks[:7] == [E1, E1, E2, E1, E3, E1, E1]
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 20), min_size=1, max_size=6), st.integers(1, 3))
+def test_smooth_wrr_exact_proportions_every_cycle(weights: list[int], cycles: int) -> None:
+    eps = tuple(Endpoint(f"10.0.0.{i + 1}", 80) for i in range(len(weights)))
+    r = router(table=RouteTable([ClusterSpec("c", eps, tuple(weights), "weighted")],
+                                [RouteSpec("r", "/", "c")]))
+    total = sum(weights)
+    for _ in range(cycles):
+        picks = [r.route(req(b"/x"), {}).endpoint for _ in range(total)]
+        assert collections.Counter(picks) == {ep: w for ep, w in zip(eps, weights, strict=True)}
+        # smooth: no endpoint is picked more than ceil(w / (total - w)) + 1 times in a row
+        run, longest = 1, 1
+        for a, b in zip(picks, picks[1:], strict=False):
+            run = run + 1 if a == b else 1
+            longest = max(longest, run)
+        heaviest = max(weights)
+        others = total - heaviest
+        assert longest <= (heaviest if others == 0 else -(-heaviest // others) + 1)
+
+
 def test_alternates_carry_their_own_scheme() -> None:
     d = router(table=table()).route(req(b"/nudm-uecm/v1/x"), {})
     schemes = {ep: dict(h)[b":scheme"] for ep, h in [(d.endpoint, d.headers), *d.alternates]}
