@@ -244,3 +244,32 @@ async def test_malformed_request_is_a_stream_error(origin_with):
     raw.flush()
     assert await status_of(raw, ok) == 200
     raw.close()
+
+
+async def test_header_block_split_over_continuation_frames(origin_with):
+    origin = await origin_with(H2Settings())  # 64 KiB header list, 16 KiB frames
+    raw = await RawH2.connect(origin.port)
+    await raw.until(is_(h2.events.RemoteSettingsChanged))
+    value = bytes(ord("a") + i % 26 for i in range(40000))  # > two frames, < the limit
+    sid = raw.request("/headers", [(b"x-long", value)])
+    raw.flush()
+    assert await status_of(raw, sid) == 200
+    assert any(dict(h).get(b"x-long") == value for h in origin.handler.requests)
+    raw.close()
+
+
+async def test_client_ping_keeps_the_connection(backend, origin_with):
+    origin = await origin_with(H2Settings())
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: backend.ClientConnection(H2Settings()),
+                                           "127.0.0.1", origin.port)
+    await conn.ready
+    for _ in range(5):
+        conn.ping()
+    fut = loop.create_future()
+    conn.request([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"t"),
+                  (b":path", b"/x")], None, lambda *a: fut.done() or fut.set_result(a))
+    status, headers, body, trailers, error = await asyncio.wait_for(fut, 3)
+    assert (status, body, error) == (200, b"ok origin", None)
+    assert conn.available and not conn.closed
+    conn.close()
