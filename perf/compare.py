@@ -76,16 +76,17 @@ class CompareSettings:
     memory_connections: int = 100  # 0: no memory probe
     memory_streams: int = 500
     nfmesh_set: list[str] = field(default_factory=list)  # recorded: what nfmesh ran with
+    deadline_s: float | None = None  # no target is started after this (quick: stay < 60 s)
     start_timeout_s: float = 15.0
     warmup_timeout_s: float = 15.0  # a target that hangs is given up after this
 
     @classmethod
     def quick(cls, targets: list[str]) -> CompareSettings:
         """Fits 60 s for four targets on a 2-core machine."""
-        return cls(targets=targets, repeats=1, closed_s=3.0, rates=[1000], rate_s=2.0,
+        return cls(targets=targets, repeats=1, closed_s=2.5, rates=[1000], rate_s=1.5,
                    single_requests=300, warmup_requests=500, start_timeout_s=8.0,
-                   warmup_timeout_s=6.0, loadgen=False, memory_connections=50,
-                   memory_streams=200)
+                   warmup_timeout_s=6.0, loadgen=False, memory_connections=40,
+                   memory_streams=160, deadline_s=50.0)
 
 
 def choose_cpus() -> tuple[str | None, str | None]:
@@ -123,8 +124,11 @@ class TargetResults:
     skipped: str | None = None
 
 
+_T0 = time.monotonic()
+
+
 def _log(msg: str) -> None:
-    print(f"[perf compare] {msg}", file=sys.stderr, flush=True)
+    print(f"[perf compare {time.monotonic() - _T0:5.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 class Harness:
@@ -315,9 +319,15 @@ class Harness:
             backend = self.backend = start_nghttpd(self.backend_port, self.workdir,
                                                    cpu=self.s.load_cpu)
             try:
+                t0 = time.monotonic()
                 for repeat in range(self.s.repeats):
                     k = repeat % len(runnable)
                     for name in runnable[k:] + runnable[:k]:
+                        if self.s.deadline_s and time.monotonic() - t0 > self.s.deadline_s:
+                            self.results[name].errors.append(
+                                f"repeat {repeat + 1}: not run, past the "
+                                f"{self.s.deadline_s:.0f} s time budget")
+                            continue
                         self.run_target(name, repeat)
             finally:
                 backend.stop()
