@@ -45,6 +45,7 @@ log = logging.getLogger("nfmesh.h2")
 
 _MAX_STREAMS_UNKNOWN = 2**31 - 1
 _LINGER_S = 1.0  # how long a closing connection keeps discarding input after its GOAWAY
+_DRAIN_PING = b"nfmdrain"
 # Connections marked for a flush while a data_received batch runs; written once at its end.
 _batch: list | None = None
 
@@ -517,6 +518,7 @@ class ServerConnection(_Connection):
         super().__init__(settings)
         self.handler = handler
         self.peer_info: dict = peer_info if peer_info is not None else {}
+        self._drain_timer: asyncio.TimerHandle | None = None
         self.peak_buffered = 0  # high-water mark of buffered_bytes (observability for tests)
 
     # ---- events -----------------------------------------------------------------------------
@@ -544,6 +546,9 @@ class ServerConnection(_Connection):
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._goaway_received = True
             self._close_when_idle = True
+        elif isinstance(event, h2.events.PingAckReceived):
+            if event.ping_data == _DRAIN_PING and self._drain_timer is not None:
+                self._final_goaway(ErrorCode.NO_ERROR)
         else:
             self._common_event(event)
 
@@ -713,6 +718,9 @@ class ServerConnection(_Connection):
         self._maybe_forget(st)
 
     def _on_lost(self, exc: Exception | None) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         streams = list(self._streams.values())
         self._streams.clear()
         self._waiting.clear()
@@ -921,12 +929,29 @@ class ServerConnection(_Connection):
             obs.on_complete(st.sid, st.status, error_code)
 
     def drain(self, error_code: int = ErrorCode.NO_ERROR) -> None:
-        if self._lost or self._h2 is None:
+        """Graceful shutdown in two steps (RFC 9113 §6.8): GOAWAY(2**31-1) and a PING; once
+        the PING comes back (or after ``_LINGER_S``) every stream the client opened meanwhile
+        has arrived, and GOAWAY(last stream id) follows.  With an error code: one step."""
+        if self._lost or self._h2 is None or self._goaway_sent or self._drain_timer is not None:
             return
-        if not self._goaway_sent:
-            self._goaway_sent = True
-            self._goaway_last = self._h2.highest_inbound_stream_id
-            self._h2.send_goaway_frame(error_code, self._goaway_last)
+        if error_code:
+            self._final_goaway(error_code)
+            return
+        self._h2.send_goaway_frame(ErrorCode.NO_ERROR, _MAX_STREAMS_UNKNOWN)
+        self._h2.ping(_DRAIN_PING)
+        self._drain_timer = asyncio.get_running_loop().call_later(
+            _LINGER_S, self._final_goaway, ErrorCode.NO_ERROR)
+        self._mark()
+
+    def _final_goaway(self, error_code: int) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if self._lost or self._goaway_sent:
+            return
+        self._goaway_sent = True
+        self._goaway_last = self._h2.highest_inbound_stream_id
+        self._h2.send_goaway_frame(error_code, self._goaway_last)
         self._close_when_idle = True
         self._mark()
 

@@ -273,3 +273,34 @@ async def test_client_ping_keeps_the_connection(backend, origin_with):
     assert (status, body, error) == (200, b"ok origin", None)
     assert conn.available and not conn.closed
     conn.close()
+
+
+async def test_stream_racing_the_first_goaway_is_still_served(origin_with):
+    """Two-step drain: a request the client sent before it saw the first GOAWAY (here: before
+    its PING ACK) is processed, not dropped."""
+    origin = await origin_with(H2Settings())
+    raw = await RawH2.connect(origin.port)
+    raw.flush()
+    await raw.until(is_(h2.events.RemoteSettingsChanged))
+    for _ in range(100):
+        if origin.handler.connections:
+            break
+        await asyncio.sleep(0.01)
+    origin.handler.connections[0].drain()
+    while True:  # read until the drain PING arrived, without sending its ACK yet
+        data = await asyncio.wait_for(raw.reader.read(65536), 3)
+        assert data
+        new = raw.h2.receive_data(data)
+        raw.events.extend(new)
+        if any(isinstance(e, h2.events.PingReceived) for e in new):
+            break
+    ack = raw.h2.data_to_send()
+    racing = raw.request("/racing")
+    raw.writer.write(raw.h2.data_to_send())  # the request goes out before the PING ACK
+    raw.writer.write(ack)
+    assert await status_of(raw, racing) == 200
+    final = await raw.until(lambda e: isinstance(e, h2.events.ConnectionTerminated)
+                            and e.last_stream_id < 2**31 - 1)
+    assert final.last_stream_id == racing
+    await raw.wait_closed()
+    raw.close()
