@@ -519,12 +519,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: on, off with --quick)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the per-connection / per-stream memory probe")
+    p.add_argument("--nfmesh-variant", action="append", default=[],
+                   metavar="NAME:PATH=VALUE[,PATH=VALUE]",
+                   help="an extra nfmesh target with config changes, measured in the same run, "
+                   "e.g. 'nfmesh-nolog:logging.access_log=false' (repeatable)")
     p.add_argument("--nfmesh-cmd", help="command template for nfmesh (see perf/peers/nfmesh.py)")
     p.add_argument("--nfmesh-tls-args", help="extra nfmesh arguments for --tls runs")
     p.add_argument("--nfmesh-set", action="append", default=[], metavar="PATH=VALUE",
                    help="change a field of nfmesh's generated config, e.g. "
                    "logging.access_log=false (repeatable)")
     return p
+
+
+def nfmesh_variants(args: argparse.Namespace) -> list[Peer]:
+    """The ``--nfmesh-variant`` targets: nfmesh with the base ``--nfmesh-set`` changes plus
+    their own."""
+    from perf.peers.nfmesh import Nfmesh
+
+    out: list[Peer] = []
+    for spec in args.nfmesh_variant:
+        name, sep, changes = spec.partition(":")
+        if not sep or not name or not changes or name in {"nfmesh", "haproxy", "nghttpx", "envoy"}:
+            raise ValueError(f"--nfmesh-variant: expected NEWNAME:PATH=VALUE[,...], got {spec!r}")
+        fields = [*args.nfmesh_set, *(c for c in changes.split(",") if c)]
+        out.append(Nfmesh(args.nfmesh_cmd, args.nfmesh_tls_args, fields, name=name))
+    return out
 
 
 def settings_from_args(args: argparse.Namespace) -> CompareSettings:
@@ -570,10 +589,12 @@ def main(argv: list[str]) -> int:
         print(f"nfmesh perf compare: {exc}", file=sys.stderr)
         return 2
     try:
-        peers = all_peers(args.nfmesh_cmd, args.nfmesh_tls_args, args.nfmesh_set)
+        variants = nfmesh_variants(args)
+        peers = all_peers(args.nfmesh_cmd, args.nfmesh_tls_args, args.nfmesh_set) + variants
     except ValueError as exc:
-        print(f"nfmesh perf compare: --nfmesh-set: {exc}", file=sys.stderr)
+        print(f"nfmesh perf compare: {exc}", file=sys.stderr)
         return 2
+    settings.targets += [p.name for p in variants if p.name not in settings.targets]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="nfmesh-perf-") as tmp:
         result = Harness(settings, Path(tmp), peers).run()

@@ -130,3 +130,20 @@ def test_nfmesh_set_changes_the_generated_config(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="dotted.path=value"):
         Nfmesh(set_fields=["no-equals-sign"])
     assert main(["--nfmesh-set", "logging.access_log", "--no-report"]) == 2
+
+
+def test_nfmesh_variants(tmp_path: Path) -> None:
+    from perf.compare import build_parser, nfmesh_variants
+    from perf.peers import TargetSpec
+
+    args = build_parser().parse_args([
+        "--nfmesh-set", "gateway.name=x",
+        "--nfmesh-variant", "nolog:logging.access_log=false,metrics.enabled=false"])
+    (v,) = nfmesh_variants(args)
+    assert v.name == "nolog"
+    v.command(TargetSpec(listen_port=1, backend_port=2, workdir=tmp_path))
+    cfg = json.loads((tmp_path / "nfmesh.yaml").read_text())
+    assert cfg["gateway"]["name"] == "x"  # the base changes apply to variants too
+    assert cfg["logging"]["access_log"] is False and cfg["metrics"]["enabled"] is False
+    for bad in ("haproxy:logging.level=info", "novalue", "name:"):
+        assert main(["--nfmesh-variant", bad, "--no-report"]) == 2

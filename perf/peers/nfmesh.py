@@ -95,7 +95,8 @@ class Nfmesh:
     name = "nfmesh"
 
     def __init__(self, cmd: str | None = None, tls_args: str | None = None,
-                 set_fields: list[str] | tuple[str, ...] = ()) -> None:
+                 set_fields: list[str] | tuple[str, ...] = (), name: str = "nfmesh") -> None:
+        self.name = name
         self.cmd = cmd or os.environ.get(ENV_CMD) or DEFAULT_CMD
         self.set_fields = tuple(set_fields)
         for assignment in self.set_fields:
