@@ -214,7 +214,8 @@ def _default_listeners() -> list[Listener]:
 
 class Config(msgspec.Struct, **_STRUCT):
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
-    listeners: list[Listener] = msgspec.field(default_factory=_default_listeners)
+    listeners: Annotated[list[Listener], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=_default_listeners)
     http2: Http2Section = msgspec.field(default_factory=Http2Section)
     clusters: list[Cluster] = msgspec.field(default_factory=list)
     routes: list[Route] = msgspec.field(default_factory=list)

@@ -150,6 +150,7 @@ def test_all_errors_reported_at_once() -> None:
 @pytest.mark.parametrize(("data", "expected"), [
     ({"listeners": [{"port": 1}]}, [("listeners[0].name", "missing required field")]),
     ({"listeners": {"name": "a"}}, [("listeners", "expected list, got mapping")]),
+    ({"listeners": []}, [("listeners", "must have at least 1 item(s)")]),
     ({"gateway": []}, [("gateway", "expected mapping, got list")]),
     ({"gateway": {"workers": True}}, [("gateway.workers", "expected int, got bool")]),
     ({"gateway": {"drain_timeout_s": -1}}, [("gateway.drain_timeout_s", "must be >= 0")]),
