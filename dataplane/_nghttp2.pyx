@@ -1285,7 +1285,6 @@ cdef class ServerConnection(_Conn):
             return
         st.sent_status = st.status
         nva = st._rh_nva(st.extra, keep, &cnt)
-        st._rh_clear()
         try:
             if st.resp_end:
                 rv = nghttp2_submit_response(self.session, st.sid, nva, cnt, NULL)
@@ -1295,6 +1294,7 @@ cdef class ServerConnection(_Conn):
                 rv = nghttp2_submit_response(self.session, st.sid, nva, cnt, &prd)
         finally:
             free(nva)
+            st._rh_clear()  # the rcbufs back the nv array until nghttp2 has copied it
         if rv != 0:
             log.warning("nghttp2: cannot relay response on stream %d: %s", st.sid,
                         nghttp2_strerror(rv).decode())
