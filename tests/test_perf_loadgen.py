@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,39 @@ def test_cli_json_open_loop(nghttpd, capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert out["mode"] == "open" and out["answered"] == 200 and out["target_rate"] == 500
+
+
+@needs_nghttpd
+async def test_tls_with_certificate_check(tmp_path: Path, backend) -> None:
+    """Open loop over TLS (ALPN h2) to nghttpd, the server certificate checked against the CA
+    file; a wrong CA fails the handshake."""
+    from perf.loadgen import client_ssl_context
+    from perf.peers.backend import write_docroot
+    from perf.peers.launcher import Launched
+    from perf.peers.tls_certs import make_self_signed
+
+    tls = make_self_signed(tmp_path / "tls")
+    other = make_self_signed(tmp_path / "other")
+    port = free_port()
+    docroot = write_docroot(tmp_path / "www")
+    server = Launched(["nghttpd", "-a", "127.0.0.1", "-d", str(docroot), str(port),
+                       str(tls.key), str(tls.cert)], tmp_path / "nghttpd.log")
+    try:
+        server.wait_listening("127.0.0.1", port, 5)
+        reqs = _requests(port)
+        target = Target("127.0.0.1", port, tls=True, server_name="localhost")
+        gen = LoadGenerator(target, reqs, backend=backend.NAME,
+                            ssl_context=client_ssl_context(cafile=str(tls.cert)))
+        await gen.connect(2)
+        try:
+            stats = await gen.open_loop(500, duration_s=5, max_requests=100)
+        finally:
+            gen.close()
+        assert stats.summary("open")["statuses"] == {"200": 100}
+        bad = LoadGenerator(target, reqs, backend=backend.NAME,
+                            ssl_context=client_ssl_context(cafile=str(other.cert)))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await bad.connect(1)
+        bad.close()
+    finally:
+        server.stop()
