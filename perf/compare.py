@@ -194,9 +194,14 @@ class Harness:
             (b":authority", f"127.0.0.1:{port}".encode()), (b":path", RESPONSE_PATH.encode()),
             *((k.encode(), v.strip().encode()) for k, v in (h.split(":", 1) for h in self.headers())),
         ]
-        r = run_probe("127.0.0.1", port, pid, self.backend.pid, headers=headers,
-                      body=request_body(), tls=self.tls is not None,
-                      connections=self.s.memory_connections, streams=self.s.memory_streams)
+        try:
+            r = run_probe("127.0.0.1", port, pid, self.backend.pid, headers=headers,
+                          body=request_body(), tls=self.tls is not None,
+                          connections=self.s.memory_connections, streams=self.s.memory_streams)
+        except Exception as exc:  # the probe is an extra: its failure does not end the run
+            self.results[name].errors.append(f"memory probe: {type(exc).__name__}: {exc}")
+            _log(f"  {name} memory probe failed: {exc!r}")
+            return
         self.results[name].memory.append({
             "bytes_per_idle_connection": round(r.bytes_per_idle_connection),
             "bytes_per_open_stream": round(r.bytes_per_open_stream),
