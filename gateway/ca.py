@@ -1,0 +1,549 @@
+"""The mesh certificate authority (``nfmesh ca ...``): a small CA that issues NF identities.
+
+One EC P-256 CA (``mesh-ca.crt`` / ``mesh-ca.key``, basicConstraints CA:true pathlen 0) signs
+end-entity certificates for NFs and for the gateway itself.  An NF certificate follows the
+TS 33.310 NF certificate profile where it speaks and ``gateway.identity``'s documented scheme
+where it does not:
+
+* URI SAN ``urn:uuid:<nfInstanceId>`` (TS 33.310), subject ``O=nfmesh, OU=<NFType>,
+  CN=<first DNS name or TYPE-id>`` (the OU carries the NF type, see ``gateway.identity``);
+* DNS and IP SANs as asked; EKU serverAuth + clientAuth (an NF is both producer and consumer);
+  keyUsage digitalSignature; validity never beyond the CA's.
+
+Subcommands: ``init``, ``issue``, ``gateway``, ``show``, ``example``; exit 0 on success, 1 when
+the operation fails (missing CA, file exists), 2 on bad usage or bad input (invalid UUID, NF
+type, DNS name, IP, days).  Keys are written 0600, atomically (temp file + rename), and nothing
+is overwritten without ``--force``.  Python API: ``MeshCA.create``, ``MeshCA.load``,
+``MeshCA.issue``, ``write_pair``, ``describe``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import os
+import re
+import stat
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.identity import URN_UUID_PREFIX, nf_identity
+from nf_adapters.discovery import NF_TYPES
+
+CA_CERT_FILE = "mesh-ca.crt"
+CA_KEY_FILE = "mesh-ca.key"
+DEFAULT_CA_NAME = "nfmesh mesh CA"
+DEFAULT_CA_DAYS = 3650
+DEFAULT_LEAF_DAYS = 365
+MAX_DAYS = 36500
+MAX_SANS = 64
+CLOCK_SKEW = datetime.timedelta(minutes=5)  # notBefore is back-dated this much
+ORGANIZATION = "nfmesh"
+# gateway instance ids are derived from the gateway name (stable across re-issues)
+GATEWAY_ID_NAMESPACE = uuid.UUID("0b7d3c8e-2f4a-5e61-9a0c-6d1f8e2b4c73")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+_DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_DNS_RE = re.compile(rf"^(\*\.)?{_DNS_LABEL}(\.{_DNS_LABEL})*\.?$")
+
+
+class CAError(Exception):
+    """A CA operation that cannot be done (no CA in the directory, file exists, bad CA files)."""
+
+
+class CAInputError(CAError, ValueError):
+    """Bad input to the CA (NF type, instance id, DNS name, IP address, days)."""
+
+
+# ---- input checks ---------------------------------------------------------------------------
+
+def check_nf_type(nf_type: str) -> str:
+    """The NFType (TS 29.510) named by ``nf_type`` (case-insensitive), or CAInputError."""
+    canonical = nf_type.strip().upper()
+    if canonical not in NF_TYPES:
+        raise CAInputError(
+            f"unknown NF type {nf_type!r}: must be one of the NFType values of TS 29.510 "
+            f"(e.g. AMF, SMF, AUSF, UDM, PCF, NRF, SCP)")
+    return canonical
+
+
+def check_instance_id(instance_id: str) -> str:
+    """A NfInstanceId: a UUID in 8-4-4-4-12 form (``urn:uuid:`` prefix allowed), lowercased."""
+    text = instance_id.strip()
+    if text.lower().startswith(URN_UUID_PREFIX):
+        text = text[len(URN_UUID_PREFIX):]
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
+                        r"[0-9A-Fa-f]{12}", text):
+        raise CAInputError(
+            f"invalid NF instance id {instance_id!r}: must be a UUID like "
+            f"{uuid.UUID(int=0x4f1c2b0e3d5a4c6e8f7a9b1c2d3e4f50)} (TS 29.510 NfInstanceId)")
+    return text.lower()
+
+
+def check_dns(names: Iterable[str]) -> list[str]:
+    out = []
+    for name in names:
+        if len(name) > 253 or not _DNS_RE.match(name):
+            raise CAInputError(f"invalid DNS name {name!r}")
+        out.append(name.rstrip(".").lower())
+    return out
+
+
+def check_ips(addresses: Iterable[str]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    out = []
+    for text in addresses:
+        try:
+            out.append(ipaddress.ip_address(text))
+        except ValueError:
+            raise CAInputError(f"invalid IP address {text!r}") from None
+    return out
+
+
+def check_days(days: int) -> int:
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS:
+        raise CAInputError(f"days must be an integer in 1..{MAX_DAYS}, not {days!r}")
+    return days
+
+
+def gateway_instance_id(name: str) -> str:
+    """The stable NF instance id of a gateway named ``name`` (UUID v5)."""
+    return str(uuid.uuid5(GATEWAY_ID_NAMESPACE, name))
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+def _write_atomic(path: str, data: bytes, mode: int, force: bool) -> None:
+    if os.path.lexists(path) and not force:
+        raise CAError(f"{path} exists (use --force to overwrite)")
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pem")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_pair(prefix: str, cert_pem: bytes, key_pem: bytes, force: bool = False
+               ) -> tuple[str, str]:
+    """Write ``PREFIX.crt`` (0644) and ``PREFIX.key`` (0600); returns their paths.  Refuses
+    (CAError) when either exists, unless ``force``."""
+    cert_path, key_path = prefix + ".crt", prefix + ".key"
+    if not force:
+        for path in (cert_path, key_path):
+            if os.path.lexists(path):
+                raise CAError(f"{path} exists (use --force to overwrite)")
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    _write_atomic(key_path, key_pem, 0o600, force=True)
+    _write_atomic(cert_path, cert_pem, 0o644, force=True)
+    return cert_path, key_path
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+# ---- the CA ---------------------------------------------------------------------------------
+
+@dataclass
+class MeshCA:
+    """A loaded mesh CA: its certificate and key, and the directory they live in."""
+
+    directory: str
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @property
+    def cert_path(self) -> str:
+        return os.path.join(self.directory, CA_CERT_FILE)
+
+    @property
+    def key_path(self) -> str:
+        return os.path.join(self.directory, CA_KEY_FILE)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @classmethod
+    def create(cls, directory: str, name: str = DEFAULT_CA_NAME, days: int = DEFAULT_CA_DAYS,
+               force: bool = False) -> MeshCA:
+        """A new CA in ``directory`` (created if needed): ``mesh-ca.crt`` and ``mesh-ca.key``
+        (0600).  Refuses (CAError) to replace an existing CA unless ``force``."""
+        check_days(days)
+        if not name or len(name) > 64:
+            raise CAInputError("CA name must be 1..64 characters")
+        cert_path = os.path.join(directory, CA_CERT_FILE)
+        key_path = os.path.join(directory, CA_KEY_FILE)
+        if not force:
+            for path in (cert_path, key_path):
+                if os.path.lexists(path):
+                    raise CAError(f"{path} exists: a CA is already there "
+                                  f"(use --force to replace it, which orphans what it issued)")
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+                             x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = _now()
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        cert = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(ski, critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                           critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        os.makedirs(directory, exist_ok=True)
+        _write_atomic(key_path, _key_pem(key), 0o600, force=True)
+        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644, force=True)
+        return cls(directory, cert, key)
+
+    @classmethod
+    def load(cls, directory: str) -> MeshCA:
+        """The CA in ``directory``; CAError when it is missing, unreadable, readable by others
+        than its owner, not a CA, or the key does not match the certificate."""
+        cert_path = os.path.join(directory, CA_CERT_FILE)
+        key_path = os.path.join(directory, CA_KEY_FILE)
+        for path in (cert_path, key_path):
+            if not os.path.isfile(path):
+                raise CAError(f"no mesh CA in {directory}: {path} not found "
+                              f"(create one with: nfmesh ca init --dir {directory})")
+        mode = stat.S_IMODE(os.stat(key_path).st_mode)
+        if mode & 0o077:
+            raise CAError(f"{key_path} is accessible by group/others (mode {mode:04o}); "
+                          f"chmod 600 it")
+        try:
+            with open(cert_path, "rb") as fh:
+                cert = x509.load_pem_x509_certificate(fh.read())
+            with open(key_path, "rb") as fh:
+                key = serialization.load_pem_private_key(fh.read(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise CAError(f"unreadable CA files in {directory}: {exc}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise CAError(f"{key_path}: not an EC private key")
+        fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if cert.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
+            raise CAError(f"{key_path} does not match {cert_path}")
+        try:
+            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            bc = None
+        if bc is None or not bc.ca:
+            raise CAError(f"{cert_path} is not a CA certificate")
+        return cls(directory, cert, key)
+
+    def issue(self, nf_type: str, instance_id: str, dns: Sequence[str] = (),
+              ips: Sequence[str] = (), days: int = DEFAULT_LEAF_DAYS,
+              common_name: str | None = None) -> tuple[bytes, bytes]:
+        """An end-entity certificate and its new EC P-256 key, both PEM, for NF ``instance_id``
+        of type ``nf_type``.  Validity ends at the CA's at the latest; CAInputError on bad
+        input, CAError when the CA has expired."""
+        nf_type = check_nf_type(nf_type)
+        instance_id = check_instance_id(instance_id)
+        dns_names = check_dns(dns)
+        addresses = check_ips(ips)
+        check_days(days)
+        if len(dns_names) + len(addresses) > MAX_SANS:
+            raise CAInputError(f"at most {MAX_SANS} DNS names and IP addresses")
+        now = _now()
+        ca_end = self.cert.not_valid_after_utc
+        if ca_end <= now + datetime.timedelta(minutes=1):
+            raise CAError(f"the mesh CA expired on {ca_end:%Y-%m-%d %H:%M} UTC; create a new one")
+        not_before = max(now - CLOCK_SKEW, self.cert.not_valid_before_utc)
+        not_after = min(now + datetime.timedelta(days=days), ca_end)
+        cn = common_name or (dns_names[0] if dns_names else f"{nf_type}-{instance_id}")
+        if len(cn) > 64:
+            cn = f"{nf_type}-{instance_id}"
+        subject = x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, nf_type),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ])
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(URN_UUID_PREFIX + instance_id)]
+        sans += [x509.DNSName(n) for n in dns_names]
+        sans += [x509.IPAddress(a) for a in addresses]
+        key = ec.generate_private_key(ec.SECP256R1())
+        ca_ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value \
+            if _has_ext(self.cert, x509.SubjectKeyIdentifier) else None
+        aki = (x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
+               if ca_ski is not None
+               else x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()))
+        cert = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(self.cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(aki, critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+    def issue_gateway(self, name: str, dns: Sequence[str] = (), ips: Sequence[str] = (),
+                      days: int = DEFAULT_LEAF_DAYS, instance_id: str | None = None
+                      ) -> tuple[bytes, bytes]:
+        """The gateway's own certificate (NF type SCP); its instance id is derived from
+        ``name`` unless given, and ``name`` is also a DNS SAN when it is a valid host name."""
+        if not name or len(name) > 64:
+            raise CAInputError("gateway name must be 1..64 characters")
+        names = list(dns)
+        if _DNS_RE.match(name) and name.lower() not in (n.lower() for n in names):
+            names.insert(0, name)
+        return self.issue("SCP", instance_id or gateway_instance_id(name), names, ips, days,
+                          common_name=name)
+
+
+def _has_ext(cert: x509.Certificate, cls: type) -> bool:
+    try:
+        cert.extensions.get_extension_for_class(cls)
+        return True
+    except x509.ExtensionNotFound:
+        return False
+
+
+# ---- show -----------------------------------------------------------------------------------
+
+_ATTR_NAMES = {
+    NameOID.COMMON_NAME: "commonName", NameOID.ORGANIZATION_NAME: "organizationName",
+    NameOID.ORGANIZATIONAL_UNIT_NAME: "organizationalUnitName", NameOID.COUNTRY_NAME:
+    "countryName", NameOID.LOCALITY_NAME: "localityName", NameOID.STATE_OR_PROVINCE_NAME:
+    "stateOrProvinceName", NameOID.SERIAL_NUMBER: "serialNumber",
+}
+
+
+def peercert_dict(cert: x509.Certificate) -> dict:
+    """``cert`` in the shape ``ssl.SSLObject.getpeercert()`` returns (subject, issuer,
+    subjectAltName, notBefore, notAfter), so a file can be read by ``gateway.identity``."""
+    def name(n: x509.Name) -> tuple:
+        return tuple(tuple((_ATTR_NAMES.get(a.oid, a.oid.dotted_string), a.value) for a in rdn)
+                     for rdn in n.rdns)
+
+    sans: list[tuple[str, str]] = []
+    if _has_ext(cert, x509.SubjectAlternativeName):
+        for gn in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value:
+            if isinstance(gn, x509.DNSName):
+                sans.append(("DNS", gn.value))
+            elif isinstance(gn, x509.UniformResourceIdentifier):
+                sans.append(("URI", gn.value))
+            elif isinstance(gn, x509.IPAddress):
+                sans.append(("IP Address", str(gn.value)))
+    fmt = "%b %d %H:%M:%S %Y GMT"
+    return {"subject": name(cert.subject), "issuer": name(cert.issuer),
+            "subjectAltName": tuple(sans),
+            "notBefore": cert.not_valid_before_utc.strftime(fmt),
+            "notAfter": cert.not_valid_after_utc.strftime(fmt)}
+
+
+def describe(cert: x509.Certificate) -> str:
+    """A human summary: subject, issuer, SANs, NF identity, validity, serial, fingerprint."""
+    pc = peercert_dict(cert)
+    ident = nf_identity(pc)
+    now = _now()
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    state = ("not yet valid" if now < start else "EXPIRED" if now > end
+             else f"valid, {(end - now).days} days left")
+    is_ca = _has_ext(cert, x509.BasicConstraints) and \
+        cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    lines = [
+        f"subject:     {cert.subject.rfc4514_string()}",
+        f"issuer:      {cert.issuer.rfc4514_string()}",
+        f"CA:          {'yes' if is_ca else 'no'}",
+        f"serial:      {cert.serial_number:x}",
+        f"validity:    {start:%Y-%m-%d %H:%M:%S} .. {end:%Y-%m-%d %H:%M:%S} UTC ({state})",
+        f"sha256:      {cert.fingerprint(hashes.SHA256()).hex(':')}",
+    ]
+    for kind, value in pc["subjectAltName"]:
+        lines.append(f"SAN {kind}: {value}")
+    if ident is not None:
+        lines.append(f"NF instance: {ident.instance_id}")
+        lines.append(f"NF type:     {ident.nf_type or '(none: subject OU is not an NF type)'}")
+    elif not is_ca:
+        lines.append("NF identity: none (no single urn:uuid: URI SAN)")
+    return "\n".join(lines)
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of exiting, so ``main`` returns its exit code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nfmesh ca", description="The mesh certificate authority: NF identities "
+                "for mTLS (NF instance id in the URI SAN urn:uuid:<id>, NF type in subject OU).")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+
+    init = sub.add_parser("init", help="create the CA (mesh-ca.crt, mesh-ca.key)")
+    init.add_argument("--dir", required=True)
+    init.add_argument("--name", default=DEFAULT_CA_NAME, help="CA common name")
+    init.add_argument("--days", type=int, default=DEFAULT_CA_DAYS)
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+
+    def leaf_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dir", required=True, help="the CA directory")
+        sp.add_argument("--dns", action="append", default=[], metavar="NAME")
+        sp.add_argument("--ip", action="append", default=[], metavar="ADDR")
+        sp.add_argument("--days", type=int, default=DEFAULT_LEAF_DAYS)
+        sp.add_argument("--out", metavar="PREFIX", help="write PREFIX.crt and PREFIX.key")
+        sp.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    issue = sub.add_parser("issue", help="issue an NF certificate")
+    issue.add_argument("--nf-type", required=True, help="NFType of TS 29.510 (AMF, SMF, ...)")
+    issue.add_argument("--instance-id", required=True, help="NfInstanceId (UUID)")
+    leaf_options(issue)
+
+    gw = sub.add_parser("gateway", help="issue the gateway's own certificate (NF type SCP)")
+    gw.add_argument("--name", required=True)
+    gw.add_argument("--instance-id", help="default: derived from --name (UUID v5)")
+    leaf_options(gw)
+
+    show = sub.add_parser("show", help="print a certificate: subject, SANs, NF identity, validity")
+    show.add_argument("file")
+
+    ex = sub.add_parser("example", help="the files config/example.yaml references")
+    ex.add_argument("--dir", default=os.path.join("config", "certs"))
+    ex.add_argument("--name", default="nfmesh", help="gateway name")
+    return p
+
+
+def _cmd_init(a: argparse.Namespace) -> int:
+    ca = MeshCA.create(a.dir, a.name, a.days, force=a.force)
+    print(f"created mesh CA {ca.cert.subject.rfc4514_string()}: {ca.cert_path}, {ca.key_path}")
+    return EXIT_OK
+
+
+def _cmd_issue(a: argparse.Namespace) -> int:
+    nf_type, instance_id = check_nf_type(a.nf_type), check_instance_id(a.instance_id)
+    ca = MeshCA.load(a.dir)
+    cert_pem, key_pem = ca.issue(nf_type, instance_id, a.dns, a.ip, a.days)
+    prefix = a.out or os.path.join(a.dir, f"{nf_type.lower()}-{instance_id}")
+    cert_path, key_path = write_pair(prefix, cert_pem, key_pem, a.force)
+    print(f"issued {nf_type} {instance_id}: {cert_path}, {key_path}")
+    return EXIT_OK
+
+
+def _cmd_gateway(a: argparse.Namespace) -> int:
+    ca = MeshCA.load(a.dir)
+    instance_id = check_instance_id(a.instance_id) if a.instance_id else None
+    cert_pem, key_pem = ca.issue_gateway(a.name, a.dns, a.ip, a.days, instance_id)
+    prefix = a.out or os.path.join(a.dir, "gateway")
+    cert_path, key_path = write_pair(prefix, cert_pem, key_pem, a.force)
+    ident = nf_identity(peercert_dict(x509.load_pem_x509_certificate(cert_pem)))
+    print(f"issued gateway {a.name} (SCP {ident.instance_id if ident else '?'}): "
+          f"{cert_path}, {key_path}")
+    return EXIT_OK
+
+
+def _cmd_show(a: argparse.Namespace) -> int:
+    try:
+        with open(a.file, "rb") as fh:
+            data = fh.read(1 << 20)
+    except OSError as exc:
+        raise CAError(f"cannot read {a.file}: {exc.strerror}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise CAInputError(f"{a.file} holds no PEM certificate") from None
+    print("\n\n".join(describe(c) for c in certs))
+    return EXIT_OK
+
+
+def _cmd_example(a: argparse.Namespace) -> int:
+    """The CA (kept when already there), the gateway certificate for localhost, 127.0.0.1 and
+    ::1, and an example AMF client certificate, so the example config's TLS listener works."""
+    try:
+        ca = MeshCA.load(a.dir)
+        print(f"using the mesh CA in {a.dir}")
+    except CAError:
+        if os.path.lexists(os.path.join(a.dir, CA_CERT_FILE)) or \
+                os.path.lexists(os.path.join(a.dir, CA_KEY_FILE)):
+            raise
+        ca = MeshCA.create(a.dir)
+        print(f"created mesh CA: {ca.cert_path}")
+    gw = ca.issue_gateway(a.name, ["localhost"], ["127.0.0.1", "::1"])
+    cert_path, key_path = write_pair(os.path.join(a.dir, "gateway"), *gw, force=True)
+    print(f"gateway certificate: {cert_path}, {key_path}")
+    amf_id = "3f6b1f0e-8a47-4d4b-9c1e-5a2b7d9e0c11"
+    amf = ca.issue("AMF", amf_id, ["amf.example"])
+    amf_cert, amf_key = write_pair(os.path.join(a.dir, "amf-example"), *amf, force=True)
+    print(f"example AMF client certificate ({amf_id}): {amf_cert}, {amf_key}")
+    print(f"try: curl --http2 --cacert {ca.cert_path} --cert {amf_cert} --key {amf_key} "
+          f"https://localhost:8443/...")
+    return EXIT_OK
+
+
+_COMMANDS = {"init": _cmd_init, "issue": _cmd_issue, "gateway": _cmd_gateway, "show": _cmd_show,
+             "example": _cmd_example}
+
+
+def main(argv: list[str]) -> int:
+    """``nfmesh ca ...``: 0 ok, 1 operation failed, 2 bad usage or bad input."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help
+        return EXIT_OK if not exc.code else EXIT_USAGE
+    if args.cmd is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _COMMANDS[args.cmd](args)
+    except CAInputError as exc:
+        print(f"nfmesh ca {args.cmd}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CAError as exc:
+        print(f"nfmesh ca {args.cmd}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:
+        print(f"nfmesh ca {args.cmd}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
