@@ -62,6 +62,16 @@ async def mesh(backend):
         await origin.stop()
 
 
+async def _published(svc, nf_type: str, n: int) -> None:
+    """Wait until the data plane's snapshot holds ``n`` producers of ``nf_type`` (rebuilds are
+    spaced by ``min_interval_s``)."""
+    for _ in range(200):
+        if len(svc.publisher.snapshot.by_type.get(nf_type, ())) == n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"snapshot never held {n} {nf_type}")
+
+
 async def _register(port: int, p: dict, extra: dict | None = None) -> tuple[int, dict[str, str], bytes]:
     return await curl(port, "PUT", f"/nnrf-nfm/v1/nf-instances/{p['nfInstanceId']}", json.dumps(p).encode(),
                       {"content-type": "application/json", **(extra or {})})
@@ -81,6 +91,7 @@ async def test_register_discover_and_route_model_d(mesh, schemas) -> None:
     result = json.loads(body)
     schemas.check(result, DISC, "SearchResult")
     assert [i["nfInstanceId"] for i in result["nfInstances"]] == [p["nfInstanceId"]]
+    await _published(svc, "UDM", 1)
 
     # model D: the consumer names only the NF type and service; the gateway finds the producer
     status, hdrs, body = await curl(proxy.port, "GET", "/headers", headers={
@@ -129,6 +140,7 @@ async def test_reselection_to_an_alternate_producer(mesh) -> None:
     alive = make_profile("UDM", ip="127.0.0.1", port=origin.port, priority=2)
     for p in (dead, alive):
         assert (await _register(proxy.port, p))[0] == 201
+    await _published(svc, "UDM", 2)
     status, hdrs, body = await curl(proxy.port, "GET", "/nudm-sdm/v2/imsi-1/am-data", headers={
         "3gpp-sbi-discovery-target-nf-type": "UDM", "user-agent": "AMF-x"})
     assert status == 200 and body == b"ok udm-origin"
