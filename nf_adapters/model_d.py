@@ -16,7 +16,9 @@ instances:
    (ipEndPoints, fqdn, apiPrefix, scheme); discovery headers are removed;
 5. ``alternates``: other producers (and other endpoints of the chosen one) for reselection;
    ``retryable`` for idempotent methods; ``3gpp-Sbi-Producer-Id`` on the response;
-6. deadline: ``timeout`` from ``3gpp-Sbi-Max-Rsp-Time`` (less the time since
+6. loop protection, with ``hop_stamp`` (``ScpRouter.hop_stamp``): Via and
+   ``3gpp-Sbi-Max-Forward-Hops`` as model C does (508 on a loop);
+7. deadline: ``timeout`` from ``3gpp-Sbi-Max-Rsp-Time`` (less the time since
    ``3gpp-Sbi-Sender-Timestamp``), so reselection stays within the request's budget.
 
 The router returns ``None`` for requests that are not model D (no discovery header, a
@@ -250,11 +252,14 @@ class ModelDRouter:
     """``dataplane.routing.Router`` for SCP model D over one ``ModelDSnapshot``."""
 
     def __init__(self, snapshot: ModelDSnapshot, *, rng: random.Random | None = None,
-                 timeout: float | None = None, clock: Callable[[], float] = time.time) -> None:
+                 timeout: float | None = None, clock: Callable[[], float] = time.time,
+                 hop_stamp: Callable[[Headers], tuple[bytes, bytes] | LocalResponse] | None = None,
+                 ) -> None:
         self.snapshot = snapshot
         self.rng = rng or random.Random()
         self.timeout = timeout
         self.clock = clock
+        self.hop_stamp = hop_stamp  # e.g. ScpRouter.hop_stamp: Via / Max-Forward-Hops loop guard
         self._cache: dict[tuple, _Selection | LocalResponse] = {}
 
     # -------------------------------------------------------------- filtering
@@ -349,8 +354,18 @@ class ModelDRouter:
                            "no REGISTERED producer matches the 3gpp-Sbi-Discovery parameters")
         chosen = sel.pick(self.rng.random, MAX_ALTERNATES + 1)
         first = chosen[0]
-        rest = [(k, v) for k, v in headers
-                if k[:1] != b":" and not k.startswith(DISCOVERY_HEADER_PREFIX) and k != b"host"]
+        if self.hop_stamp is not None:
+            stamp = self.hop_stamp(headers)
+            if isinstance(stamp, LocalResponse):
+                return stamp
+            rest = [(k, v) for k, v in headers
+                    if k[:1] != b":" and not k.startswith(DISCOVERY_HEADER_PREFIX) and k != b"host"
+                    and k != b"3gpp-sbi-max-forward-hops"]
+            rest.append((b"3gpp-sbi-max-forward-hops", stamp[0]))
+            rest.append((b"via", stamp[1]))
+        else:
+            rest = [(k, v) for k, v in headers
+                    if k[:1] != b":" and not k.startswith(DISCOVERY_HEADER_PREFIX) and k != b"host"]
         t0 = first.targets[0]
         alternates: list[tuple[Endpoint, Headers]] = []
         for ps in chosen[1:]:

@@ -178,7 +178,11 @@ async def start_registry(
     nrf_router = NrfRouter(api, own_api_roots=(settings.api_root,))
     nrf = nrf_router if settings.nrf_api else None
 
+    hop_stamp = getattr(static, "hop_stamp", None)  # ScpRouter's Via/hops loop guard
+
     def default_build(nrf_r: NrfRouter | None, md: ModelDRouter) -> Router:
+        if hop_stamp is not None:
+            md.hop_stamp = hop_stamp
         return chain([r for r in (nrf_r, md, static) if r is not None])
 
     make = build_router or default_build

@@ -201,3 +201,22 @@ def test_deadline_from_max_rsp_time_and_sender_timestamp() -> None:
     d = r.route(_req(target_nf_type="UDM") + [(b"3gpp-sbi-max-rsp-time", b"soon")], {})
     assert isinstance(d, LocalResponse) and d.status == 400
     assert r.route(_req(target_nf_type="UDM"), {}).timeout == 10.0
+
+
+def test_loop_protection_with_the_scp_routers_hop_stamp() -> None:
+    from nf_adapters.scp_router import ScpRouter
+
+    scp = ScpRouter(via_name="gw1", max_forward_hops=5)
+    p = make_profile("UDM", ip="10.0.0.1")
+    r = ModelDRouter(build_snapshot([(p, "REGISTERED")]), hop_stamp=scp.hop_stamp)
+    d = r.route(_req(target_nf_type="UDM") + [(b"3gpp-sbi-max-forward-hops", b"3")], {})
+    assert isinstance(d, Forward)
+    hops = [v for k, v in d.headers if k == b"3gpp-sbi-max-forward-hops"]
+    assert len(hops) == 1 and hops[0].split(b";")[0] == b"2"
+    via = [v for k, v in d.headers if k == b"via"]
+    assert len(via) == 1 and b"gw1" in via[0]
+    # the request comes back through us: 508
+    d = r.route(_req(target_nf_type="UDM") + [(b"via", via[0])], {})
+    assert isinstance(d, LocalResponse) and d.status == 508
+    d = r.route(_req(target_nf_type="UDM") + [(b"3gpp-sbi-max-forward-hops", b"0")], {})
+    assert isinstance(d, LocalResponse) and d.status == 508
