@@ -144,6 +144,7 @@ class Harness:
         self.tls: TlsFiles | None = make_self_signed(workdir / "tls") if settings.tls else None
         self.results: dict[str, TargetResults] = {name: TargetResults() for name in settings.targets}
         self.backend: Launched | None = None
+        self.loadavg_at_start = round(os.getloadavg()[0], 2)
 
     def headers(self) -> list[str]:
         return [
@@ -341,10 +342,12 @@ class Harness:
     def results_object(self, started: datetime.datetime) -> dict:
         targets = {name: target_summary(self.results[name]) for name in self.s.targets}
         add_ratios(targets, REFERENCE)
+        machine = machine_info()
+        machine["loadavg_1m_at_start"] = self.loadavg_at_start
         return {
             "targets": targets,
             "settings": settings_dict(self.s),
-            "machine": machine_info(),
+            "machine": machine,
             "started": started.isoformat(timespec="seconds"),
             "duration_s": round(
                 (datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1),
@@ -473,7 +476,8 @@ def machine_info() -> dict:
     except OSError:
         pass
     return {"cpu": model, "cpus": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            "loadavg_1m": round(os.getloadavg()[0], 2)}  # other work on the machine
 
 
 def format_table(result: dict) -> str:

@@ -72,7 +72,10 @@ def markdown(result: dict, plots: dict[str, str], plot_error: str | None = None)
         "# nfmesh perf compare",
         "",
         f"Started {result.get('started', '?')}, took {result.get('duration_s', '?')} s. "
-        f"Machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs, Linux {m.get('kernel', '?')}.",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs, Linux {m.get('kernel', '?')}; "
+        f"load average {m.get('loadavg_1m_at_start', '?')} at the start, "
+        f"{m.get('loadavg_1m', '?')} at the end (other work on the machine skews latency more "
+        "than CPU per request).",
         "",
         f"Each target pinned to CPU {s.get('target_cpu')}; backend (nghttpd) and h2load on CPU "
         f"{s.get('load_cpu')}. Frontend {'TLS (ALPN h2)' if s.get('tls') else 'h2c'}, backend "
