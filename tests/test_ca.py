@@ -1,0 +1,393 @@
+"""The mesh CA (gateway/ca.py) and NF identities (gateway/identity.py): files and modes, the
+certificate profile, chain verification by independent verifiers (cryptography's RFC 5280
+verifier, ``openssl verify``, Python's own certificate decoder), bad input, the CLI's exit codes,
+and ``ca example`` making ``config check config/example.yaml`` pass."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import shutil
+import ssl
+import stat
+import subprocess
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway import ca as ca_mod
+from gateway.ca import CAError, CAInputError, MeshCA, gateway_instance_id, peercert_dict, write_pair
+from gateway.identity import NfIdentity, nf_identity, peer_identity
+
+AMF_ID = "6b2f5a2e-0c1d-4a53-9d3e-8d3a7c1e9f01"
+SMF_ID = "0c5f3b7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "config", "example.yaml")
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory) -> MeshCA:
+    return MeshCA.create(str(tmp_path_factory.mktemp("ca")), name="test mesh CA", days=30)
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def load(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def ext(cert: x509.Certificate, cls):
+    return cert.extensions.get_extension_for_class(cls)
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    rc = ca_mod.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ---- the CA itself ----------------------------------------------------------------------------
+
+def test_create_writes_a_p256_ca_with_pathlen_0(tmp_path):
+    mesh = MeshCA.create(str(tmp_path / "ca"), name="nfmesh mesh CA", days=10)
+    assert sorted(os.listdir(tmp_path / "ca")) == ["mesh-ca.crt", "mesh-ca.key"]
+    assert mode(mesh.key_path) == 0o600
+    cert = mesh.cert
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert cert.public_key().curve.name == "secp256r1"
+    bc = ext(cert, x509.BasicConstraints)
+    assert bc.critical and bc.value.ca and bc.value.path_length == 0
+    ku = ext(cert, x509.KeyUsage)
+    assert ku.critical and ku.value.key_cert_sign and ku.value.crl_sign
+    assert not ku.value.digital_signature
+    assert cert.subject == cert.issuer
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "nfmesh mesh CA"
+    cert.verify_directly_issued_by(cert)  # self-signed, signature checks
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert datetime.timedelta(days=10) <= lifetime <= datetime.timedelta(days=10, minutes=6)
+    again = MeshCA.load(mesh.directory)
+    assert again.cert == cert
+    assert again.key.private_numbers() == mesh.key.private_numbers()
+
+
+def test_create_refuses_to_overwrite_without_force(tmp_path):
+    first = MeshCA.create(str(tmp_path))
+    with pytest.raises(CAError, match="exists"):
+        MeshCA.create(str(tmp_path))
+    assert MeshCA.load(str(tmp_path)).cert == first.cert  # untouched
+    second = MeshCA.create(str(tmp_path), force=True)
+    assert second.cert != first.cert
+    assert MeshCA.load(str(tmp_path)).cert == second.cert
+
+
+def test_load_refuses_missing_exposed_or_mismatched_ca(tmp_path):
+    with pytest.raises(CAError, match="no mesh CA"):
+        MeshCA.load(str(tmp_path / "none"))
+    mesh = MeshCA.create(str(tmp_path / "a"))
+    os.chmod(mesh.key_path, 0o644)
+    with pytest.raises(CAError, match="group/others"):
+        MeshCA.load(mesh.directory)
+    os.chmod(mesh.key_path, 0o600)
+    other = MeshCA.create(str(tmp_path / "b"))
+    shutil.copy(other.key_path, mesh.key_path)
+    with pytest.raises(CAError, match="does not match"):
+        MeshCA.load(mesh.directory)
+    with open(mesh.key_path, "wb") as fh:
+        fh.write(b"not a key")
+    with pytest.raises(CAError, match="unreadable"):
+        MeshCA.load(mesh.directory)
+
+
+# ---- issued certificates ----------------------------------------------------------------------
+
+def test_issue_follows_the_nf_certificate_profile(mesh):
+    cert_pem, key_pem = mesh.issue("AMF", AMF_ID.upper(), dns=["amf1.5gc.example"],
+                                   ips=["127.0.0.1", "::1"], days=7)
+    cert = load(cert_pem)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert key.public_key() == cert.public_key()
+    san = ext(cert, x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [f"urn:uuid:{AMF_ID}"]
+    assert san.get_values_for_type(x509.DNSName) == ["amf1.5gc.example"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"),
+                                                      ipaddress.ip_address("::1")]
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == "AMF"
+    eku = ext(cert, x509.ExtendedKeyUsage).value
+    assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    bc = ext(cert, x509.BasicConstraints)
+    assert bc.critical and not bc.value.ca
+    assert ext(cert, x509.KeyUsage).value.digital_signature
+    assert cert.issuer == mesh.cert.subject
+    cert.verify_directly_issued_by(mesh.cert)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= datetime.timedelta(days=7, minutes=6)
+    assert nf_identity(peercert_dict(cert)) == NfIdentity(AMF_ID, "AMF", "amf1.5gc.example",
+                                                          ("amf1.5gc.example",))
+
+
+def test_validity_never_exceeds_the_cas(mesh):
+    cert = load(mesh.issue("SMF", SMF_ID, days=3650)[0])
+    assert cert.not_valid_after_utc == mesh.cert.not_valid_after_utc
+    assert cert.not_valid_before_utc >= mesh.cert.not_valid_before_utc
+
+
+def test_an_expired_ca_issues_nothing(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old CA")])
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(past)
+            .not_valid_after(past + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))
+    with pytest.raises(CAError, match="expired"):
+        MeshCA(str(tmp_path), cert, key).issue("AMF", AMF_ID)
+
+
+def verifier_store(mesh: MeshCA) -> verification.PolicyBuilder:
+    return verification.PolicyBuilder().store(verification.Store([mesh.cert]))
+
+
+def test_chain_verifies_with_cryptographys_rfc5280_verifier(mesh, tmp_path):
+    cert = load(mesh.issue("AUSF", SMF_ID, dns=["ausf.example"], ips=["127.0.0.1"])[0])
+    builder = verifier_store(mesh)
+    # as a server (DNS and IP names) and as a client (both EKUs are there)
+    chain = builder.build_server_verifier(verification.DNSName("ausf.example")).verify(cert, [])
+    assert chain[-1] == mesh.cert
+    builder.build_server_verifier(
+        verification.IPAddress(ipaddress.ip_address("127.0.0.1"))).verify(cert, [])
+    client = builder.build_client_verifier().verify(cert, [])
+    assert x509.UniformResourceIdentifier(f"urn:uuid:{SMF_ID}") in client.subjects
+    with pytest.raises(verification.VerificationError):
+        builder.build_server_verifier(verification.DNSName("other.example")).verify(cert, [])
+    # a certificate of another mesh CA does not chain to this one
+    other = MeshCA.create(str(tmp_path / "other"))
+    foreign = load(other.issue("AUSF", SMF_ID, dns=["ausf.example"])[0])
+    with pytest.raises(verification.VerificationError):
+        builder.build_client_verifier().verify(foreign, [])
+
+
+def test_chain_verifies_with_openssl(mesh, tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert_path, _ = write_pair(str(tmp_path / "udm"), *mesh.issue("UDM", AMF_ID, dns=["udm"]))
+    for purpose in ("sslclient", "sslserver"):
+        res = subprocess.run([openssl, "verify", "-x509_strict", "-purpose", purpose, "-CAfile",
+                              mesh.cert_path, cert_path], capture_output=True, timeout=10)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip().endswith(b": OK")
+    other = MeshCA.create(str(tmp_path / "other"))
+    res = subprocess.run([openssl, "verify", "-CAfile", other.cert_path, cert_path],
+                         capture_output=True, timeout=10)
+    assert res.returncode != 0
+
+
+def test_pythons_own_decoder_reads_the_same_identity(mesh, tmp_path):
+    """``ssl``'s decoder (what getpeercert() returns) as the oracle for peercert_dict."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        pytest.skip("this Python has no ssl._ssl._test_decode_cert")
+    cert_pem, key_pem = mesh.issue("PCF", SMF_ID, dns=["pcf.example", "pcf2.example"],
+                                   ips=["10.0.0.1"])
+    cert_path, _ = write_pair(str(tmp_path / "pcf"), cert_pem, key_pem)
+    decoded = decode(cert_path)
+    ours = peercert_dict(load(cert_pem))
+    assert ours["subject"] == decoded["subject"]
+    assert ours["issuer"] == decoded["issuer"]
+    assert ours["subjectAltName"] == decoded["subjectAltName"]
+    assert ours["notAfter"] == decoded["notAfter"]
+    assert nf_identity(decoded) == NfIdentity(SMF_ID, "PCF", "pcf.example",
+                                              ("pcf.example", "pcf2.example"))
+
+
+def test_gateway_certificate_is_an_scp_with_a_stable_id(mesh):
+    a = load(mesh.issue_gateway("scp-1", ips=["127.0.0.1"])[0])
+    b = load(mesh.issue_gateway("scp-1")[0])
+    ia, ib = nf_identity(peercert_dict(a)), nf_identity(peercert_dict(b))
+    assert ia.nf_type == "SCP" and ia.instance_id == ib.instance_id == gateway_instance_id("scp-1")
+    assert ia.dns_names == ("scp-1",) and ia.common_name == "scp-1"
+    assert nf_identity(peercert_dict(load(mesh.issue_gateway("scp-2")[0]))).instance_id != \
+        ia.instance_id
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"nf_type": "XYZ"}, "unknown NF type"),
+    ({"nf_type": ""}, "unknown NF type"),
+    ({"instance_id": "not-a-uuid"}, "invalid NF instance id"),
+    ({"instance_id": "6b2f5a2e0c1d4a539d3e8d3a7c1e9f01"}, "invalid NF instance id"),
+    ({"instance_id": "{6b2f5a2e-0c1d-4a53-9d3e-8d3a7c1e9f01}"}, "invalid NF instance id"),
+    ({"dns": ["bad_name!"]}, "invalid DNS name"),
+    ({"dns": ["-lead.example"]}, "invalid DNS name"),
+    ({"ips": ["300.1.1.1"]}, "invalid IP address"),
+    ({"days": 0}, "days must be"),
+    ({"days": 10**6}, "days must be"),
+    ({"dns": [f"h{i}.example" for i in range(70)]}, "at most"),
+])
+def test_bad_input_is_refused_with_a_clear_error(mesh, kwargs, message):
+    args = {"nf_type": "AMF", "instance_id": AMF_ID} | kwargs
+    with pytest.raises(CAInputError, match=message):
+        mesh.issue(**args)
+
+
+def test_nf_type_and_urn_prefix_are_normalised(mesh):
+    cert = load(mesh.issue("nssf", f"URN:UUID:{AMF_ID.upper()}")[0])
+    assert nf_identity(peercert_dict(cert)) == NfIdentity(AMF_ID, "NSSF", f"NSSF-{AMF_ID}", ())
+
+
+def test_write_pair_modes_and_no_silent_overwrite(mesh, tmp_path):
+    prefix = str(tmp_path / "sub" / "amf")
+    cert_path, key_path = write_pair(prefix, *mesh.issue("AMF", AMF_ID))
+    assert (mode(cert_path), mode(key_path)) == (0o644, 0o600)
+    before = open(cert_path, "rb").read()
+    with pytest.raises(CAError, match="exists"):
+        write_pair(prefix, *mesh.issue("AMF", SMF_ID))
+    assert open(cert_path, "rb").read() == before
+    write_pair(prefix, *mesh.issue("AMF", SMF_ID), force=True)
+    assert nf_identity(peercert_dict(load(open(cert_path, "rb").read()))).instance_id == SMF_ID
+    assert not [n for n in os.listdir(tmp_path / "sub") if n.startswith(".tmp-")]
+
+
+# ---- identity from getpeercert() dicts --------------------------------------------------------
+
+def peercert(uris=(), ou=None, cn="x", dns=()) -> dict:
+    subject = [(("commonName", cn),)]
+    if ou is not None:
+        subject.append((("organizationalUnitName", ou),))
+    return {"subject": tuple(subject),
+            "subjectAltName": tuple([("URI", u) for u in uris] + [("DNS", d) for d in dns])}
+
+
+def test_identity_edge_cases():
+    assert nf_identity(None) is None
+    assert nf_identity({}) is None  # CERT_OPTIONAL and no client certificate
+    assert nf_identity(peercert()) is None  # no URI SAN
+    assert nf_identity(peercert(["urn:uuid:not-a-uuid"])) is None
+    assert nf_identity(peercert(["https://amf.example/"])) is None
+    # two different instance ids: ambiguous, no identity; the same one twice is fine
+    other = "urn:uuid:0c5f3b7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
+    assert nf_identity(peercert([f"urn:uuid:{AMF_ID}", other], "AMF")) is None
+    assert nf_identity(peercert([f"urn:uuid:{AMF_ID}", f"URN:UUID:{AMF_ID.upper()}"],
+                                "AMF")).instance_id == AMF_ID
+    # unknown OU: identified, but with no NF type
+    ident = nf_identity(peercert([f"urn:uuid:{AMF_ID}"], "Radio Team", dns=["a.example"]))
+    assert ident == NfIdentity(AMF_ID, None, "x", ("a.example",))
+    assert ident.uri == f"urn:uuid:{AMF_ID}"
+    # several OUs: no NF type
+    pc = peercert([f"urn:uuid:{AMF_ID}"], "AMF")
+    pc["subject"] += ((("organizationalUnitName", "SMF"),),)
+    assert nf_identity(pc).nf_type is None
+
+
+def test_peer_identity_is_computed_once_per_connection():
+    info = {"peercert": peercert([f"urn:uuid:{AMF_ID}"], "AMF")}
+    first = peer_identity(info)
+    assert first is not None and info["nf_identity"] is first
+    info["peercert"] = {}  # the cached answer stands for the connection's lifetime
+    assert peer_identity(info) is first
+    assert peer_identity({}) is None
+
+
+_san_kinds = st.sampled_from(["URI", "DNS", "IP Address", "email", "x"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_san_kinds, st.text(max_size=60)), max_size=6),
+       st.lists(st.tuples(st.sampled_from(["commonName", "organizationalUnitName", "x"]),
+                          st.text(max_size=20)), max_size=4))
+def test_identity_never_raises_on_odd_certificates(sans, subject):
+    pc = {"subjectAltName": tuple(sans), "subject": tuple((pair,) for pair in subject)}
+    ident = nf_identity(pc)
+    assert ident is None or ident.uri in [v.lower() for k, v in sans if k == "URI"]
+
+
+# ---- the CLI ----------------------------------------------------------------------------------
+
+def test_cli_init_issue_gateway_show(tmp_path, capsys):
+    d = str(tmp_path / "ca")
+    assert run_cli(["init", "--dir", d, "--name", "cli CA", "--days", "5"], capsys)[0] == 0
+    rc, out, err = run_cli(["init", "--dir", d], capsys)
+    assert rc == 1 and "exists" in err
+    rc, out, err = run_cli(["issue", "--dir", d, "--nf-type", "SMF", "--instance-id", SMF_ID,
+                            "--dns", "smf.example", "--ip", "127.0.0.1", "--ip", "::1"], capsys)
+    assert rc == 0, err
+    cert_path = os.path.join(d, f"smf-{SMF_ID}.crt")
+    assert mode(cert_path[:-4] + ".key") == 0o600
+    rc, out, err = run_cli(["show", cert_path], capsys)
+    assert rc == 0
+    assert f"NF instance: {SMF_ID}" in out and "NF type:     SMF" in out
+    assert "SAN DNS: smf.example" in out and "SAN IP Address: ::1" in out
+    assert "issuer:      CN=cli CA,O=nfmesh" in out
+    # same file again: refused, then --force
+    argv = ["issue", "--dir", d, "--nf-type", "SMF", "--instance-id", SMF_ID]
+    assert run_cli(argv, capsys)[0] == 1
+    assert run_cli(argv + ["--force", "--out", str(tmp_path / "x" / "smf")], capsys)[0] == 0
+    assert os.path.isfile(tmp_path / "x" / "smf.key")
+    rc, out, err = run_cli(["gateway", "--dir", d, "--name", "scp-1", "--ip", "127.0.0.1"], capsys)
+    assert rc == 0, err
+    rc, out, err = run_cli(["show", os.path.join(d, "gateway.crt")], capsys)
+    assert "NF type:     SCP" in out and gateway_instance_id("scp-1") in out
+    rc, out, err = run_cli(["show", os.path.join(d, "mesh-ca.crt")], capsys)
+    assert rc == 0 and "CA:          yes" in out
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    ([], 2, "usage"),
+    (["bogus"], 2, "invalid choice"),
+    (["issue", "--dir", "{d}", "--nf-type", "AMF"], 2, "--instance-id"),
+    (["issue", "--dir", "{d}", "--nf-type", "WIFI", "--instance-id", AMF_ID], 2, "unknown NF type"),
+    (["issue", "--dir", "{d}", "--nf-type", "AMF", "--instance-id", "12"], 2, "invalid NF instance id"),
+    (["issue", "--dir", "{d}", "--nf-type", "AMF", "--instance-id", AMF_ID, "--ip", "x"], 2,
+     "invalid IP address"),
+    (["issue", "--dir", "{d}", "--nf-type", "AMF", "--instance-id", AMF_ID, "--days", "many"], 2,
+     "invalid int"),
+    (["issue", "--dir", "{d}/nowhere", "--nf-type", "AMF", "--instance-id", AMF_ID], 1,
+     "no mesh CA"),
+    (["gateway", "--dir", "{d}", "--name", "scp", "--instance-id", "zzz"], 2, "invalid NF instance id"),
+    (["show", "{d}/missing.crt"], 1, "cannot read"),
+    (["show", "{d}/mesh-ca.key"], 2, "no PEM certificate"),
+])
+def test_cli_bad_usage_exit_codes(mesh, capsys, argv, code, message):
+    argv = [a.replace("{d}", mesh.directory) for a in argv]
+    rc, out, err = run_cli(argv, capsys)
+    assert rc == code
+    assert message in err
+
+
+def test_example_makes_the_example_config_check_pass(tmp_path, capsys):
+    from gateway.config import check_config_file
+
+    shutil.copy(EXAMPLE, tmp_path / "example.yaml")
+    ok, report = check_config_file(str(tmp_path / "example.yaml"))
+    assert not ok and "certs/gateway.crt" in report
+    rc, out, err = run_cli(["example", "--dir", str(tmp_path / "certs")], capsys)
+    assert rc == 0, err
+    ok, report = check_config_file(str(tmp_path / "example.yaml"))
+    assert ok, report
+    # run again: the CA is kept, the gateway certificate re-issued under it
+    ca_before = open(tmp_path / "certs" / "mesh-ca.crt", "rb").read()
+    assert run_cli(["example", "--dir", str(tmp_path / "certs")], capsys)[0] == 0
+    assert open(tmp_path / "certs" / "mesh-ca.crt", "rb").read() == ca_before
+    gw = load(open(tmp_path / "certs" / "gateway.crt", "rb").read())
+    gw.verify_directly_issued_by(load(ca_before))
+    verifier_store(MeshCA.load(str(tmp_path / "certs"))).build_server_verifier(
+        verification.DNSName("localhost")).verify(gw, [])
+
+
+def test_nfmesh_ca_is_wired_into_the_program(tmp_path):
+    exe = os.path.join(os.path.dirname(os.sys.executable), "nfmesh")
+    if not os.path.exists(exe):
+        pytest.skip("the nfmesh entry point is not installed in this environment")
+    d = str(tmp_path)
+    res = subprocess.run([exe, "ca", "init", "--dir", d], capture_output=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([exe, "ca", "issue", "--dir", d, "--nf-type", "NOPE", "--instance-id",
+                          AMF_ID], capture_output=True, timeout=30)
+    assert res.returncode == 2 and b"unknown NF type" in res.stderr
