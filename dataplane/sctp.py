@@ -93,6 +93,7 @@ class SctpParams:
     max_init_attempts: int = 0
     nodelay: bool = True
     heartbeat_interval_ms: int = 0
+    path_max_retrans: int = 0  # retransmissions before a peer address is marked unreachable
     rto_initial_ms: int = 0
     rto_min_ms: int = 0
     rto_max_ms: int = 0
@@ -161,10 +162,11 @@ def new_socket(addresses: list[str], params: SctpParams) -> socket.socket:
         if params.rto_initial_ms or params.rto_min_ms or params.rto_max_ms:
             s.setsockopt(IPPROTO_SCTP, SCTP_RTOINFO, struct.pack(
                 "=iIII", 0, params.rto_initial_ms, params.rto_max_ms, params.rto_min_ms))
-        if params.heartbeat_interval_ms:
+        if params.heartbeat_interval_ms or params.path_max_retrans:
             # struct sctp_paddrparams up to spp_flags (the size the kernel accepts as "old")
             s.setsockopt(IPPROTO_SCTP, SCTP_PEER_ADDR_PARAMS, struct.pack(
-                "=i128sIHIIIxx", 0, b"", params.heartbeat_interval_ms, 0, 0, 0, SPP_HB_ENABLE))
+                "=i128sIHIIIxx", 0, b"", params.heartbeat_interval_ms, params.path_max_retrans,
+                0, 0, SPP_HB_ENABLE if params.heartbeat_interval_ms else 0))
         s.setblocking(False)
     except BaseException:
         s.close()
@@ -480,11 +482,22 @@ class SctpListener:
         self.sock.close()
 
 
+def adopt_listener(sock: socket.socket,
+                   on_accept: Callable[[SctpAssociation], SctpHandler | None],
+                   params: SctpParams = SctpParams()) -> SctpListener:
+    """Serve an SCTP socket that is already bound and listening (one made by ``new_socket``
+    in another network namespace, say) on the running loop."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    listener = SctpListener(sock, on_accept, params, asyncio.get_running_loop())
+    loop.add_reader(sock.fileno(), listener._on_readable)
+    return listener
+
+
 async def listen(addresses: list[str], port: int,
                  on_accept: Callable[[SctpAssociation], SctpHandler | None],
                  params: SctpParams = SctpParams()) -> SctpListener:
     """Listen on ``addresses`` (all bound to one socket: multi-homed) and ``port``."""
-    loop = asyncio.get_running_loop()
     s = new_socket(addresses, params)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -493,6 +506,4 @@ async def listen(addresses: list[str], port: int,
     except BaseException:
         s.close()
         raise
-    listener = SctpListener(s, on_accept, params, loop)
-    loop.add_reader(s.fileno(), listener._on_readable)
-    return listener
+    return adopt_listener(s, on_accept, params)

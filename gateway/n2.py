@@ -62,6 +62,7 @@ class N2Settings:
     streams: int = 16
     amf_pools: tuple[AmfPoolSettings, ...] = ()
     heartbeat_interval_ms: int = 30000
+    path_max_retrans: int = 0  # 0: the kernel's default (5)
     rto_min_ms: int = 1000
     rto_max_ms: int = 60000
     max_ues: int = 100_000
@@ -94,6 +95,7 @@ def from_config(section: Any) -> N2Settings:
         streams=int(_get(section, "streams", d.streams)),
         amf_pools=tuple(pools),
         heartbeat_interval_ms=int(_get(section, "heartbeat_interval_ms", d.heartbeat_interval_ms)),
+        path_max_retrans=int(_get(section, "path_max_retrans", d.path_max_retrans)),
         rto_min_ms=int(_get(section, "rto_min_ms", d.rto_min_ms)),
         rto_max_ms=int(_get(section, "rto_max_ms", d.rto_max_ms)),
         max_ues=int(_get(section, "max_ues", d.max_ues)),
@@ -160,6 +162,7 @@ class N2Service:
         self.params = SctpParams(
             out_streams=settings.streams, in_streams=settings.streams,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            path_max_retrans=settings.path_max_retrans,
             rto_min_ms=settings.rto_min_ms, rto_max_ms=settings.rto_max_ms,
             rto_initial_ms=min(max(settings.rto_min_ms, 1000), settings.rto_max_ms))
         self.listener: SctpListener | None = None

@@ -18,7 +18,7 @@ import asyncio
 import sys
 from dataclasses import dataclass, field
 
-from dataplane.sctp import SctpAssociation, SctpParams, listen
+from dataplane.sctp import SctpAssociation, SctpParams, adopt_listener, listen
 from nf_adapters.ngap import codec as c
 from nf_adapters.ngap import extract
 from nf_adapters.ngap.routing_key import AMF_UE_ID, PDU_TYPE, PROCEDURE_CODE, RAN_UE_ID
@@ -142,6 +142,15 @@ class AmfServer:
             return _AmfAssociation(self.logic, self)
 
         self.listener = await listen(addresses, port, accept, params)
+        return self
+
+    def adopt(self, sock, params: SctpParams = SctpParams()) -> AmfServer:
+        """Serve on a socket already listening (made in another network namespace)."""
+        def accept(assoc: SctpAssociation) -> _AmfAssociation:
+            self.associations.add(assoc)
+            return _AmfAssociation(self.logic, self)
+
+        self.listener = adopt_listener(sock, accept, params)
         return self
 
     @property
