@@ -38,6 +38,8 @@ class OptionalBuildExt(build_ext):
 
 
 def extensions() -> list:
+    if os.environ.get("NFMESH_SKIP_NATIVE") == "1":  # scripts/setup.sh builds them in place itself
+        return []
     try:
         from Cython.Build import cythonize
         from setuptools import Extension

@@ -50,10 +50,15 @@ VPY=.venv/bin/python
 stamp=.venv/.nfmesh-$profile-$(sha1sum pyproject.toml setup.py | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   say "installing Python dependencies ($profile)"
-  $VPY -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel Cython
   extras=""
   [ "$profile" = test ] && extras="[test]"
-  $VPY -m pip install -q --disable-pip-version-check --no-build-isolation -e ".$extras"
+  if ! { $VPY -m pip install --disable-pip-version-check --upgrade pip setuptools wheel Cython &&
+         NFMESH_SKIP_NATIVE=1 $VPY -m pip install --disable-pip-version-check --no-build-isolation \
+             -e ".$extras"; } >.venv/pip.log 2>&1; then
+    grep -vE "^WARNING: Location" .venv/pip.log | tail -n 30 >&2
+    say "pip install failed (log: .venv/pip.log)"
+    exit 1
+  fi
   touch "$stamp"
 fi
 
