@@ -135,3 +135,19 @@ def test_tls_config_errors_name_the_path(tmp_path, pki):
         server_context(pki.server_cert, pki.client_key)
     ctx = client_context(min_version="1.3")
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+async def test_nghttp_and_h2load_over_tls(tls_proxy):
+    import re
+
+    for tool in ("nghttp", "h2load"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (Debian package nghttp2-client)")
+    rc, out, err = await run("nghttp", f"https://localhost:{tls_proxy.port}/hello")
+    assert rc == 0 and out == b"ok origin", err
+    rc, out, err = await run("h2load", "-n", "500", "-c", "5", "-m", "10",
+                             f"https://localhost:{tls_proxy.port}/hello", timeout=60)
+    assert rc == 0, err
+    text = out.decode()
+    assert re.search(r"500 succeeded, 0 failed, 0 errored", text), text
+    assert "Application protocol: h2" in text
