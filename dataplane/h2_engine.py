@@ -264,7 +264,14 @@ class _Connection(asyncio.Protocol):
                 self._abort_after_flush()
                 return
             for event in events:
-                self._on_event(event)
+                try:
+                    self._on_event(event)
+                except Exception:
+                    # a bug in a callback costs its stream, never the connection's others
+                    log.exception("failed handling %r", event)
+                    st = self._streams.get(getattr(event, "stream_id", 0) or 0)
+                    if st is not None:
+                        self._reset_stream(st, ErrorCode.INTERNAL_ERROR)
                 if self._lost:
                     break
             self._mark()
