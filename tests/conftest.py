@@ -67,7 +67,7 @@ class OriginHandler:
     {len, sha256} of the body; ``/download?size=N`` N bytes (pattern ``i % 251``);
     ``/status/NNN``; ``/slow?ms=N``; ``/reset?code=N`` RST_STREAM; ``/reset_mid`` headers, part of a body, then RST_STREAM;
     ``/headers`` the request
-    headers as JSON; ``/trailers`` a body and trailers; ``/hold`` never answers; anything else
+    headers as JSON; ``/trailers`` a body and trailers; ``/hold`` never answers; ``/raise`` raises in the handler; anything else
     200 "ok <name>".
     """
 
@@ -136,6 +136,8 @@ class OriginHandler:
         elif path == "/trailers":
             conn.respond(stream_id, 200, [(b"content-type", b"text/plain")], b"with trailers",
                          [(b"x-checksum", b"abc"), (b"grpc-status", b"0")])
+        elif path == "/raise":
+            raise RuntimeError("handler bug (on purpose)")
         elif path == "/hold":
             self.held.append((conn, stream_id))
         else:

@@ -304,3 +304,15 @@ async def test_stream_racing_the_first_goaway_is_still_served(origin_with):
     assert final.last_stream_id == racing
     await raw.wait_closed()
     raw.close()
+
+
+async def test_handler_exception_costs_only_its_stream(origin_with):
+    origin = await origin_with(H2Settings())
+    raw = await RawH2.connect(origin.port)
+    bad = raw.request("/raise")
+    good = raw.request("/fine")
+    raw.flush()
+    ev = await raw.until(is_(h2.events.StreamReset, bad))
+    assert ev.error_code == ErrorCode.INTERNAL_ERROR
+    assert await status_of(raw, good) == 200
+    raw.close()
