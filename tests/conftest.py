@@ -67,8 +67,8 @@ class OriginHandler:
     {len, sha256} of the body; ``/download?size=N`` N bytes (pattern ``i % 251``);
     ``/status/NNN``; ``/slow?ms=N``; ``/reset?code=N`` RST_STREAM; ``/reset_mid`` headers, part of a body, then RST_STREAM;
     ``/headers`` the request
-    headers as JSON; ``/trailers`` a body and trailers; ``/hold`` never answers; ``/raise`` raises in the handler; anything else
-    200 "ok <name>".
+    headers as JSON; ``/trailers`` a body and trailers; ``/hold`` never answers; ``/raise``
+    raises in the handler; anything else 200 "ok <name>".
     """
 
     def __init__(self, name: str = "origin") -> None:
