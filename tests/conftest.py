@@ -65,10 +65,10 @@ class OriginHandler:
 
     ``/echo`` body back (with request trailers as response trailers); ``/upload`` JSON
     {len, sha256} of the body; ``/download?size=N`` N bytes (pattern ``i % 251``);
-    ``/status/NNN``; ``/slow?ms=N``; ``/reset?code=N`` RST_STREAM; ``/reset_mid`` headers, part of a body, then RST_STREAM;
-    ``/headers`` the request
-    headers as JSON; ``/trailers`` a body and trailers; ``/hold`` never answers; ``/raise``
-    raises in the handler; anything else 200 "ok <name>".
+    ``/status/NNN``; ``/slow?ms=N``; ``/reset?code=N`` RST_STREAM; ``/reset_mid`` headers,
+    part of a body, then RST_STREAM; ``/headers`` the request headers as JSON; ``/trailers``
+    a body and trailers; ``/hold`` never answers; ``/raise`` raises in the handler; anything
+    else 200 "ok <name>".  ``refuse_all`` / ``reset_all`` make it reset every request.
     """
 
     def __init__(self, name: str = "origin") -> None:
