@@ -86,7 +86,7 @@ class _Exchange:
 
     __slots__ = (
         "proxy", "conn", "sid", "fwd", "method", "path", "t0", "candidates", "timer", "task",
-        "done", "last_error", "endpoint", "retried_same", "replays",
+        "done", "last_error", "endpoint", "headers", "retried_same",
     )
 
     def __init__(self, proxy: Proxy, conn, sid: int, fwd: Forward, method: str, path: str,
@@ -104,8 +104,8 @@ class _Exchange:
         self.done = False
         self.last_error = ""
         self.endpoint = fwd.endpoint
+        self.headers = fwd.headers
         self.retried_same = False
-        self.replays = 0
 
     # ---- driving ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,6 +115,7 @@ class _Exchange:
 
     def _attempt(self, endpoint: Endpoint, headers: Headers) -> None:
         self.endpoint = endpoint
+        self.headers = headers
         pools = self.proxy.pools
         upstream = pools.get_ready(endpoint)
         if upstream is not None:
@@ -162,7 +163,7 @@ class _Exchange:
             if not reached and not self.retried_same and error_code != ErrorCode.CONNECT_ERROR:
                 # refused before processing (REFUSED_STREAM / GOAWAY): once more, same endpoint
                 self.retried_same = True
-                self._attempt(self.endpoint, self.fwd.headers)
+                self._attempt(self.endpoint, self.headers)
                 return
         if reached:
             self._answer(502, "UPSTREAM_RESET",
