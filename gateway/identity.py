@@ -92,3 +92,10 @@ def peer_identity(peer_info: dict) -> NfIdentity | None:
     ident = nf_identity(peer_info.get("peercert"))
     peer_info[_CACHE_KEY] = ident
     return ident
+
+
+def peer_nf_type(peer_info: dict) -> str | None:
+    """The caller's NF type (``peer_identity(peer_info).nf_type``), None when unidentified: the
+    function ``nf_adapters.authz.NfTypeAuthzRouter`` is given."""
+    ident = peer_identity(peer_info)
+    return ident.nf_type if ident is not None else None

@@ -201,3 +201,32 @@ async def test_gateway_certificate_serves_as_client_certificate_to_an_mtls_produ
     finally:
         await proxy.stop()
         await origin.stop()
+
+
+async def test_authorisation_by_nf_type_over_mtls(backend, files):
+    """NfTypeAuthzRouter in front of routing: the AMF's certificate lets it call nudm-sdm and
+    gets it a 403 ProblemDetails for a service only SMFs may call; nothing denied is forwarded."""
+    from gateway.identity import peer_nf_type
+    from nf_adapters.authz import NfTypeAuthzRouter, NfTypePolicy
+
+    origin = await start_origin(backend)
+    policy = NfTypePolicy.from_mapping({"default": "deny", "services": {
+        "nudm-sdm": ["AMF", "SMF"], "npcf-smpolicycontrol": ["SMF"]}})
+    router = NfTypeAuthzRouter(StaticRouter(origin.endpoint), policy, peer_nf_type)
+    ctx = server_context(files.gw_cert, files.gw_key, ca_file=files.ca, require_client_cert=True)
+    proxy = await start_proxy(backend, router, ssl_context=ctx)
+    amf = ["--cert", files.amf_cert, "--key", files.amf_key]
+    try:
+        rc, out, err = await run(*curl_args(files, proxy.port, "/nudm-sdm/v2/imsi-1/am-data"), *amf)
+        assert rc == 0 and out == b"ok origin\n200 2", err
+        rc, out, err = await run(*curl_args(files, proxy.port, "/npcf-smpolicycontrol/v1/x"),
+                                 *amf)
+        body, _, status = out.rpartition(b"\n")
+        assert status == b"403 2"
+        problem = json.loads(body)
+        assert problem["cause"] == "NF_TYPE_NOT_ALLOWED" and problem["status"] == 403
+        assert "AMF" in problem["detail"] and "npcf-smpolicycontrol" in problem["detail"]
+        assert len(origin.handler.requests) == 1
+    finally:
+        await proxy.stop()
+        await origin.stop()
