@@ -346,6 +346,7 @@ class Harness:
         machine["loadavg_1m_at_start"] = self.loadavg_at_start
         return {
             "targets": targets,
+            "goals": goals(targets, self.s.tls),
             "settings": settings_dict(self.s),
             "machine": machine,
             "started": started.isoformat(timespec="seconds"),
@@ -452,6 +453,29 @@ def add_ratios(targets: dict[str, dict], reference: str) -> None:
             for metric in ("cpu_us_per_req", "p99_ms", "p50_ms"):
                 a, b = ph.get(metric), ref_ph.get(metric)
                 ph[f"ratio_{metric}_to_{reference}"] = round(a / b, 3) if a and b else None
+
+
+def goals(targets: dict[str, dict], tls: bool, subject: str = "nfmesh") -> list[dict]:
+    """The issue's speed goals for ``subject`` against HAProxy, each with its measured ratio
+    and whether it is met (None where a side was not measured)."""
+    t = targets.get(subject, {})
+    ph = t.get("phases", {})
+
+    def ratio(phase: str, metric: str) -> float | None:
+        return ph.get(phase, {}).get(f"ratio_{metric}_to_{REFERENCE}")
+
+    cpu_limit = 1.5 if tls else 1.2
+    rows = [
+        (f"CPU µs per request ≤ {cpu_limit}x HAProxy ({'TLS' if tls else 'h2c'} frontend, "
+         "closed loop)", ratio("closed", "cpu_us_per_req"), cpu_limit),
+        ("p99 at a fixed 10k req/s no worse than HAProxy (h2load --rps)",
+         ratio("rate_10000", "p99_ms"), 1.0),
+        ("p99 at a fixed 10k req/s no worse than HAProxy (loadgen, from intended time)",
+         ratio("loadgen_10000", "p99_ms"), 1.0),
+        ("p50 at one stream ≤ 1.5x HAProxy", ratio("single", "p50_ms"), 1.5),
+    ]
+    return [{"goal": g, "ratio": r, "limit": lim, "met": None if r is None else r <= lim}
+            for g, r, lim in rows]
 
 
 def settings_dict(s: CompareSettings) -> dict:

@@ -101,6 +101,12 @@ def markdown(result: dict, plots: dict[str, str], plot_error: str | None = None)
             f"{_fmt(t.get('rss_mb'), 1)} | {_fmt(t.get(f'ratio_cpu_to_{REFERENCE}'), 2)} | "
             f"{_fmt(t.get(f'ratio_p99_to_{REFERENCE}'), 2)} |"
         )
+    if result.get("goals"):
+        lines += ["", "## Goals of issue 5 (nfmesh against HAProxy, same run)", "",
+                  "| goal | nfmesh / HAProxy | limit | met |", "|---|---:|---:|---|"]
+        for g in result["goals"]:
+            met = {True: "yes", False: "**no**", None: "not measured"}[g["met"]]
+            lines.append(f"| {g['goal']} | {_fmt(g['ratio'], 2)} | {g['limit']} | {met} |")
     for phase in phase_names(result):
         lines += [
             "",

@@ -147,3 +147,20 @@ def test_nfmesh_variants(tmp_path: Path) -> None:
     assert cfg["logging"]["access_log"] is False and cfg["metrics"]["enabled"] is False
     for bad in ("haproxy:logging.level=info", "novalue", "name:"):
         assert main(["--nfmesh-variant", bad, "--no-report"]) == 2
+
+
+def test_goals_against_haproxy() -> None:
+    from perf.compare import goals
+
+    def t(cpu: float, p99_10k: float, p50_single: float) -> dict:
+        return {"phases": {
+            "closed": {"ratio_cpu_us_per_req_to_haproxy": cpu},
+            "rate_10000": {"ratio_p99_ms_to_haproxy": p99_10k},
+            "single": {"ratio_p50_ms_to_haproxy": p50_single},
+        }}
+
+    g = goals({"nfmesh": t(1.3, 0.9, 1.6)}, tls=False)
+    assert [x["met"] for x in g] == [False, True, None, False]
+    g = goals({"nfmesh": t(1.3, 0.9, 1.4)}, tls=True)  # TLS allows 1.5x CPU
+    assert [x["met"] for x in g] == [True, True, None, True]
+    assert all(x["met"] is None for x in goals({"nfmesh": {"skipped": "x"}}, tls=False))

@@ -48,7 +48,12 @@ def test_phase_order(result: dict) -> None:
 
 
 def test_markdown_tables_and_skips(result: dict) -> None:
+    result["goals"] = [{"goal": "p50 at one stream ≤ 1.5x HAProxy", "ratio": 0.8, "limit": 1.5,
+                        "met": True},
+                       {"goal": "CPU", "ratio": None, "limit": 1.2, "met": None}]
     md = markdown(result, {"cdf": "latency_cdf.png"})
+    assert "| p50 at one stream ≤ 1.5x HAProxy | 0.80 | 1.5 | yes |" in md
+    assert "| CPU | - | 1.2 | not measured |" in md
     assert "| nfmesh | skipped: failed: repeat 1: exited with status 2: bad flag |" in md
     assert "| envoy | skipped: envoy not found |" in md
     assert "| nghttpx | 50000 | 0.700 | 1.500 | 9.0 | 12.0 | 0.90 | 0.88 |" in md
