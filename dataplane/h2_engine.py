@@ -526,7 +526,7 @@ class ServerConnection(_Connection):
         self.handler = handler
         self.peer_info: dict = peer_info if peer_info is not None else {}
         self._drain_timer: asyncio.TimerHandle | None = None
-        self.peak_buffered = 0  # high-water mark of buffered_bytes (observability for tests)
+        self.peak_buffered = 0  # largest body buffer seen on one stream (held + relayed)
 
     # ---- events -----------------------------------------------------------------------------
     def _on_event(self, event) -> None:
