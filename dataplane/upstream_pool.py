@@ -2,7 +2,8 @@
 
 Per endpoint the pool keeps up to ``max_connections`` connections and hands out one that can
 take a stream (honouring the peer's SETTINGS_MAX_CONCURRENT_STREAMS: when all are full another
-is opened).  Connects are single-flight, bounded by ``connect_timeout`` (TCP, TLS and the peer's
+is opened; at ``max_connections`` a request waits up to ``pending_timeout`` for a free
+stream).  Connects are single-flight, bounded by ``connect_timeout`` (TCP, TLS and the peer's
 first SETTINGS).  After a failed connect the endpoint is in back-off (exponential with jitter)
 during which ``acquire`` fails at once with a clear ``UpstreamUnavailable``; the first success
 clears it.  Connections idle longer than ``idle_timeout`` are closed.
@@ -58,6 +59,7 @@ class UpstreamPools:
         idle_timeout: float = 60.0,
         backoff_base: float = 0.05,
         backoff_max: float = 5.0,
+        pending_timeout: float | None = None,
     ) -> None:
         self.backend = load_backend(backend) if isinstance(backend, str) else backend
         self.settings = settings
@@ -67,6 +69,8 @@ class UpstreamPools:
         self.idle_timeout = idle_timeout
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        # how long a request may wait for a stream when every allowed connection is full
+        self.pending_timeout = connect_timeout if pending_timeout is None else pending_timeout
         self._pools: dict[Endpoint, _EndpointPool] = {}
         self._sweeper: asyncio.Task | None = None
         self._closed = False
@@ -107,9 +111,7 @@ class UpstreamPools:
                     )
                 pool.conns = [c for c in pool.conns if not c.closed]
                 if len(pool.conns) >= self.max_connections:
-                    raise UpstreamUnavailable(
-                        f"all {len(pool.conns)} connections are at their stream limit"
-                    )
+                    return await self._wait_for_stream(endpoint, len(pool.conns))
                 pool.connecting = asyncio.get_running_loop().create_task(
                     self._connect(endpoint, pool)
                 )
@@ -119,6 +121,23 @@ class UpstreamPools:
         if conn is None:
             raise UpstreamUnavailable("new connections filled up at once")
         return conn
+
+    async def _wait_for_stream(self, endpoint: Endpoint, count: int):
+        """Every connection is at the peer's stream limit and no more may be opened: wait (at
+        most ``pending_timeout``) for a stream to free up.  The engines do not announce stream
+        ends, so this polls, with growing pauses, and only while saturated."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.pending_timeout
+        delay = 0.0005
+        while loop.time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.01)
+            conn = self.get_ready(endpoint)
+            if conn is not None:
+                return conn
+        raise UpstreamUnavailable(
+            f"all {count} connections stayed at their stream limit for {self.pending_timeout}s"
+        )
 
     async def _connect(self, endpoint: Endpoint, pool: _EndpointPool) -> None:
         loop = asyncio.get_running_loop()

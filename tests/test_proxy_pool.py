@@ -139,3 +139,27 @@ async def test_closed_pools_refuse(backend, pools):
     pools.close()
     with pytest.raises(UpstreamUnavailable, match="closed"):
         await pools.acquire(Endpoint("127.0.0.1", 1))
+
+
+async def test_saturated_pool_waits_for_a_free_stream(backend):
+    origin = await start_origin(backend, settings=H2Settings(max_concurrent_streams=2))
+    pools = UpstreamPools(backend, H2Settings(), max_connections=1, pending_timeout=5.0)
+    proxy = await start_proxy(backend, StaticRouter(origin.endpoint), pools=pools)
+    client = H2Client(backend.NAME)
+    try:
+        results = await asyncio.gather(*[
+            client.request("GET", f"http://127.0.0.1:{proxy.port}/slow?ms=50") for _ in range(7)
+        ])
+        assert [r.status for r in results] == [200] * 7
+        assert len(origin.handler.connections) == 1
+        # with no patience at all the same burst is partly refused, with a clear reason
+        pools.pending_timeout = 0.0
+        results = await asyncio.gather(*[
+            client.request("GET", f"http://127.0.0.1:{proxy.port}/slow?ms=50") for _ in range(7)
+        ])
+        refused = [r for r in results if r.status == 503]
+        assert refused and "stream limit" in refused[0].json()["detail"]
+    finally:
+        client.close()
+        await proxy.stop()
+        await origin.stop()
