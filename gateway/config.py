@@ -621,9 +621,6 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
         if not os.path.isdir(os.path.dirname(full)):
             d.issue("registry.snapshot_file", f"directory not found: {os.path.dirname(full)}")
         reg = msgspec.structs.replace(reg, snapshot_file=full)
-    if reg.enabled and reg.store == "memory" and (cfg.gateway.workers or 1) > 1 \
-            and "gateway" not in failed:
-        d.issue("registry.store", "memory store needs gateway.workers: 1 (use etcd to share)")
 
     ng = cfg.ngap
     for j, addr in enumerate(ng.listen):

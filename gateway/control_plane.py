@@ -144,6 +144,8 @@ class WorkerRouting:
             hit = cache.get(profile.get("nfInstanceId", ""))
             same.append((hit[0] if hit is not None and hit[0] == profile else profile, status))
         snap = build_snapshot(same, version, cache)
-        self.publish(ChainRouter([self.nrf_forward, ModelDRouter(snap, timeout=self.timeout)],
-                                 fallback=self.static))
+        # model D stamps Via / Max-Forward-Hops like model C (loop protection)
+        model_d = ModelDRouter(snap, timeout=self.timeout,
+                               hop_stamp=getattr(self.static, "hop_stamp", None))
+        self.publish(ChainRouter([self.nrf_forward, model_d], fallback=self.static))
         self.version = version

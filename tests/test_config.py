@@ -287,8 +287,8 @@ def test_registry_checks(tmp_path) -> None:
     assert cfg.registry.snapshot_file == str(tmp_path / "snap.json")
     assert issues({"registry": {"snapshot_file": "no/such/dir/s.json"}}, base_dir=str(tmp_path)) \
         == [("registry.snapshot_file", f"directory not found: {tmp_path / 'no/such/dir'}")]
-    assert issues({"gateway": {"workers": 2}, "registry": {"enabled": True}}) == [
-        ("registry.store", "memory store needs gateway.workers: 1 (use etcd to share)")]
+    # several workers share one memory registry through the control plane (gateway.runner)
+    assert issues({"gateway": {"workers": 2}, "registry": {"enabled": True}}) == []
 
 
 # --------------------------------------------------------------------------- YAML specifics
