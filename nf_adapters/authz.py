@@ -33,21 +33,21 @@ from nf_adapters.problem_details import problem
 CAUSE = "NF_TYPE_NOT_ALLOWED"
 ANY = "*"
 _SERVICE_RE = re.compile(rb"^n[a-z0-9]+-[a-z0-9-]+$")
-_VERSION_RE = re.compile(rb"^v[0-9]+$")
-_MAX_SEGMENTS = 8  # segments scanned for a service name (bounded cost on long paths)
+# the first path segment shaped like a service and followed by a version segment, at most
+# _MAX_PREFIX segments in (an apiRoot prefix): one regex pass with bounded backtracking
+_MAX_PREFIX = 7
+_SERVICE_PATH_RE = re.compile(
+    rb"^/(?:[^/?]*/){0,%d}?(?:(n[a-z0-9]+-[a-z0-9-]+)/v[0-9]+|(oauth2)/token)(?:[/?]|$)"
+    % _MAX_PREFIX)
 
 
 def service_of(path: bytes) -> str | None:
     """The SBI service name in a request ``:path`` (``b"/nudm-sdm/v2/imsi-1/am-data"`` ->
     ``"nudm-sdm"``), or None when the path names none."""
-    path = path.split(b"?", 1)[0]
-    segments = path.split(b"/", _MAX_SEGMENTS + 1)[1: _MAX_SEGMENTS + 1]
-    for i, seg in enumerate(segments):
-        if seg == b"oauth2" and i + 1 < len(segments) and segments[i + 1] == b"token":
-            return "oauth2"
-        if _SERVICE_RE.match(seg) and i + 1 < len(segments) and _VERSION_RE.match(segments[i + 1]):
-            return seg.decode("ascii")
-    return None
+    m = _SERVICE_PATH_RE.match(path)
+    if m is None:
+        return None
+    return (m.group(1) or m.group(2)).decode("ascii")
 
 
 class NfTypePolicy:

@@ -40,6 +40,35 @@ def test_service_of_takes_any_bytes(path):
     assert result is None or result.encode() in path
 
 
+def reference_service_of(path: bytes) -> str | None:
+    """The rule, written plainly: first service-shaped segment (within 8) before a version."""
+    import re
+
+    segments = path.split(b"?", 1)[0].split(b"/")
+    if not path.startswith(b"/"):
+        return None
+    segments = segments[1:]
+    for i, seg in enumerate(segments[:8]):
+        nxt = segments[i + 1] if i + 1 < len(segments) else None
+        if seg == b"oauth2" and nxt == b"token":
+            return "oauth2"
+        if re.fullmatch(rb"n[a-z0-9]+-[a-z0-9-]+", seg) and nxt is not None and \
+                re.fullmatch(rb"v[0-9]+", nxt):
+            return seg.decode()
+    return None
+
+
+_segment = st.sampled_from([b"nudm-sdm", b"v2", b"v", b"oauth2", b"token", b"imsi-1", b"",
+                            b"npcf-am-policy-control", b"x?y", b"N-x", b"v1?a=b"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_segment, max_size=12))
+def test_service_of_matches_the_plain_rule(segments):
+    path = b"/" + b"/".join(segments)
+    assert service_of(path) == reference_service_of(path)
+
+
 POLICY = NfTypePolicy({
     "nudm-sdm": ["AMF", "SMF", "SMSF"],
     "nnrf-disc": ["*"],
