@@ -10,11 +10,11 @@ where it does not:
 * DNS and IP SANs as asked; EKU serverAuth + clientAuth (an NF is both producer and consumer);
   keyUsage digitalSignature; validity never beyond the CA's.
 
-Subcommands: ``init``, ``issue``, ``gateway``, ``show``, ``example``; exit 0 on success, 1 when
+Subcommands: ``init``, ``issue``, ``gateway``, ``show``, ``verify``, ``example``; exit 0 on success, 1 when
 the operation fails (missing CA, file exists), 2 on bad usage or bad input (invalid UUID, NF
 type, DNS name, IP, days).  Keys are written 0600, atomically (temp file + rename), and nothing
 is overwritten without ``--force``.  Python API: ``MeshCA.create``, ``MeshCA.load``,
-``MeshCA.issue``, ``write_pair``, ``describe``.
+``MeshCA.issue``, ``write_pair``, ``describe``, ``verify``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
+import json
 import os
 import re
 import stat
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.identity import URN_UUID_PREFIX, nf_identity
+from gateway.identity import URN_UUID_PREFIX, NfIdentity, nf_identity
 from nf_adapters.discovery import NF_TYPES
 
 CA_CERT_FILE = "mesh-ca.crt"
@@ -398,6 +399,60 @@ def describe(cert: x509.Certificate) -> str:
     return "\n".join(lines)
 
 
+def describe_json(cert: x509.Certificate) -> dict:
+    """``describe`` as data (``nfmesh ca show --json``)."""
+    pc = peercert_dict(cert)
+    ident = nf_identity(pc)
+    is_ca = _has_ext(cert, x509.BasicConstraints) and \
+        cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    return {
+        "subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+        "ca": bool(is_ca), "serial": f"{cert.serial_number:x}",
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "sha256": cert.fingerprint(hashes.SHA256()).hex(),
+        "sans": [{"type": k, "value": v} for k, v in pc["subjectAltName"]],
+        "nf_instance_id": ident.instance_id if ident else None,
+        "nf_type": ident.nf_type if ident else None,
+    }
+
+
+def verify(ca_cert: x509.Certificate, cert: x509.Certificate, dns: str | None = None,
+           ip: str | None = None) -> NfIdentity:
+    """Check ``cert`` the way a mesh peer will: it chains to ``ca_cert`` now (RFC 5280, by
+    ``cryptography``'s verifier), is fit for TLS clients (and for servers named ``dns``/``ip``
+    when given) and carries an NF identity.  Returns the identity; CAError says why not."""
+    from cryptography.x509 import verification
+
+    builder = verification.PolicyBuilder().store(verification.Store([ca_cert]))
+    try:
+        builder.build_client_verifier().verify(cert, [])
+        if dns is not None:
+            builder.build_server_verifier(verification.DNSName(dns)).verify(cert, [])
+        if ip is not None:
+            address = check_ips([ip])[0]
+            builder.build_server_verifier(verification.IPAddress(address)).verify(cert, [])
+    except verification.VerificationError as exc:
+        raise CAError(f"does not verify against {ca_cert.subject.rfc4514_string()}: {exc}") \
+            from None
+    ident = nf_identity(peercert_dict(cert))
+    if ident is None:
+        raise CAError("verifies, but carries no NF identity (one urn:uuid: URI SAN)")
+    return ident
+
+
+def _read_certs(path: str) -> list[x509.Certificate]:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(1 << 20)
+    except OSError as exc:
+        raise CAError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise CAInputError(f"{path} holds no PEM certificate") from None
+
+
 # ---- CLI ------------------------------------------------------------------------------------
 
 class _UsageError(Exception):
@@ -442,6 +497,13 @@ def _parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="print a certificate: subject, SANs, NF identity, validity")
     show.add_argument("file")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ver = sub.add_parser("verify", help="check a certificate against the mesh CA, as a peer would")
+    ver.add_argument("--dir", required=True, help="the CA directory (only mesh-ca.crt is read)")
+    ver.add_argument("--dns", help="also check it serves this DNS name")
+    ver.add_argument("--ip", help="also check it serves this IP address")
+    ver.add_argument("file")
 
     ex = sub.add_parser("example", help="the files config/example.yaml references")
     ex.add_argument("--dir", default=os.path.join("config", "certs"))
@@ -478,16 +540,24 @@ def _cmd_gateway(a: argparse.Namespace) -> int:
 
 
 def _cmd_show(a: argparse.Namespace) -> int:
+    certs = _read_certs(a.file)
+    if a.json:
+        print(json.dumps([describe_json(c) for c in certs], indent=2))
+    else:
+        print("\n\n".join(describe(c) for c in certs))
+    return EXIT_OK
+
+
+def _cmd_verify(a: argparse.Namespace) -> int:
+    ca_cert = _read_certs(os.path.join(a.dir, CA_CERT_FILE))[0]
+    cert = _read_certs(a.file)[0]
     try:
-        with open(a.file, "rb") as fh:
-            data = fh.read(1 << 20)
-    except OSError as exc:
-        raise CAError(f"cannot read {a.file}: {exc.strerror}") from None
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise CAInputError(f"{a.file} holds no PEM certificate") from None
-    print("\n\n".join(describe(c) for c in certs))
+        ident = verify(ca_cert, cert, a.dns, a.ip)
+    except CAError as exc:
+        print(f"{a.file}: FAILED: {exc}")
+        return EXIT_FAIL
+    print(f"{a.file}: OK: {ident.nf_type or 'unknown NF type'} {ident.instance_id}, "
+          f"valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     return EXIT_OK
 
 
@@ -516,7 +586,7 @@ def _cmd_example(a: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"init": _cmd_init, "issue": _cmd_issue, "gateway": _cmd_gateway, "show": _cmd_show,
-             "example": _cmd_example}
+             "verify": _cmd_verify, "example": _cmd_example}
 
 
 def main(argv: list[str]) -> int:

@@ -391,3 +391,43 @@ def test_nfmesh_ca_is_wired_into_the_program(tmp_path):
     res = subprocess.run([exe, "ca", "issue", "--dir", d, "--nf-type", "NOPE", "--instance-id",
                           AMF_ID], capture_output=True, timeout=30)
     assert res.returncode == 2 and b"unknown NF type" in res.stderr
+
+
+def test_cli_verify_and_show_json(mesh, tmp_path, capsys):
+    import json
+
+    cert_path, _ = write_pair(str(tmp_path / "amf"), *mesh.issue(
+        "AMF", AMF_ID, dns=["amf1.example"], ips=["127.0.0.1"]))
+    rc, out, err = run_cli(["verify", "--dir", mesh.directory, "--dns", "amf1.example", "--ip",
+                            "127.0.0.1", cert_path], capsys)
+    assert rc == 0 and f"OK: AMF {AMF_ID}" in out, err
+    rc, out, err = run_cli(["verify", "--dir", mesh.directory, "--dns", "amf2.example",
+                            cert_path], capsys)
+    assert rc == 1 and "FAILED" in out and "subjectAltName" in out
+    other = MeshCA.create(str(tmp_path / "other"))
+    rc, out, err = run_cli(["verify", "--dir", other.directory, cert_path], capsys)
+    assert rc == 1 and "FAILED: does not verify" in out
+    rc, out, err = run_cli(["show", "--json", cert_path], capsys)
+    assert rc == 0
+    [info] = json.loads(out)
+    assert info["nf_instance_id"] == AMF_ID and info["nf_type"] == "AMF" and info["ca"] is False
+    assert {"type": "IP Address", "value": "127.0.0.1"} in info["sans"]
+    assert info["sha256"] == load(open(cert_path, "rb").read()).fingerprint(hashes.SHA256()).hex()
+
+
+def test_verify_refuses_a_mesh_certificate_without_identity(mesh):
+    """A certificate the CA key signed by hand, with no urn:uuid SAN: chains, but no identity."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "anon")]))
+            .issuer_name(mesh.cert.subject).public_key(key.public_key()).serial_number(7)
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("anon.example")]), False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                mesh.key.public_key()), False)
+            .sign(mesh.key, hashes.SHA256()))
+    with pytest.raises(CAError, match="no NF identity"):
+        ca_mod.verify(mesh.cert, cert)
