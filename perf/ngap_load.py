@@ -7,10 +7,11 @@ completed, violations (a message to the wrong UE, stream or PPID), and per-proce
 percentiles.  ``--pcap FILE`` writes what the gNBs sent and received as SCTP/NGAP packets.
 
 ``--self`` starts two emulated AMFs and the gateway's N2 service in this process first (what
-the VM measurement uses); otherwise ``--target``/``--port`` name a running gateway.  Needs
+the VM measurement uses); ``--compare`` adds, in the same run, the same load straight from the
+gNBs to one emulated AMF without the gateway, and reports ``throughput_vs_direct``; otherwise ``--target``/``--port`` name a running gateway.  Needs
 kernel SCTP: on a host without it the report says so and the exit status is 2.
 
-    python -m perf.ngap_load --self --gnbs 2 --ues 50 --rate 0 --json
+    python -m perf.ngap_load --self --compare --gnbs 2 --ues 50 --rate 0 --json
 """
 
 from __future__ import annotations
@@ -80,6 +81,34 @@ async def run_load(target: list[str], port: int, gnbs: int, ues: int, rate: floa
     return report
 
 
+async def run_direct(gnbs: int, ues: int, rate: float, timeout: float) -> dict:
+    """The peer to compare with: the same gNBs straight to one emulated AMF, no gateway."""
+    from perf.amf_emulator import AmfLogic, AmfServer
+
+    amf = AmfServer(AmfLogic("amf-direct", record=False))
+    await amf.start(["127.0.0.1"], 0)
+    try:
+        return await run_load(["127.0.0.1"], amf.port, gnbs, ues, rate, timeout)
+    finally:
+        amf.stop()
+
+
+async def run_compare(gnbs: int, ues: int, rate: float, timeout: float,
+                      pcap: str | None) -> dict:
+    """Direct gNB->AMF first, then through the gateway, in the same run: the ratio is the
+    figure (both share the machine's CPU the same way)."""
+    direct = await run_direct(gnbs, ues, rate, timeout)
+    report = await run_self(gnbs, ues, rate, timeout, pcap)
+    report["direct_messages_per_s"] = direct["messages_per_s"]
+    report["direct_registration_p50_ms"] = direct["latency"].get("registration", {}).get("p50_ms")
+    if direct["messages_per_s"]:
+        report["throughput_vs_direct"] = round(
+            report["messages_per_s"] / direct["messages_per_s"], 3)
+    report["ok"] = report["ok"] and direct["ok"]
+    report["violations"] += direct["violations"]
+    return report
+
+
 async def run_self(gnbs: int, ues: int, rate: float, timeout: float, pcap: str | None) -> dict:
     """Two emulated AMFs + the gateway in this process, then ``run_load`` through it."""
     from gateway.n2 import AmfEndpointSettings, AmfPoolSettings, N2Service, N2Settings
@@ -116,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="nfmesh perf ngap-load", description=__doc__.split("\n")[0])
     ap.add_argument("--self", dest="self_contained", action="store_true",
                     help="start two emulated AMFs and the N2 gateway in this process")
+    ap.add_argument("--compare", action="store_true",
+                    help="with --self: first the same load straight to an emulated AMF "
+                         "(no gateway), and report the ratio")
     ap.add_argument("--target", action="append", default=None, help="gateway address(es)")
     ap.add_argument("--port", type=int, default=38412)
     ap.add_argument("--gnbs", type=int, default=2)
@@ -129,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     if not ok:
         print(json.dumps({"available": False, "reason": reason}) if args.json else reason)
         return 2
-    if args.self_contained:
+    if args.self_contained and args.compare:
+        coro = run_compare(args.gnbs, args.ues, args.rate, args.timeout, args.pcap)
+    elif args.self_contained:
         coro = run_self(args.gnbs, args.ues, args.rate, args.timeout, args.pcap)
     else:
         coro = run_load(args.target or ["127.0.0.1"], args.port, args.gnbs, args.ues, args.rate,
