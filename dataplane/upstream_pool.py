@@ -2,8 +2,8 @@
 
 Per endpoint the pool keeps up to ``max_connections`` connections and hands out one that can
 take a stream (honouring the peer's SETTINGS_MAX_CONCURRENT_STREAMS: when all are full another
-is opened; at ``max_connections`` a request waits up to ``pending_timeout`` for a free
-stream).  Connects are single-flight, bounded by ``connect_timeout`` (TCP, TLS and the peer's
+is opened; at ``max_connections`` requests queue, first come first served, up to
+``pending_timeout`` for a free stream).  Connects are single-flight, bounded by ``connect_timeout`` (TCP, TLS and the peer's
 first SETTINGS).  After a failed connect the endpoint is in back-off (exponential with jitter)
 during which ``acquire`` fails at once with a clear ``UpstreamUnavailable``; the first success
 clears it.  Connections idle longer than ``idle_timeout`` are closed.
@@ -17,6 +17,7 @@ import random
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from types import ModuleType
 
@@ -35,10 +36,15 @@ class UpstreamUnavailable(Exception):
 
 
 class _EndpointPool:
-    __slots__ = ("conns", "connecting", "failures", "retry_at", "last_error", "last_used")
+    __slots__ = ("conns", "connecting", "failures", "retry_at", "last_error", "last_used",
+                 "waiters", "dispatcher", "reserved")
 
     def __init__(self) -> None:
         self.conns: list = []
+        self.waiters: deque[asyncio.Future] = deque()
+        self.dispatcher: asyncio.Task | None = None
+        # streams handed to queued requests that have not opened them yet, per connection
+        self.reserved: dict[int, int] = {}
         self.connecting: asyncio.Task | None = None
         self.failures = 0
         self.retry_at = 0.0
@@ -78,9 +84,10 @@ class UpstreamPools:
 
     # ---- fast path ---------------------------------------------------------------------------
     def get_ready(self, endpoint: Endpoint):
-        """A connection that can take a stream now, or None."""
+        """A connection that can take a stream now, or None (also while requests are queued for
+        a stream: newcomers do not overtake them)."""
         pool = self._pools.get(endpoint)
-        if pool is None:
+        if pool is None or pool.waiters or pool.reserved:
             return None
         for conn in pool.conns:
             if conn.available:
@@ -89,55 +96,106 @@ class UpstreamPools:
         return None
 
     async def acquire(self, endpoint: Endpoint):
-        """A connection that can take a stream; connects when needed.
+        """A connection that can take a stream; connects when needed, queues when every
+        allowed connection is at the peer's stream limit.
 
-        Raises ``UpstreamUnavailable`` (back-off, connect refused or timed out, pool full)."""
+        Raises ``UpstreamUnavailable`` (back-off, connect refused or timed out, queued for
+        longer than ``pending_timeout``)."""
         if self._closed:
             raise UpstreamUnavailable("upstream pools are closed")
         pool = self._pools.get(endpoint)
         if pool is None:
             pool = self._pools[endpoint] = _EndpointPool()
             self._start_sweeper()
-        for _ in range(self.max_connections + 1):
+        conn = self.get_ready(endpoint)
+        if conn is not None:
+            return conn
+        pool.conns = [c for c in pool.conns if not c.closed]
+        if not pool.conns:
+            # nothing to queue on: connect (single flight) and fail fast in back-off
+            if pool.connecting is None:
+                self._check_backoff(pool)
+                self._start_connect(endpoint, pool)
+            await asyncio.shield(pool.connecting)
             conn = self.get_ready(endpoint)
             if conn is not None:
                 return conn
-            now = time.monotonic()
-            if pool.connecting is None:
-                if now < pool.retry_at:
-                    raise UpstreamUnavailable(
-                        f"in back-off for {pool.retry_at - now:.2f}s after {pool.failures} "
-                        f"failed connect(s): {pool.last_error}"
-                    )
-                pool.conns = [c for c in pool.conns if not c.closed]
-                if len(pool.conns) >= self.max_connections:
-                    return await self._wait_for_stream(endpoint, len(pool.conns))
-                pool.connecting = asyncio.get_running_loop().create_task(
-                    self._connect(endpoint, pool)
-                )
-                pool.connecting.add_done_callback(_retrieve)
-            await asyncio.shield(pool.connecting)
-        conn = self.get_ready(endpoint)
-        if conn is None:
-            raise UpstreamUnavailable("new connections filled up at once")
+        elif len(pool.conns) < self.max_connections and pool.connecting is None \
+                and time.monotonic() >= pool.retry_at:
+            self._start_connect(endpoint, pool)  # more capacity; meanwhile queue
+        return await self._wait_for_stream(endpoint, pool)
+
+    def _check_backoff(self, pool: _EndpointPool) -> None:
+        now = time.monotonic()
+        if now < pool.retry_at:
+            raise UpstreamUnavailable(
+                f"in back-off for {pool.retry_at - now:.2f}s after {pool.failures} "
+                f"failed connect(s): {pool.last_error}"
+            )
+
+    def _start_connect(self, endpoint: Endpoint, pool: _EndpointPool) -> None:
+        pool.connecting = asyncio.get_running_loop().create_task(self._connect(endpoint, pool))
+        pool.connecting.add_done_callback(_retrieve)
+        pool.connecting.add_done_callback(lambda _t: self._kick(endpoint, pool))
+
+    async def _wait_for_stream(self, endpoint: Endpoint, pool: _EndpointPool):
+        """Queue (FIFO) for a free stream, at most ``pending_timeout``."""
+        fut = asyncio.get_running_loop().create_future()
+        pool.waiters.append(fut)
+        self._kick(endpoint, pool)
+        try:
+            conn = await asyncio.wait_for(fut, self.pending_timeout)
+        except TimeoutError:
+            raise UpstreamUnavailable(
+                f"all {len(pool.conns)} connection(s) stayed at their stream limit for "
+                f"{self.pending_timeout}s"
+            ) from None
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                _unreserve(pool, fut.result())
+            raise
+        _unreserve(pool, conn)  # the caller opens its stream before the loop runs again
         return conn
 
-    async def _wait_for_stream(self, endpoint: Endpoint, count: int):
-        """Every connection is at the peer's stream limit and no more may be opened: wait (at
-        most ``pending_timeout``) for a stream to free up.  The engines do not announce stream
-        ends, so this polls, with growing pauses, and only while saturated."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.pending_timeout
-        delay = 0.0005
-        while loop.time() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.01)
-            conn = self.get_ready(endpoint)
-            if conn is not None:
-                return conn
-        raise UpstreamUnavailable(
-            f"all {count} connections stayed at their stream limit for {self.pending_timeout}s"
-        )
+    def _kick(self, endpoint: Endpoint, pool: _EndpointPool) -> None:
+        if pool.waiters and pool.dispatcher is None and not self._closed:
+            pool.dispatcher = asyncio.get_running_loop().create_task(
+                self._dispatch(endpoint, pool))
+
+    async def _dispatch(self, endpoint: Endpoint, pool: _EndpointPool) -> None:
+        """Hand free streams to queued requests in order.  The engines do not announce stream
+        ends, so while requests are queued this looks again every millisecond."""
+        waiters = pool.waiters
+        try:
+            while waiters:
+                handed = 0
+                for conn in pool.conns:
+                    if not waiters:
+                        break
+                    if not conn.available:
+                        continue
+                    key = id(conn)
+                    free = conn.max_streams - conn.open_streams - pool.reserved.get(key, 0)
+                    while free > 0 and waiters:
+                        fut = waiters.popleft()
+                        if fut.done():  # timed out meanwhile
+                            continue
+                        fut.set_result(conn)
+                        pool.reserved[key] = pool.reserved.get(key, 0) + 1
+                        pool.last_used[key] = time.monotonic()
+                        free -= 1
+                        handed += 1
+                while waiters and waiters[0].done():
+                    waiters.popleft()
+                if not waiters:
+                    break
+                live = [c for c in pool.conns if not c.closed]
+                if len(live) < self.max_connections and pool.connecting is None \
+                        and time.monotonic() >= pool.retry_at:
+                    self._start_connect(endpoint, pool)
+                await asyncio.sleep(0 if handed else 0.001)
+        finally:
+            pool.dispatcher = None
 
     async def _connect(self, endpoint: Endpoint, pool: _EndpointPool) -> None:
         loop = asyncio.get_running_loop()
@@ -251,6 +309,13 @@ class UpstreamPools:
         for pool in self._pools.values():
             if pool.connecting is not None:
                 pool.connecting.cancel()
+            if pool.dispatcher is not None:
+                pool.dispatcher.cancel()
+            for fut in pool.waiters:
+                if not fut.done():
+                    fut.set_exception(UpstreamUnavailable("upstream pools are closed"))
+            pool.waiters.clear()
+            pool.reserved.clear()
             for conn in pool.conns:
                 conn.close()
             pool.conns.clear()
@@ -261,3 +326,12 @@ def _retrieve(task: asyncio.Task) -> None:
     """Consume a connect task's outcome so that an unawaited failure is not logged as lost."""
     if not task.cancelled():
         task.exception()
+
+
+def _unreserve(pool: _EndpointPool, conn) -> None:
+    key = id(conn)
+    left = pool.reserved.get(key, 0) - 1
+    if left > 0:
+        pool.reserved[key] = left
+    else:
+        pool.reserved.pop(key, None)
