@@ -10,11 +10,15 @@ where it does not:
 * DNS and IP SANs as asked; EKU serverAuth + clientAuth (an NF is both producer and consumer);
   keyUsage digitalSignature; validity never beyond the CA's.
 
-Subcommands: ``init``, ``issue``, ``gateway``, ``show``, ``verify``, ``example``; exit 0 on success, 1 when
-the operation fails (missing CA, file exists), 2 on bad usage or bad input (invalid UUID, NF
-type, DNS name, IP, days).  Keys are written 0600, atomically (temp file + rename), and nothing
+Subcommands: ``init``, ``issue``, ``gateway``, ``show``, ``verify``, ``revoke``, ``crl``,
+``example``; exit 0 on success, 1 when the operation fails (missing CA, file exists, a
+certificate that does not verify), 2 on bad usage or bad input (invalid UUID, NF type, DNS
+name, IP, days).  Keys are written 0600, atomically (temp file + rename), and nothing
 is overwritten without ``--force``.  Python API: ``MeshCA.create``, ``MeshCA.load``,
-``MeshCA.issue``, ``write_pair``, ``describe``, ``verify``.
+``MeshCA.issue``, ``MeshCA.revoke``, ``MeshCA.publish_crl``, ``write_pair``, ``describe``,
+``verify``.  Revocation: ``mesh-ca.crl`` (written empty by ``init``) is the revocation list and
+its own database; a listener checks it by loading it beside the CA bundle with
+``ssl.VERIFY_CRL_CHECK_LEAF``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -42,6 +47,15 @@ from nf_adapters.discovery import NF_TYPES
 
 CA_CERT_FILE = "mesh-ca.crt"
 CA_KEY_FILE = "mesh-ca.key"
+CRL_FILE = "mesh-ca.crl"
+DEFAULT_CRL_DAYS = 30
+REVOCATION_REASONS = {  # RFC 5280 CRLReason names an operator uses
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+}
 DEFAULT_CA_NAME = "nfmesh mesh CA"
 DEFAULT_CA_DAYS = 3650
 DEFAULT_LEAF_DAYS = 365
@@ -224,7 +238,11 @@ class MeshCA:
         os.makedirs(directory, exist_ok=True)
         _write_atomic(key_path, _key_pem(key), 0o600, force=True)
         _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644, force=True)
-        return cls(directory, cert, key)
+        ca = cls(directory, cert, key)
+        if os.path.lexists(ca.crl_path):  # the replaced CA's list means nothing for this one
+            os.unlink(ca.crl_path)
+        ca.publish_crl()  # an empty CRL from day one, so CRL checking can be switched on
+        return ca
 
     @classmethod
     def load(cls, directory: str) -> MeshCA:
@@ -316,6 +334,86 @@ class MeshCA:
         )
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
+    # ---- revocation (RFC 5280 CRL; the CRL file is the revocation database) ----
+
+    @property
+    def crl_path(self) -> str:
+        return os.path.join(self.directory, CRL_FILE)
+
+    def crl(self) -> x509.CertificateRevocationList | None:
+        """The current CRL (signature checked against this CA), None when none was published;
+        CAError when the file is not a CRL of this CA."""
+        return load_crl(self.directory, self.cert)
+
+    def revoked(self) -> dict[int, x509.RevokedCertificate]:
+        """Revoked serial numbers -> their CRL entries."""
+        crl = self.crl()
+        return {} if crl is None else {r.serial_number: r for r in crl}
+
+    def publish_crl(self, days: int = DEFAULT_CRL_DAYS,
+                    extra: Sequence[x509.RevokedCertificate] = ()) -> str:
+        """Sign and write ``mesh-ca.crl`` (0644): every entry already revoked plus ``extra``,
+        a CRL number one above the last, nextUpdate ``days`` from now (never past the CA's
+        end).  Peers checking CRLs refuse every certificate once nextUpdate has passed, so
+        re-publish (``nfmesh ca crl``) well before.  Returns the path."""
+        check_days(days)
+        current = self.crl()
+        entries = {} if current is None else {r.serial_number: r for r in current}
+        for r in extra:
+            entries.setdefault(r.serial_number, r)
+        number = 1
+        if current is not None:
+            try:
+                number = current.extensions.get_extension_for_class(
+                    x509.CRLNumber).value.crl_number + 1
+            except x509.ExtensionNotFound:
+                pass
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
+            .last_update(now - CLOCK_SKEW)
+            .next_update(min(now + datetime.timedelta(days=days), self.cert.not_valid_after_utc))
+            .add_extension(x509.CRLNumber(number), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self.key.public_key()), critical=False)
+        )
+        for r in entries.values():
+            builder = builder.add_revoked_certificate(r)
+        crl = builder.sign(self.key, hashes.SHA256())
+        _write_atomic(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644,
+                      force=True)
+        return self.crl_path
+
+    def revoke(self, cert_or_serial: x509.Certificate | int, reason: str = "unspecified",
+               crl_days: int = DEFAULT_CRL_DAYS) -> bool:
+        """Add a certificate (one this CA issued) or a serial number to the CRL and publish it.
+        Returns False when it was already revoked (the CRL is left as it was)."""
+        if reason not in REVOCATION_REASONS:
+            raise CAInputError(f"unknown revocation reason {reason!r}: one of "
+                               f"{', '.join(REVOCATION_REASONS)}")
+        if isinstance(cert_or_serial, x509.Certificate):
+            cert = cert_or_serial
+            try:
+                ok = cert.issuer == self.cert.subject
+                cert.verify_directly_issued_by(self.cert)
+            except (ValueError, TypeError, InvalidSignature):
+                ok = False
+            if not ok:
+                raise CAInputError("the certificate was not issued by this CA")
+            serial = cert.serial_number
+        else:
+            serial = int(cert_or_serial)
+            if not 0 < serial < 1 << 160:
+                raise CAInputError("serial number must be a positive integer below 2^160")
+        if serial in self.revoked():
+            return False
+        entry = (x509.RevokedCertificateBuilder().serial_number(serial)
+                 .revocation_date(_now())
+                 .add_extension(x509.CRLReason(REVOCATION_REASONS[reason]), critical=False)
+                 .build())
+        self.publish_crl(crl_days, [entry])
+        return True
+
     def issue_gateway(self, name: str, dns: Sequence[str] = (), ips: Sequence[str] = (),
                       days: int = DEFAULT_LEAF_DAYS, instance_id: str | None = None
                       ) -> tuple[bytes, bytes]:
@@ -328,6 +426,24 @@ class MeshCA:
             names.insert(0, name)
         return self.issue("SCP", instance_id or gateway_instance_id(name), names, ips, days,
                           common_name=name)
+
+
+def load_crl(directory: str, ca_cert: x509.Certificate) -> x509.CertificateRevocationList | None:
+    """``directory``'s ``mesh-ca.crl`` checked against ``ca_cert`` (no CA key needed); None when
+    there is none, CAError when it is not a CRL that ``ca_cert`` signed."""
+    path = os.path.join(directory, CRL_FILE)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(16 << 20)
+    except FileNotFoundError:
+        return None
+    try:
+        crl = x509.load_pem_x509_crl(data)
+    except ValueError:
+        raise CAError(f"{path} is not a PEM CRL") from None
+    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(ca_cert.public_key()):
+        raise CAError(f"{path} was not signed by this CA")
+    return crl
 
 
 def _has_ext(cert: x509.Certificate, cls: type) -> bool:
@@ -418,10 +534,12 @@ def describe_json(cert: x509.Certificate) -> dict:
 
 
 def verify(ca_cert: x509.Certificate, cert: x509.Certificate, dns: str | None = None,
-           ip: str | None = None) -> NfIdentity:
+           ip: str | None = None,
+           crl: x509.CertificateRevocationList | None = None) -> NfIdentity:
     """Check ``cert`` the way a mesh peer will: it chains to ``ca_cert`` now (RFC 5280, by
     ``cryptography``'s verifier), is fit for TLS clients (and for servers named ``dns``/``ip``
-    when given) and carries an NF identity.  Returns the identity; CAError says why not."""
+    when given), is not on ``crl`` and carries an NF identity.  Returns the identity; CAError
+    says why not."""
     from cryptography.x509 import verification
 
     builder = verification.PolicyBuilder().store(verification.Store([ca_cert]))
@@ -435,6 +553,10 @@ def verify(ca_cert: x509.Certificate, cert: x509.Certificate, dns: str | None = 
     except verification.VerificationError as exc:
         raise CAError(f"does not verify against {ca_cert.subject.rfc4514_string()}: {exc}") \
             from None
+    if crl is not None:
+        entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        if entry is not None:
+            raise CAError(f"revoked on {entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC")
     ident = nf_identity(peercert_dict(cert))
     if ident is None:
         raise CAError("verifies, but carries no NF identity (one urn:uuid: URI SAN)")
@@ -499,8 +621,19 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("file")
     show.add_argument("--json", action="store_true", help="machine-readable output")
 
+    rev = sub.add_parser("revoke", help="revoke a certificate (by file or serial) and publish the CRL")
+    rev.add_argument("--dir", required=True)
+    rev.add_argument("--serial", help="hex serial number (as `show` prints it)")
+    rev.add_argument("--reason", default="unspecified", choices=list(REVOCATION_REASONS))
+    rev.add_argument("--crl-days", type=int, default=DEFAULT_CRL_DAYS)
+    rev.add_argument("file", nargs="?", help="the certificate to revoke")
+
+    crl = sub.add_parser("crl", help="re-sign mesh-ca.crl with a fresh nextUpdate; list entries")
+    crl.add_argument("--dir", required=True)
+    crl.add_argument("--days", type=int, default=DEFAULT_CRL_DAYS)
+
     ver = sub.add_parser("verify", help="check a certificate against the mesh CA, as a peer would")
-    ver.add_argument("--dir", required=True, help="the CA directory (only mesh-ca.crt is read)")
+    ver.add_argument("--dir", required=True, help="the CA directory (mesh-ca.crt and, when there, mesh-ca.crl are read)")
     ver.add_argument("--dns", help="also check it serves this DNS name")
     ver.add_argument("--ip", help="also check it serves this IP address")
     ver.add_argument("file")
@@ -548,11 +681,42 @@ def _cmd_show(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_revoke(a: argparse.Namespace) -> int:
+    if (a.file is None) == (a.serial is None):
+        raise CAInputError("give either a certificate file or --serial")
+    ca = MeshCA.load(a.dir)
+    if a.file is not None:
+        target: x509.Certificate | int = _read_certs(a.file)[0]
+    else:
+        try:
+            target = int(a.serial.replace(":", ""), 16)
+        except ValueError:
+            raise CAInputError(f"--serial must be hexadecimal, not {a.serial!r}") from None
+    serial = target.serial_number if isinstance(target, x509.Certificate) else target
+    if ca.revoke(target, a.reason, a.crl_days):
+        print(f"revoked serial {serial:x} ({a.reason}); published {ca.crl_path}")
+    else:
+        print(f"serial {serial:x} was already revoked; {ca.crl_path} unchanged")
+    return EXIT_OK
+
+
+def _cmd_crl(a: argparse.Namespace) -> int:
+    ca = MeshCA.load(a.dir)
+    path = ca.publish_crl(a.days)
+    crl = ca.crl()
+    assert crl is not None
+    print(f"{path}: {len(crl)} revoked, next update "
+          f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC")
+    for r in crl:
+        print(f"  {r.serial_number:x} revoked {r.revocation_date_utc:%Y-%m-%d %H:%M} UTC")
+    return EXIT_OK
+
+
 def _cmd_verify(a: argparse.Namespace) -> int:
     ca_cert = _read_certs(os.path.join(a.dir, CA_CERT_FILE))[0]
     cert = _read_certs(a.file)[0]
     try:
-        ident = verify(ca_cert, cert, a.dns, a.ip)
+        ident = verify(ca_cert, cert, a.dns, a.ip, load_crl(a.dir, ca_cert))
     except CAError as exc:
         print(f"{a.file}: FAILED: {exc}")
         return EXIT_FAIL
@@ -573,6 +737,8 @@ def _cmd_example(a: argparse.Namespace) -> int:
             raise
         ca = MeshCA.create(a.dir)
         print(f"created mesh CA: {ca.cert_path}")
+    if ca.crl() is None:
+        ca.publish_crl()
     gw = ca.issue_gateway(a.name, ["localhost"], ["127.0.0.1", "::1"])
     cert_path, key_path = write_pair(os.path.join(a.dir, "gateway"), *gw, force=True)
     print(f"gateway certificate: {cert_path}, {key_path}")
@@ -586,7 +752,8 @@ def _cmd_example(a: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"init": _cmd_init, "issue": _cmd_issue, "gateway": _cmd_gateway, "show": _cmd_show,
-             "verify": _cmd_verify, "example": _cmd_example}
+             "verify": _cmd_verify, "revoke": _cmd_revoke, "crl": _cmd_crl,
+             "example": _cmd_example}
 
 
 def main(argv: list[str]) -> int:

@@ -58,7 +58,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def test_create_writes_a_p256_ca_with_pathlen_0(tmp_path):
     mesh = MeshCA.create(str(tmp_path / "ca"), name="nfmesh mesh CA", days=10)
-    assert sorted(os.listdir(tmp_path / "ca")) == ["mesh-ca.crt", "mesh-ca.key"]
+    assert sorted(os.listdir(tmp_path / "ca")) == ["mesh-ca.crl", "mesh-ca.crt", "mesh-ca.key"]
     assert mode(mesh.key_path) == 0o600
     cert = mesh.cert
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
@@ -431,3 +431,96 @@ def test_verify_refuses_a_mesh_certificate_without_identity(mesh):
             .sign(mesh.key, hashes.SHA256()))
     with pytest.raises(CAError, match="no NF identity"):
         ca_mod.verify(mesh.cert, cert)
+
+
+# ---- revocation ---------------------------------------------------------------------------------
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def test_revocation_list_from_init_to_revoke(tmp_path):
+    mesh = MeshCA.create(str(tmp_path / "ca"))
+    crl = mesh.crl()
+    assert crl is not None and len(crl) == 0 and crl.is_signature_valid(mesh.cert.public_key())
+    assert crl.next_update_utc > datetime.datetime.now(datetime.UTC)
+    first = crl_number(crl)
+    amf = load(mesh.issue("AMF", AMF_ID)[0])
+    smf = load(mesh.issue("SMF", SMF_ID)[0])
+    assert mesh.revoke(amf, "keyCompromise") is True
+    assert mesh.revoke(amf) is False  # already there: unchanged
+    crl = mesh.crl()
+    assert crl_number(crl) == first + 1 and len(crl) == 1
+    entry = crl.get_revoked_certificate_by_serial_number(amf.serial_number)
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == \
+        x509.ReasonFlags.key_compromise
+    assert crl.get_revoked_certificate_by_serial_number(smf.serial_number) is None
+    assert mesh.revoke(12345) is True and set(mesh.revoked()) == {amf.serial_number, 12345}
+    # re-publishing keeps the entries and moves nextUpdate
+    mesh.publish_crl(days=2)
+    crl = mesh.crl()
+    assert len(crl) == 2 and crl_number(crl) == first + 3
+    assert crl.next_update_utc <= datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=2)
+    with pytest.raises(CAError, match="revoked"):
+        ca_mod.verify(mesh.cert, amf, crl=crl)
+    assert ca_mod.verify(mesh.cert, smf, crl=crl).nf_type == "SMF"
+
+
+def test_revoke_refuses_foreign_certificates_bad_reasons_and_forged_crls(tmp_path):
+    mesh = MeshCA.create(str(tmp_path / "ca"))
+    other = MeshCA.create(str(tmp_path / "other"))
+    with pytest.raises(CAInputError, match="not issued by this CA"):
+        mesh.revoke(load(other.issue("AMF", AMF_ID)[0]))
+    with pytest.raises(CAInputError, match="reason"):
+        mesh.revoke(7, "because")
+    with pytest.raises(CAInputError, match="serial"):
+        mesh.revoke(0)
+    other.revoke(99)
+    shutil.copy(other.crl_path, mesh.crl_path)  # another CA's CRL in our place
+    with pytest.raises(CAError, match="not signed by this CA"):
+        mesh.crl()
+    with open(mesh.crl_path, "wb") as fh:
+        fh.write(b"garbage")
+    with pytest.raises(CAError, match="not a PEM CRL"):
+        mesh.revoke(7)
+
+
+def test_openssl_honours_the_crl(tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    mesh = MeshCA.create(str(tmp_path / "ca"))
+    amf_path, _ = write_pair(str(tmp_path / "amf"), *mesh.issue("AMF", AMF_ID))
+    smf_path, _ = write_pair(str(tmp_path / "smf"), *mesh.issue("SMF", SMF_ID))
+    mesh.revoke(load(open(amf_path, "rb").read()))
+
+    def check(path: str) -> subprocess.CompletedProcess:
+        return subprocess.run([openssl, "verify", "-crl_check", "-CRLfile", mesh.crl_path,
+                               "-CAfile", mesh.cert_path, path], capture_output=True, timeout=10)
+
+    res = check(amf_path)
+    assert res.returncode != 0 and b"certificate revoked" in res.stdout + res.stderr
+    assert check(smf_path).returncode == 0
+
+
+def test_cli_revoke_crl_and_verify(tmp_path, capsys):
+    d = str(tmp_path / "ca")
+    assert run_cli(["init", "--dir", d], capsys)[0] == 0
+    argv = ["issue", "--dir", d, "--nf-type", "AMF", "--instance-id", AMF_ID, "--out"]
+    assert run_cli(argv + [str(tmp_path / "amf")], capsys)[0] == 0
+    cert_path = str(tmp_path / "amf.crt")
+    serial = f"{load(open(cert_path, 'rb').read()).serial_number:x}"
+    assert run_cli(["verify", "--dir", d, cert_path], capsys)[0] == 0
+    rc, out, err = run_cli(["revoke", "--dir", d, "--reason", "superseded", cert_path], capsys)
+    assert rc == 0 and f"revoked serial {serial}" in out
+    rc, out, err = run_cli(["revoke", "--dir", d, "--serial", serial], capsys)
+    assert rc == 0 and "already revoked" in out
+    rc, out, err = run_cli(["verify", "--dir", d, cert_path], capsys)
+    assert rc == 1 and "FAILED: revoked" in out
+    rc, out, err = run_cli(["crl", "--dir", d, "--days", "3"], capsys)
+    assert rc == 0 and "1 revoked" in out and serial in out
+    for bad in (["revoke", "--dir", d], ["revoke", "--dir", d, "--serial", "xyz"],
+                ["revoke", "--dir", d, "--serial", "1", cert_path],
+                ["revoke", "--dir", d, "--reason", "whim", cert_path],
+                ["crl", "--dir", d, "--days", "0"]):
+        assert run_cli(bad, capsys)[0] == 2, bad

@@ -230,3 +230,37 @@ async def test_authorisation_by_nf_type_over_mtls(backend, files):
     finally:
         await proxy.stop()
         await origin.stop()
+
+
+async def test_a_revoked_nf_is_refused_when_the_listener_checks_the_crl(backend, tmp_path):
+    """The CA's CRL loaded beside the CA bundle with VERIFY_CRL_CHECK_LEAF: the revoked AMF is
+    refused at the handshake, an SMF of the same CA still gets through."""
+    import ssl
+
+    mesh = MeshCA.create(str(tmp_path / "mesh"))
+    gw_cert, gw_key = write_pair(str(tmp_path / "gw"), *mesh.issue_gateway(
+        GATEWAY, dns=["localhost"]))
+    amf_pem = mesh.issue("AMF", AMF_ID)
+    amf = write_pair(str(tmp_path / "amf"), *amf_pem)
+    smf = write_pair(str(tmp_path / "smf"), *mesh.issue(
+        "SMF", "0c5f3b7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"))
+    from cryptography import x509
+
+    mesh.revoke(x509.load_pem_x509_certificate(amf_pem[0]), "keyCompromise")
+    ctx = server_context(gw_cert, gw_key, ca_file=mesh.cert_path, require_client_cert=True)
+    ctx.load_verify_locations(cafile=mesh.crl_path)
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    origin = await start_origin(backend)
+    router = IdentityRouter(origin.endpoint)
+    proxy = await start_proxy(backend, router, ssl_context=ctx)
+    base = [curl(), "-sS", "--http2", "--cacert", mesh.cert_path, "-w", "\n%{http_code}",
+            f"https://localhost:{proxy.port}/hello"]
+    try:
+        rc, out, err = await run(*base, "--cert", amf[0], "--key", amf[1])
+        assert rc != 0 and router.seen == []
+        rc, out, err = await run(*base, "--cert", smf[0], "--key", smf[1])
+        assert rc == 0 and out == b"ok origin\n200", err
+        assert [i.nf_type for i in router.seen] == ["SMF"]
+    finally:
+        await proxy.stop()
+        await origin.stop()
