@@ -92,9 +92,9 @@ def check_nf_type(nf_type: str) -> str:
     return canonical
 
 
-def check_instance_id(instance_id: str) -> str:
+def check_instance_id(instance_id: str | uuid.UUID) -> str:
     """A NfInstanceId: a UUID in 8-4-4-4-12 form (``urn:uuid:`` prefix allowed), lowercased."""
-    text = instance_id.strip()
+    text = str(instance_id).strip()  # a uuid.UUID is welcome too
     if text.lower().startswith(URN_UUID_PREFIX):
         text = text[len(URN_UUID_PREFIX):]
     if not re.fullmatch(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
@@ -110,6 +110,12 @@ def check_dns(names: Iterable[str]) -> list[str]:
     for name in names:
         if len(name) > 253 or not _DNS_RE.match(name):
             raise CAInputError(f"invalid DNS name {name!r}")
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            pass
+        else:
+            raise CAInputError(f"{name!r} is an IP address, not a DNS name (use --ip / ips=)")
         out.append(name.rstrip(".").lower())
     return out
 
@@ -148,11 +154,16 @@ def _write_atomic(path: str, data: bytes, mode: int, force: bool) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if force:
+            os.replace(tmp, path)
+        else:  # no-clobber even against a concurrent writer: link fails if path exists
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise CAError(f"{path} exists (use --force to overwrite)") from None
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def write_pair(prefix: str, cert_pem: bytes, key_pem: bytes, force: bool = False

@@ -226,6 +226,7 @@ def test_gateway_certificate_is_an_scp_with_a_stable_id(mesh):
     ({"instance_id": "{6b2f5a2e-0c1d-4a53-9d3e-8d3a7c1e9f01}"}, "invalid NF instance id"),
     ({"dns": ["bad_name!"]}, "invalid DNS name"),
     ({"dns": ["-lead.example"]}, "invalid DNS name"),
+    ({"dns": ["127.0.0.1"]}, "is an IP address"),
     ({"ips": ["300.1.1.1"]}, "invalid IP address"),
     ({"days": 0}, "days must be"),
     ({"days": 10**6}, "days must be"),
@@ -240,6 +241,10 @@ def test_bad_input_is_refused_with_a_clear_error(mesh, kwargs, message):
 def test_nf_type_and_urn_prefix_are_normalised(mesh):
     cert = load(mesh.issue("nssf", f"URN:UUID:{AMF_ID.upper()}")[0])
     assert nf_identity(peercert_dict(cert)) == NfIdentity(AMF_ID, "NSSF", f"NSSF-{AMF_ID}", ())
+    import uuid
+
+    cert = load(mesh.issue("AMF", uuid.UUID(AMF_ID))[0])
+    assert nf_identity(peercert_dict(cert)).instance_id == AMF_ID
 
 
 def test_write_pair_modes_and_no_silent_overwrite(mesh, tmp_path):
