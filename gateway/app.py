@@ -53,6 +53,7 @@ class Gateway:
         metrics: tuple[str, int] | None = None,
         reuse_port: bool = False,
         control_plane: dict | None = None,
+        metrics_socket: str | None = None,
     ) -> None:
         self.config = config
         self.worker = worker
@@ -61,6 +62,7 @@ class Gateway:
         self.metrics_override = metrics
         self.reuse_port = reuse_port
         self.control_plane = control_plane
+        self.metrics_socket = metrics_socket
         self.snapshots: Any = None
         self.backend: Any = None
         self.stats = RequestStats()
@@ -127,15 +129,16 @@ class Gateway:
             self._servers.append(server)
             self.ports[lst.name] = server.sockets[0].getsockname()[1]
         mcfg = cfg.metrics
-        if mcfg.enabled or self.metrics_override:
-            host, port = self.metrics_override or (mcfg.host, mcfg.port)
-            if self.reuse_port and port:
-                port += self.worker  # one scrape target per worker
+        if mcfg.enabled or self.metrics_override or self.metrics_socket:
             collectors: list[object] = [self.stats]
             if self.registry is not None and hasattr(self.registry, "collectors"):
                 collectors.extend(self.registry.collectors())
             self._metrics = MetricsServer(new_registry(*collectors), ready=lambda: bool(self._servers))
-            self.metrics_port = await self._metrics.start(host, port)
+            if self.metrics_socket:  # a worker: its supervisor serves the port and scrapes this
+                await self._metrics.start_unix(self.metrics_socket)
+            else:
+                host, port = self.metrics_override or (mcfg.host, mcfg.port)
+                self.metrics_port = await self._metrics.start(host, port)
         if getattr(cfg, "ngap", None) is not None and cfg.ngap.enabled:
             from gateway.n2 import start_n2
 

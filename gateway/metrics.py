@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Awaitable, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -117,16 +118,32 @@ def new_registry(*collectors: object) -> CollectorRegistry:
 
 
 class MetricsServer:
-    """``GET /metrics`` in the Prometheus text format, ``/healthz`` and ``/readyz``."""
+    """``GET /metrics`` in the Prometheus text format, ``/healthz`` and ``/readyz``.
 
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool] = lambda: True) -> None:
+    ``exposition`` produces the /metrics body (default: the registry's text format); the
+    supervisor of a multi-worker gateway passes the aggregator's instead.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None, ready: Callable[[], bool] = lambda: True,
+                 exposition: Callable[[], Awaitable[bytes]] | None = None) -> None:
         self.registry = registry
         self.ready = ready
+        self.exposition = exposition
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._serve, host, port)
         return self._server.sockets[0].getsockname()[1]
+
+    async def start_unix(self, path: str) -> None:
+        """Serve on a Unix socket (a worker, scraped by its supervisor)."""
+        self._server = await asyncio.start_unix_server(self._serve, path)
+
+    async def _body(self) -> bytes:
+        if self.exposition is not None:
+            return await self.exposition()
+        assert self.registry is not None
+        return generate_latest(self.registry)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -136,7 +153,7 @@ class MetricsServer:
             parts = line.decode("latin-1").split()
             path = parts[1] if len(parts) >= 2 else ""
             if path.startswith("/metrics"):
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, await self._body()
             elif path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":
@@ -159,3 +176,76 @@ class MetricsServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+_SAMPLE = re.compile(rb"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?( .*)$")
+
+
+def label_samples(text: bytes, label: bytes) -> list[bytes]:
+    """The lines of a Prometheus text exposition with ``label`` (``worker="0"``) added to
+    every sample; comment lines are kept as they are."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith(b"#"):
+            out.append(line)
+            continue
+        m = _SAMPLE.match(line)
+        if m is None:
+            continue
+        name, labels, rest = m.group(1), m.group(2), m.group(3)
+        if labels and labels != b"{}":
+            out.append(name + b"{" + label + b"," + labels[1:] + rest)
+        else:
+            out.append(name + b"{" + label + b"}" + rest)
+    return out
+
+
+async def _scrape_unix(path: str, timeout: float = 2.0) -> bytes | None:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+    except (OSError, TimeoutError):
+        return None
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), timeout)
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return body if head.startswith(b"HTTP/1.1 200") else None
+
+
+class WorkerMetricsAggregator:
+    """The supervisor's /metrics: every worker's samples with a ``worker`` label, plus the
+    control plane's own collectors; one scrape target per gateway (per pod)."""
+
+    def __init__(self, worker_sockets: list[str], local: CollectorRegistry | None = None) -> None:
+        self.worker_sockets = worker_sockets
+        self.local = local
+        self.last_answered = 0
+
+    async def exposition(self) -> bytes:
+        bodies = await asyncio.gather(*(_scrape_unix(p) for p in self.worker_sockets))
+        self.last_answered = sum(b is not None for b in bodies)
+        sources = [(b'worker="%d"' % i, b) for i, b in enumerate(bodies)]
+        if self.local is not None:  # the control plane's own series (NRF API, registry)
+            sources.append((b'worker="control"', generate_latest(self.local)))
+        families: dict[bytes, list[bytes]] = {}
+        for label, body in sources:
+            if body is None:
+                continue
+            family = b""
+            for line in label_samples(body, label):
+                if line.startswith(b"# HELP ") or line.startswith(b"# TYPE "):
+                    family = line.split(b" ", 3)[2]
+                    lines = families.setdefault(family, [])
+                    if line not in lines:
+                        lines.append(line)
+                    continue
+                families.setdefault(family, []).append(line)
+        up = [b"# HELP nfmesh_worker_up Whether the worker answered this scrape",
+              b"# TYPE nfmesh_worker_up gauge"]
+        up += [b'nfmesh_worker_up{worker="%d"} %d' % (i, b is not None) for i, b in enumerate(bodies)]
+        families[b"nfmesh_worker_up"] = up
+        return b"\n".join(b"\n".join(lines) for lines in families.values()) + b"\n"

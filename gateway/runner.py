@@ -95,6 +95,19 @@ async def _supervise(config: Any, spec: dict, n: int) -> int:
 
         control = ControlPlane(config, os.path.join(tmp, "snapshot.sock"))
         spec["control_plane"] = (await control.start()).to_json()
+    metrics_server = None
+    sockets = [os.path.join(tmp, f"metrics-{i}.sock") for i in range(n)]
+    mcfg = config.metrics
+    if mcfg.enabled or spec["opts"].get("metrics"):
+        from gateway.metrics import MetricsServer, WorkerMetricsAggregator, new_registry
+
+        local = new_registry(control.stats, *control.service.collectors()) if control else None
+        agg = WorkerMetricsAggregator(sockets, local)
+        # ready once every worker is up (a worker opens its metrics socket after its listeners)
+        metrics_server = MetricsServer(None, ready=lambda: all(os.path.exists(p) for p in sockets),
+                                       exposition=agg.exposition)
+        host, port = spec["opts"].get("metrics") or (mcfg.host, mcfg.port)
+        await metrics_server.start(host, port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,7 +117,10 @@ async def _supervise(config: Any, spec: dict, n: int) -> int:
     status = 0
 
     async def spawn(index: int) -> None:
-        env = dict(os.environ, NFMESH_WORKER=json.dumps({**spec, "index": index}))
+        if os.path.exists(sockets[index]):
+            os.unlink(sockets[index])
+        worker_spec = {**spec, "index": index, "metrics_socket": sockets[index] if metrics_server else None}
+        env = dict(os.environ, NFMESH_WORKER=json.dumps(worker_spec))
         procs[index] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.worker", env=env)
 
@@ -146,6 +162,11 @@ async def _supervise(config: Any, spec: dict, n: int) -> int:
             await p.wait()
     if control is not None:
         await control.close()
+    if metrics_server is not None:
+        await metrics_server.close()
+    for path in sockets:
+        if os.path.exists(path):
+            os.unlink(path)
     try:
         os.rmdir(tmp)
     except OSError:

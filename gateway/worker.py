@@ -29,6 +29,7 @@ def main() -> int:
         "metrics": tuple(o["metrics"]) if o.get("metrics") else None,
         "reuse_port": True,
         "control_plane": spec.get("control_plane"),
+        "metrics_socket": spec.get("metrics_socket"),
     }
     return uvloop.run(serve_until_signal(config, opts, int(spec["index"])))
 

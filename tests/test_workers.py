@@ -57,23 +57,23 @@ async def _wait_ready(port: int, metrics_ports: list[int], proc: subprocess.Pope
     assert not pending, f"workers with metrics ports {pending} never became ready"
 
 
-def _metric_total(port: int, cluster: str) -> float:
+def _metric_by_worker(port: int, cluster: str) -> dict[str, float]:
+    """nfmesh_requests_total of ``cluster`` per worker label, from the one scrape target."""
     import urllib.request
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    total = 0.0
+    out: dict[str, float] = {}
     for line in body.splitlines():
         if line.startswith("nfmesh_requests_total{") and f'cluster="{cluster}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+            worker = line.split('worker="', 1)[1].split('"', 1)[0]
+            out[worker] = out.get(worker, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 @pytest.fixture
 async def gateway_tree(tmp_path):
     origin = await start_origin("h2", name="udm-1")
     port, mport = free_port(), free_port()
-    while mport + 1 == port:
-        mport = free_port()
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(json.dumps({
         "gateway": {"name": "scp-workers", "drain_timeout_s": 5},
@@ -88,8 +88,8 @@ async def gateway_tree(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        await _wait_ready(port, [mport, mport + 1], proc)
-        yield proc, port, [mport, mport + 1], origin
+        await _wait_ready(port, [mport], proc)
+        yield proc, port, mport, origin
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -115,7 +115,7 @@ def _profile(nf_id: str, port: int) -> dict:
 
 
 async def test_workers_share_one_registry_and_route_model_d(gateway_tree) -> None:
-    proc, port, mports, origin = gateway_tree
+    proc, port, mport, origin = gateway_tree
     assert len(_children(proc.pid)) == 2
     nf_id = str(uuid.uuid4())
     client = H2Client("h2")
@@ -133,10 +133,12 @@ async def test_workers_share_one_registry_and_route_model_d(gateway_tree) -> Non
         results.append(await _fresh_get(url, disc))
     assert [x.status for x in results] == [200] * 24, [x.body for x in results if x.status != 200]
     assert all(x.body == b"ok udm-1" for x in results)
-    served = [_metric_total(mp, f"UDM/{nf_id}") for mp in mports]
-    assert sum(served) == 24 and min(served) > 0, served  # both workers routed from the snapshot
-    per_worker = [_metric_total(mp, "nrf") for mp in mports]
-    assert sum(per_worker) == 1  # the one registration went to the control plane once
+    served = _metric_by_worker(mport, f"UDM/{nf_id}")
+    # both workers routed from the snapshot; one scrape target shows each worker's share
+    assert set(served) == {"0", "1"} and sum(served.values()) == 24, served
+    nrf = _metric_by_worker(mport, "nrf")
+    assert nrf.pop("control") == 1  # the control plane served the registration once...
+    assert sum(nrf.values()) == 1  # ...forwarded by the one worker that received it
     # NRF discovery through any worker sees the same registry
     d = await _fresh_get(
         f"http://127.0.0.1:{port}/nnrf-disc/v1/nf-instances?target-nf-type=UDM&requester-nf-type=AMF",
@@ -147,7 +149,7 @@ async def test_workers_share_one_registry_and_route_model_d(gateway_tree) -> Non
 
 
 async def test_worker_sigterm_drains_in_flight_and_is_restarted(gateway_tree) -> None:
-    proc, port, mports, origin = gateway_tree
+    proc, port, mport, origin = gateway_tree
     workers = _children(proc.pid)
     assert len(workers) == 2
     target = [("3gpp-sbi-target-apiroot", f"http://127.0.0.1:{origin.port}"), ("user-agent", "AMF-t")]
@@ -169,15 +171,25 @@ async def test_worker_sigterm_drains_in_flight_and_is_restarted(gateway_tree) ->
         await asyncio.sleep(0.2)
     now = _children(proc.pid)
     assert len(now) == 2 and workers[0] not in now and workers[1] in now
-    await _wait_ready(port, mports, proc)
+    await _wait_ready(port, [mport], proc)
     after = [await _fresh_get(f"http://127.0.0.1:{port}/x", target) for _ in range(6)]
     assert [r.status for r in after] == [200] * 6
 
 
 async def test_supervisor_sigterm_stops_the_tree(gateway_tree) -> None:
-    proc, port, mports, origin = gateway_tree
+    proc, port, mport, origin = gateway_tree
     workers = _children(proc.pid)
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 20) == 0
     for pid in workers:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_label_samples_adds_the_worker_label() -> None:
+    from gateway.metrics import label_samples
+
+    text = (b"# HELP a_total x\n# TYPE a_total counter\na_total 3.0\n"
+            b'b_total{cluster="x",status="200"} 2.0\nc{} 1\n')
+    assert label_samples(text, b'worker="1"') == [
+        b"# HELP a_total x", b"# TYPE a_total counter", b'a_total{worker="1"} 3.0',
+        b'b_total{worker="1",cluster="x",status="200"} 2.0', b'c{worker="1"} 1']
