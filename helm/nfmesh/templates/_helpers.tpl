@@ -122,6 +122,27 @@ of the mounted Secret.
 {{ toYaml $cfg }}
 {{- end -}}
 
+{{/*
+The pod securityContext: podSecurityContext, plus the namespaced sysctl
+net.ipv4.ip_unprivileged_port_start when a port below 1024 is configured, so that the non-root
+process without capabilities can bind it (a "safe" sysctl since Kubernetes 1.22).
+*/}}
+{{- define "nfmesh.podSecurityContext" -}}
+{{- $ports := list -}}
+{{- range .Values.listeners -}}{{- $ports = append $ports (int (default 8080 .port)) -}}{{- end -}}
+{{- if .Values.metrics.enabled -}}{{- $ports = append $ports (int (default 9090 .Values.metrics.port)) -}}{{- end -}}
+{{- if .Values.ngap.enabled -}}{{- $ports = append $ports (int (default 38412 .Values.ngap.port)) -}}{{- end -}}
+{{- $min := 1024 -}}
+{{- range $ports -}}{{- if lt . $min -}}{{- $min = . -}}{{- end -}}{{- end -}}
+{{- $ctx := deepCopy (default dict .Values.podSecurityContext) -}}
+{{- if lt $min 1024 -}}
+{{- $sysctls := default list $ctx.sysctls -}}
+{{- $sysctls = append $sysctls (dict "name" "net.ipv4.ip_unprivileged_port_start" "value" (toString $min)) -}}
+{{- $_ := set $ctx "sysctls" $sysctls -}}
+{{- end -}}
+{{- toYaml $ctx -}}
+{{- end -}}
+
 {{/* The chart's refusals: each names the value to change. */}}
 {{- define "nfmesh.validate" -}}
 {{- $v := .Values -}}
@@ -146,11 +167,6 @@ of the mounted Secret.
 {{- $needed := addf $drain (float64 $v.preStopSleepSeconds) -}}
 {{- if le (float64 $v.terminationGracePeriodSeconds) $needed -}}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed gateway.drain_timeout_s + preStopSleepSeconds (%v): SIGTERM drains in-flight streams and the kubelet kills the pod at the end of the grace period" (int $v.terminationGracePeriodSeconds) $needed) -}}
-{{- end -}}
-{{- if and $v.podDisruptionBudget.enabled (hasKey $v.podDisruptionBudget "minAvailable") (hasKey $v.podDisruptionBudget "maxUnavailable") -}}
-{{- if and (not (kindIs "invalid" $v.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" $v.podDisruptionBudget.maxUnavailable)) -}}
-{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" -}}
-{{- end -}}
 {{- end -}}
 {{- if not $v.listeners -}}
 {{- fail "listeners: at least one SBI listener is needed in a pod" -}}
