@@ -151,3 +151,26 @@ async def test_nghttp_and_h2load_over_tls(tls_proxy):
     text = out.decode()
     assert re.search(r"500 succeeded, 0 failed, 0 errored", text), text
     assert "Application protocol: h2" in text
+
+
+async def test_upstream_without_h2_alpn_is_unavailable_with_reason(backend, pki):
+    from dataplane.upstream_pool import UpstreamUnavailable
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki.server_cert, pki.server_key)
+    ctx.set_alpn_protocols(["http/1.1"])
+
+    async def http11_only(reader, writer):
+        await reader.read(100)
+        writer.close()
+
+    server = await asyncio.start_server(http11_only, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    pools = UpstreamPools(backend, H2Settings(),
+                          ssl_context_factory=lambda ep: client_context(ca_file=pki.ca_cert))
+    try:
+        with pytest.raises(UpstreamUnavailable, match="did not negotiate h2"):
+            await pools.acquire(Endpoint("127.0.0.1", port, tls=True, server_name="localhost"))
+    finally:
+        pools.close()
+        server.close()
