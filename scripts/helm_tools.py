@@ -215,13 +215,16 @@ def _chart_properties() -> dict[str, Any]:
 
 
 def build_schema() -> dict[str, Any]:
-    """The chart's values.schema.json as a dict (draft 2020-12 keywords Helm 3 and 4 accept)."""
+    """The chart's values.schema.json as a dict (JSON Schema draft-07)."""
     sys.path.insert(0, str(ROOT))
     import msgspec
 
     from gateway.config import Config
 
-    model = msgspec.json.schema(Config)
+    # draft-07 "definitions" (not 2020-12 "$defs"): Helm 3 (gojsonschema) and Helm 4 both
+    # resolve these references
+    model = json.loads(json.dumps(msgspec.json.schema(Config)).replace('"#/$defs/',
+                                                                       '"#/definitions/'))
     defs = model["$defs"]
     config_props = defs["Config"]["properties"]
     props: dict[str, Any] = {name: config_props[name] for name in _CONFIG_SECTIONS}
@@ -234,7 +237,7 @@ def build_schema() -> dict[str, Any]:
         "type": "object",
         "properties": props,
         "additionalProperties": False,
-        "$defs": {k: v for k, v in defs.items() if k != "Config"},
+        "definitions": {k: v for k, v in defs.items() if k != "Config"},
     }
 
 

@@ -544,3 +544,49 @@ def test_other_refusals(helm: str, tmp_path: Path) -> None:
 def test_schema_rejects_bad_values(helm: str, args: list[str], where: str) -> None:
     err = render_error(helm, *args)
     assert "schema" in err.lower() and where in err, err
+
+
+def test_schema_is_valid_draft7_and_accepts_the_shipped_values() -> None:
+    """An independent validator (python-jsonschema) agrees with helm on the shipped values."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = helm_tools.build_schema()
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    for path in [CHART / "values.yaml", *CI_VALUES]:
+        errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
+        assert not errors, f"{path.name}: {[e.message for e in errors]}"
+    bad = yaml.safe_load((CHART / "values.yaml").read_text())
+    bad["ngap"]["amf_pools"] = [{"name": "p", "plmn": "1", "endpoints": [{"addresses": ["x"]}]}]
+    assert any("plmn" in list(map(str, e.path)) for e in validator.iter_errors(bad))
+
+
+# ---------------------------------------------------------------------------------------------
+# install (client-side dry run) and packaging
+
+def test_install_dry_run_notes(helm: str) -> None:
+    proc = subprocess.run([helm, "install", "scp", str(CHART), "--dry-run=client", "-n", "5gc",
+                           "-f", str(CHART / "ci" / "tls-values.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "http://scp-nfmesh-sbi.5gc.svc:8080 (h2c, prior knowledge)" in notes
+    assert "https://scp-nfmesh-sbi.5gc.svc:8443 (TLS, ALPN h2)" in notes
+    assert "open proxy" in notes  # model C without allowed_targets is called out
+
+
+def test_package_leaves_out_ci_values(helm: str, tmp_path: Path) -> None:
+    import tarfile
+
+    proc = subprocess.run([helm, "package", str(CHART), "-d", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (archive,) = tmp_path.glob("nfmesh-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {"nfmesh/Chart.yaml", "nfmesh/values.yaml", "nfmesh/values.schema.json",
+            "nfmesh/README.md", "nfmesh/templates/deployment.yaml"} <= names
+    assert not any(n.startswith("nfmesh/ci/") for n in names)
+    proc = subprocess.run([helm, "template", "scp", str(archive)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "kind: Deployment" in proc.stdout
