@@ -70,6 +70,7 @@ class GnbLogic:
     messages_out: int = 0
     latency: dict[str, list[float]] = field(default_factory=dict)
     amf_ids_seen: set[int] = field(default_factory=set)
+    done: int = 0  # UEs whose context was released (finished)
 
     def __post_init__(self) -> None:
         self.templates = UeTemplates(self.plmn)
@@ -152,6 +153,7 @@ class GnbLogic:
             else:
                 self.released_by_network += 1
             ue.done = True
+            self.done += 1
             out.append((t.release_complete.stamp(ran, amf), ue.stream))
         else:
             self._violation(f"UE {ran}: unexpected procedure {proc}/{pdu}")
@@ -159,7 +161,7 @@ class GnbLogic:
         return out
 
     def finished(self) -> int:
-        return sum(1 for ue in self.ues.values() if ue.done)
+        return self.done
 
 
 @dataclass
@@ -208,6 +210,7 @@ class GnbClient:
         self.assoc: SctpAssociation | None = None
         self.closed: asyncio.Future[None] | None = None
         self._progress = asyncio.Event()
+        self._target = 0  # wake the waiter only when this many UEs are done (or on close)
 
     async def connect(self, addresses: list[str], port: int,
                       params: SctpParams = SctpParams(), timeout: float = 10.0) -> None:
@@ -243,6 +246,7 @@ class GnbClient:
         self._send(*self.logic.start_ue(ran_ue_id))
 
     async def wait_finished(self, count: int, timeout: float) -> bool:
+        self._target = count
         deadline = time.monotonic() + timeout
         while self.logic.finished() < count:
             left = deadline - time.monotonic()
@@ -262,7 +266,8 @@ class GnbClient:
             replies = []
         for out, sid in replies:
             self._send(out, sid)
-        self._progress.set()
+        if self.logic.setup_ok is None or self.logic.done >= self._target:
+            self._progress.set()
 
     def on_event(self, assoc: SctpAssociation, kind: str, detail: dict) -> None:
         pass
