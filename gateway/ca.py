@@ -5,8 +5,9 @@ end-entity certificates for NFs and for the gateway itself.  An NF certificate f
 TS 33.310 NF certificate profile where it speaks and ``gateway.identity``'s documented scheme
 where it does not:
 
-* URI SAN ``urn:uuid:<nfInstanceId>`` (TS 33.310), subject ``O=nfmesh, OU=<NFType>,
-  CN=<first DNS name or TYPE-id>`` (the OU carries the NF type, see ``gateway.identity``);
+* URI SAN ``urn:uuid:<nfInstanceId>`` (TS 33.310); the NF type in the RFC 9310 NFTypes
+  extension and in the subject ``O=nfmesh, OU=<NFType>, CN=<first DNS name or TYPE-id>``
+  (see ``gateway.identity``);
 * DNS and IP SANs as asked; EKU serverAuth + clientAuth (an NF is both producer and consumer);
   keyUsage digitalSignature; validity never beyond the CA's.
 
@@ -42,7 +43,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.identity import URN_UUID_PREFIX, NfIdentity, nf_identity
+from gateway.identity import (
+    NFTYPES_OID,
+    URN_UUID_PREFIX,
+    NfIdentity,
+    certificate_identity,
+    encode_nf_types,
+    peercert_dict,
+    rfc9310_nf_types,
+)
 from nf_adapters.discovery import NF_TYPES
 
 CA_CERT_FILE = "mesh-ca.crt"
@@ -338,6 +347,8 @@ class MeshCA:
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.UnrecognizedExtension(NFTYPES_OID, encode_nf_types([nf_type])),
+                           critical=False)  # RFC 9310 NFTypes: never critical
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
             .add_extension(aki, critical=False)
@@ -467,41 +478,10 @@ def _has_ext(cert: x509.Certificate, cls: type) -> bool:
 
 # ---- show -----------------------------------------------------------------------------------
 
-_ATTR_NAMES = {
-    NameOID.COMMON_NAME: "commonName", NameOID.ORGANIZATION_NAME: "organizationName",
-    NameOID.ORGANIZATIONAL_UNIT_NAME: "organizationalUnitName", NameOID.COUNTRY_NAME:
-    "countryName", NameOID.LOCALITY_NAME: "localityName", NameOID.STATE_OR_PROVINCE_NAME:
-    "stateOrProvinceName", NameOID.SERIAL_NUMBER: "serialNumber",
-}
-
-
-def peercert_dict(cert: x509.Certificate) -> dict:
-    """``cert`` in the shape ``ssl.SSLObject.getpeercert()`` returns (subject, issuer,
-    subjectAltName, notBefore, notAfter), so a file can be read by ``gateway.identity``."""
-    def name(n: x509.Name) -> tuple:
-        return tuple(tuple((_ATTR_NAMES.get(a.oid, a.oid.dotted_string), a.value) for a in rdn)
-                     for rdn in n.rdns)
-
-    sans: list[tuple[str, str]] = []
-    if _has_ext(cert, x509.SubjectAlternativeName):
-        for gn in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value:
-            if isinstance(gn, x509.DNSName):
-                sans.append(("DNS", gn.value))
-            elif isinstance(gn, x509.UniformResourceIdentifier):
-                sans.append(("URI", gn.value))
-            elif isinstance(gn, x509.IPAddress):
-                sans.append(("IP Address", str(gn.value)))
-    fmt = "%b %d %H:%M:%S %Y GMT"
-    return {"subject": name(cert.subject), "issuer": name(cert.issuer),
-            "subjectAltName": tuple(sans),
-            "notBefore": cert.not_valid_before_utc.strftime(fmt),
-            "notAfter": cert.not_valid_after_utc.strftime(fmt)}
-
-
 def describe(cert: x509.Certificate) -> str:
     """A human summary: subject, issuer, SANs, NF identity, validity, serial, fingerprint."""
     pc = peercert_dict(cert)
-    ident = nf_identity(pc)
+    ident = certificate_identity(cert)
     now = _now()
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     state = ("not yet valid" if now < start else "EXPIRED" if now > end
@@ -518,9 +498,12 @@ def describe(cert: x509.Certificate) -> str:
     ]
     for kind, value in pc["subjectAltName"]:
         lines.append(f"SAN {kind}: {value}")
+    rfc9310 = rfc9310_nf_types(cert)
+    if rfc9310 is not None:
+        lines.append(f"NF types:    {', '.join(rfc9310) or '(malformed)'} (RFC 9310 extension)")
     if ident is not None:
         lines.append(f"NF instance: {ident.instance_id}")
-        lines.append(f"NF type:     {ident.nf_type or '(none: subject OU is not an NF type)'}")
+        lines.append(f"NF type:     {ident.nf_type or '(none: no NFType in RFC 9310 or OU)'}")
     elif not is_ca:
         lines.append("NF identity: none (no single urn:uuid: URI SAN)")
     return "\n".join(lines)
@@ -529,7 +512,7 @@ def describe(cert: x509.Certificate) -> str:
 def describe_json(cert: x509.Certificate) -> dict:
     """``describe`` as data (``nfmesh ca show --json``)."""
     pc = peercert_dict(cert)
-    ident = nf_identity(pc)
+    ident = certificate_identity(cert)
     is_ca = _has_ext(cert, x509.BasicConstraints) and \
         cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     return {
@@ -541,6 +524,7 @@ def describe_json(cert: x509.Certificate) -> dict:
         "sans": [{"type": k, "value": v} for k, v in pc["subjectAltName"]],
         "nf_instance_id": ident.instance_id if ident else None,
         "nf_type": ident.nf_type if ident else None,
+        "nf_types": list(ident.nf_types) if ident else [],
     }
 
 
@@ -568,7 +552,7 @@ def verify(ca_cert: x509.Certificate, cert: x509.Certificate, dns: str | None = 
         entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
         if entry is not None:
             raise CAError(f"revoked on {entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC")
-    ident = nf_identity(peercert_dict(cert))
+    ident = certificate_identity(cert)
     if ident is None:
         raise CAError("verifies, but carries no NF identity (one urn:uuid: URI SAN)")
     return ident
@@ -677,7 +661,7 @@ def _cmd_gateway(a: argparse.Namespace) -> int:
     cert_pem, key_pem = ca.issue_gateway(a.name, a.dns, a.ip, a.days, instance_id)
     prefix = a.out or os.path.join(a.dir, "gateway")
     cert_path, key_path = write_pair(prefix, cert_pem, key_pem, a.force)
-    ident = nf_identity(peercert_dict(x509.load_pem_x509_certificate(cert_pem)))
+    ident = certificate_identity(x509.load_pem_x509_certificate(cert_pem))
     print(f"issued gateway {a.name} (SCP {ident.instance_id if ident else '?'}): "
           f"{cert_path}, {key_path}")
     return EXIT_OK

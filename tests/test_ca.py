@@ -24,7 +24,16 @@ from hypothesis import strategies as st
 
 from gateway import ca as ca_mod
 from gateway.ca import CAError, CAInputError, MeshCA, gateway_instance_id, peercert_dict, write_pair
-from gateway.identity import NfIdentity, nf_identity, peer_identity
+from gateway.identity import (
+    NFTYPES_OID,
+    NfIdentity,
+    certificate_identity,
+    decode_nf_types,
+    encode_nf_types,
+    nf_identity,
+    peer_identity,
+    rfc9310_nf_types,
+)
 
 AMF_ID = "6b2f5a2e-0c1d-4a53-9d3e-8d3a7c1e9f01"
 SMF_ID = "0c5f3b7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
@@ -128,8 +137,11 @@ def test_issue_follows_the_nf_certificate_profile(mesh):
     assert cert.issuer == mesh.cert.subject
     cert.verify_directly_issued_by(mesh.cert)
     assert cert.not_valid_after_utc - cert.not_valid_before_utc <= datetime.timedelta(days=7, minutes=6)
-    assert nf_identity(peercert_dict(cert)) == NfIdentity(AMF_ID, "AMF", "amf1.5gc.example",
-                                                          ("amf1.5gc.example",))
+    expected = NfIdentity(AMF_ID, "AMF", "amf1.5gc.example", ("amf1.5gc.example",), ("AMF",))
+    assert nf_identity(peercert_dict(cert)) == expected  # from the OU
+    assert certificate_identity(cert) == expected  # from the RFC 9310 extension
+    assert rfc9310_nf_types(cert) == ("AMF",)
+    assert not cert.extensions.get_extension_for_oid(NFTYPES_OID).critical
 
 
 def test_validity_never_exceeds_the_cas(mesh):
@@ -205,7 +217,7 @@ def test_pythons_own_decoder_reads_the_same_identity(mesh, tmp_path):
     assert ours["subjectAltName"] == decoded["subjectAltName"]
     assert ours["notAfter"] == decoded["notAfter"]
     assert nf_identity(decoded) == NfIdentity(SMF_ID, "PCF", "pcf.example",
-                                              ("pcf.example", "pcf2.example"))
+                                              ("pcf.example", "pcf2.example"), ("PCF",))
 
 
 def test_gateway_certificate_is_an_scp_with_a_stable_id(mesh):
@@ -240,7 +252,8 @@ def test_bad_input_is_refused_with_a_clear_error(mesh, kwargs, message):
 
 def test_nf_type_and_urn_prefix_are_normalised(mesh):
     cert = load(mesh.issue("nssf", f"URN:UUID:{AMF_ID.upper()}")[0])
-    assert nf_identity(peercert_dict(cert)) == NfIdentity(AMF_ID, "NSSF", f"NSSF-{AMF_ID}", ())
+    assert nf_identity(peercert_dict(cert)) == NfIdentity(AMF_ID, "NSSF", f"NSSF-{AMF_ID}", (),
+                                                          ("NSSF",))
     import uuid
 
     cert = load(mesh.issue("AMF", uuid.UUID(AMF_ID))[0])
@@ -283,7 +296,7 @@ def test_identity_edge_cases():
                                 "AMF")).instance_id == AMF_ID
     # unknown OU: identified, but with no NF type
     ident = nf_identity(peercert([f"urn:uuid:{AMF_ID}"], "Radio Team", dns=["a.example"]))
-    assert ident == NfIdentity(AMF_ID, None, "x", ("a.example",))
+    assert ident == NfIdentity(AMF_ID, None, "x", ("a.example",), ())
     assert ident.uri == f"urn:uuid:{AMF_ID}"
     # several OUs: no NF type
     pc = peercert([f"urn:uuid:{AMF_ID}"], "AMF")
@@ -529,3 +542,102 @@ def test_cli_revoke_crl_and_verify(tmp_path, capsys):
                 ["revoke", "--dir", d, "--reason", "whim", cert_path],
                 ["crl", "--dir", d, "--days", "0"]):
         assert run_cli(bad, capsys)[0] == 2, bad
+
+
+# ---- RFC 9310 NFTypes ---------------------------------------------------------------------------
+
+def test_nftypes_der_round_trip_and_malformed_values():
+    assert encode_nf_types(["5G_EIR"]) == bytes.fromhex("3008160635475f454952")
+    for types in (["AMF"], ["SMF", "UPF"], ["A" * 32] * 10):  # 10 x 34 bytes: long-form length
+        assert decode_nf_types(encode_nf_types(types)) == tuple(types)
+    with pytest.raises(ValueError):
+        encode_nf_types([])
+    with pytest.raises(ValueError):
+        encode_nf_types(["A" * 33])
+    for bad in (b"", b"\x30", b"\x30\x00", b"\x31\x05\x16\x03AMF", b"\x30\x05\x0c\x03AMF",
+                b"\x30\x06\x16\x03AMF", b"\x30\x05\x16\x04AMF", b"\x30\x05\x16\x03A\xffF",
+                b"\x30\x84\x00\x00\x00\x05\x16\x03AMF", b"\x30\x02\x16\x00"):
+        assert decode_nf_types(bad) is None, bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80))
+def test_nftypes_decoder_takes_any_bytes(value):
+    result = decode_nf_types(value)
+    assert result is None or all(1 <= len(t) <= 32 for t in result)
+
+
+def test_openssl_parses_the_nftypes_extension(mesh, tmp_path):
+    """An independent DER reader (openssl asn1parse) sees SEQUENCE { IA5STRING "UDM" }."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert_path, _ = write_pair(str(tmp_path / "udm"), *mesh.issue("UDM", AMF_ID))
+    res = subprocess.run([openssl, "asn1parse", "-in", cert_path], capture_output=True,
+                         timeout=10, text=True)
+    lines = res.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if "1.3.6.1.5.5.7.1.34" in line)
+    offset = lines[at + 1].split(":", 1)[0].strip()  # the OCTET STRING holding the value
+    inner = subprocess.run([openssl, "asn1parse", "-in", cert_path, "-strparse", offset],
+                           capture_output=True, timeout=10, text=True).stdout
+    assert "SEQUENCE" in inner and "IA5STRING" in inner and ":UDM" in inner
+
+
+def foreign_cert(mesh: MeshCA, *, ou: str | None, nf_types: list[str] | None,
+                 raw_ext: bytes | None = None) -> x509.Certificate:
+    """A certificate signed by the mesh CA key but shaped by hand (another PKI's profile)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, "nf")]
+    if ou is not None:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou))
+    builder = (x509.CertificateBuilder().subject_name(x509.Name(attrs))
+               .issuer_name(mesh.cert.subject).public_key(key.public_key()).serial_number(9)
+               .not_valid_before(now - datetime.timedelta(minutes=1))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.SubjectAlternativeName(
+                   [x509.UniformResourceIdentifier(f"urn:uuid:{AMF_ID}")]), False))
+    if nf_types is not None or raw_ext is not None:
+        value = raw_ext if raw_ext is not None else encode_nf_types(nf_types)
+        builder = builder.add_extension(x509.UnrecognizedExtension(NFTYPES_OID, value), False)
+    return builder.sign(mesh.key, hashes.SHA256())
+
+
+def test_rfc9310_decides_over_the_ou(mesh):
+    # only the extension (an RFC 9310 PKI without OUs): typed from it
+    ident = certificate_identity(foreign_cert(mesh, ou=None, nf_types=["SMF", "UPF"]))
+    assert ident.nf_type == "SMF" and ident.nf_types == ("SMF", "UPF")
+    # only the OU (a PKI before RFC 9310)
+    assert certificate_identity(foreign_cert(mesh, ou="PCF", nf_types=None)).nf_types == ("PCF",)
+    # both, disagreeing: the standard extension wins
+    assert certificate_identity(foreign_cert(mesh, ou="PCF", nf_types=["AMF"])).nf_type == "AMF"
+    # an extension that is malformed or names an unknown type: no type at all, no OU fallback
+    for cert in (foreign_cert(mesh, ou="AMF", nf_types=None, raw_ext=b"\x30\x01"),
+                 foreign_cert(mesh, ou="AMF", nf_types=["AMF", "TOASTER"])):
+        ident = certificate_identity(cert)
+        assert ident.instance_id == AMF_ID and ident.nf_type is None and ident.nf_types == ()
+
+
+class FakeSSLObject:
+    """Stands in for ssl.SSLObject (only getpeercert) to drive peer_identity's branches."""
+
+    def __init__(self, cert: x509.Certificate | None, verified: bool = True) -> None:
+        self.cert, self.verified = cert, verified
+
+    def getpeercert(self, binary_form: bool = False):
+        if self.cert is None:
+            return None
+        if binary_form:
+            return self.cert.public_bytes(serialization.Encoding.DER)
+        return peercert_dict(self.cert) if self.verified else {}
+
+
+def test_peer_identity_reads_rfc9310_through_the_ssl_object_when_verified(mesh):
+    cert = foreign_cert(mesh, ou=None, nf_types=["NRF"])
+    info = {"sslobject": FakeSSLObject(cert), "peercert": peercert_dict(cert)}
+    assert peer_identity(info).nf_type == "NRF"  # the dict alone has no NF type
+    assert nf_identity(info["peercert"]).nf_type is None
+    # an unverified certificate (verify_mode CERT_NONE: empty dict) is no identity
+    assert peer_identity({"sslobject": FakeSSLObject(cert, verified=False),
+                          "peercert": {}}) is None
+    assert peer_identity({"sslobject": FakeSSLObject(None)}) is None

@@ -111,7 +111,7 @@ async def test_curl_with_an_issued_certificate_reaches_the_origin_as_that_nf(mtl
     assert seen_by_origin["x-nf-instance-id"] == AMF_ID
     assert seen_by_origin["x-nf-type"] == "AMF"
     assert mtls_gateway.extra["router"].seen == [
-        NfIdentity(AMF_ID, "AMF", "amf1.example", ("amf1.example",))]
+        NfIdentity(AMF_ID, "AMF", "amf1.example", ("amf1.example",), ("AMF",))]
 
 
 @pytest.mark.parametrize("who", ["no certificate", "another CA"])
