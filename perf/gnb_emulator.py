@@ -71,6 +71,7 @@ class GnbLogic:
     latency: dict[str, list[float]] = field(default_factory=dict)
     amf_ids_seen: set[int] = field(default_factory=set)
     done: int = 0  # UEs whose context was released (finished)
+    config_updates: int = 0  # AMF Configuration Updates received
 
     def __post_init__(self) -> None:
         self.templates = UeTemplates(self.plmn)
@@ -119,6 +120,10 @@ class GnbLogic:
         if proc == c.PROC_ERROR_INDICATION:
             self.error_indications += 1
             return []
+        if proc == c.PROC_AMF_CONFIGURATION_UPDATE and pdu == c.INITIATING:
+            self.config_updates += 1
+            self.messages_out += 1
+            return [(c.encode(c.SUCCESSFUL, c.PROC_AMF_CONFIGURATION_UPDATE, []), 0)]
         ue = self.ues.get(ran)
         if ue is None or ue.done:
             self._violation(f"message {proc} for unknown RAN UE id {ran}")

@@ -285,3 +285,16 @@ def test_gnb_loss_releases_its_ues_at_the_amf() -> None:
     net.pump()
     assert a1.completed == 3 and a1.ues == {}
     assert net.router.ue_count == 0
+
+
+def test_gnbs_learn_the_served_guamis_when_an_amf_goes() -> None:
+    net = Net([AmfLogic("amf1", set_id=1), AmfLogic("amf2", set_id=2)])
+    g = GnbLogic(1)
+    net.add_gnb(g)
+    net.kill_amf("amf1")
+    net.pump()
+    (update,) = decoded(net.seen_by_gnb[0], c.PROC_AMF_CONFIGURATION_UPDATE)
+    assert [item["gUAMI"]["aMFSetID"][0] for item in update.ies[c.IE_SERVED_GUAMI_LIST]] == [2]
+    assert g.config_updates == 1  # the gNB acknowledged; the gateway took the answer quietly
+    assert net.router.stats["out_of_sequence"] == 0
+    assert net.router.stats["error_indications_sent"] == 0

@@ -100,6 +100,7 @@ _IE_TYPE = {
 _MESSAGES = {
     (PROC_AMF_CONFIGURATION_UPDATE, INITIATING): ("AMFConfigurationUpdate", "reject"),
     (PROC_AMF_CONFIGURATION_UPDATE, SUCCESSFUL): ("AMFConfigurationUpdateAcknowledge", "reject"),
+    (PROC_AMF_CONFIGURATION_UPDATE, UNSUCCESSFUL): ("AMFConfigurationUpdateFailure", "reject"),
     (PROC_DOWNLINK_NAS_TRANSPORT, INITIATING): ("DownlinkNASTransport", "ignore"),
     (PROC_ERROR_INDICATION, INITIATING): ("ErrorIndication", "ignore"),
     (PROC_INITIAL_CONTEXT_SETUP, INITIATING): ("InitialContextSetupRequest", "reject"),
@@ -237,6 +238,17 @@ def ng_setup_response(amf_name: str, guamis: list[Guami], relative_capacity: int
                       plmns: list[bytes], ssts: tuple[int, ...] = (1,)) -> bytes:
     return encode(SUCCESSFUL, PROC_NG_SETUP, [
         (IE_AMF_NAME, amf_name),
+        (IE_SERVED_GUAMI_LIST, [{"gUAMI": g.value()} for g in guamis]),
+        (IE_RELATIVE_AMF_CAPACITY, max(0, min(255, relative_capacity))),
+        (IE_PLMN_SUPPORT_LIST, [{"pLMNIdentity": p, "sliceSupportList": slice_list(p, ssts)}
+                                for p in plmns]),
+    ])
+
+
+def amf_configuration_update(guamis: list[Guami], relative_capacity: int,
+                             plmns: list[bytes], ssts: tuple[int, ...] = (1,)) -> bytes:
+    """AMF Configuration Update (TS 38.413 §8.7.3): the pool's served GUAMIs changed."""
+    return encode(INITIATING, PROC_AMF_CONFIGURATION_UPDATE, [
         (IE_SERVED_GUAMI_LIST, [{"gUAMI": g.value()} for g in guamis]),
         (IE_RELATIVE_AMF_CAPACITY, max(0, min(255, relative_capacity))),
         (IE_PLMN_SUPPORT_LIST, [{"pLMNIdentity": p, "sliceSupportList": slice_list(p, ssts)}

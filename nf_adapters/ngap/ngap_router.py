@@ -177,7 +177,7 @@ STAT_NAMES = (
     "decode_errors", "unknown_ue", "out_of_sequence", "ppid_mismatch", "error_indications_sent",
     "error_indications_received", "rejected_overload", "ues_released_amf_failure",
     "overload_starts_sent", "overload_stops_sent", "send_failures", "ng_setups_answered",
-    "initial_ue_messages", "ue_context_releases",
+    "initial_ue_messages", "ue_context_releases", "amf_configuration_updates_sent",
 )
 
 
@@ -198,6 +198,7 @@ class NgapRouter:
         self._next_ran = 1
         self._next_amf = 1
         self._next_index = 0
+        self._advertised: list[c.Guami] = []
 
     # ---- peers --------------------------------------------------------------------------
 
@@ -225,6 +226,7 @@ class NgapRouter:
         self._release_ues_of_amf(amf)
         if amf in self.amfs:
             self.amfs.remove(amf)
+        self._pool_changed()
         self._update_overload()
 
     def gnb_lost(self, gnb: GnbPeer) -> None:
@@ -372,6 +374,9 @@ class NgapRouter:
             self._send(gnb.link, c.ng_reset_acknowledge(), 0)
         elif pdu == c.INITIATING and proc == c.PROC_RAN_CONFIGURATION_UPDATE:
             self._send(gnb.link, c.encode(c.SUCCESSFUL, c.PROC_RAN_CONFIGURATION_UPDATE, []), 0)
+        elif proc == c.PROC_AMF_CONFIGURATION_UPDATE and pdu != c.INITIATING:
+            if pdu == c.UNSUCCESSFUL:
+                log.warning("gNB %d refused the AMF Configuration Update", gnb.index)
         else:
             self.stats["out_of_sequence"] += 1
             self._error(gnb.link, CAUSE_NOT_COMPATIBLE, stream)
@@ -386,20 +391,9 @@ class NgapRouter:
         else:
             self._forget(ue)
 
-    def _answer_ng_setup(self, gnb: GnbPeer, data: bytes) -> None:
-        self.stats["ng_setups_answered"] += 1
-        try:
-            msg = c.decode(data)
-            ran_node = msg.ies.get(c.IE_RAN_NODE_NAME)
-            gnb.name = ran_node if isinstance(ran_node, str) else ""
-        except c.NgapCodecError:
-            self.stats["decode_errors"] += 1
-            self._error(gnb.link, CAUSE_TRANSFER_SYNTAX, 0)
-            return
+    def _pool_view(self) -> tuple[list[c.Guami], list[bytes], int]:
+        """What the gateway advertises to gNBs: served GUAMIs, PLMNs, relative capacity."""
         up = [a for a in self.amfs if a.state == "up"]
-        if not up:
-            self._send(gnb.link, c.ng_setup_failure(("misc", "om-intervention"), "v5s"), 0)
-            return
         guamis: list[c.Guami] = []
         plmns: list[bytes] = []
         for a in up:
@@ -410,6 +404,33 @@ class NgapRouter:
         capacity = self.identity.relative_capacity
         if capacity is None:
             capacity = min(255, sum(a.capacity for a in up))
+        return guamis, plmns, capacity
+
+    def _pool_changed(self) -> None:
+        """Tell set-up gNBs when the served GUAMIs change (an AMF came or went): AMF
+        Configuration Update, as the AMF itself would (TS 38.413 §8.7.3)."""
+        guamis, plmns, capacity = self._pool_view()
+        if not guamis or guamis == self._advertised:
+            return
+        self._advertised = guamis
+        self.stats["amf_configuration_updates_sent"] += 1
+        self._broadcast_gnbs(c.amf_configuration_update(guamis, capacity, plmns))
+
+    def _answer_ng_setup(self, gnb: GnbPeer, data: bytes) -> None:
+        self.stats["ng_setups_answered"] += 1
+        try:
+            msg = c.decode(data)
+            ran_node = msg.ies.get(c.IE_RAN_NODE_NAME)
+            gnb.name = ran_node if isinstance(ran_node, str) else ""
+        except c.NgapCodecError:
+            self.stats["decode_errors"] += 1
+            self._error(gnb.link, CAUSE_TRANSFER_SYNTAX, 0)
+            return
+        if not any(a.state == "up" for a in self.amfs):
+            self._send(gnb.link, c.ng_setup_failure(("misc", "om-intervention"), "v5s"), 0)
+            return
+        guamis, plmns, capacity = self._pool_view()
+        self._advertised = guamis
         gnb.setup = True
         self._send(gnb.link, c.ng_setup_response(self.identity.pool_name, guamis, capacity,
                                                  plmns), 0)
@@ -560,6 +581,7 @@ class NgapRouter:
         amf.plmns = [item["pLMNIdentity"] for item in ies.get(c.IE_PLMN_SUPPORT_LIST, [])]
         amf.relative_capacity = int(ies.get(c.IE_RELATIVE_AMF_CAPACITY, 1))
         amf.state = "up"
+        self._pool_changed()
         self._update_overload()
 
     def _downlink(self, amf: AmfPeer, data: bytes, stream: int, key: tuple,
