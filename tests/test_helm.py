@@ -19,7 +19,14 @@ import contextlib
 import importlib.util
 import io
 import os
+import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +111,12 @@ def kinds(docs: list[dict]) -> set[str]:
     return {d["kind"] for d in docs}
 
 
+def gateway_config_text(docs: list[dict]) -> str:
+    return one(docs, "ConfigMap")["data"]["nfmesh.yaml"]
+
+
 def gateway_config(docs: list[dict]) -> dict:
-    return yaml.safe_load(one(docs, "ConfigMap")["data"]["nfmesh.yaml"])
+    return yaml.safe_load(gateway_config_text(docs))
 
 
 def config_check(docs: list[dict], tmp_path: Path) -> str:
@@ -375,11 +386,11 @@ def test_etcd_replicas_hpa_pdb(helm: str, k8s_versions: list[str], tmp_path: Pat
     assert [s["topologyKey"] for s in pod["topologySpreadConstraints"]] == [
         "kubernetes.io/hostname", "topology.kubernetes.io/zone"]
     assert pod["terminationGracePeriodSeconds"] == 45
-    # two workers: two metrics ports, in the container and the metrics Service
+    # two workers, still one scrape target per pod (the supervisor merges the workers)
     c = container(docs)
     assert [(p["name"], p["containerPort"]) for p in c["ports"] if p["name"].startswith("metrics")] \
-        == [("metrics", 9090), ("metrics-1", 9091)]
-    assert [p["port"] for p in one(docs, "Service", "-metrics")["spec"]["ports"]] == [9090, 9091]
+        == [("metrics", 9090)]
+    assert [p["port"] for p in one(docs, "Service", "-metrics")["spec"]["ports"]] == [9090]
 
 
 def test_etcd_without_hpa_keeps_replica_count(helm: str, tmp_path: Path) -> None:
@@ -414,20 +425,19 @@ def test_servicemonitor_and_networkpolicy(helm: str, k8s_versions: list[str], tm
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert sm["spec"]["namespaceSelector"] == {"matchNames": ["5gc"]}
     assert [(e["port"], e["path"], e["interval"]) for e in sm["spec"]["endpoints"]] == [
-        ("metrics", "/metrics", "10s"), ("metrics-1", "/metrics", "10s"),
-        ("metrics-2", "/metrics", "10s")]
+        ("metrics", "/metrics", "10s")]
     metrics_svc = one(docs, "Service", "-metrics")
     selected = sm["spec"]["selector"]["matchLabels"]
     assert selected.items() <= metrics_svc["metadata"]["labels"].items()
     assert not selected.items() <= one(docs, "Service", "-sbi")["metadata"]["labels"].items()
-    assert {p["name"] for p in metrics_svc["spec"]["ports"]} == {"metrics", "metrics-1", "metrics-2"}
+    assert [p["name"] for p in metrics_svc["spec"]["ports"]] == ["metrics"]
 
     np = one(docs, "NetworkPolicy")["spec"]
     assert np["policyTypes"] == ["Ingress", "Egress"] and np["egress"] == [{}]
     sbi_rule, metrics_rule, n2_rule = np["ingress"]
     assert sbi_rule["ports"] == [{"protocol": "TCP", "port": 8080}]
     assert sbi_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"5gc.nfmesh.io/member": "true"}
-    assert [p["port"] for p in metrics_rule["ports"]] == [9090, 9091, 9092]
+    assert metrics_rule["ports"] == [{"protocol": "TCP", "port": 9090}]
     assert n2_rule["ports"] == [{"protocol": "SCTP", "port": 38412}] and "from" not in n2_rule
 
 
@@ -590,3 +600,77 @@ def test_package_leaves_out_ci_values(helm: str, tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "kind: Deployment" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# the rendered pod, run as a process: command, config, probes, metrics port, SIGTERM drain
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http_get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+@pytest.mark.parametrize(("workers", "registry"), [(1, True), (2, False)],
+                         ids=["1-worker-registry", "2-workers"])
+def test_rendered_pod_runs_answers_probes_and_drains(helm: str, tmp_path: Path, workers: int,
+                                                     registry: bool) -> None:
+    sbi_port, metrics_port = _free_port(), _free_port()
+    values = {"listeners": [{"name": "sbi", "host": "0.0.0.0", "port": sbi_port}],
+              "metrics": {"port": metrics_port}, "gateway": {"workers": workers},
+              "registry": {"enabled": registry}}
+    docs = render(helm, values=values, tmp_path=tmp_path)
+    c = container(docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    # the pod's files and command, with the addresses kept on loopback on this shared machine
+    config_file = tmp_path / "nfmesh.yaml"
+    config_file.write_text(gateway_config_text(docs).replace("0.0.0.0", "127.0.0.1"))
+    args = [str(config_file) if a == "/etc/nfmesh/nfmesh.yaml" else a for a in c["args"]]
+    exe = shutil.which(c["command"][0], path=os.path.dirname(sys.executable))
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "gateway.cli", *args]
+    env = {**os.environ, **{e["name"]: e["value"] for e in c["env"] if "value" in e}}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        startup = c["startupProbe"]
+        budget = startup["periodSeconds"] * startup["failureThreshold"]  # the kubelet's patience
+        deadline = time.monotonic() + min(budget, 30)
+        ready = _http_get(ports[c["readinessProbe"]["httpGet"]["port"]],
+                          c["readinessProbe"]["httpGet"]["path"])
+        while ready[0] != 200 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            ready = _http_get(ports[c["readinessProbe"]["httpGet"]["port"]],
+                              c["readinessProbe"]["httpGet"]["path"])
+        assert ready[0] == 200, f"never ready (exit {proc.poll()})"
+        live = c["livenessProbe"]["httpGet"]
+        assert _http_get(ports[live["port"]], live["path"])[0] == 200
+        status, body = _http_get(ports["metrics"], "/metrics")
+        assert status == 200
+        if workers > 1:  # one target per pod carries every worker
+            for w in range(workers):
+                assert f'nfmesh_worker_up{{worker="{w}"}} 1'.encode() in body
+        with socket.create_connection(("127.0.0.1", ports["sbi"]), timeout=2):
+            pass  # the SBI Service's targetPort is bound
+        proc.send_signal(signal.SIGTERM)  # what the kubelet sends after the preStop sleep
+        grace = pod["terminationGracePeriodSeconds"] - c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        try:
+            code = proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {grace}s after SIGTERM: the kubelet would SIGKILL it")
+        assert code == 0, proc.stdout.read() if proc.stdout else ""
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and its workers
+            proc.wait(timeout=10)

@@ -75,15 +75,11 @@ characters (IANA_SVC_NAME) that is not taken by the chart, else sbi-<index>.
 */}}
 {{- define "nfmesh.listenerPortName" -}}
 {{- $n := toString .listener.name -}}
-{{- if and (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $n) (regexMatch "[a-z]" $n) (le (len $n) 15) (not (regexMatch "^(metrics(-[0-9]+)?|n2|ngap)$" $n)) -}}
+{{- if and (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $n) (regexMatch "[a-z]" $n) (le (len $n) 15) (not (regexMatch "^(metrics|n2)$" $n)) -}}
 {{- $n -}}
 {{- else -}}
 {{- printf "sbi-%d" (int .index) -}}
 {{- end -}}
-{{- end -}}
-
-{{- define "nfmesh.metricsPortName" -}}
-{{- if eq (int .) 0 -}}metrics{{- else -}}{{ printf "metrics-%d" (int .) }}{{- end -}}
 {{- end -}}
 
 {{/*
