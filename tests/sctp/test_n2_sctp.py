@@ -126,6 +126,8 @@ async def test_two_gnbs_fifty_ues_two_amfs_then_failover() -> None:
         before1, before2 = l1.completed, l2.completed
         amfs[0].stop()
         await wait_for(lambda: [a.name for a in service.router.amfs] == ["pool/1"])
+        # the gNBs hear that the pool now serves AMF 2's GUAMI only
+        await wait_for(lambda: all(cl.logic.config_updates == 1 for cl in clients))
         for cl in clients:
             for i in range(100, 105):
                 cl.start_ue(i)
