@@ -252,8 +252,13 @@ class Proxy:
         error_responder: Callable[[int, str, str], LocalResponse] = default_problem,
         stats: ProxyStats | None = None,
         access_log: Callable[..., None] | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.router_slot = router_slot
+        # downstream connections with no request for this long (and none open) are drained;
+        # this also bounds what a peer that connects and then sends nothing can hold
+        self.idle_timeout = idle_timeout
+        self._activity: dict = {}
         self.pools = pools
         self.error_responder = error_responder
         self.stats = stats
@@ -267,11 +272,33 @@ class Proxy:
     def on_connection_made(self, conn) -> None:
         """Called by the listener for each accepted connection (so ``drain`` reaches idle ones)."""
         self.connections.add(conn)
+        if self.idle_timeout:
+            self._activity[conn] = 0
+            asyncio.get_running_loop().call_later(self.idle_timeout, self._check_idle, conn, 0)
+
+    def _check_idle(self, conn, seen: int) -> None:
+        if conn not in self.connections:
+            return
+        count = self._activity.get(conn, 0)
+        loop = asyncio.get_running_loop()
+        if count != seen or conn.open_streams:
+            loop.call_later(self.idle_timeout, self._check_idle, conn, count)
+            return
+        log.info("draining idle connection from %s", conn.peer_info.get("peername"))
+        conn.drain()
+        # a peer that ignores the GOAWAY is closed anyway
+        loop.call_later(max(5.0, self.idle_timeout), self._close_if_left, conn)
+
+    def _close_if_left(self, conn) -> None:
+        if conn in self.connections and not conn.open_streams:
+            conn.close()
 
     def on_request(self, conn, stream_id: int, headers: Headers, end_stream: bool) -> None:
         t0 = time.monotonic()
         self.requests += 1
         self.connections.add(conn)
+        if self.idle_timeout:
+            self._activity[conn] = self._activity.get(conn, 0) + 1
         method = _pseudo(headers, b":method")
         path = _pseudo(headers, b":path")
         try:
@@ -299,6 +326,7 @@ class Proxy:
 
     def on_connection_lost(self, conn) -> None:
         self.connections.discard(conn)
+        self._activity.pop(conn, None)
         key = id(conn)
         for k in [k for k in self._connecting if k[0] == key]:
             self._connecting.pop(k).cancel(ErrorCode.CANCEL)

@@ -11,7 +11,7 @@ import h2.events
 from dataplane.client import H2Client
 from dataplane.listener import serve
 from tests.conftest import OriginHandler, free_port
-from tests.test_engine_limits import RawH2
+from tests.test_engine_limits import RawH2, is_
 
 
 async def test_peer_info_nodelay_and_connection_hook(backend):
@@ -88,3 +88,40 @@ async def test_proxy_drain_reaches_idle_connections(backend):
     assert not raw.reset_seen  # a clean close (FIN), not a reset that could eat the GOAWAY
     assert await proxy.wait_drained(3.0)
     raw.close()
+
+
+async def test_idle_connections_are_drained_busy_ones_kept(backend):
+    from dataplane.engine import H2Settings
+    from dataplane.proxy import Proxy
+    from dataplane.routing import LocalResponse, RouterSlot
+    from dataplane.upstream_pool import UpstreamPools
+
+    class Static:
+        def route(self, headers, peer):
+            return LocalResponse(200, [], b"hi")
+
+    proxy = Proxy(RouterSlot(Static()), UpstreamPools(backend, H2Settings()), idle_timeout=0.3)
+    server = await serve("127.0.0.1", 0, lambda: proxy, backend)
+    port = server.sockets[0].getsockname()[1]
+    idle = await RawH2.connect(port)  # connects, says hello, then nothing
+    idle.flush()
+    busy = H2Client(backend.NAME)
+    try:
+        for _ in range(12):  # a request every 0.1 s for 1.2 s
+            assert (await busy.request("GET", f"http://127.0.0.1:{port}/x")).status == 200
+            await asyncio.sleep(0.1)
+        goaway = await idle.until(is_(h2.events.ConnectionTerminated), timeout=3)
+        assert goaway.error_code == 0
+        await idle.wait_closed()
+        idle.close()
+        for _ in range(300):
+            if len(proxy.connections) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert len(proxy.connections) == 1  # the busy one is still there
+    finally:
+        idle.close()
+        busy.close()
+        server.close()
+        for conn in list(proxy.connections):
+            conn.close()
