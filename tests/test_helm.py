@@ -268,6 +268,8 @@ def test_default_render(helm: str, k8s_versions: list[str], tmp_path: Path) -> N
     spread = pod["topologySpreadConstraints"]
     assert [s["topologyKey"] for s in spread] == ["kubernetes.io/hostname"]
     assert spread[0]["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    # the NRF names itself by its Service, not by the bind address
+    assert cfg["registry"]["api_root"] == "http://rel-nfmesh-sbi.5gc.svc:8080"
     # config rolled by checksum
     assert len(dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"]) == 64
     # Services: SBI with the h2c appProtocol, metrics separate, no SCTP
@@ -310,6 +312,10 @@ def test_any_config_field_can_be_set(helm: str, tmp_path: Path) -> None:
     assert cfg["scp"]["via_name"] == "east" and cfg["http2"]["connection_window_size"] == 2**31 - 1
     assert cfg["routes"][0]["timeout_s"] == 2.5 and cfg["clusters"][0]["endpoints"][0]["weight"] == 3
     assert cfg["registry"]["notify_via"] == "rel-nfmesh-sbi.5gc.svc:8080"
+    assert cfg["registry"]["api_root"] == "http://rel-nfmesh-sbi.5gc.svc:8080"
+    values["registry"]["api_root"] = "http://nrf.5gc.example:8080"
+    assert gateway_config(render(helm, values=values, tmp_path=tmp_path))["registry"][
+        "api_root"] == "http://nrf.5gc.example:8080"  # a value given wins
     assert cfg["registry"]["heartbeat_timer_s"] == 10  # the untouched defaults stay
     report = config_check(docs, tmp_path)
     assert "via SCP-east, max forward hops 4" in report and "clusters: 1, routes: 1" in report
@@ -331,6 +337,7 @@ def test_tls_listener_from_created_secret(helm: str, k8s_versions: list[str], tm
                                           "client_ca": f"{mount}/ca.crt",
                                           "require_client_cert": True}
     assert "tls" not in cfg["listeners"][0]  # the h2c listener is left alone
+    assert cfg["registry"]["api_root"] == "http://rel-nfmesh-sbi.5gc.svc:8080"
     report = config_check(docs, tmp_path)  # certificate and key parse and match
     assert "listener sbi-tls: tls mTLS 0.0.0.0:8443" in report
 
@@ -671,6 +678,6 @@ def test_rendered_pod_runs_answers_probes_and_drains(helm: str, tmp_path: Path, 
             pytest.fail(f"still running {grace}s after SIGTERM: the kubelet would SIGKILL it")
         assert code == 0, proc.stdout.read() if proc.stdout else ""
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and its workers
-            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left: supervisor, workers
+        proc.wait(timeout=10)

@@ -113,6 +113,14 @@ of the mounted Secret.
 {{- end -}}
 {{- end -}}
 {{- $_ := set $cfg "listeners" (get (fromYaml (include "nfmesh.listeners" .)) "listeners") -}}
+{{- /* the NRF's apiRoot (notifications' nfInstanceUri, model C requests addressed to itself):
+       default to the SBI Service's name rather than the bind address 0.0.0.0 */ -}}
+{{- if and .Values.registry .Values.registry.enabled (not .Values.registry.api_root) -}}
+{{- $first := first .Values.listeners -}}
+{{- $scheme := ternary "https" "http" (eq (toString (default "h2c" $first.protocol)) "tls") -}}
+{{- $root := printf "%s://%s.%s.svc:%d" $scheme (include "nfmesh.suffixed" (dict "root" . "suffix" "sbi")) .Release.Namespace (int (default 8080 $first.port)) -}}
+{{- $_ := set $cfg "registry" (merge (dict "api_root" $root) (deepCopy .Values.registry)) -}}
+{{- end -}}
 # nfmesh.yaml rendered by the {{ include "nfmesh.chart" . }} chart from the release's values.
 # Check it with: nfmesh config check nfmesh.yaml
 {{ toYaml $cfg }}
