@@ -5,17 +5,22 @@ core; then, for each repeat and each target in a rotated order (so slow drifts o
 machine spread over all targets), start the target pinned to its own core (``taskset``),
 check that it relays (every warm-up request must answer 2xx), and drive with h2load:
 
+* memory first (``perf.memory_probe``): RSS growth per idle HTTP/2 connection and per open
+  stream (streams held open by stopping the backend);
 * ``closed``: ``-c 10 -m 10`` POSTs of a 142-byte JSON body for a fixed time: requests/s,
-  latency, and the target's CPU µs per request (``/proc`` utime+stime of its process tree
-  between the two ends of the run, divided by the requests served), RSS at the end;
-* ``rate_<N>``: a fixed total rate (h2load ``--rps`` per client): latency at load;
+  latency, and the target's CPU µs per request (``perf.proc_stats``: CPU time of its process
+  tree between the two ends of the phase, divided by the requests answered 2xx), RSS;
+* ``rate_<N>``: a fixed total rate (h2load ``--rps`` per client, 10 streams): latency at load;
 * ``single``: one connection, one stream: the latency floor;
-* memory (``perf.memory_probe``): RSS growth per idle HTTP/2 connection and per open stream
-  (streams held open by stopping the backend);
 * ``loadgen_<N>`` (unless ``--no-loadgen``; off in ``--quick``): the project's own generator
   (``perf.loadgen``) open loop at the same rates, latency from the intended send time, so a
   stall of the target is not hidden by the generator waiting for it (h2load's ``--rps``
   measures from the actual send).
+
+Ratios to HAProxy are computed per phase, and the issue's goals (CPU ≤ 1.2x HAProxy on h2c,
+≤ 1.5x with ``--tls``; p99 at 10k req/s no worse; p50 at one stream ≤ 1.5x) are evaluated in
+``goals``.  ``--nfmesh-variant`` adds nfmesh targets with config changes (what does the access
+log cost?) to the same interleaved run.
 
 Results go to stdout as a table (or, with ``--json``, as exactly one JSON object whose
 ``targets`` map has every target, a skipped one as ``{"skipped": reason}``) and to a report
