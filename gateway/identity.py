@@ -21,9 +21,10 @@ The scheme (written by ``gateway.ca``, read here):
   authorisation by type denies it.
 
 ``peer_identity(peer_info)`` reads the connection the listener described (``peer_info`` with
-``sslobject`` and ``peercert``), once per connection, cached in ``peer_info["nf_identity"]``;
-with the ``sslobject`` it parses the DER certificate (RFC 9310 visible), else the
-``getpeercert()`` dict.
+``sslobject`` and ``peercert``), once per connection, cached in ``peer_info["nf_identity"]``:
+the ``getpeercert()`` dict (present only for a verified certificate) for the SANs and subject,
+and the DER certificate from the ``sslobject`` for the RFC 9310 extension (``der_nf_types``, a
+short DER walk).
 """
 
 from __future__ import annotations
@@ -135,6 +136,52 @@ def rfc9310_nf_types(cert: x509.Certificate) -> tuple[str, ...] | None:
     return decode_nf_types(value) or ()
 
 
+_NFTYPES_OID_DER = bytes.fromhex("06082b06010505070122")  # the OID's TLV, as it sits in DER
+
+
+def _tlv(data: bytes, pos: int, end: int, want: int | None = None) -> tuple[int, int, int]:
+    """(tag, value start, value end) of the DER element at ``pos`` (of tag ``want``)."""
+    tag = data[pos]
+    if want is not None and tag != want:
+        raise ValueError(f"DER tag {tag:#04x} where {want:#04x} belongs")
+    length, start = _read_length(data, pos + 1)
+    if start + length > end:
+        raise ValueError("DER element overruns its parent")
+    return tag, start, start + length
+
+
+def der_nf_types(der: bytes) -> tuple[str, ...] | None:
+    """``rfc9310_nf_types`` straight from a DER certificate without parsing the rest (a few µs
+    against tens for a full parse): None when it has no NFTypes extension, ``()`` when it is
+    malformed.  ValueError when the certificate itself cannot be walked."""
+    if _NFTYPES_OID_DER not in der:
+        return None
+    seq = 0x30
+    try:
+        _, cert_start, cert_end = _tlv(der, 0, len(der), seq)
+        _, pos, tbs_end = _tlv(der, cert_start, cert_end, seq)  # tbsCertificate
+        while pos < tbs_end:
+            tag, start, end = _tlv(der, pos, tbs_end)
+            if tag == 0xA3:  # [3] extensions
+                _, epos, eend = _tlv(der, start, end, seq)
+                while epos < eend:
+                    _, xstart, xend = _tlv(der, epos, eend, seq)  # Extension
+                    _, ostart, oend = _tlv(der, xstart, xend, 0x06)
+                    if der[xstart:oend] == _NFTYPES_OID_DER:
+                        tag, vstart, vend = _tlv(der, oend, xend)
+                        if tag == 0x01:  # critical BOOLEAN, then the OCTET STRING
+                            tag, vstart, vend = _tlv(der, vend, xend)
+                        if tag != 0x04:
+                            return ()
+                        return decode_nf_types(der[vstart:vend]) or ()
+                    epos = xend
+                return None
+            pos = end
+        return None
+    except IndexError:
+        raise ValueError("truncated DER certificate") from None
+
+
 # ---- identity ------------------------------------------------------------------------------------
 
 _ATTR_NAMES = {
@@ -229,13 +276,16 @@ def peer_identity(peer_info: dict) -> NfIdentity | None:
     # the dict form is empty unless the certificate was verified: only then is it an identity
     if peercert:
         der = _safe(sslobj.getpeercert, True) if sslobj is not None else None
+        nf_types = None
         if der:
             try:
-                ident = certificate_identity(x509.load_der_x509_certificate(der))
-            except ValueError:
-                ident = None
-        else:
-            ident = nf_identity(peercert)
+                nf_types = der_nf_types(der)
+            except ValueError:  # not walkable by the fast path: let cryptography parse it
+                try:
+                    nf_types = rfc9310_nf_types(x509.load_der_x509_certificate(der))
+                except ValueError:
+                    nf_types = ()
+        ident = nf_identity(peercert, nf_types)
     peer_info[_CACHE_KEY] = ident
     return ident
 

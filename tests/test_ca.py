@@ -29,6 +29,7 @@ from gateway.identity import (
     NfIdentity,
     certificate_identity,
     decode_nf_types,
+    der_nf_types,
     encode_nf_types,
     nf_identity,
     peer_identity,
@@ -584,7 +585,7 @@ def test_openssl_parses_the_nftypes_extension(mesh, tmp_path):
 
 
 def foreign_cert(mesh: MeshCA, *, ou: str | None, nf_types: list[str] | None,
-                 raw_ext: bytes | None = None) -> x509.Certificate:
+                 raw_ext: bytes | None = None, critical: bool = False) -> x509.Certificate:
     """A certificate signed by the mesh CA key but shaped by hand (another PKI's profile)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -599,7 +600,7 @@ def foreign_cert(mesh: MeshCA, *, ou: str | None, nf_types: list[str] | None,
                    [x509.UniformResourceIdentifier(f"urn:uuid:{AMF_ID}")]), False))
     if nf_types is not None or raw_ext is not None:
         value = raw_ext if raw_ext is not None else encode_nf_types(nf_types)
-        builder = builder.add_extension(x509.UnrecognizedExtension(NFTYPES_OID, value), False)
+        builder = builder.add_extension(x509.UnrecognizedExtension(NFTYPES_OID, value), critical)
     return builder.sign(mesh.key, hashes.SHA256())
 
 
@@ -641,3 +642,43 @@ def test_peer_identity_reads_rfc9310_through_the_ssl_object_when_verified(mesh):
     assert peer_identity({"sslobject": FakeSSLObject(cert, verified=False),
                           "peercert": {}}) is None
     assert peer_identity({"sslobject": FakeSSLObject(None)}) is None
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_fast_der_walk_agrees_with_cryptography(mesh):
+    """der_nf_types (a short DER walk) against cryptography's full parse, on every shape."""
+    certs = [
+        load(mesh.issue("AMF", AMF_ID, dns=["a.example"], ips=["::1"])[0]),
+        load(mesh.issue_gateway("scp-x")[0]),
+        mesh.cert,  # no extension at all
+        foreign_cert(mesh, ou=None, nf_types=["SMF", "UPF"]),
+        foreign_cert(mesh, ou="AMF", nf_types=None),
+        foreign_cert(mesh, ou=None, nf_types=["NRF"], critical=True),
+        foreign_cert(mesh, ou=None, nf_types=None, raw_ext=b"\x30\x01"),
+        foreign_cert(mesh, ou=None, nf_types=None, raw_ext=b"\x04\x00"),
+    ]
+    for cert in certs:
+        assert der_nf_types(der(cert)) == rfc9310_nf_types(cert), cert.subject
+
+
+def test_fast_der_walk_on_broken_input_raises_value_error_only(mesh):
+    whole = der(load(mesh.issue("AMF", AMF_ID)[0]))
+    cut = whole.index(bytes.fromhex("06082b06010505070122")) + 12
+    for data in (whole[:cut], b"\x30\x82\xff\xff" + whole[4:], whole[:4] + b"\x31" + whole[5:]):
+        with pytest.raises(ValueError):
+            der_nf_types(data)
+    assert der_nf_types(whole[:cut - 14]) is None  # cut before the OID: no extension seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60), st.binary(max_size=60))
+def test_fast_der_walk_takes_any_bytes(before, after):
+    data = before + bytes.fromhex("06082b06010505070122") + after
+    try:
+        result = der_nf_types(data)
+    except ValueError:
+        return
+    assert result is None or isinstance(result, tuple)
