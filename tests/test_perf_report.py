@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,9 @@ def test_write_report_files(result: dict, tmp_path: Path) -> None:
     assert report.name == "report.md"
     assert json.loads((folder / "results.json").read_text())["targets"]["envoy"] == {
         "skipped": "envoy not found"}
+    if importlib.util.find_spec("matplotlib") is None:  # the perf extra is not installed
+        assert "No plots: matplotlib is not installed" in report.read_text()
+        return
     for png in ("latency_cdf.png", "cpu_per_request.png"):
         data = (folder / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -80,3 +85,12 @@ def test_report_without_measurements(tmp_path: Path) -> None:
     md = write_report(res, tmp_path).read_text()
     assert "No plots: no target was measured" in md
     assert not (tmp_path / "latency_cdf.png").exists()
+
+
+def test_report_without_matplotlib(result: dict, tmp_path: Path, monkeypatch) -> None:
+    """Without the perf extra the Markdown and JSON are still written, and say why no plots."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    md = write_report(result, tmp_path).read_text()
+    assert "No plots: matplotlib is not installed" in md and "| haproxy |" in md
+    assert not (tmp_path / "latency_cdf.png").exists()
+    assert (tmp_path / "results.json").exists()
