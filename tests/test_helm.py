@@ -581,6 +581,11 @@ def test_schema_is_valid_draft7_and_accepts_the_shipped_values() -> None:
 # install (client-side dry run) and packaging
 
 def test_install_dry_run_notes(helm: str) -> None:
+    version = subprocess.run([helm, "version", "--short"], capture_output=True, text=True,
+                             timeout=30).stdout
+    if version.startswith("v3."):
+        pytest.skip(f"helm {version.strip()}: install --dry-run=client still asks a cluster "
+                    "(localhost:8080 here) for its version; helm 4 renders offline")
     proc = subprocess.run([helm, "install", "scp", str(CHART), "--dry-run=client", "-n", "5gc",
                            "-f", str(CHART / "ci" / "tls-values.yaml")],
                           capture_output=True, text=True, timeout=60)
