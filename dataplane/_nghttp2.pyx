@@ -1112,6 +1112,8 @@ cdef class ServerConnection(_Conn):
     cdef int rst_count, ctl_count
     cdef int max_resets, max_controls
     cdef bint calmed
+    cdef bint final_goaway_sent
+    cdef object drain_timer
 
     def __init__(self, handler, settings=None, peer_info=None) -> None:
         self.handler = handler
@@ -1142,6 +1144,9 @@ cdef class ServerConnection(_Conn):
             return
         self.lost = 1
         self.closing = 1
+        if self.drain_timer is not None:
+            self.drain_timer.cancel()
+            self.drain_timer = None
         streams = list(self.streams.values())
         self.streams.clear()
         self.open_streams = 0
@@ -1419,8 +1424,17 @@ cdef class ServerConnection(_Conn):
         nghttp2_session_terminate_session(self.session, NGHTTP2_ENHANCE_YOUR_CALM)
         _mark(self)
 
+    def _drain_deadline(self) -> None:
+        """The client never acknowledged the drain PING: send the final GOAWAY anyway."""
+        self._final_goaway()
+        self._kick()
+
     cdef void _final_goaway(self) except *:
-        if self.session != NULL:
+        if self.drain_timer is not None:
+            self.drain_timer.cancel()
+            self.drain_timer = None
+        if self.session != NULL and not self.final_goaway_sent:
+            self.final_goaway_sent = 1
             nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE,
                                   nghttp2_session_get_last_proc_stream_id(self.session),
                                   NGHTTP2_NO_ERROR, NULL, 0)
@@ -1560,6 +1574,11 @@ cdef class ServerConnection(_Conn):
             nghttp2_submit_shutdown_notice(self.session)
             nghttp2_submit_ping(self.session, NGHTTP2_FLAG_NONE,
                                 <const uint8_t *>PyBytes_AS_STRING(_DRAIN_PING))
+            try:
+                self.drain_timer = asyncio.get_running_loop().call_later(
+                    1.0, self._drain_deadline)
+            except RuntimeError:
+                self._final_goaway()
         self._kick()
 
 

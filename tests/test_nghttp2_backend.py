@@ -868,3 +868,94 @@ async def test_held_upload_is_bounded_by_windows_until_upstream_reads():
         server.close()
         for c in oconns:
             c.close()
+
+
+def _frames(buf: bytearray):
+    """Pop whole HTTP/2 frames (type, flags, stream id, payload) off ``buf``."""
+    out = []
+    while len(buf) >= 9:
+        length = int.from_bytes(buf[:3], "big")
+        if len(buf) < 9 + length:
+            break
+        ftype, flags = buf[3], buf[4]
+        sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+        out.append((ftype, flags, sid, bytes(buf[9 : 9 + length])))
+        del buf[: 9 + length]
+    return out
+
+
+async def test_drain_without_ping_ack_still_sends_final_goaway():
+    handler = OriginHandler("d")
+    server, port, conns = await start_local(handler)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        h2c.initiate_connection()
+        h2c.send_headers(
+            1,
+            [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/hold")],
+            end_stream=True,
+        )
+        writer.write(h2c.data_to_send())  # from here on we never write (no PING ACK)
+        for _ in range(200):
+            if handler.held:
+                break
+            await asyncio.sleep(0.01)
+        conns[0].drain()
+        buf, goaways, saw_ping, eof = bytearray(), [], False, False
+        while len(goaways) < 2:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data
+            buf += data
+            for ftype, flags, _sid, payload in _frames(buf):
+                if ftype == 0x7:
+                    last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+                    goaways.append((last, int.from_bytes(payload[4:8], "big")))
+                elif ftype == 0x6 and not flags & 0x1:
+                    saw_ping = True
+        assert saw_ping and goaways == [(2**31 - 1, 0), (1, 0)]
+        # the in-flight stream still completes, then the server closes the connection
+        conn, sid = handler.held[0]
+        conn.respond(sid, 200, [], b"done")
+        got_data = False
+        while not eof:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            eof = not data
+            buf += data
+            got_data |= any(f[0] == 0x0 and f[3] == b"done" for f in _frames(buf))
+        assert got_data
+        writer.close()
+    finally:
+        server.close()
+        for c in conns:
+            c.close()
+
+
+async def test_client_ping_and_drain_close_the_connection(origin):
+    closed = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(
+        lambda: nghttp2.ClientConnection(H2Settings(), on_closed=closed.set_result),
+        "127.0.0.1",
+        origin.port,
+    )
+    await asyncio.wait_for(conn.ready, 5)
+    assert conn.max_streams == H2Settings().max_concurrent_streams
+    conn.ping()
+    fut = loop.create_future()
+    conn.request(
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"x"),
+            (b":path", b"/slow?ms=100"),
+        ],
+        None,
+        lambda *a: fut.set_result(a),
+    )
+    conn.drain()
+    assert not conn.available
+    result = await asyncio.wait_for(fut, 5)
+    assert (result[0], result[2], result[4]) == (200, b"slow origin", None)
+    assert await asyncio.wait_for(closed, 5) is conn
+    assert conn.closed
