@@ -686,3 +686,9 @@ def test_rendered_pod_runs_answers_probes_and_drains(helm: str, tmp_path: Path, 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever is left: supervisor, workers
         proc.wait(timeout=10)
+
+
+def test_kubernetes_older_than_1_30_is_refused(helm: str) -> None:
+    err = render_error(helm, "--kube-version", "1.29.0")
+    assert ">=1.30.0-0" in err  # preStop sleep, matchLabelKeys need 1.30
+    render(helm, "--kube-version", "1.30.0")
