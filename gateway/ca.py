@@ -16,7 +16,7 @@ Subcommands: ``init``, ``issue``, ``gateway``, ``show``, ``verify``, ``revoke``,
 certificate that does not verify), 2 on bad usage or bad input (invalid UUID, NF type, DNS
 name, IP, days).  Keys are written 0600, atomically (temp file + rename), and nothing
 is overwritten without ``--force``.  Python API: ``MeshCA.create``, ``MeshCA.load``,
-``MeshCA.issue``, ``MeshCA.revoke``, ``MeshCA.publish_crl``, ``write_pair``, ``describe``,
+``MeshCA.issue``, ``MeshCA.sign_csr``, ``MeshCA.revoke``, ``MeshCA.publish_crl``, ``write_pair``, ``describe``,
 ``verify``.  Revocation: ``mesh-ca.crl`` (written empty by ``init``) is the revocation list and
 its own database; a listener checks it by loading it beside the CA bundle with
 ``ssl.VERIFY_CRL_CHECK_LEAF``.
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.identity import (
@@ -304,6 +304,42 @@ class MeshCA:
         """An end-entity certificate and its new EC P-256 key, both PEM, for NF ``instance_id``
         of type ``nf_type``.  Validity ends at the CA's at the latest; CAInputError on bad
         input, CAError when the CA has expired."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert_pem = self.certify(key.public_key(), nf_type, instance_id, dns, ips, days,
+                                common_name)
+        return cert_pem, _key_pem(key)
+
+    def sign_csr(self, csr_pem: bytes, nf_type: str, instance_id: str, dns: Sequence[str] = (),
+                 ips: Sequence[str] = (), days: int = DEFAULT_LEAF_DAYS) -> bytes:
+        """A certificate (PEM) for the key of a PKCS#10 request, so the NF's private key never
+        leaves it.  The request proves possession of the key (its signature is checked); its
+        subject and requested extensions are ignored: the identity is what the operator states
+        here.  Accepted keys: EC P-256/P-384, RSA of 2048 bits or more."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError:
+            raise CAInputError("not a PEM certificate signing request") from None
+        if not csr.is_signature_valid:
+            raise CAInputError("the request's signature does not verify (no proof of "
+                               "possession of the key)")
+        public_key = csr.public_key()
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            if public_key.curve.name not in ("secp256r1", "secp384r1"):
+                raise CAInputError(f"EC curve {public_key.curve.name} not accepted "
+                                   f"(P-256 or P-384)")
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            if public_key.key_size < 2048:
+                raise CAInputError(f"RSA key of {public_key.key_size} bits is too small (>= 2048)")
+        else:
+            raise CAInputError(f"key type {type(public_key).__name__} not accepted "
+                               f"(EC P-256/P-384 or RSA >= 2048)")
+        return self.certify(public_key, nf_type, instance_id, dns, ips, days)
+
+    def certify(self, public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey, nf_type: str,
+                instance_id: str, dns: Sequence[str] = (), ips: Sequence[str] = (),
+                days: int = DEFAULT_LEAF_DAYS, common_name: str | None = None) -> bytes:
+        """The NF certificate (PEM) binding ``public_key`` to the identity (the profile in the
+        module docstring)."""
         nf_type = check_nf_type(nf_type)
         instance_id = check_instance_id(instance_id)
         dns_names = check_dns(dns)
@@ -328,7 +364,6 @@ class MeshCA:
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(URN_UUID_PREFIX + instance_id)]
         sans += [x509.DNSName(n) for n in dns_names]
         sans += [x509.IPAddress(a) for a in addresses]
-        key = ec.generate_private_key(ec.SECP256R1())
         ca_ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value \
             if _has_ext(self.cert, x509.SubjectKeyIdentifier) else None
         aki = (x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
@@ -336,7 +371,7 @@ class MeshCA:
                else x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()))
         cert = (
             x509.CertificateBuilder().subject_name(subject).issuer_name(self.cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .public_key(public_key).serial_number(x509.random_serial_number())
             .not_valid_before(not_before).not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(
@@ -349,12 +384,12 @@ class MeshCA:
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.UnrecognizedExtension(NFTYPES_OID, encode_nf_types([nf_type])),
                            critical=False)  # RFC 9310 NFTypes: never critical
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),
                            critical=False)
             .add_extension(aki, critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+        return cert.public_bytes(serialization.Encoding.PEM)
 
     # ---- revocation (RFC 5280 CRL; the CRL file is the revocation database) ----
 
@@ -605,6 +640,8 @@ def _parser() -> argparse.ArgumentParser:
     issue = sub.add_parser("issue", help="issue an NF certificate")
     issue.add_argument("--nf-type", required=True, help="NFType of TS 29.510 (AMF, SMF, ...)")
     issue.add_argument("--instance-id", required=True, help="NfInstanceId (UUID)")
+    issue.add_argument("--csr", metavar="FILE", help="certify the key of this PKCS#10 request "
+                       "(the key stays with the NF; only PREFIX.crt is written)")
     leaf_options(issue)
 
     gw = sub.add_parser("gateway", help="issue the gateway's own certificate (NF type SCP)")
@@ -648,8 +685,19 @@ def _cmd_init(a: argparse.Namespace) -> int:
 def _cmd_issue(a: argparse.Namespace) -> int:
     nf_type, instance_id = check_nf_type(a.nf_type), check_instance_id(a.instance_id)
     ca = MeshCA.load(a.dir)
-    cert_pem, key_pem = ca.issue(nf_type, instance_id, a.dns, a.ip, a.days)
     prefix = a.out or os.path.join(a.dir, f"{nf_type.lower()}-{instance_id}")
+    if a.csr is not None:
+        try:
+            with open(a.csr, "rb") as fh:
+                csr_pem = fh.read(1 << 20)
+        except OSError as exc:
+            raise CAError(f"cannot read {a.csr}: {exc.strerror}") from None
+        cert_pem = ca.sign_csr(csr_pem, nf_type, instance_id, a.dns, a.ip, a.days)
+        os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+        _write_atomic(prefix + ".crt", cert_pem, 0o644, a.force)
+        print(f"issued {nf_type} {instance_id} for the key of {a.csr}: {prefix}.crt")
+        return EXIT_OK
+    cert_pem, key_pem = ca.issue(nf_type, instance_id, a.dns, a.ip, a.days)
     cert_path, key_path = write_pair(prefix, cert_pem, key_pem, a.force)
     print(f"issued {nf_type} {instance_id}: {cert_path}, {key_path}")
     return EXIT_OK

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
@@ -682,3 +682,69 @@ def test_fast_der_walk_takes_any_bytes(before, after):
     except ValueError:
         return
     assert result is None or isinstance(result, tuple)
+
+
+# ---- certificate signing requests (the NF keeps its key) ----------------------------------------
+
+def make_csr(key, ou: str = "NRF") -> bytes:
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "asks-for-more"),
+                                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou)]))
+           .add_extension(x509.SubjectAlternativeName(
+               [x509.UniformResourceIdentifier("urn:uuid:00000000-0000-4000-8000-000000000000")]),
+               critical=False)
+           .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def test_sign_csr_certifies_the_requesters_key_with_the_operators_identity(mesh):
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = load(mesh.sign_csr(make_csr(key), "SMF", SMF_ID, dns=["smf1.example"]))
+    assert cert.public_key() == key.public_key()
+    # what the request asked for (OU=NRF, another instance id) is ignored
+    assert certificate_identity(cert) == NfIdentity(SMF_ID, "SMF", "smf1.example",
+                                                    ("smf1.example",), ("SMF",))
+    verifier_store(mesh).build_client_verifier().verify(cert, [])
+
+
+def test_sign_csr_refuses_forged_requests_and_weak_keys(mesh):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    good = make_csr(ec.generate_private_key(ec.SECP256R1()))
+    raw = bytearray(x509.load_pem_x509_csr(good).public_bytes(serialization.Encoding.DER))
+    raw[-3] ^= 0x01  # inside the signature: no proof of possession
+    forged = x509.load_der_x509_csr(bytes(raw)).public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(CAInputError, match="proof of possession"):
+        mesh.sign_csr(forged, "AMF", AMF_ID)
+    with pytest.raises(CAInputError, match="too small"):
+        mesh.sign_csr(make_csr(rsa.generate_private_key(65537, 1024)), "AMF", AMF_ID)
+    with pytest.raises(CAInputError, match="curve"):
+        mesh.sign_csr(make_csr(ec.generate_private_key(ec.SECP521R1())), "AMF", AMF_ID)
+    with pytest.raises(CAInputError, match="not accepted"):
+        mesh.sign_csr(make_csr(ed25519.Ed25519PrivateKey.generate()), "AMF", AMF_ID)
+    with pytest.raises(CAInputError, match="signing request"):
+        mesh.sign_csr(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n", "AMF", AMF_ID)
+    with pytest.raises(CAInputError, match="unknown NF type"):
+        mesh.sign_csr(good, "MODEM", AMF_ID)
+
+
+def test_cli_issue_from_an_openssl_request(mesh, tmp_path, capsys):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    key_path, csr_path = str(tmp_path / "nf.key"), str(tmp_path / "nf.csr")
+    subprocess.run([openssl, "req", "-new", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key_path, "-out", csr_path,
+                    "-subj", "/CN=nf/OU=NRF"], check=True, capture_output=True, timeout=10)
+    rc, out, err = run_cli(["issue", "--dir", mesh.directory, "--nf-type", "AUSF",
+                            "--instance-id", AMF_ID, "--csr", csr_path, "--out",
+                            str(tmp_path / "ausf")], capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ausf.crt", "nf.csr", "nf.key"]
+    cert = load(open(tmp_path / "ausf.crt", "rb").read())
+    key = serialization.load_pem_private_key(open(key_path, "rb").read(), password=None)
+    assert cert.public_key() == key.public_key()
+    assert certificate_identity(cert).nf_type == "AUSF"
+    rc, out, err = run_cli(["issue", "--dir", mesh.directory, "--nf-type", "AUSF",
+                            "--instance-id", AMF_ID, "--csr", str(tmp_path / "nope.csr")], capsys)
+    assert rc == 1 and "cannot read" in err
