@@ -302,3 +302,9 @@ def peer_nf_type(peer_info: dict) -> str | None:
     function ``nf_adapters.authz.NfTypeAuthzRouter`` is given."""
     ident = peer_identity(peer_info)
     return ident.nf_type if ident is not None else None
+
+
+def peer_nf_types(peer_info: dict) -> tuple[str, ...]:
+    """Every NF type the caller's certificate certifies, ``()`` when unidentified."""
+    ident = peer_identity(peer_info)
+    return ident.nf_types if ident is not None else ()

@@ -23,7 +23,7 @@ tokens) is the service ``oauth2``.  A path with no recognisable service falls to
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from dataplane.engine import Headers
 from dataplane.routing import Decision, LocalResponse, Router
@@ -92,13 +92,19 @@ class NfTypePolicy:
             raise ValueError("services: must be a mapping of service name -> NF types")
         return cls(services, default_allow=default == "allow")
 
-    def allows(self, nf_type: str | None, service: str | None) -> bool:
+    def allows(self, nf_type: str | Sequence[str] | None, service: str | None) -> bool:
+        """Whether a caller of ``nf_type`` (or of any of several certified types) may call
+        ``service``."""
         allowed = self.rules.get(service) if service is not None else None
         if allowed is None:
             return self.default_allow
         if ANY in allowed:
             return True
-        return nf_type is not None and nf_type in allowed
+        if nf_type is None:
+            return False
+        if isinstance(nf_type, str):
+            return nf_type in allowed
+        return any(t in allowed for t in nf_type)
 
 
 def _path(headers: Headers) -> bytes:
@@ -113,15 +119,16 @@ def _path(headers: Headers) -> bytes:
 class NfTypeAuthzRouter:
     """A Router wrapper that answers 403 ``NF_TYPE_NOT_ALLOWED`` to callers the policy denies.
 
-    ``nf_type_of(peer_info)`` returns the caller's NF type or None (the gateway passes
-    ``gateway.identity.peer_nf_type``, cached per connection).  ``route`` checks first and asks
+    ``nf_type_of(peer_info)`` returns the caller's NF type, or all its certified types, or
+    None/() when unidentified (the gateway passes ``gateway.identity.peer_nf_types``, cached
+    per connection; ``peer_nf_type`` works too).  ``route`` checks first and asks
     ``inner`` only when allowed; ``try_route`` (for ``ChainRouter`` members) asks ``inner``
     first so a request ``inner`` declines is declined, not denied."""
 
     __slots__ = ("inner", "policy", "nf_type_of", "_inner_try")
 
     def __init__(self, inner: Router, policy: NfTypePolicy,
-                 nf_type_of: Callable[[dict], str | None]) -> None:
+                 nf_type_of: Callable[[dict], str | Sequence[str] | None]) -> None:
         self.inner = inner
         self.policy = policy
         self.nf_type_of = nf_type_of
@@ -133,8 +140,12 @@ class NfTypeAuthzRouter:
         nf_type = self.nf_type_of(peer)
         if self.policy.allows(nf_type, service):
             return None
-        who = f"NF type {nf_type}" if nf_type else \
-            "a caller without an NF identity (no mesh mTLS certificate)"
+        if isinstance(nf_type, str):
+            who = f"NF type {nf_type}"
+        elif nf_type:
+            who = f"NF type{'s' if len(nf_type) > 1 else ''} {', '.join(nf_type)}"
+        else:
+            who = "a caller without an NF identity (no mesh mTLS certificate)"
         what = f"service {service}" if service else "this resource"
         return problem(403, CAUSE, f"{who} may not call {what}")
 

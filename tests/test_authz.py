@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataplane.routing import Endpoint, Forward, LocalResponse
-from gateway.identity import peer_nf_type
+from gateway.identity import peer_nf_type, peer_nf_types
 from nf_adapters.authz import CAUSE, NfTypeAuthzRouter, NfTypePolicy, service_of
 from nf_adapters.problem_details import decode_problem
 
@@ -88,6 +88,18 @@ POLICY = NfTypePolicy({
 ])
 def test_policy_decisions(nf_type, service, allowed):
     assert POLICY.allows(nf_type, service) is allowed
+
+
+def test_several_certified_types_any_one_allowed_suffices():
+    assert POLICY.allows(("PCF", "SMF"), "nudm-sdm")
+    assert not POLICY.allows(("PCF", "UPF"), "nudm-sdm")
+    assert not POLICY.allows((), "nudm-sdm")
+    router = NfTypeAuthzRouter(Inner(), POLICY, lambda peer: ("PCF", "UPF"))
+    denied = router.route(request(b"/nudm-sdm/v2/x"), {})
+    assert decode_problem(denied.body).detail == "NF types PCF, UPF may not call service nudm-sdm"
+    router = NfTypeAuthzRouter(Inner(), POLICY, peer_nf_types)
+    assert isinstance(router.route(request(b"/nudm-sdm/v2/x"), peer("SMF")), Forward)
+    assert router.route(request(b"/nudm-sdm/v2/x"), peer(None)).status == 403
 
 
 def test_default_allow_only_applies_without_a_rule():

@@ -206,13 +206,13 @@ async def test_gateway_certificate_serves_as_client_certificate_to_an_mtls_produ
 async def test_authorisation_by_nf_type_over_mtls(backend, files):
     """NfTypeAuthzRouter in front of routing: the AMF's certificate lets it call nudm-sdm and
     gets it a 403 ProblemDetails for a service only SMFs may call; nothing denied is forwarded."""
-    from gateway.identity import peer_nf_type
+    from gateway.identity import peer_nf_types
     from nf_adapters.authz import NfTypeAuthzRouter, NfTypePolicy
 
     origin = await start_origin(backend)
     policy = NfTypePolicy.from_mapping({"default": "deny", "services": {
         "nudm-sdm": ["AMF", "SMF"], "npcf-smpolicycontrol": ["SMF"]}})
-    router = NfTypeAuthzRouter(StaticRouter(origin.endpoint), policy, peer_nf_type)
+    router = NfTypeAuthzRouter(StaticRouter(origin.endpoint), policy, peer_nf_types)
     ctx = server_context(files.gw_cert, files.gw_key, ca_file=files.ca, require_client_cert=True)
     proxy = await start_proxy(backend, router, ssl_context=ctx)
     amf = ["--cert", files.amf_cert, "--key", files.amf_key]
