@@ -3,15 +3,16 @@
 The rule has the shape of TS 29.510's ``NFService.allowedNfTypes``: per producer service name
 (``nudm-sdm``, ``npcf-smpolicycontrol``, ...) the set of NF types allowed to call it.
 ``NfTypeAuthzRouter`` wraps any Router: a request whose caller's NF type (read from its mTLS
-certificate by a function the gateway injects, ``gateway.identity.peer_nf_type``) is not allowed
+certificate by a function the gateway injects, ``gateway.identity.peer_nf_types``) is not allowed
 gets 403 ProblemDetails with cause ``NF_TYPE_NOT_ALLOWED`` and never reaches routing or a
 producer.
 
 Decisions, for the service named by ``:path``:
 
 * a rule for the service lists ``*``: anyone, identified or not (the NRF APIs usually);
-* a rule lists NF types: the caller's NF type must be one of them; a caller without an NF
-  identity (h2c, no client certificate, certificate without a known NF type) is denied;
+* a rule lists NF types: the caller's NF type (any one of them, for a certificate that
+  certifies several) must be listed; a caller without an NF identity (h2c, no client
+  certificate, certificate without a known NF type) is denied;
 * no rule for the service: ``default`` decides (``allow``: anyone; ``deny``: no one).
 
 The service name is the first ``:path`` segment shaped like a 3GPP service (``n<nf>-<svc>``)
