@@ -86,7 +86,7 @@ class _Exchange:
 
     __slots__ = (
         "proxy", "conn", "sid", "fwd", "method", "path", "t0", "candidates", "timer", "task",
-        "done", "last_error", "endpoint", "headers", "retried_same",
+        "done", "last_error", "endpoint", "headers", "retried_same", "candidate_extras", "extra",
     )
 
     def __init__(self, proxy: Proxy, conn, sid: int, fwd: Forward, method: str, path: str,
@@ -99,6 +99,8 @@ class _Exchange:
         self.path = path
         self.t0 = t0
         self.candidates: list[tuple[Endpoint, Headers]] = list(fwd.alternates)
+        self.candidate_extras: list[Headers] = list(fwd.alternate_response_headers)
+        self.extra: Headers = fwd.extra_response_headers
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task | None = None
         self.done = False
@@ -145,7 +147,7 @@ class _Exchange:
     def _splice(self, upstream, headers: Headers) -> None:
         try:
             self.conn.splice(
-                self.sid, upstream, headers, self, self.fwd.extra_response_headers,
+                self.sid, upstream, headers, self, self.extra,
                 retain_body=True,
             )
         except Exception as exc:  # an engine refusing the splice must not cost the connection
@@ -158,6 +160,8 @@ class _Exchange:
         if (not reached or self.fwd.retryable) and replayable:
             if self.candidates:
                 endpoint, headers = self.candidates.pop(0)
+                if self.candidate_extras:
+                    self.extra = self.candidate_extras.pop(0)
                 self._attempt(endpoint, headers)
                 return
             if not reached and not self.retried_same and error_code != ErrorCode.CONNECT_ERROR:

@@ -368,18 +368,22 @@ class ModelDRouter:
                     if k[:1] != b":" and not k.startswith(DISCOVERY_HEADER_PREFIX) and k != b"host"]
         t0 = first.targets[0]
         alternates: list[tuple[Endpoint, Headers]] = []
+        alt_ids: list[Headers] = []
         for ps in chosen[1:]:
             t = ps.targets[0]
             alternates.append((t.endpoint, _pseudo(method, ps.scheme, t, path) + rest))
+            alt_ids.append([(b"3gpp-sbi-producer-id", ps.producer_id)])
         if len(alternates) < MAX_ALTERNATES:
             for t in first.targets[1:MAX_ALTERNATES - len(alternates) + 1]:
                 alternates.append((t.endpoint, _pseudo(method, first.scheme, t, path) + rest))
+                alt_ids.append([(b"3gpp-sbi-producer-id", first.producer_id)])
         return Forward(
             endpoint=t0.endpoint,
             headers=_pseudo(method, first.scheme, t0, path) + rest,
             cluster=first.cluster,
             alternates=alternates,
             extra_response_headers=[(b"3gpp-sbi-producer-id", first.producer_id)],
+            alternate_response_headers=alt_ids,
             timeout=timeout,
             retryable=method in IDEMPOTENT,
         )

@@ -144,6 +144,8 @@ async def test_reselection_to_an_alternate_producer(mesh) -> None:
     status, hdrs, body = await curl(proxy.port, "GET", "/nudm-sdm/v2/imsi-1/am-data", headers={
         "3gpp-sbi-discovery-target-nf-type": "UDM", "user-agent": "AMF-x"})
     assert status == 200 and body == b"ok udm-origin"
+    # the producer that answered is named, not the first pick that could not be reached
+    assert hdrs.get("3gpp-sbi-producer-id", "").startswith(f"nfinst={alive['nfInstanceId']};")
 
 
 async def test_notifications_through_h2client(mesh) -> None:
