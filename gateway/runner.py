@@ -29,13 +29,27 @@ from typing import Any
 log = logging.getLogger("nfmesh")
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line (``logging.format: json``), for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+               "logger": record.name, "pid": record.process, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, separators=(",", ":"))
+
+
 def setup_logging(level: str | None, config: Any) -> None:
-    lvl = (level or getattr(getattr(config, "logging", None), "level", None) or "info").upper()
-    logging.basicConfig(
-        level=getattr(logging, lvl, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    section = getattr(config, "logging", None)
+    lvl = (level or getattr(section, "level", None) or "info").upper()
+    handler = logging.StreamHandler(sys.stderr)
+    if getattr(section, "format", "text") == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    logging.basicConfig(level=getattr(logging, lvl, logging.INFO), handlers=[handler], force=True)
 
 
 async def serve_until_signal(config: Any, opts: dict, worker: int) -> int:
