@@ -435,7 +435,7 @@ cdef class _Conn:
     """What both connection kinds share: the session, the transport, the write path."""
 
     cdef nghttp2_session *session
-    cdef object transport
+    cdef readonly object transport
     cdef object _write
     cdef object loop
     cdef bint paused

@@ -959,3 +959,55 @@ async def test_client_ping_and_drain_close_the_connection(origin):
     assert (result[0], result[2], result[4]) == (200, b"slow origin", None)
     assert await asyncio.wait_for(closed, 5) is conn
     assert conn.closed
+
+
+async def test_paused_transport_stops_the_relay(origin):
+    """A client with huge windows that does not read: the proxy's socket buffer fills, the
+    transport pauses writing, and the engine stops taking upstream bytes (no unbounded
+    buffering in the transport or the engine)."""
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
+    size = 8 << 20
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pport)
+        config = h2.config.H2Configuration(client_side=True)
+        h2c = h2.connection.H2Connection(config)
+        h2c.local_settings = h2.settings.Settings(
+            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1}
+        )
+        h2c.initiate_connection()
+        h2c.increment_flow_control_window(2**31 - 1 - 65535)
+        h2c.send_headers(
+            1,
+            [
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "x"),
+                (":path", f"/download?size={size}"),
+            ],
+            end_stream=True,
+        )
+        writer.write(h2c.data_to_send())
+        await writer.drain()
+        transport = reader._transport  # noqa: SLF001 - stop reading: nothing is consumed
+        transport.pause_reading()
+        await asyncio.sleep(0.5)
+        (down,) = proxy.connections
+        queued = down.transport.get_write_buffer_size()
+        assert queued < 2 << 20, queued  # not the 8 MB the client's windows would allow
+        assert down.peak_buffered <= WINDOW + FRAME
+        transport.resume_reading()
+        got = 0
+        ended = False
+        while not ended:
+            data = await asyncio.wait_for(reader.read(1 << 20), 10)
+            assert data
+            for ev in h2c.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    got += len(ev.data)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    ended = True
+            writer.write(h2c.data_to_send())
+        assert got == size
+        writer.close()
+    finally:
+        await stop_splice_proxy(server, proxy)
