@@ -22,8 +22,9 @@ def _check_file(path: str | None, what: str) -> None:
         raise TLSConfigError(f"{what} file not found: {path}")
 
 
-def _base(purpose: ssl.Purpose, min_version: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(purpose)
+def _base(purpose: ssl.Purpose, min_version: str, cafile: str | None = None) -> ssl.SSLContext:
+    # with a CA bundle given, trust only it (the mesh CA), never the system's public CAs too
+    ctx = ssl.create_default_context(purpose, cafile=cafile)
     versions = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
     if min_version not in versions:
         raise TLSConfigError(f"min TLS version must be 1.2 or 1.3, not {min_version!r}")
@@ -52,11 +53,10 @@ def server_context(
 ) -> ssl.SSLContext:
     """A listener context.  With ``ca_file`` client certificates are verified against it
     (required when ``require_client_cert``, else optional: mTLS)."""
-    ctx = _base(ssl.Purpose.CLIENT_AUTH, min_version)
+    _check_file(ca_file, "CA bundle")
+    ctx = _base(ssl.Purpose.CLIENT_AUTH, min_version, cafile=ca_file)
     _load_chain(ctx, cert_file, key_file)
     if ca_file is not None:
-        _check_file(ca_file, "CA bundle")
-        ctx.load_verify_locations(cafile=ca_file)
         ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     elif require_client_cert:
         raise TLSConfigError("require_client_cert needs a ca_file to verify client certificates")
@@ -72,10 +72,8 @@ def client_context(
 ) -> ssl.SSLContext:
     """An upstream context: server certificate checked against ``ca_file`` (or the system
     store); ``cert_file``/``key_file`` present our client certificate (mTLS)."""
-    ctx = _base(ssl.Purpose.SERVER_AUTH, min_version)
-    if ca_file is not None:
-        _check_file(ca_file, "CA bundle")
-        ctx.load_verify_locations(cafile=ca_file)
+    _check_file(ca_file, "CA bundle")
+    ctx = _base(ssl.Purpose.SERVER_AUTH, min_version, cafile=ca_file)
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
