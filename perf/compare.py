@@ -426,7 +426,7 @@ def target_summary(res: TargetResults) -> dict:
     if res.skipped:
         return {"skipped": res.skipped}
     if "closed" not in res.phases:
-        reason = "; ".join(res.errors) or "no measurement"
+        reason = "; ".join(grouped_errors(res.errors)) or "no measurement"
         return {"skipped": f"failed: {reason}"}
     phases = {name: phase_summary(ms) for name, ms in res.phases.items()}
     closed = phases["closed"]
@@ -439,7 +439,25 @@ def target_summary(res: TargetResults) -> dict:
             for key in ("bytes_per_idle_connection", "bytes_per_open_stream")
         }
     if res.errors:
-        out["errors"] = res.errors
+        out["errors"] = grouped_errors(res.errors)
+    return out
+
+
+def grouped_errors(errors: list[str]) -> list[str]:
+    """``repeat N: msg`` lines with the same message folded into ``repeats 1, 2: msg``."""
+    by_msg: dict[str, list[str]] = {}
+    for e in errors:
+        head, sep, msg = e.partition(": ")
+        if sep and head.startswith("repeat ") and head[7:].isdigit():
+            by_msg.setdefault(msg, []).append(head[7:])
+        else:
+            by_msg.setdefault(e, [])
+    out = []
+    for msg, reps in by_msg.items():
+        if not reps:
+            out.append(msg)
+        else:
+            out.append(f"repeat{'s' if len(reps) > 1 else ''} {', '.join(reps)}: {msg}")
     return out
 
 

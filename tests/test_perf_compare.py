@@ -40,6 +40,13 @@ def test_skipped_and_failed_targets_are_never_missing() -> None:
     assert failed == {"skipped": "failed: repeat 1: exited with status 3"}
 
 
+def test_same_failure_in_every_repeat_is_told_once() -> None:
+    res = TargetResults(errors=["repeat 1: boom", "repeat 2: boom", "repeat 3: other",
+                                "config: bad"])
+    assert target_summary(res) == {
+        "skipped": "failed: repeats 1, 2: boom; repeat 3: other; config: bad"}
+
+
 def test_ratios_to_haproxy() -> None:
     res = {"haproxy": TargetResults(phases={"closed": [_m(100, 1000.0, [1000] * 100)]}),
            "nfmesh": TargetResults(phases={"closed": [_m(100, 1200.0, [500] * 100)]}),
