@@ -45,11 +45,11 @@ class Forward:
     cluster: str = ""
     alternates: list[tuple[Endpoint, Headers]] = field(default_factory=list)
     extra_response_headers: Headers = field(default_factory=list)
+    timeout: float | None = None  # seconds until the response headers must arrive
+    retryable: bool = False  # idempotent method or explicitly safe to replay
     # per alternate (same order): the extra response headers when that alternate answers
     # (its own 3gpp-sbi-producer-id); missing entries fall back to extra_response_headers
     alternate_response_headers: list[Headers] = field(default_factory=list)
-    timeout: float | None = None  # seconds until the response headers must arrive
-    retryable: bool = False  # idempotent method or explicitly safe to replay
 
 
 @dataclass(slots=True)

@@ -84,8 +84,17 @@ class Gateway:
         return ScpRouter.from_config(self.config)
 
     def publish_router(self, router: Router) -> None:
-        """Swap the data plane's router atomically (called by the control plane)."""
+        """Swap the data plane's router atomically (called by the control plane).  With
+        ``authz`` on, every router is wrapped so that a caller's NF type (from its mesh
+        certificate) is checked against the service before any routing."""
         assert self.router_slot is not None
+        authz = self.config.authz
+        if authz.enabled:
+            from gateway.identity import peer_nf_types
+            from nf_adapters.authz import NfTypeAuthzRouter, NfTypePolicy
+
+            policy = NfTypePolicy(authz.services, default_allow=authz.default == "allow")
+            router = NfTypeAuthzRouter(router, policy, peer_nf_types)
         self.router_slot.current = router
 
     # -- life cycle -------------------------------------------------------------------------
@@ -101,6 +110,7 @@ class Gateway:
         settings = cfg.http2.to_h2_settings()
         static = self._static_router()
         self.router_slot = RouterSlot(static)
+        self.publish_router(static)
         if cfg.registry.enabled and self.control_plane is not None:
             await self._follow_control_plane(static)
         elif cfg.registry.enabled:

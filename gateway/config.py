@@ -208,6 +208,14 @@ class LoggingSection(msgspec.Struct, **_STRUCT):
     format: Literal["json", "text"] = "text"
 
 
+class AuthzSection(msgspec.Struct, **_STRUCT):
+    """Which NF type (from the caller's mesh certificate) may call which SBI service."""
+
+    enabled: bool = False
+    default: Literal["allow", "deny"] = "deny"  # for services not listed
+    services: dict[str, list[str]] = msgspec.field(default_factory=dict)  # service -> NF types, "*"
+
+
 def _default_listeners() -> list[Listener]:
     return [Listener(name="sbi", host="127.0.0.1", port=8080, protocol="h2c")]
 
@@ -224,6 +232,7 @@ class Config(msgspec.Struct, **_STRUCT):
     ngap: NgapSection = msgspec.field(default_factory=NgapSection)
     metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
+    authz: AuthzSection = msgspec.field(default_factory=AuthzSection)
 
     @property
     def via_name(self) -> str:
@@ -372,6 +381,16 @@ class _Decoder:
                 return _BAD
             out = [self.decode(t.item_type, v, f"{path}[{i}]") for i, v in enumerate(value)]
             return _BAD if any(v is _BAD for v in out) else out
+        if isinstance(t, mi.DictType):
+            if not isinstance(value, dict):
+                self.issue(path, f"expected mapping, got {_tname(value)}")
+                return _BAD
+            out_d = {}
+            for k, v in value.items():
+                key = self.decode(t.key_type, k, f"{path}.{k}")
+                out_d[key] = self.decode(t.value_type, v, f"{path}.{k}")
+            bad = any(x is _BAD for x in (*out_d, *out_d.values()))
+            return _BAD if bad else out_d
         if isinstance(t, mi.LiteralType):
             if value not in t.values or type(value) is bool:
                 self.issue(path, f"expected one of {', '.join(map(str, t.values))}, got {value!r}")
@@ -621,6 +640,13 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
         if not os.path.isdir(os.path.dirname(full)):
             d.issue("registry.snapshot_file", f"directory not found: {os.path.dirname(full)}")
         reg = msgspec.structs.replace(reg, snapshot_file=full)
+
+    from nf_adapters.discovery import NF_TYPES
+
+    for svc, types in cfg.authz.services.items():
+        for j, nf_type in enumerate(types):
+            if nf_type != "*" and nf_type not in NF_TYPES:
+                d.issue(f"authz.services.{svc}[{j}]", f"unknown NF type {nf_type!r} (TS 29.510 NFType, or *)")
 
     ng = cfg.ngap
     for j, addr in enumerate(ng.listen):
