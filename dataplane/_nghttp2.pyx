@@ -940,8 +940,8 @@ cdef int _cli_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *
         for i in range(<int>vb.len):
             status = status * 10 + (vb.base[i] - 48)
         st.status = status
-    if st.mode == M_SPLICE:
-        if st.down_closed:
+    if st.mode != M_CLIENT:
+        if st.down_closed or st.mode != M_SPLICE:  # nobody downstream wants it any more
             return 0
         if st._rh_add(name, value, flags) != 0:
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
@@ -1019,8 +1019,8 @@ cdef int _cli_data(nghttp2_session *s, uint8_t flags, int32_t stream_id, const u
         nghttp2_session_consume(s, stream_id, n)
         return 0
     st = <_Stream>p
-    if st.mode == M_SPLICE:
-        if st.down_closed:
+    if st.mode != M_CLIENT:
+        if st.down_closed or st.mode != M_SPLICE:  # splice cancelled or downstream gone
             nghttp2_session_consume(s, stream_id, n)
             return 0
         if buf_append(&st.rs, data, n) != 0:
