@@ -1391,7 +1391,9 @@ cdef class ServerConnection(_Conn):
             return
         st.completed = 1
         try:
-            st.observer.on_complete(st.sid, st.sent_status, st.down_err or st.up_err)
+            # a local answer (after a cancelled or failed splice) ends cleanly or not on its own
+            st.observer.on_complete(st.sid, st.sent_status, st.down_err or (
+                st.up_err if st.mode == M_SPLICE else 0))
         except BaseException:
             log.exception("nghttp2: on_complete failed")
 

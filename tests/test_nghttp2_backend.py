@@ -1011,3 +1011,54 @@ async def test_paused_transport_stops_the_relay(origin):
         writer.close()
     finally:
         await stop_splice_proxy(server, proxy)
+
+
+async def test_respond_on_a_splice_before_its_response_cancels_upstream(origin):
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
+    try:
+        client = await connect(nghttp2, pport)
+        fut = asyncio.get_running_loop().create_future()
+        sid = client.request(
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"x"),
+                (b":path", b"/hold"),
+            ],
+            None,
+            lambda *a: fut.set_result(a),
+        )
+        for _ in range(200):
+            if origin.handler.held:
+                break
+            await asyncio.sleep(0.01)
+        (down,) = proxy.connections
+        down.respond(sid, 504, [(b"content-type", b"text/plain")], b"deadline")
+        status, headers, body, _, err = await asyncio.wait_for(fut, 5)
+        assert (status, body, err) == (504, b"deadline", None)
+        assert hdr(headers, b"x-via") is None  # the local answer, not the relayed one
+        for _ in range(200):
+            if origin.handler.resets and proxy.completed:
+                break
+            await asyncio.sleep(0.01)
+        assert origin.handler.resets[0][1] == ErrorCode.CANCEL
+        assert proxy.completed == [(sid, 504, 0)]
+        # once a response has started, respond() refuses
+        fut2 = asyncio.get_running_loop().create_future()
+        sid2 = client.request(
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"x"),
+                (b":path", b"/slow?ms=300"),
+            ],
+            None,
+            lambda *a: fut2.set_result(a),
+        )
+        await asyncio.sleep(0.05)
+        down.reset(sid2, ErrorCode.CANCEL)
+        result = await asyncio.wait_for(fut2, 5)
+        assert result[4].error_code == ErrorCode.CANCEL
+        client.close()
+    finally:
+        await stop_splice_proxy(server, proxy)
