@@ -288,7 +288,8 @@ def test_registry_checks(tmp_path) -> None:
     assert issues({"registry": {"snapshot_file": "no/such/dir/s.json"}}, base_dir=str(tmp_path)) \
         == [("registry.snapshot_file", f"directory not found: {tmp_path / 'no/such/dir'}")]
     # several workers share one memory registry through the control plane (gateway.runner)
-    assert issues({"gateway": {"workers": 2}, "registry": {"enabled": True}}) == []
+    cfg = parse_config({"gateway": {"workers": 2}, "registry": {"enabled": True}})
+    assert cfg.gateway.workers == 2 and cfg.registry.store == "memory"
 
 
 # --------------------------------------------------------------------------- YAML specifics
