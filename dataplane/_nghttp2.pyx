@@ -114,10 +114,11 @@ cdef inline double _now() noexcept:
 # buffers); recycling them skips most of glibc's bin work.  All calls happen with the GIL
 # held (every session call is made from Python-holding code), so no lock is needed.
 
-DEF POOL_CLASSES = 9          # 32 B .. 8 KiB blocks, header included
-DEF POOL_MIN_SHIFT = 5
-DEF POOL_HDR = 16
-DEF POOL_CACHE_BYTES = 1048576  # at most this much idle memory per size class
+cdef enum:
+    POOL_CLASSES = 9            # 32 B .. 8 KiB blocks, header included
+    POOL_MIN_SHIFT = 5
+    POOL_HDR = 16
+    POOL_CACHE_BYTES = 1048576  # at most this much idle memory per size class
 
 cdef void *_pool_free[POOL_CLASSES]
 cdef int _pool_count[POOL_CLASSES]
@@ -591,7 +592,9 @@ cdef nghttp2_option *_new_option(object settings, bint server) except NULL:
     if server:
         # our own per-second counter answers GOAWAY(ENHANCE_YOUR_CALM) first; nghttp2's
         # token bucket stays as a backstop at twice the limit
-        rate = max(2 * <unsigned long long>settings.max_resets_per_second, 2)
+        rate = 2 * <unsigned long long>settings.max_resets_per_second
+        if rate < 2:
+            rate = 2
         nghttp2_option_set_stream_reset_rate_limit(opt, rate, rate)
     return opt
 
