@@ -125,6 +125,7 @@ class TargetResults:
 
     phases: dict[str, list[Measurement]] = field(default_factory=dict)
     memory: list[dict] = field(default_factory=list)
+    run_info: list[dict] = field(default_factory=list)  # per repeat, from the target's log
     errors: list[str] = field(default_factory=list)
     skipped: str | None = None
 
@@ -281,6 +282,10 @@ class Harness:
                     f"(4xx {warm.summary.status_4xx}, 5xx {warm.summary.status_5xx}, "
                     f"failed {warm.summary.failed}): {target.log_tail()}"
                 )
+            info = getattr(peer, "run_info", None)
+            if info is not None:
+                res.run_info.append(info(target.log_text()))
+                _log(f"  {name}: {res.run_info[-1]}")
             if self.s.memory_connections:
                 self._memory(name, target.pid, port)
             phases: list[tuple[str, dict]] = [
@@ -433,13 +438,18 @@ def target_summary(res: TargetResults) -> dict:
     out = {k: closed[k] for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "rss_mb",
                                   "requests", "failed")}
     out["phases"] = phases
+    if res.run_info:
+        out["run_info"] = res.run_info
+        if any(i != res.run_info[0] for i in res.run_info):
+            out.setdefault("errors", []).append(
+                f"the target ran differently between repeats: {res.run_info}")
     if res.memory:
         out["memory"] = {
             key: statistics.median(m[key] for m in res.memory)
             for key in ("bytes_per_idle_connection", "bytes_per_open_stream")
         }
     if res.errors:
-        out["errors"] = grouped_errors(res.errors)
+        out["errors"] = grouped_errors(res.errors) + out.get("errors", [])
     return out
 
 

@@ -101,6 +101,12 @@ def markdown(result: dict, plots: dict[str, str], plot_error: str | None = None)
             f"{_fmt(t.get('rss_mb'), 1)} | {_fmt(t.get(f'ratio_cpu_to_{REFERENCE}'), 2)} | "
             f"{_fmt(t.get(f'ratio_p99_to_{REFERENCE}'), 2)} |"
         )
+    infos = {n: t["run_info"] for n, t in _measured(result).items() if t.get("run_info")}
+    if infos:
+        lines.append("")
+        for name, runs in infos.items():
+            told = "; ".join(sorted({", ".join(f"{k} {v}" for k, v in r.items()) for r in runs}))
+            lines.append(f"{name} ran with: {told} ({len(runs)} start(s)).")
     if result.get("goals"):
         lines += ["", "## Goals of issue 5 (nfmesh against HAProxy, same run)", "",
                   "| goal | nfmesh / HAProxy | limit | met |", "|---|---:|---:|---|"]

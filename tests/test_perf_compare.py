@@ -132,7 +132,7 @@ def test_nfmesh_set_changes_the_generated_config(tmp_path: Path) -> None:
     peer = Nfmesh(set_fields=["logging.access_log=false", "http2.max_concurrent_streams=50"])
     peer.command(TargetSpec(listen_port=1, backend_port=2, workdir=tmp_path))
     cfg = json.loads((tmp_path / "nfmesh.yaml").read_text())
-    assert cfg["logging"] == {"level": "warning", "access_log": False}
+    assert cfg["logging"] == {"level": "info", "access_log": False}
     assert cfg["http2"] == {"max_concurrent_streams": 50}
     with pytest.raises(ValueError, match="dotted.path=value"):
         Nfmesh(set_fields=["no-equals-sign"])
@@ -171,3 +171,17 @@ def test_goals_against_haproxy() -> None:
     g = goals({"nfmesh": t(1.3, 0.9, 1.4)}, tls=True)  # TLS allows 1.5x CPU
     assert [x["met"] for x in g] == [True, True, None, True]
     assert all(x["met"] is None for x in goals({"nfmesh": {"skipped": "x"}}, tls=False))
+
+
+def test_nfmesh_engine_read_from_its_log_and_divergence_reported() -> None:
+    from perf.peers.nfmesh import Nfmesh
+
+    log = ("2026-11-26 INFO nfmesh[1]: worker 0 serving: sbi=:8080 backend=nghttp2\n"
+           "GET /x 200\n")
+    assert Nfmesh().run_info(log) == {"engine": "nghttp2"}
+    assert Nfmesh().run_info("nothing") == {"engine": "unknown"}
+    res = TargetResults(phases={"closed": [_m(10, 100.0, [5] * 10)] * 2},
+                        run_info=[{"engine": "nghttp2"}, {"engine": "h2"}])
+    out = target_summary(res)
+    assert out["run_info"] == [{"engine": "nghttp2"}, {"engine": "h2"}]
+    assert any("ran differently between repeats" in e for e in out["errors"])

@@ -52,6 +52,15 @@ class Launched:
         """The target's pid (taskset execs, so it is the same process)."""
         return self.proc.pid
 
+    def log_text(self, limit: int = 1 << 20) -> str:
+        """The start of the process's output (at most ``limit`` bytes)."""
+        self._log.flush()
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read(limit).decode(errors="replace")
+        except OSError:
+            return ""
+
     def log_tail(self, lines: int = 5) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

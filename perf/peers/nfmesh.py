@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -82,7 +83,8 @@ def gateway_config(spec: TargetSpec, set_fields: list[str] | tuple[str, ...] = (
                       "endpoints": [{"host": "127.0.0.1", "port": spec.backend_port}]}],
         "routes": [{"name": "all", "match": {"path_prefix": "/"}, "cluster": "backend"}],
         "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0},
-        "logging": {"level": "warning", "access_log": True},
+        # info: the start-up line "worker 0 serving: ... backend=nghttp2" tells which engine ran
+        "logging": {"level": "info", "access_log": True},
     }
     for assignment in set_fields:
         apply_setting(config, assignment)
@@ -108,6 +110,12 @@ class Nfmesh:
         if "{nfmesh}" in self.cmd and self.binary is None:
             return "neither an nfmesh script nor gateway/cli.py found (pip install -e .)"
         return None
+
+    def run_info(self, log_text: str) -> dict:
+        """What the target's log says about the run: the HTTP/2 engine its workers used (a
+        missing native build silently means the pure ``h2`` engine, many times slower)."""
+        engines = sorted(set(re.findall(r"serving: .*?backend=(\w+)", log_text)))
+        return {"engine": ",".join(engines) or "unknown"}
 
     def command(self, spec: TargetSpec) -> list[str]:
         config = spec.workdir / "nfmesh.yaml"
