@@ -13,7 +13,7 @@ echo "== ruff"
 .venv/bin/ruff check .
 echo "== host suite"
 rc=0
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@" || rc=$?
+.venv/bin/python -m pytest -q -rs -p no:cacheprovider "$@" || rc=$?
 [ $rc = 5 ] && { echo "no host test ran: that is a failure"; rc=1; }
 echo "== kernel SCTP suite (QEMU VM)"
 vrc=0
