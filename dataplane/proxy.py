@@ -17,6 +17,14 @@ Once per finished request ``stats.on_request_done(cluster, method, status, durat
 error_code)`` and ``access_log(method=, path=, status=, cluster=, upstream=, duration_s=,
 error_code=, peer=)`` (keyword arguments) are called; status 0 means no response was sent.
 
+When the access log object has a ``record`` method (``gateway.app.AccessLog``), it is called
+instead, positionally and with the raw values: ``record(method, path, status, cluster,
+endpoint_or_None, duration_s, error_code, peer_info)``; it formats lines in batches.
+
+Response deadlines: a ``Forward.timeout`` of ``COARSE_TIMEOUT_S`` or more is watched by one
+sweep per proxy every ``SWEEP_PERIOD_S`` (so at most that late; no timer is created and
+cancelled per request); shorter ones get their own loop timer.
+
 One bad request costs only its stream: router or service exceptions become a 500 problem.
 """
 
@@ -44,6 +52,12 @@ from dataplane.upstream_pool import UpstreamPools, UpstreamUnavailable
 log = logging.getLogger("nfmesh.proxy")
 
 _PROBLEM_JSON = b"application/problem+json"
+COARSE_TIMEOUT_S = 2.0  # deadlines at least this far out are checked by the periodic sweep
+SWEEP_PERIOD_S = 0.05  # how often the sweep runs while deadlines are pending
+_monotonic = time.monotonic
+# the usual methods as str without decoding them per request
+_METHODS = {m.encode(): m for m in (
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE")}
 
 
 class ProxyStats(Protocol):
@@ -67,13 +81,17 @@ def default_problem(status: int, cause: str, detail: str) -> LocalResponse:
     return LocalResponse(status, [(b"content-type", _PROBLEM_JSON)], body)
 
 
-def _pseudo(headers: Headers, name: bytes) -> str:
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-        if not key.startswith(b":"):
-            break
-    return ""
+def _method_path(headers: Headers) -> tuple[str, str]:
+    """``:method`` and ``:path`` as text ("" when missing).  Pseudo-headers come first and a
+    request has at most five (RFC 9113 §8.3.1, RFC 8441), which the engines enforce, so a
+    dict of the first five holds them (built in C, cheaper than a Python loop)."""
+    first = dict(headers[:5])
+    method = first.get(b":method")
+    path = first.get(b":path")
+    return (
+        "" if method is None else (_METHODS.get(method) or method.decode("latin-1")),
+        "" if path is None else path.decode("latin-1"),
+    )
 
 
 def _endpoint_text(endpoint: Endpoint) -> str:
@@ -85,8 +103,8 @@ class _Exchange:
     """One forwarded request: the splice observer, its candidates, deadline and outcome."""
 
     __slots__ = (
-        "proxy", "conn", "sid", "fwd", "method", "path", "t0", "candidates", "timer", "task",
-        "done", "last_error", "endpoint", "headers", "retried_same", "candidate_extras", "extra",
+        "proxy", "conn", "sid", "fwd", "method", "path", "t0", "deadline", "timer", "task",
+        "done", "last_error", "endpoint", "headers", "retried_same", "next_alt", "extra",
     )
 
     def __init__(self, proxy: Proxy, conn, sid: int, fwd: Forward, method: str, path: str,
@@ -98,22 +116,32 @@ class _Exchange:
         self.method = method
         self.path = path
         self.t0 = t0
-        self.candidates: list[tuple[Endpoint, Headers]] = list(fwd.alternates)
-        self.candidate_extras: list[Headers] = list(fwd.alternate_response_headers)
-        self.extra: Headers = fwd.extra_response_headers
+        self.deadline = 0.0  # > 0 while watched by the proxy's sweep
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task | None = None
         self.done = False
         self.last_error = ""
         self.endpoint = fwd.endpoint
         self.headers = fwd.headers
+        self.extra: Headers = fwd.extra_response_headers
         self.retried_same = False
+        self.next_alt = 0  # index of the next of fwd.alternates to try
 
     # ---- driving ----------------------------------------------------------------------------
     def start(self) -> None:
-        if self.fwd.timeout is not None:
-            self.timer = asyncio.get_running_loop().call_later(self.fwd.timeout, self._on_timeout)
-        self._attempt(self.fwd.endpoint, self.fwd.headers)
+        fwd = self.fwd
+        timeout = fwd.timeout
+        if timeout is not None:
+            if timeout >= COARSE_TIMEOUT_S:
+                self.deadline = self.t0 + timeout
+                self.proxy._watch(self)
+            else:
+                self.timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+        upstream = self.proxy.pools.get_ready(fwd.endpoint)
+        if upstream is not None:
+            self._splice(upstream, fwd.headers)
+        else:
+            self._attempt(fwd.endpoint, fwd.headers)
 
     def _attempt(self, endpoint: Endpoint, headers: Headers) -> None:
         self.endpoint = endpoint
@@ -158,10 +186,13 @@ class _Exchange:
         conn = self.conn
         replayable = conn.can_replay(self.sid)
         if (not reached or self.fwd.retryable) and replayable:
-            if self.candidates:
-                endpoint, headers = self.candidates.pop(0)
-                if self.candidate_extras:
-                    self.extra = self.candidate_extras.pop(0)
+            fwd = self.fwd
+            i = self.next_alt
+            if i < len(fwd.alternates):
+                self.next_alt = i + 1
+                endpoint, headers = fwd.alternates[i]
+                if i < len(fwd.alternate_response_headers):
+                    self.extra = fwd.alternate_response_headers[i]
                 self._attempt(endpoint, headers)
                 return
             if not reached and not self.retried_same and error_code != ErrorCode.CONNECT_ERROR:
@@ -193,6 +224,7 @@ class _Exchange:
 
     def _on_timeout(self) -> None:
         self.timer = None
+        self.deadline = 0.0
         if self.done:
             return
         if self.task is not None:
@@ -226,11 +258,14 @@ class _Exchange:
         if self.done:
             return
         self.done = True
-        if self.timer is not None:
+        proxy = self.proxy
+        if self.deadline:
+            proxy._deadlines.pop(self, None)
+        elif self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.proxy._record(self.fwd.cluster, self.method, self.path, status,
-                           time.monotonic() - self.t0, error_code, self.endpoint, self.conn)
+        proxy._record(self.fwd.cluster, self.method, self.path, status,
+                      _monotonic() - self.t0, error_code, self.endpoint, self.conn)
 
     # ---- SpliceObserver ----------------------------------------------------------------------
     def on_upstream_failed(self, stream_id: int, error_code: int, reached: bool) -> None:
@@ -271,6 +306,10 @@ class Proxy:
         self._connecting: dict[tuple[int, int], _Exchange] = {}
         self._services: set[asyncio.Task] = set()
         self.requests = 0
+        # exchanges whose (long) deadline the sweep watches, and the sweep's timer
+        self._deadlines: dict[_Exchange, None] = {}
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._log_record = getattr(access_log, "record", None)
 
     # ---- ServerHandler -----------------------------------------------------------------------
     def on_connection_made(self, conn) -> None:
@@ -298,13 +337,13 @@ class Proxy:
             conn.close()
 
     def on_request(self, conn, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        t0 = time.monotonic()
+        t0 = _monotonic()
         self.requests += 1
-        self.connections.add(conn)
+        if conn not in self.connections:
+            self.connections.add(conn)
         if self.idle_timeout:
             self._activity[conn] = self._activity.get(conn, 0) + 1
-        method = _pseudo(headers, b":method")
-        path = _pseudo(headers, b":path")
+        method, path = _method_path(headers)
         try:
             decision = self.router_slot.current.route(headers, conn.peer_info)
         except Exception as exc:
@@ -312,7 +351,7 @@ class Proxy:
             self._local(conn, stream_id, self.error_responder(
                 500, "SYSTEM_FAILURE", f"routing failed: {type(exc).__name__}"), method, path, t0)
             return
-        if isinstance(decision, Forward):
+        if type(decision) is Forward or isinstance(decision, Forward):
             _Exchange(self, conn, stream_id, decision, method, path, t0).start()
         elif isinstance(decision, LocalResponse):
             self._local(conn, stream_id, decision, method, path, t0)
@@ -373,7 +412,13 @@ class Proxy:
                 self.stats.on_request_done(cluster, method, status, duration, error_code)
             except Exception:
                 log.exception("stats hook failed")
-        if self.access_log is not None:
+        if self._log_record is not None:
+            try:
+                self._log_record(method, path, status, cluster, endpoint, duration, error_code,
+                                 conn.peer_info)
+            except Exception:
+                log.exception("access log hook failed")
+        elif self.access_log is not None:
             try:
                 self.access_log(
                     method=method, path=path, status=status, cluster=cluster,
@@ -383,6 +428,31 @@ class Proxy:
                 )
             except Exception:
                 log.exception("access log hook failed")
+
+    # ---- deadlines ---------------------------------------------------------------------------
+    def _watch(self, ex: _Exchange) -> None:
+        """Watch ``ex.deadline`` with the periodic sweep (armed while any is pending)."""
+        self._deadlines[ex] = None
+        if self._sweep_timer is None:
+            self._sweep_timer = asyncio.get_running_loop().call_later(
+                SWEEP_PERIOD_S, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_timer = None
+        pending = self._deadlines
+        if not pending:
+            return
+        now = _monotonic()
+        expired = [ex for ex in pending if ex.deadline <= now]
+        for ex in expired:
+            pending.pop(ex, None)
+            try:
+                ex._on_timeout()
+            except Exception:
+                log.exception("response timeout handling failed on stream %d", ex.sid)
+        if pending:
+            self._sweep_timer = asyncio.get_running_loop().call_later(
+                SWEEP_PERIOD_S, self._sweep)
 
     # ---- shutdown ------------------------------------------------------------------------------
     def drain(self) -> None:

@@ -78,6 +78,9 @@ class UpstreamPools:
         # how long a request may wait for a stream when every allowed connection is full
         self.pending_timeout = connect_timeout if pending_timeout is None else pending_timeout
         self._pools: dict[Endpoint, _EndpointPool] = {}
+        # the endpoint asked last and its pool: most requests repeat it, and an identity check
+        # is cheaper than hashing the Endpoint dataclass
+        self._last: tuple[Endpoint, _EndpointPool] | None = None
         self._sweeper: asyncio.Task | None = None
         self._closed = False
         self.connects = 0  # successful connects (observability)
@@ -86,8 +89,15 @@ class UpstreamPools:
     def get_ready(self, endpoint: Endpoint):
         """A connection that can take a stream now, or None (also while requests are queued for
         a stream: newcomers do not overtake them)."""
-        pool = self._pools.get(endpoint)
-        if pool is None or pool.waiters or pool.reserved:
+        last = self._last
+        if last is not None and last[0] is endpoint:
+            pool = last[1]
+        else:
+            pool = self._pools.get(endpoint)
+            if pool is None:
+                return None
+            self._last = (endpoint, pool)
+        if pool.waiters or pool.reserved:
             return None
         for conn in pool.conns:
             if conn.available:
@@ -320,6 +330,7 @@ class UpstreamPools:
                 conn.close()
             pool.conns.clear()
         self._pools.clear()
+        self._last = None
 
 
 def _retrieve(task: asyncio.Task) -> None:

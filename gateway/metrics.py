@@ -28,11 +28,17 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+_NB = len(BUCKETS) + 1  # bucket cells (the last one: above every bound)
+_SUM = _NB  # a cell's last entry: the sum of the durations
+
+
 class _Histogram:
+    """One cluster's latency histogram (built at scrape time from the request cells)."""
+
     __slots__ = ("counts", "total", "n")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
+        self.counts = [0] * _NB
         self.total = 0.0
         self.n = 0
 
@@ -43,29 +49,58 @@ class _Histogram:
 
 
 class RequestStats:
-    """Implements ``dataplane.proxy.ProxyStats`` and exports what it counted."""
+    """Implements ``dataplane.proxy.ProxyStats`` and exports what it counted.
+
+    Per request: one dict lookup by ``(cluster, method, status)`` and two increments in that
+    key's cell (its latency bucket and duration sum); request counts and per-cluster histograms
+    are summed from the cells when scraped."""
+
+    __slots__ = ("cells", "resets")
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str], int] = {}
+        # (cluster, method, status) -> [bucket counts..., duration sum]
+        self.cells: dict[tuple[str, str, int], list] = {}
         self.resets: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, _Histogram] = {}
 
     def on_request_done(
         self, cluster: str, method: str, status: int, duration_s: float, error_code: int
     ) -> None:
-        key = (cluster, method, str(status))
-        self.requests[key] = self.requests.get(key, 0) + 1
-        hist = self.latency.get(cluster)
-        if hist is None:
-            hist = self.latency[cluster] = _Histogram()
-        hist.observe(duration_s)
+        key = (cluster, method, status)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = [0] * _NB + [0.0]
+        cell[bisect.bisect_left(BUCKETS, duration_s)] += 1
+        cell[_SUM] += duration_s
         if error_code:
-            rkey = (cluster, error_code)
+            rkey = (cluster, int(error_code))
             self.resets[rkey] = self.resets.get(rkey, 0) + 1
 
     @property
+    def requests(self) -> dict[tuple[str, str, str], int]:
+        """Requests by (cluster, method, status as text)."""
+        out: dict[tuple[str, str, str], int] = {}
+        for (cluster, method, status), cell in self.cells.items():
+            key = (cluster, method, str(status))
+            out[key] = out.get(key, 0) + sum(cell[:_NB])
+        return out
+
+    @property
+    def latency(self) -> dict[str, _Histogram]:
+        """Latency histogram per cluster."""
+        out: dict[str, _Histogram] = {}
+        for (cluster, _method, _status), cell in self.cells.items():
+            hist = out.get(cluster)
+            if hist is None:
+                hist = out[cluster] = _Histogram()
+            for i in range(_NB):
+                hist.counts[i] += cell[i]
+            hist.n += sum(cell[:_NB])
+            hist.total += cell[_SUM]
+        return out
+
+    @property
     def total(self) -> int:
-        return sum(self.requests.values())
+        return sum(sum(cell[:_NB]) for cell in self.cells.values())
 
     def collect(self) -> Iterable:
         c = CounterMetricFamily(

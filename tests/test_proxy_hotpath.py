@@ -1,0 +1,213 @@
+"""The proxy's cheap per-request paths: deadlines watched by one sweep (no timer per request),
+the batched access log's ``record`` form, ``RequestStats`` cells, the pool's last-endpoint cache.
+
+Every proxy test runs on each available backend (the ``backend`` fixture), against a real
+origin over HTTP/2."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+from prometheus_client import generate_latest
+
+from dataplane import proxy as proxy_mod
+from dataplane.client import H2Client
+from dataplane.engine import ErrorCode
+from dataplane.routing import Endpoint
+from gateway.app import AccessLog
+from gateway.metrics import BUCKETS, RequestStats, new_registry
+from tests.conftest import StaticRouter, start_origin, start_proxy
+
+
+@pytest.fixture
+async def origin(backend):
+    running = await start_origin(backend)
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def client(backend):
+    c = H2Client(backend.NAME)
+    yield c
+    c.close()
+
+
+def url(running, path: str) -> str:
+    return f"http://127.0.0.1:{running.port}{path}"
+
+
+# ---- deadlines --------------------------------------------------------------------------------
+
+async def test_long_deadline_is_swept_504_without_a_timer_per_request(
+        backend, origin, client, monkeypatch):
+    # make 0.3 s a "long" deadline so the sweep watches it
+    monkeypatch.setattr(proxy_mod, "COARSE_TIMEOUT_S", 0.25)
+    monkeypatch.setattr(proxy_mod, "SWEEP_PERIOD_S", 0.02)
+    proxy = await start_proxy(backend, StaticRouter(origin.endpoint, timeout=0.3))
+    try:
+        resp = await client.request("GET", url(proxy, "/hold"), timeout=3.0)
+        assert resp.status == 504
+        assert resp.json()["cause"] == "TIMED_OUT_REQUEST"
+        for _ in range(100):
+            if origin.handler.resets:
+                break
+            await asyncio.sleep(0.01)
+        assert origin.handler.resets[0][1] == ErrorCode.CANCEL
+        assert proxy.extra["stats"].done[-1][2] == 504
+        # answered requests leave nothing behind: no watched exchange, no timer on them
+        for _ in range(5):
+            resp = await client.request("GET", url(proxy, "/slow?ms=10"))
+            assert resp.status == 200
+        assert proxy.handler._deadlines == {}
+        # a response that started before the deadline is not cut by the sweep
+        resp = await client.request("GET", url(proxy, "/slow?ms=50"))
+        assert resp.status == 200
+    finally:
+        await proxy.stop()
+
+
+async def test_short_deadline_keeps_its_own_timer(backend, origin, client):
+    # below COARSE_TIMEOUT_S: exact timer, nothing for the sweep
+    proxy = await start_proxy(backend, StaticRouter(origin.endpoint, timeout=0.2))
+    try:
+        resp = await client.request("GET", url(proxy, "/hold"), timeout=3.0)
+        assert resp.status == 504
+        assert proxy.handler._deadlines == {} and proxy.handler._sweep_timer is None
+    finally:
+        await proxy.stop()
+
+
+async def test_sweep_runs_only_while_deadlines_are_pending(backend, origin, client):
+    proxy = await start_proxy(backend, StaticRouter(origin.endpoint, timeout=30.0))
+    try:
+        resp = await client.request("GET", url(proxy, "/echo"))
+        assert resp.status == 200
+        assert proxy.handler._deadlines == {}
+        await asyncio.sleep(proxy_mod.SWEEP_PERIOD_S * 3)
+        assert proxy.handler._sweep_timer is None  # stopped once nothing was left to watch
+    finally:
+        await proxy.stop()
+
+
+# ---- access log and stats through a real exchange ----------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_access_log_record_form_through_the_proxy(backend, origin, client, fmt):
+    out = io.StringIO()
+    log = AccessLog(fmt, out=out, flush_s=60)
+    proxy = await start_proxy(backend, StaticRouter(origin.endpoint, cluster="udm"),
+                              access_log=log)
+    try:
+        for i in range(3):
+            resp = await client.request("POST", url(proxy, f"/echo?n={i}"), body=b"x")
+            assert resp.status == 200
+        assert out.getvalue() == ""  # nothing formatted or written per request
+        log.flush()
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 3
+        up = f"127.0.0.1:{origin.endpoint.port}"
+        if fmt == "json":
+            entries = [json.loads(x) for x in lines]
+            assert [e["path"] for e in entries] == [f"/echo?n={i}" for i in range(3)]
+            e = entries[0]
+            assert (e["method"], e["status"], e["cluster"], e["upstream"], e["error_code"]) == (
+                "POST", 200, "udm", up, 0)
+            assert e["peer"][0] == "127.0.0.1" and e["duration_s"] > 0
+        else:
+            assert lines[0].startswith(f"method=POST path=/echo?n=0 status=200 cluster=udm "
+                                       f"upstream={up} duration_s=")
+            assert " error_code=0 peer=('127.0.0.1', " in lines[0]
+    finally:
+        await proxy.stop()
+
+
+async def test_access_log_record_batches_are_bounded_and_keep_order() -> None:
+    out = io.StringIO()
+    log = AccessLog("text", out=out, flush_s=60)
+    ep = Endpoint("2001:db8::1", 8443)
+    for i in range(1200):  # the row bound writes before the (60 s) timer
+        log.record("GET", f"/p/{i}", 200, "c", ep if i % 2 else None, 0.001, 0, {})
+    written = out.getvalue().splitlines()
+    assert 0 < len(written) < 1200
+    log.flush()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1200
+    assert lines[1].startswith("method=GET path=/p/1 status=200 cluster=c upstream=[2001:db8::1]:8443")
+    assert " upstream= " in lines[0] and lines[-1].startswith("method=GET path=/p/1199 ")
+
+
+async def test_access_log_mixes_keyword_lines_and_records_in_order() -> None:
+    out = io.StringIO()
+    log = AccessLog("json", out=out, flush_s=60)
+    log.record("GET", "/a", 200, "c", None, 0.5, 0, {"peername": ("::1", 1, 0, 0)})
+    log(method="PUT", path="/b", status=201, extra="yes")
+    log.record("GET", "/\u00e9", 404, "c", None, 0.25, 8, {})
+    log.flush()
+    entries = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [e["path"] for e in entries] == ["/a", "/b", "/\u00e9"]
+    assert entries[0]["peer"] == ["::1", 1, 0, 0] and entries[1]["extra"] == "yes"
+    assert entries[2]["peer"] is None and entries[2]["error_code"] == 8
+
+
+# ---- RequestStats ------------------------------------------------------------------------------
+
+def test_request_stats_counts_histogram_and_resets() -> None:
+    stats = RequestStats()
+    stats.on_request_done("udm", "GET", 200, 0.0004, 0)
+    stats.on_request_done("udm", "GET", 200, 0.003, 0)
+    stats.on_request_done("udm", "POST", 502, 0.2, ErrorCode.INTERNAL_ERROR)
+    stats.on_request_done("ausf", "GET", 0, 9.0, ErrorCode.CANCEL)
+    assert stats.requests == {("udm", "GET", "200"): 2, ("udm", "POST", "502"): 1,
+                              ("ausf", "GET", "0"): 1}
+    assert stats.total == 4
+    assert stats.resets == {("udm", 2): 1, ("ausf", 8): 1}
+    assert all(type(code) is int for _, code in stats.resets)
+    hist = stats.latency["udm"]
+    assert hist.n == 3 and hist.total == pytest.approx(0.2034)
+    assert hist.counts[0] == 1 and hist.counts[BUCKETS.index(0.005)] == 1
+    assert stats.latency["ausf"].counts[-1] == 1  # above every bound: +Inf only
+    text = generate_latest(new_registry(stats)).decode()
+    assert 'nfmesh_requests_total{cluster="udm",method="GET",status="200"} 2.0' in text
+    assert 'nfmesh_request_duration_seconds_bucket{cluster="udm",le="0.0005"} 1.0' in text
+    assert 'nfmesh_request_duration_seconds_bucket{cluster="udm",le="+Inf"} 3.0' in text
+    assert 'nfmesh_request_duration_seconds_count{cluster="udm"} 3.0' in text
+    assert 'nfmesh_stream_errors_total{cluster="udm",error_code="2"} 1.0' in text
+
+
+async def test_proxy_feeds_request_stats(backend, origin, client):
+    stats = RequestStats()
+    proxy = await start_proxy(backend, StaticRouter(origin.endpoint, cluster="smf"))
+    proxy.handler.stats = stats
+    try:
+        for _ in range(4):
+            assert (await client.request("GET", url(proxy, "/echo"))).status == 200
+        assert stats.requests == {("smf", "GET", "200"): 4}
+        assert stats.latency["smf"].n == 4
+    finally:
+        await proxy.stop()
+
+
+# ---- upstream pool -----------------------------------------------------------------------------
+
+async def test_pool_last_endpoint_cache_follows_endpoints_and_close(backend, origin, client):
+    other = await start_origin(backend)
+    router = StaticRouter(origin.endpoint)
+    proxy = await start_proxy(backend, router)
+    try:
+        pools = proxy.extra["pools"]
+        for ep in (origin.endpoint, other.endpoint, origin.endpoint):
+            router.endpoint = ep
+            resp = await client.request("POST", url(proxy, "/echo"), body=b"z")
+            assert resp.status == 200
+        assert len(origin.handler.requests) == 2 and len(other.handler.requests) == 1
+        assert pools.get_ready(other.endpoint) is pools.connections(other.endpoint)[0]
+        assert pools.get_ready(Endpoint("127.0.0.1", 1)) is None  # never asked: no pool
+        pools.close()
+        assert pools.get_ready(other.endpoint) is None
+    finally:
+        await proxy.stop()
+        await other.stop()
