@@ -283,7 +283,10 @@ async def _run(duration: float | None, as_json: bool, rate: float, backend: str)
             except Exception as exc:  # noqa: BLE001 - reported in the summary, never hidden
                 n2 = {"available": True, "reason": f"N2 demo failed: {exc}", "ngap_messages": 0, "ngap_errors": 1}
         await client.close()
+        producers = {}
         for nf in nfs:
+            name = f"{nf.nf_type}-{nf.instance_id[:8]}"
+            producers[name] = nf.handler.counters.requests if nf.handler else 0
             await nf.close()
         await gw.stop(drain=True)
     total = HdrHistogram(1, 60_000_000, 3)
@@ -307,6 +310,8 @@ async def _run(duration: float | None, as_json: bool, rate: float, backend: str)
             for name, s in sorted(pairs.items())
         },
         "registry": counts,
+        # requests each producer served: model D spreads the UDM load over both instances
+        "producers": producers,
         "http2_backend": gw.backend.NAME,
         "ngap_available": bool(n2.get("available")),
         "ngap_messages": int(n2.get("ngap_messages", 0)),
@@ -327,6 +332,7 @@ def run_demo(duration: float | None, as_json: bool, rate: float = 200.0, backend
         print(f"\n{summary['requests']} requests, {summary['errors']} errors, "
               f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms "
               f"({summary['rps']} req/s over {summary['duration_s']} s, backend {summary['http2_backend']})")
+        print("producers: " + ", ".join(f"{k} {v}" for k, v in summary["producers"].items()))
         print(f"N2: {summary['ngap_messages']} NGAP messages, {summary['ngap_errors']} errors"
               + (f" ({summary['ngap_note']})" if summary.get("ngap_note") else ""))
         for name, p in summary["pairs"].items():

@@ -141,3 +141,6 @@ def test_demo_json_summary_has_traffic_and_no_errors() -> None:
     assert set(summary["pairs"]) == {"AMF->AUSF", "AMF->UDM", "AMF->SMF"}
     assert summary["registry"]["registered_nfs"] == 4
     assert 0 < summary["p50_ms"] <= summary["p99_ms"]
+    # model D spread the UDM requests over both registered UDMs; every producer served some
+    assert len(summary["producers"]) == 4 and min(summary["producers"].values()) > 0
+    assert sum(summary["producers"].values()) == summary["requests"]
