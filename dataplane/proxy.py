@@ -81,19 +81,6 @@ def default_problem(status: int, cause: str, detail: str) -> LocalResponse:
     return LocalResponse(status, [(b"content-type", _PROBLEM_JSON)], body)
 
 
-def _method_path(headers: Headers) -> tuple[str, str]:
-    """``:method`` and ``:path`` as text ("" when missing).  Pseudo-headers come first and a
-    request has at most five (RFC 9113 §8.3.1, RFC 8441), which the engines enforce, so a
-    dict of the first five holds them (built in C, cheaper than a Python loop)."""
-    first = dict(headers[:5])
-    method = first.get(b":method")
-    path = first.get(b":path")
-    return (
-        "" if method is None else (_METHODS.get(method) or method.decode("latin-1")),
-        "" if path is None else path.decode("latin-1"),
-    )
-
-
 def _endpoint_text(endpoint: Endpoint) -> str:
     host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
     return f"{host}:{endpoint.port}"
@@ -126,22 +113,25 @@ class _Exchange:
         self.extra: Headers = fwd.extra_response_headers
         self.retried_same = False
         self.next_alt = 0  # index of the next of fwd.alternates to try
-
-    # ---- driving ----------------------------------------------------------------------------
-    def start(self) -> None:
-        fwd = self.fwd
+        # start at once (one call less per request than a separate start())
         timeout = fwd.timeout
         if timeout is not None:
             if timeout >= COARSE_TIMEOUT_S:
-                self.deadline = self.t0 + timeout
-                self.proxy._watch(self)
+                self.deadline = t0 + timeout
+                proxy._deadlines[self] = None
+                if proxy._sweep_timer is None:
+                    proxy._arm_sweep()
             else:
                 self.timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
-        upstream = self.proxy.pools.get_ready(fwd.endpoint)
-        if upstream is not None:
-            self._splice(upstream, fwd.headers)
-        else:
+        upstream = proxy.pools.get_ready(fwd.endpoint)
+        if upstream is None:
             self._attempt(fwd.endpoint, fwd.headers)
+            return
+        try:  # _splice, inlined
+            conn.splice(sid, upstream, fwd.headers, self, self.extra, True)
+        except Exception as exc:  # an engine refusing the splice must not cost the connection
+            log.exception("splice failed on stream %d", sid)
+            self._answer(502, "UPSTREAM_ERROR", f"splice failed: {exc}", ErrorCode.INTERNAL_ERROR)
 
     def _attempt(self, endpoint: Endpoint, headers: Headers) -> None:
         self.endpoint = endpoint
@@ -174,10 +164,7 @@ class _Exchange:
 
     def _splice(self, upstream, headers: Headers) -> None:
         try:
-            self.conn.splice(
-                self.sid, upstream, headers, self, self.extra,
-                retain_body=True,
-            )
+            self.conn.splice(self.sid, upstream, headers, self, self.extra, True)
         except Exception as exc:  # an engine refusing the splice must not cost the connection
             log.exception("splice failed on stream %d", self.sid)
             self._answer(502, "UPSTREAM_ERROR", f"splice failed: {exc}", ErrorCode.INTERNAL_ERROR)
@@ -278,7 +265,18 @@ class _Exchange:
         self._next_or_fail(reached, error_code)
 
     def on_complete(self, stream_id: int, status: int, error_code: int) -> None:
-        self._finish(status, error_code)
+        # _finish, inlined: this runs once per forwarded request
+        if self.done:
+            return
+        self.done = True
+        proxy = self.proxy
+        if self.deadline:
+            proxy._deadlines.pop(self, None)
+        elif self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        proxy._record(self.fwd.cluster, self.method, self.path, status,
+                      _monotonic() - self.t0, error_code, self.endpoint, self.conn)
 
 
 class Proxy:
@@ -343,7 +341,14 @@ class Proxy:
             self.connections.add(conn)
         if self.idle_timeout:
             self._activity[conn] = self._activity.get(conn, 0) + 1
-        method, path = _method_path(headers)
+        # :method and :path as text ("" when missing).  Pseudo-headers come first and a request
+        # has at most five (RFC 9113 §8.3.1, RFC 8441), which the engines enforce, so a dict of
+        # the first five holds them (built in C: cheaper than a Python loop over the list)
+        first = dict(headers[:5])
+        method = first.get(b":method")
+        method = "" if method is None else (_METHODS.get(method) or method.decode("latin-1"))
+        path = first.get(b":path")
+        path = "" if path is None else path.decode("latin-1")
         try:
             decision = self.router_slot.current.route(headers, conn.peer_info)
         except Exception as exc:
@@ -352,7 +357,7 @@ class Proxy:
                 500, "SYSTEM_FAILURE", f"routing failed: {type(exc).__name__}"), method, path, t0)
             return
         if type(decision) is Forward or isinstance(decision, Forward):
-            _Exchange(self, conn, stream_id, decision, method, path, t0).start()
+            _Exchange(self, conn, stream_id, decision, method, path, t0)  # starts it
         elif isinstance(decision, LocalResponse):
             self._local(conn, stream_id, decision, method, path, t0)
         elif isinstance(decision, LocalService):
@@ -430,12 +435,10 @@ class Proxy:
                 log.exception("access log hook failed")
 
     # ---- deadlines ---------------------------------------------------------------------------
-    def _watch(self, ex: _Exchange) -> None:
-        """Watch ``ex.deadline`` with the periodic sweep (armed while any is pending)."""
-        self._deadlines[ex] = None
-        if self._sweep_timer is None:
-            self._sweep_timer = asyncio.get_running_loop().call_later(
-                SWEEP_PERIOD_S, self._sweep)
+    # an exchange with a long deadline puts itself in ``_deadlines`` and arms the sweep when
+    # it is not armed; the sweep re-arms itself while any is left
+    def _arm_sweep(self) -> None:
+        self._sweep_timer = asyncio.get_running_loop().call_later(SWEEP_PERIOD_S, self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_timer = None
@@ -451,8 +454,7 @@ class Proxy:
             except Exception:
                 log.exception("response timeout handling failed on stream %d", ex.sid)
         if pending:
-            self._sweep_timer = asyncio.get_running_loop().call_later(
-                SWEEP_PERIOD_S, self._sweep)
+            self._arm_sweep()
 
     # ---- shutdown ------------------------------------------------------------------------------
     def drain(self) -> None:

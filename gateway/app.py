@@ -26,9 +26,10 @@ from gateway.metrics import MetricsServer, RequestStats, new_registry
 log = logging.getLogger("nfmesh.gateway")
 
 
-_LOG_FIELDS = ("method", "path", "status", "cluster", "upstream", "duration_s", "error_code",
-               "peer")
-_LOG_TEXT = " ".join(f"{k}=%s" for k in _LOG_FIELDS)
+# the text line of a record (durations to the microsecond: a float's shortest repr costs
+# three times as much to format)
+_LOG_TEXT = ("method=%s path=%s status=%s cluster=%s upstream=%s duration_s=%.6f error_code=%s "
+             "peer=%s")
 _LOG_MAX_ROWS = 512  # rows waiting before a write, whatever the timer says
 _LOG_MAX_BYTES = 65536  # about this many bytes waiting: write now
 
@@ -108,19 +109,19 @@ class AccessLog:
         lines = []
         peers: dict = {}  # peer text per connection (its peer_info dict) in this batch
         text = _LOG_TEXT
+        append = lines.append
         for r in rows:
             if type(r) is str:
-                lines.append(r)
+                append(r)
                 continue
-            ep = r[4]
+            method, path, status, cluster, ep, duration, error_code, info = r
             up = upstreams.get(id(ep)) if ep is not None else ""
             if up is None:
                 up = upstreams[id(ep)] = _endpoint_text(ep)
-            info = r[7]
             peer = peers.get(id(info))
             if peer is None:
                 peer = peers[id(info)] = str(info.get("peername"))
-            lines.append(text % (r[0], r[1], r[2], r[3], up, r[5], r[6], peer))
+            append(text % (method, path, status, cluster, up, duration, error_code, peer))
         lines.append("")
         return "\n".join(lines)
 
@@ -140,6 +141,29 @@ class AccessLog:
 def _endpoint_text(endpoint: Any) -> str:
     host = endpoint.host
     return f"[{host}]:{endpoint.port}" if ":" in host else f"{host}:{endpoint.port}"
+
+
+class StaticRoutes:
+    """The static routes + model C router behind one indirection, so that a config reload can
+    replace it under routers that hold it (the registry's chain, the workers' chains)."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, router: Any) -> None:
+        self.current = router
+
+    def try_route(self, headers: Any, peer: dict) -> Any:
+        return self.current.try_route(headers, peer)
+
+    def route(self, headers: Any, peer: dict) -> Any:
+        return self.current.route(headers, peer)
+
+    def hop_stamp(self, headers: Any) -> Any:
+        return self.current.hop_stamp(headers)
+
+
+# config sections a reload applies at once; the others need a restart (listeners, engine, ...)
+HOT_SECTIONS = ("clusters", "routes", "scp", "authz")
 
 
 class Gateway:
@@ -178,6 +202,8 @@ class Gateway:
         self.proxy: Any = None
         self.pools: Any = None
         self.started_at = 0.0
+        self.static_routes: StaticRoutes | None = None
+        self.worker_routing: Any = None
 
     # -- routing ---------------------------------------------------------------------------
     def _static_router(self) -> Router:
@@ -199,6 +225,29 @@ class Gateway:
             router = NfTypeAuthzRouter(router, policy, peer_nf_types)
         self.router_slot.current = router
 
+    def reload(self, new: Any) -> list[str]:
+        """Apply a new, already validated config: static routes, clusters, SCP options and
+        authorisation at once (in-flight requests keep the route they got); returns the
+        sections that changed but only take effect after a restart."""
+        import msgspec
+
+        pending = [name for name in type(new).__struct_fields__
+                   if name not in HOT_SECTIONS
+                   and msgspec.to_builtins(getattr(new, name)) != msgspec.to_builtins(getattr(self.config, name))]
+        self.config = msgspec.structs.replace(self.config, **{k: getattr(new, k) for k in HOT_SECTIONS})
+        static = self._static_router()
+        if self.static_routes is None:
+            self.publish_router(static)
+            return pending
+        self.static_routes.current = static
+        # rebuild the outer chain too, so that a changed authz policy wraps it
+        publisher = getattr(self.registry, "publisher", None)
+        if publisher is not None:
+            publisher.publish()
+        elif self.worker_routing is not None and self.worker_routing.last is not None:
+            self.worker_routing.apply(*self.worker_routing.last)
+        return pending
+
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
         from dataplane.listener import serve
@@ -210,8 +259,10 @@ class Gateway:
         self.started_at = time.monotonic()
         self.backend = load_backend(self.backend_name)
         settings = cfg.http2.to_h2_settings()
-        static = self._static_router()
+        static: Any = self._static_router()
         self.router_slot = RouterSlot(static)
+        if cfg.registry.enabled:
+            static = self.static_routes = StaticRoutes(static)
         self.publish_router(static)
         if cfg.registry.enabled and self.control_plane is not None:
             await self._follow_control_plane(static)
@@ -268,6 +319,7 @@ class Gateway:
         address = ControlPlaneAddress.from_json(self.control_plane or {})
         own_root = settings_of(self.config).api_root
         routing = WorkerRouting(static, NrfForwardRouter(address, (own_root,)), self.publish_router)
+        self.worker_routing = routing
         self.snapshots = SnapshotSubscriber(address.snapshot_socket, routing.apply)
         self.snapshots.start()
         try:  # start with the current registry; if the control plane is slow, route without it
