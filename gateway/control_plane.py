@@ -131,6 +131,7 @@ class WorkerRouting:
         self.timeout = timeout
         self.cache: CompileCache = {}
         self.version = -1
+        self.last: tuple[int, list[tuple[dict, str]]] | None = None  # re-applied on reload
 
     def apply(self, version: int, instances: list[tuple[dict, str]]) -> None:
         from nf_adapters.model_d import ModelDRouter, build_snapshot
@@ -149,3 +150,4 @@ class WorkerRouting:
                                hop_stamp=getattr(self.static, "hop_stamp", None))
         self.publish(ChainRouter([self.nrf_forward, model_d], fallback=self.static))
         self.version = version
+        self.last = (version, instances)

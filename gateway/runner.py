@@ -52,8 +52,31 @@ def setup_logging(level: str | None, config: Any) -> None:
     logging.basicConfig(level=getattr(logging, lvl, logging.INFO), handlers=[handler], force=True)
 
 
-async def serve_until_signal(config: Any, opts: dict, worker: int) -> int:
-    """Run one gateway until SIGTERM/SIGINT, then drain; returns the exit status."""
+def reload_config(gw: Any, path: str | None) -> bool:
+    """SIGHUP: read and validate the file again; apply it, or keep the running config whole."""
+    from gateway.config import ConfigError, load_config
+
+    if path is None:
+        log.warning("SIGHUP: running without a config file, nothing to reload")
+        return False
+    try:
+        new = load_config(path)
+    except ConfigError as exc:
+        log.error("reload refused, the running config stays in force:\n%s", exc)
+        return False
+    except OSError as exc:
+        log.error("reload refused, cannot read %s: %s", path, exc.strerror)
+        return False
+    pending = gw.reload(new)
+    log.info("config reloaded from %s%s", path,
+             f"; needs a restart to apply: {', '.join(pending)}" if pending else "")
+    return True
+
+
+async def serve_until_signal(config: Any, opts: dict, worker: int,
+                             config_path: str | None = None) -> int:
+    """Run one gateway until SIGTERM/SIGINT, then drain; SIGHUP reloads the config file.
+    Returns the exit status."""
     from gateway.app import Gateway
 
     gw = Gateway(config, worker=worker, **opts)
@@ -67,6 +90,7 @@ async def serve_until_signal(config: Any, opts: dict, worker: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, gw, config_path)
     log.info("worker %d serving: %s", worker, gw.describe())
     await stop.wait()
     log.info("worker %d draining", worker)
@@ -92,7 +116,7 @@ def run_gateway(
     opts: dict = {"listen": listen, "backend": backend, "metrics": metrics, "reuse_port": n > 1}
     try:
         if n == 1:
-            return uvloop.run(serve_until_signal(config, opts, 0))
+            return uvloop.run(serve_until_signal(config, opts, 0, config_path))
         spec = {"config_path": config_path, "log_level": log_level, "opts": {
             "listen": list(listen) if listen else None, "backend": backend,
             "metrics": list(metrics) if metrics else None}}
@@ -127,6 +151,13 @@ async def _supervise(config: Any, spec: dict, n: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     procs: dict[int, asyncio.subprocess.Process] = {}
+
+    def forward_hup() -> None:  # each worker reloads the file itself (and keeps it if bad)
+        for p in procs.values():
+            if p.returncode is None:
+                p.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, forward_hup)
     restarts: list[float] = []
     status = 0
 

@@ -31,7 +31,7 @@ def main() -> int:
         "control_plane": spec.get("control_plane"),
         "metrics_socket": spec.get("metrics_socket"),
     }
-    return uvloop.run(serve_until_signal(config, opts, int(spec["index"])))
+    return uvloop.run(serve_until_signal(config, opts, int(spec["index"]), path))
 
 
 if __name__ == "__main__":
