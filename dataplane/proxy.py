@@ -275,8 +275,25 @@ class _Exchange:
         elif self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        proxy._record(self.fwd.cluster, self.method, self.path, status,
-                      _monotonic() - self.t0, error_code, self.endpoint, self.conn)
+        duration = _monotonic() - self.t0
+        if type(error_code) is not int:
+            error_code = int(error_code)  # plain int, never an enum member (metric labels)
+        # Proxy._record, inlined
+        cluster = self.fwd.cluster
+        if proxy.stats is not None:
+            try:
+                proxy.stats.on_request_done(cluster, self.method, status, duration, error_code)
+            except Exception:
+                log.exception("stats hook failed")
+        if proxy._log_record is not None:
+            try:
+                proxy._log_record(self.method, self.path, status, cluster, self.endpoint,
+                                  duration, error_code, self.conn.peer_info)
+            except Exception:
+                log.exception("access log hook failed")
+        elif proxy.access_log is not None:
+            proxy._record_kw(cluster, self.method, self.path, status, duration, error_code,
+                             self.endpoint, self.conn)
 
 
 class Proxy:
@@ -424,15 +441,20 @@ class Proxy:
             except Exception:
                 log.exception("access log hook failed")
         elif self.access_log is not None:
-            try:
-                self.access_log(
-                    method=method, path=path, status=status, cluster=cluster,
-                    upstream=_endpoint_text(endpoint) if endpoint else "",
-                    duration_s=duration, error_code=error_code,
-                    peer=conn.peer_info.get("peername"),
-                )
-            except Exception:
-                log.exception("access log hook failed")
+            self._record_kw(cluster, method, path, status, duration, error_code, endpoint, conn)
+
+    def _record_kw(self, cluster: str, method: str, path: str, status: int, duration: float,
+                   error_code: int, endpoint: Endpoint | None, conn) -> None:
+        """The access log call for a plain callable (keyword arguments)."""
+        try:
+            self.access_log(  # type: ignore[misc]
+                method=method, path=path, status=status, cluster=cluster,
+                upstream=_endpoint_text(endpoint) if endpoint else "",
+                duration_s=duration, error_code=error_code,
+                peer=conn.peer_info.get("peername"),
+            )
+        except Exception:
+            log.exception("access log hook failed")
 
     # ---- deadlines ---------------------------------------------------------------------------
     # an exchange with a long deadline puts itself in ``_deadlines`` and arms the sweep when

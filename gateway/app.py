@@ -110,17 +110,22 @@ class AccessLog:
         peers: dict = {}  # peer text per connection (its peer_info dict) in this batch
         text = _LOG_TEXT
         append = lines.append
+        last_ep = last_info = up = peer = None  # consecutive rows mostly share both
         for r in rows:
             if type(r) is str:
                 append(r)
                 continue
             method, path, status, cluster, ep, duration, error_code, info = r
-            up = upstreams.get(id(ep)) if ep is not None else ""
-            if up is None:
-                up = upstreams[id(ep)] = _endpoint_text(ep)
-            peer = peers.get(id(info))
-            if peer is None:
-                peer = peers[id(info)] = str(info.get("peername"))
+            if ep is not last_ep or up is None:
+                last_ep = ep
+                up = upstreams.get(id(ep)) if ep is not None else ""
+                if up is None:
+                    up = upstreams[id(ep)] = _endpoint_text(ep)
+            if info is not last_info or peer is None:
+                last_info = info
+                peer = peers.get(id(info))
+                if peer is None:
+                    peer = peers[id(info)] = str(info.get("peername"))
             append(text % (method, path, status, cluster, up, duration, error_code, peer))
         lines.append("")
         return "\n".join(lines)
