@@ -34,6 +34,18 @@ def _problem(status: int, cause: str, detail: str) -> tuple[int, Headers, bytes]
     return status, [(b"content-type", b"application/problem+json")], body
 
 
+def _json_object(body: bytes) -> dict | None:
+    """The request body as a JSON object, or None when it is not one."""
+    try:
+        obj = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+NOT_JSON = _problem(400, "MANDATORY_IE_INCORRECT", "body is not a JSON object")
+
+
 def _hex(n: int) -> str:
     return os.urandom(n).hex().upper()
 
@@ -41,10 +53,9 @@ def _hex(n: int) -> str:
 # --- service operations: (method, path regex) -> answer(match, body, api_root) ----------------
 
 def _ausf_authenticate(m: re.Match, body: bytes, api_root: str) -> tuple[int, Headers, bytes]:
-    try:
-        req = json.loads(body or b"{}")
-    except ValueError:
-        return _problem(400, "MANDATORY_IE_INCORRECT", "body is not JSON")
+    req = _json_object(body)
+    if req is None:
+        return NOT_JSON
     if "supiOrSuci" not in req or "servingNetworkName" not in req:
         return _problem(400, "MANDATORY_IE_MISSING", "supiOrSuci and servingNetworkName are required")
     ctx = uuid.uuid4().hex
@@ -85,10 +96,9 @@ def _udm_sm_data(m: re.Match, body: bytes, api_root: str) -> tuple[int, Headers,
 
 
 def _udm_uecm_register(m: re.Match, body: bytes, api_root: str) -> tuple[int, Headers, bytes]:
-    try:
-        reg = json.loads(body or b"{}")
-    except ValueError:
-        return _problem(400, "MANDATORY_IE_INCORRECT", "body is not JSON")
+    reg = _json_object(body)
+    if reg is None:
+        return NOT_JSON
     if "amfInstanceId" not in reg:
         return _problem(400, "MANDATORY_IE_MISSING", "amfInstanceId is required")
     return _json(201, reg, [(b"location", f"{api_root}/nudm-uecm/v1/{m.group(1)}/registrations/amf-3gpp-access".encode())])
@@ -101,10 +111,9 @@ def _udm_generate_av(m: re.Match, body: bytes, api_root: str) -> tuple[int, Head
 
 
 def _smf_create(m: re.Match, body: bytes, api_root: str) -> tuple[int, Headers, bytes]:
-    try:
-        data = json.loads(body or b"{}")
-    except ValueError:
-        return _problem(400, "MANDATORY_IE_INCORRECT", "body is not JSON")
+    data = _json_object(body)
+    if data is None:
+        return NOT_JSON
     if "supi" not in data and "unauthenticatedSupi" not in data:
         return _problem(400, "MANDATORY_IE_MISSING", "supi is required")
     ref = uuid.uuid4().hex[:16]
