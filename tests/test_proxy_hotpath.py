@@ -211,3 +211,14 @@ async def test_pool_last_endpoint_cache_follows_endpoints_and_close(backend, ori
     finally:
         await proxy.stop()
         await other.stop()
+
+
+# ---- the benchmark's stand-ins stay faithful ---------------------------------------------------
+
+@pytest.mark.parametrize("model_c", [True, False])
+async def test_hotpath_bench_drives_every_request_through_the_real_path(model_c):
+    from perf import hotpath_bench
+
+    result = await hotpath_bench._run(300, model_c, "json", False)
+    # every request was routed, spliced (not answered locally) and counted once
+    assert result["counted"] == 300 and result["requests"] == 300
