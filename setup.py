@@ -15,6 +15,7 @@ NATIVE = [
     ("dataplane._nghttp2", "dataplane/_nghttp2.pyx", ["nghttp2"]),
     ("nf_adapters._ngap_fast", "nf_adapters/_ngap_fast.pyx", []),
     ("nf_adapters._sbi_fast", "nf_adapters/_sbi_fast.pyx", []),
+    ("dataplane._proxy_fast", "dataplane/_proxy_fast.pyx", []),
 ]
 
 

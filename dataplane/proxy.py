@@ -501,3 +501,36 @@ def _code_name(code: int) -> str:
         return ErrorCode(code).name
     except ValueError:
         return hex(code)
+
+
+# ---- implementation choice -----------------------------------------------------------------------
+PROXIES = ("cython", "pure")
+
+
+def load_proxy(name: str = "auto") -> type[Proxy]:
+    """Return the ``Proxy`` class: ``cython`` (``dataplane._proxy_fast``, the per-request path
+    compiled, same API), ``pure`` (this module's), or ``auto``: the compiled one when built."""
+    if name in ("auto", "cython"):
+        try:
+            from dataplane._proxy_fast import Proxy as fast
+        except ImportError:
+            if name == "cython":
+                raise
+        else:
+            return fast
+    if name in ("auto", "pure"):
+        return Proxy
+    raise ValueError(f"unknown proxy implementation {name!r}; choose one of auto, "
+                     f"{', '.join(PROXIES)}")
+
+
+def available_proxies() -> list[str]:
+    """Names of the proxy implementations that import here."""
+    names = []
+    for name in PROXIES:
+        try:
+            load_proxy(name)
+        except ImportError:
+            continue
+        names.append(name)
+    return names

@@ -256,7 +256,7 @@ class Gateway:
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
         from dataplane.listener import serve
-        from dataplane.proxy import Proxy
+        from dataplane.proxy import load_proxy
         from dataplane.upstream_pool import UpstreamPools
         from nf_adapters.problem_details import problem_responder
 
@@ -279,7 +279,7 @@ class Gateway:
         self.pools = UpstreamPools(self.backend, settings, connect_timeout=2.0)
         access_log = AccessLog(cfg.logging.format) if cfg.logging.access_log else None
         self.access_log = access_log
-        self.proxy = Proxy(self.router_slot, self.pools, error_responder=problem_responder,
+        self.proxy = load_proxy()(self.router_slot, self.pools, error_responder=problem_responder,
                            stats=self.stats, access_log=access_log)
         listeners = list(cfg.listeners)
         if self.listen_override is not None:

@@ -12,6 +12,7 @@ HOT_PATHS = [
     ("http2 engine", "dataplane._nghttp2", "dataplane.h2_engine"),
     ("ngap routing keys", "nf_adapters._ngap_fast", "nf_adapters.ngap.keys"),
     ("sbi header rewrite", "nf_adapters._sbi_fast", "nf_adapters.sbi_rewrite"),
+    ("proxy exchange", "dataplane._proxy_fast", "dataplane.proxy"),
 ]
 
 

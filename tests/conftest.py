@@ -4,7 +4,8 @@
   takes it runs on the h2 backend and, once built, on the nghttp2 one.
 * ``free_port()``: a TCP port free on 127.0.0.1 right now.
 * ``start_origin(backend, ...)``: an in-process HTTP/2 server (``OriginHandler``) answering from
-  the request; ``start_proxy(...)``: a ``Proxy`` listener in front of endpoints (``StaticRouter``).
+  the request; ``start_proxy(...)``: a ``Proxy`` listener in front of endpoints (``StaticRouter``),
+  built from the pure or the compiled class (``proxy_impl``: every proxy test runs on both).
 * ``pki``: a throw-away CA with server and client certificates (tests/certs.py).
 """
 
@@ -22,7 +23,7 @@ import uvloop
 
 from dataplane.engine import ErrorCode, H2Settings, Headers, available_backends, load_backend
 from dataplane.listener import serve
-from dataplane.proxy import Proxy
+from dataplane.proxy import Proxy, available_proxies, load_proxy
 from dataplane.routing import Endpoint, Forward, RouterSlot
 from dataplane.upstream_pool import UpstreamPools
 from tests.certs import make_pki
@@ -31,6 +32,27 @@ from tests.certs import make_pki
 def pytest_asyncio_loop_factories(config, item):
     """Every async test runs on uvloop, the loop the gateway uses."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+# the Proxy class start_proxy builds; the proxy_impl fixture sets it per test
+_PROXY_CLASS: list[type[Proxy]] = [Proxy]
+
+
+@pytest.fixture(autouse=True)
+def proxy_impl(request):
+    """The ``Proxy`` implementation ``start_proxy`` builds: ``pure``, and (parametrized by
+    ``pytest_generate_tests``) also ``cython`` for backend tests in modules using start_proxy."""
+    name = getattr(request, "param", "pure")
+    _PROXY_CLASS[0] = load_proxy(name)
+    yield name
+    _PROXY_CLASS[0] = Proxy
+
+
+def pytest_generate_tests(metafunc):
+    """Every proxy test (takes ``backend``, module uses ``start_proxy``) runs on each proxy."""
+    if ("backend" in metafunc.fixturenames and "start_proxy" in vars(metafunc.module)
+            and "proxy_impl" in metafunc.fixturenames):
+        metafunc.parametrize("proxy_impl", available_proxies(), indirect=True)
 
 
 @pytest.fixture(params=available_backends())
@@ -217,7 +239,7 @@ async def start_proxy(backend, router, settings: H2Settings = H2Settings(), ssl_
                       pools: UpstreamPools | None = None, **proxy_kw) -> Running:
     pools = pools or UpstreamPools(backend, settings, connect_timeout=1.0)
     stats = RecordingStats()
-    proxy = Proxy(RouterSlot(router), pools, stats=stats, **proxy_kw)
+    proxy = _PROXY_CLASS[0](RouterSlot(router), pools, stats=stats, **proxy_kw)
     server = await serve("127.0.0.1", 0, lambda: proxy, backend, settings, ssl_context)
     port = server.sockets[0].getsockname()[1]
     running = Running(server, port, proxy, {"pools": pools, "stats": stats})

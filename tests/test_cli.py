@@ -47,7 +47,8 @@ def test_version_names_the_backend_and_hot_paths() -> None:
     assert info["http2_backend"] in ("nghttp2", "h2")
     expected = "nghttp2" if "nghttp2" in available_backends() else "h2"
     assert info["http2_backend"] == expected
-    assert set(info["hot_paths"]) == {"http2 engine", "ngap routing keys", "sbi header rewrite"}
+    assert set(info["hot_paths"]) == {"http2 engine", "ngap routing keys", "sbi header rewrite",
+                                      "proxy exchange"}
     text = nfmesh("version").stdout
     assert f"http/2 backend: {expected}" in text
 

@@ -1,0 +1,307 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The compiled twin of ``dataplane.proxy.Proxy``: the per-request exchange in Cython.
+
+Same API and behaviour as the pure ``Proxy`` (which stays the reference and the fallback when
+this module is not built): ``Proxy`` here subclasses the pure one and replaces only the per
+request path, ``on_request`` and the exchange, with a ``cdef class`` splice observer whose
+``on_complete`` records the stats and the access log inline.  Everything rare (local answers,
+``LocalService``, idle drain, the deadline sweep, shutdown) is the pure class's own code, and
+the module constants (``COARSE_TIMEOUT_S``, ``SWEEP_PERIOD_S``) are read from
+``dataplane.proxy`` so one setting governs both.
+
+``dataplane.proxy.load_proxy()`` picks this class when it imports.
+"""
+
+import asyncio
+import logging
+
+from time import monotonic as _monotonic
+
+from dataplane import proxy as _pure
+from dataplane.engine import ErrorCode
+from dataplane.routing import Forward, LocalResponse, LocalService
+from dataplane.upstream_pool import UpstreamUnavailable
+
+log = logging.getLogger("nfmesh.proxy")
+
+cdef object _METHODS = _pure._METHODS
+cdef object _endpoint_text = _pure._endpoint_text
+cdef object _code_name = _pure._code_name
+cdef object _ForwardType = Forward
+cdef object _INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR
+cdef int _CONNECT_ERROR = ErrorCode.CONNECT_ERROR
+cdef int _CANCEL = ErrorCode.CANCEL
+
+NAME = "cython"
+
+
+cdef class _FastExchange:
+    """One forwarded request: the splice observer, its candidates, deadline and outcome."""
+
+    cdef public object proxy, conn, fwd, method, path, timer, task, last_error, endpoint
+    cdef public object headers, extra
+    cdef public long sid
+    cdef public double t0, deadline
+    cdef public bint done, retried_same
+    cdef public Py_ssize_t next_alt
+    cdef object __weakref__
+
+    def __init__(self, proxy, conn, long sid, fwd, method, path, double t0):
+        self._setup(proxy, conn, sid, fwd, method, path, t0)
+        self._start()
+
+    cdef inline void _setup(self, proxy, conn, long sid, fwd, method, path, double t0):
+        self.proxy = proxy
+        self.conn = conn
+        self.sid = sid
+        self.fwd = fwd
+        self.method = method
+        self.path = path
+        self.t0 = t0
+        self.deadline = 0.0  # > 0 while watched by the proxy's sweep
+        self.timer = None
+        self.task = None
+        self.done = False
+        self.last_error = ""
+        self.endpoint = fwd.endpoint
+        self.headers = fwd.headers
+        self.extra = fwd.extra_response_headers
+        self.retried_same = False
+        self.next_alt = 0
+
+    cdef _start(self):
+        fwd = self.fwd
+        proxy = self.proxy
+        timeout = fwd.timeout
+        if timeout is not None:
+            if timeout >= proxy._coarse_timeout:
+                self.deadline = self.t0 + timeout
+                proxy._deadlines[self] = None
+                if proxy._sweep_timer is None:
+                    proxy._arm_sweep()
+            else:
+                self.timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+        upstream = proxy.pools.get_ready(self.endpoint)
+        if upstream is None:
+            self._attempt(self.endpoint, self.headers)
+            return
+        try:  # _splice, inlined
+            self.conn.splice(self.sid, upstream, self.headers, self, self.extra, True)
+        except Exception as exc:  # an engine refusing the splice must not cost the connection
+            log.exception("splice failed on stream %d", self.sid)
+            self._answer(502, "UPSTREAM_ERROR", f"splice failed: {exc}", _INTERNAL_ERROR)
+
+    def _attempt(self, endpoint, headers) -> None:
+        self.endpoint = endpoint
+        self.headers = headers
+        upstream = self.proxy.pools.get_ready(endpoint)
+        if upstream is not None:
+            self._splice(upstream, headers)
+            return
+        self.task = asyncio.get_running_loop().create_task(self._connect(endpoint, headers))
+        self.proxy._connecting[(id(self.conn), self.sid)] = self
+
+    async def _connect(self, endpoint, headers) -> None:
+        try:
+            upstream = await self.proxy.pools.acquire(endpoint)
+        except UpstreamUnavailable as exc:
+            self.task = None
+            self.proxy._connecting.pop((id(self.conn), self.sid), None)
+            if self.done:
+                return
+            self.last_error = f"{_endpoint_text(endpoint)}: {exc.reason}"
+            self._next_or_fail(False, _CONNECT_ERROR)
+            return
+        except asyncio.CancelledError:
+            return
+        self.task = None
+        self.proxy._connecting.pop((id(self.conn), self.sid), None)
+        if not self.done:
+            self._splice(upstream, headers)
+
+    def _splice(self, upstream, headers) -> None:
+        try:
+            self.conn.splice(self.sid, upstream, headers, self, self.extra, True)
+        except Exception as exc:  # an engine refusing the splice must not cost the connection
+            log.exception("splice failed on stream %d", self.sid)
+            self._answer(502, "UPSTREAM_ERROR", f"splice failed: {exc}", _INTERNAL_ERROR)
+
+    def _next_or_fail(self, bint reached, error_code) -> None:
+        conn = self.conn
+        replayable = conn.can_replay(self.sid)
+        fwd = self.fwd
+        if (not reached or fwd.retryable) and replayable:
+            i = self.next_alt
+            if i < len(fwd.alternates):
+                self.next_alt = i + 1
+                endpoint, headers = fwd.alternates[i]
+                if i < len(fwd.alternate_response_headers):
+                    self.extra = fwd.alternate_response_headers[i]
+                self._attempt(endpoint, headers)
+                return
+            if not reached and not self.retried_same and error_code != _CONNECT_ERROR:
+                # refused before processing (REFUSED_STREAM / GOAWAY): once more, same endpoint
+                self.retried_same = True
+                self._attempt(self.endpoint, self.headers)
+                return
+        if reached:
+            self._answer(502, "UPSTREAM_RESET",
+                         f"{_endpoint_text(self.endpoint)} reset the request "
+                         f"({_code_name(error_code)})", error_code)
+        else:
+            self._answer(503, "NF_UNREACHABLE",
+                         self.last_error or f"{_endpoint_text(self.endpoint)} refused the request",
+                         error_code)
+
+    def _answer(self, status, cause, detail, error_code=0) -> None:
+        if self.done:
+            return
+        try:
+            resp = self.proxy.error_responder(status, cause, detail)
+            self.conn.respond(self.sid, resp.status, resp.headers, resp.body)
+        except Exception:
+            log.exception("error responder failed")
+            self.conn.reset(self.sid, _INTERNAL_ERROR)
+        # after on_upstream_failed / a failed connect the stream is no longer spliced, so the
+        # engine reports nothing more: record the outcome here
+        self._finish(status, error_code)
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        self.deadline = 0.0
+        if self.done:
+            return
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+            self.proxy._connecting.pop((id(self.conn), self.sid), None)
+            self._answer(504, "TIMED_OUT_REQUEST",
+                         f"no connection to {_endpoint_text(self.endpoint)} within "
+                         f"{self.fwd.timeout}s")
+            return
+        # Spliced: respond() cancels the upstream stream if no response headers came yet (the
+        # engine then calls on_complete with 504); once they came respond() refuses.
+        resp = self.proxy.error_responder(
+            504, "TIMED_OUT_REQUEST",
+            f"no response from {_endpoint_text(self.endpoint)} within {self.fwd.timeout}s",
+        )
+        try:
+            self.conn.respond(self.sid, resp.status, resp.headers, resp.body)
+        except RuntimeError:
+            pass
+
+    def cancel(self, error_code) -> None:
+        """The downstream stream or connection went away while we were connecting."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        self._finish(0, error_code)
+
+    def _finish(self, status, error_code) -> None:
+        if self.done:
+            return
+        self.done = True
+        proxy = self.proxy
+        if self.deadline:
+            proxy._deadlines.pop(self, None)
+        elif self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        proxy._record(self.fwd.cluster, self.method, self.path, status,
+                      _monotonic() - self.t0, error_code, self.endpoint, self.conn)
+
+    # ---- SpliceObserver ----------------------------------------------------------------------
+    def on_upstream_failed(self, stream_id, error_code, reached) -> None:
+        if self.done:
+            return
+        self.last_error = (
+            f"{_endpoint_text(self.endpoint)}: stream ended before response headers "
+            f"({_code_name(error_code)})"
+        )
+        self._next_or_fail(reached, error_code)
+
+    def on_complete(self, stream_id, status, error_code) -> None:
+        cdef double duration
+        if self.done:
+            return
+        self.done = True
+        proxy = self.proxy
+        if self.deadline:
+            proxy._deadlines.pop(self, None)
+        elif self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        duration = _monotonic() - self.t0
+        if type(error_code) is not int:
+            error_code = int(error_code)  # plain int, never an enum member (metric labels)
+        cluster = self.fwd.cluster
+        stats = proxy.stats
+        if stats is not None:
+            try:
+                stats.on_request_done(cluster, self.method, status, duration, error_code)
+            except Exception:
+                log.exception("stats hook failed")
+        record = proxy._log_record
+        if record is not None:
+            try:
+                record(self.method, self.path, status, cluster, self.endpoint,
+                       duration, error_code, self.conn.peer_info)
+            except Exception:
+                log.exception("access log hook failed")
+        elif proxy.access_log is not None:
+            proxy._record_kw(cluster, self.method, self.path, status, duration, error_code,
+                             self.endpoint, self.conn)
+
+
+class Proxy(_pure.Proxy):
+    """``dataplane.proxy.Proxy`` with the per-request path compiled (same API)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # read once: the pure module's setting (tests shorten it before building a proxy)
+        self._coarse_timeout = _pure.COARSE_TIMEOUT_S
+
+    def on_request(self, conn, stream_id, headers, end_stream) -> None:
+        cdef double t0 = _monotonic()
+        cdef dict first
+        self.requests += 1
+        if conn not in self.connections:
+            self.connections.add(conn)
+        if self.idle_timeout:
+            activity = self._activity
+            activity[conn] = activity.get(conn, 0) + 1
+        # :method and :path as text ("" when missing); pseudo-headers come first, at most five
+        first = dict(headers[:5])
+        method = first.get(b":method")
+        if method is None:
+            method = ""
+        else:
+            m = _METHODS.get(method)
+            method = m if m is not None else method.decode("latin-1")
+        path = first.get(b":path")
+        path = "" if path is None else path.decode("latin-1")
+        try:
+            decision = self.router_slot.current.route(headers, conn.peer_info)
+        except Exception as exc:
+            log.exception("router failed for %s %s", method, path)
+            self._local(conn, stream_id, self.error_responder(
+                500, "SYSTEM_FAILURE", f"routing failed: {type(exc).__name__}"), method, path, t0)
+            return
+        if type(decision) is _ForwardType or isinstance(decision, Forward):
+            _new_exchange(self, conn, stream_id, decision, method, path, t0)
+        elif isinstance(decision, LocalResponse):
+            self._local(conn, stream_id, decision, method, path, t0)
+        elif isinstance(decision, LocalService):
+            self._service(conn, stream_id, headers, decision, method, path, t0)
+        else:
+            self._local(conn, stream_id, self.error_responder(
+                500, "SYSTEM_FAILURE", f"router returned {type(decision).__name__}"),
+                method, path, t0)
+
+
+cdef _FastExchange _new_exchange(proxy, conn, long sid, fwd, method, path, double t0):
+    # no Python __init__ call per request: allocate, fill, start
+    cdef _FastExchange ex = _FastExchange.__new__(_FastExchange)
+    ex._setup(proxy, conn, sid, fwd, method, path, t0)
+    ex._start()
+    return ex
