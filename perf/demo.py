@@ -245,7 +245,7 @@ async def _run(duration: float | None, as_json: bool, rate: float, backend: str)
     hb = None
     try:
         # imported before the traffic phase: its NGAP codec (pycrate) takes seconds to load
-        from gateway.n2 import run_n2_demo
+        from perf.n2_demo import run_n2_demo
     except ImportError:
         run_n2_demo = None
     try:

@@ -10,8 +10,9 @@ import json
 import pytest
 
 from dataplane.sctp import sctp_available
-from gateway.n2 import N2Settings, from_config, plmn_from_digits, run_n2_demo
+from gateway.n2 import N2Settings, from_config, plmn_from_digits
 from nf_adapters.ngap import codec as c
+from perf.n2_demo import run_n2_demo
 
 NO_SCTP = not sctp_available()[0]
 
