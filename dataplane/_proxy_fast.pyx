@@ -15,7 +15,7 @@ the module constants (``COARSE_TIMEOUT_S``, ``SWEEP_PERIOD_S``) are read from
 import asyncio
 import logging
 
-from time import monotonic as _monotonic
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from dataplane import proxy as _pure
 from dataplane.engine import ErrorCode
@@ -35,10 +35,18 @@ cdef int _CANCEL = ErrorCode.CANCEL
 NAME = "cython"
 
 
+cdef inline double _monotonic() noexcept:
+    # what time.monotonic() reads on Linux, without a Python call
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
 cdef class _FastExchange:
     """One forwarded request: the splice observer, its candidates, deadline and outcome."""
 
-    cdef public object proxy, conn, fwd, method, path, timer, task, last_error, endpoint
+    cdef public _ProxyCore proxy
+    cdef public object conn, fwd, method, path, timer, task, last_error, endpoint
     cdef public object headers, extra
     cdef public long sid
     cdef public double t0, deadline
@@ -46,11 +54,11 @@ cdef class _FastExchange:
     cdef public Py_ssize_t next_alt
     cdef object __weakref__
 
-    def __init__(self, proxy, conn, long sid, fwd, method, path, double t0):
+    def __init__(self, _ProxyCore proxy, conn, long sid, fwd, method, path, double t0):
         self._setup(proxy, conn, sid, fwd, method, path, t0)
         self._start()
 
-    cdef inline void _setup(self, proxy, conn, long sid, fwd, method, path, double t0):
+    cdef inline void _setup(self, _ProxyCore proxy, conn, long sid, fwd, method, path, double t0):
         self.proxy = proxy
         self.conn = conn
         self.sid = sid
@@ -71,7 +79,7 @@ cdef class _FastExchange:
 
     cdef _start(self):
         fwd = self.fwd
-        proxy = self.proxy
+        cdef _ProxyCore proxy = self.proxy
         timeout = fwd.timeout
         if timeout is not None:
             if timeout >= proxy._coarse_timeout:
@@ -222,6 +230,7 @@ cdef class _FastExchange:
 
     def on_complete(self, stream_id, status, error_code) -> None:
         cdef double duration
+        cdef _ProxyCore proxy
         if self.done:
             return
         self.done = True
@@ -253,32 +262,42 @@ cdef class _FastExchange:
                              self.endpoint, self.conn)
 
 
-class Proxy(_pure.Proxy):
-    """``dataplane.proxy.Proxy`` with the per-request path compiled (same API)."""
+cdef class _ProxyCore:
+    """The proxy state the per-request path touches, as C fields (the pure ``Proxy.__init__``
+    fills them), and that path: ``on_request``."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # read once: the pure module's setting (tests shorten it before building a proxy)
-        self._coarse_timeout = _pure.COARSE_TIMEOUT_S
+    cdef public object router_slot, idle_timeout, _activity, pools, error_responder, stats
+    cdef public object access_log, connections, _connecting, _deadlines, _sweep_timer
+    cdef public object _log_record
+    cdef public long requests
+    cdef public double _coarse_timeout
 
     def on_request(self, conn, stream_id, headers, end_stream) -> None:
         cdef double t0 = _monotonic()
-        cdef dict first
+        cdef Py_ssize_t i, n
         self.requests += 1
         if conn not in self.connections:
             self.connections.add(conn)
         if self.idle_timeout:
             activity = self._activity
             activity[conn] = activity.get(conn, 0) + 1
-        # :method and :path as text ("" when missing); pseudo-headers come first, at most five
-        first = dict(headers[:5])
-        method = first.get(b":method")
+        # :method and :path as text ("" when missing); pseudo-headers come first and a request
+        # has at most five (the engines enforce it): look at the first five, the last wins
+        method = path = None
+        n = len(headers)
+        if n > 5:
+            n = 5
+        for i in range(n):
+            name, value = headers[i]
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
         if method is None:
             method = ""
         else:
             m = _METHODS.get(method)
             method = m if m is not None else method.decode("latin-1")
-        path = first.get(b":path")
         path = "" if path is None else path.decode("latin-1")
         try:
             decision = self.router_slot.current.route(headers, conn.peer_info)
@@ -299,7 +318,16 @@ class Proxy(_pure.Proxy):
                 method, path, t0)
 
 
-cdef _FastExchange _new_exchange(proxy, conn, long sid, fwd, method, path, double t0):
+class Proxy(_ProxyCore, _pure.Proxy):
+    """``dataplane.proxy.Proxy`` with the per-request path compiled (same API)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        _pure.Proxy.__init__(self, *args, **kwargs)
+        # read once: the pure module's setting (tests shorten it before building a proxy)
+        self._coarse_timeout = _pure.COARSE_TIMEOUT_S
+
+
+cdef _FastExchange _new_exchange(_ProxyCore proxy, conn, long sid, fwd, method, path, double t0):
     # no Python __init__ call per request: allocate, fill, start
     cdef _FastExchange ex = _FastExchange.__new__(_FastExchange)
     ex._setup(proxy, conn, sid, fwd, method, path, t0)
