@@ -34,6 +34,7 @@ import asyncio
 import http
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -509,7 +510,10 @@ PROXIES = ("cython", "pure")
 
 def load_proxy(name: str = "auto") -> type[Proxy]:
     """Return the ``Proxy`` class: ``cython`` (``dataplane._proxy_fast``, the per-request path
-    compiled, same API), ``pure`` (this module's), or ``auto``: the compiled one when built."""
+    compiled, same API), ``pure`` (this module's), or ``auto``: the compiled one when built,
+    unless the environment variable ``NFMESH_PROXY`` names one (A/B measurements)."""
+    if name == "auto":
+        name = os.environ.get("NFMESH_PROXY") or "auto"
     if name in ("auto", "cython"):
         try:
             from dataplane._proxy_fast import Proxy as fast

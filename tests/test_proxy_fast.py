@@ -34,7 +34,8 @@ from tests.conftest import RecordingStats, free_port, start_origin
 fast_mod = pytest.importorskip("dataplane._proxy_fast")
 
 
-def test_selector_picks_the_compiled_class_when_built() -> None:
+def test_selector_picks_the_compiled_class_when_built(monkeypatch) -> None:
+    monkeypatch.delenv("NFMESH_PROXY", raising=False)
     assert pure_mod.load_proxy("pure") is pure_mod.Proxy
     assert pure_mod.load_proxy("cython") is fast_mod.Proxy
     assert pure_mod.load_proxy() is fast_mod.Proxy  # auto prefers the compiled one
@@ -42,6 +43,9 @@ def test_selector_picks_the_compiled_class_when_built() -> None:
     assert pure_mod.available_proxies() == ["cython", "pure"]
     with pytest.raises(ValueError, match="unknown proxy implementation"):
         pure_mod.load_proxy("rust")
+    monkeypatch.setenv("NFMESH_PROXY", "pure")  # A/B measurements of the gateway
+    assert pure_mod.load_proxy() is pure_mod.Proxy
+    assert pure_mod.load_proxy("cython") is fast_mod.Proxy  # an explicit name wins
 
 
 def test_build_info_reports_the_proxy_exchange_compiled() -> None:
