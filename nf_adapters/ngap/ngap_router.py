@@ -336,20 +336,28 @@ class NgapRouter:
                 candidates = in_set
         return min(candidates, key=lambda a: ((a.ues + 1) / a.capacity, a.index))
 
+    def _routing_key(self, side: str, name: object, link: object, data: bytes, stream: int,
+                     ppid: int) -> tuple | None:
+        """The routing key of a received message; None (counted, and answered with an
+        ErrorIndication when undecodable) when it is not NGAP or cannot be read."""
+        if ppid != NGAP_PPID:
+            self.stats["ppid_mismatch"] += 1
+            return None
+        try:
+            return extract(data)
+        except NgapDecodeError as exc:
+            self.stats["decode_errors"] += 1
+            log.info("%s %s: undecodable NGAP (%s)", side, name, exc)
+            self._error(link, CAUSE_TRANSFER_SYNTAX, stream)
+            return None
+
     # ---- gNB side -------------------------------------------------------------------------
 
     def gnb_message(self, gnb: GnbPeer, data: bytes, stream: int, ppid: int) -> None:
         self.stats["messages_from_gnb"] += 1
         gnb.messages += 1
-        if ppid != NGAP_PPID:
-            self.stats["ppid_mismatch"] += 1
-            return
-        try:
-            key = extract(data)
-        except NgapDecodeError as exc:
-            self.stats["decode_errors"] += 1
-            log.info("gNB %d: undecodable NGAP (%s)", gnb.index, exc)
-            self._error(gnb.link, CAUSE_TRANSFER_SYNTAX, stream)
+        key = self._routing_key("gNB", gnb.index, gnb.link, data, stream, ppid)
+        if key is None:
             return
         pdu, proc = key[PDU_TYPE], key[PROCEDURE_CODE]
         if pdu == c.INITIATING and proc == c.PROC_NG_SETUP:
@@ -519,15 +527,8 @@ class NgapRouter:
     def amf_message(self, amf: AmfPeer, data: bytes, stream: int, ppid: int) -> None:
         self.stats["messages_from_amf"] += 1
         amf.messages += 1
-        if ppid != NGAP_PPID:
-            self.stats["ppid_mismatch"] += 1
-            return
-        try:
-            key = extract(data)
-        except NgapDecodeError as exc:
-            self.stats["decode_errors"] += 1
-            log.info("AMF %s: undecodable NGAP (%s)", amf.name, exc)
-            self._error(amf.link, CAUSE_TRANSFER_SYNTAX, stream)
+        key = self._routing_key("AMF", amf.name, amf.link, data, stream, ppid)
+        if key is None:
             return
         pdu, proc = key[PDU_TYPE], key[PROCEDURE_CODE]
         if proc == c.PROC_NG_SETUP and pdu != c.INITIATING:
