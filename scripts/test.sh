@@ -6,6 +6,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}  # the same examples every run (tests/conftest.py)
 if [ "$(id -u)" = 0 ]; then export NFMESH_REQUIRE_NATIVE=${NFMESH_REQUIRE_NATIVE:-1}; fi
 bash scripts/setup.sh test
 .venv/bin/nfmesh version

@@ -7,6 +7,10 @@
   the request; ``start_proxy(...)``: a ``Proxy`` listener in front of endpoints (``StaticRouter``),
   built from the pure or the compiled class (``proxy_impl``: every proxy test runs on both).
 * ``pki``: a throw-away CA with server and client certificates (tests/certs.py).
+
+Property tests (hypothesis) read ``HYPOTHESIS_PROFILE``: ``ci`` (what scripts/test.sh sets) draws
+the same examples on every run, so a CI result is reproducible here; ``stress`` draws 20x more
+examples to hunt for wrong properties; unset, hypothesis's default random draw.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import socket
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import uvloop
+from hypothesis import settings
 
 from dataplane.engine import ErrorCode, H2Settings, Headers, available_backends, load_backend
 from dataplane.listener import serve
@@ -27,6 +33,10 @@ from dataplane.proxy import Proxy, available_proxies, load_proxy
 from dataplane.routing import Endpoint, Forward, RouterSlot
 from dataplane.upstream_pool import UpstreamPools
 from tests.certs import make_pki
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("stress", max_examples=2000, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_asyncio_loop_factories(config, item):
