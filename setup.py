@@ -16,6 +16,9 @@ NATIVE = [
     ("nf_adapters._ngap_fast", "nf_adapters/_ngap_fast.pyx", []),
     ("nf_adapters._sbi_fast", "nf_adapters/_sbi_fast.pyx", []),
     ("dataplane._proxy_fast", "dataplane/_proxy_fast.pyx", []),
+    ("gateway._access_log_fast", "gateway/_access_log_fast.pyx", []),
+    ("gateway._stats_fast", "gateway/_stats_fast.pyx", []),
+    ("nf_adapters._scp_fast", "nf_adapters/_scp_fast.pyx", []),
 ]
 
 

@@ -26,7 +26,7 @@ import time
 from types import SimpleNamespace
 
 from dataplane.engine import H2Settings
-from dataplane.proxy import Proxy
+from dataplane.proxy import load_proxy
 from dataplane.routing import Endpoint, RouterSlot
 from dataplane.upstream_pool import UpstreamPools, _EndpointPool
 from gateway.app import AccessLog
@@ -96,7 +96,7 @@ async def _run(requests: int, model_c: bool, log_format: str | None, profile: bo
     sink = io.StringIO()
     access_log = AccessLog(log_format, out=sink) if log_format else None
     stats = RequestStats()
-    proxy = Proxy(RouterSlot(ScpRouter.from_config(_config())), pools, stats=stats,
+    proxy = load_proxy()(RouterSlot(ScpRouter.from_config(_config())), pools, stats=stats,
                   access_log=access_log)
     conn = _Downstream()
     headers = _headers(model_c)
