@@ -30,6 +30,7 @@ proxy's case, not the router's).
 from __future__ import annotations
 
 import ipaddress
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -335,7 +336,9 @@ class ScpRouter:
 
     def route(self, headers: Headers, peer: dict) -> Decision:
         # try_route with the model C case first: the fewest calls on the hot path
-        scan = scan_request(headers)
+        return self._route_scanned(headers, peer, scan_request(headers))
+
+    def _route_scanned(self, headers: Headers, peer: dict, scan: tuple) -> Decision:
         if scan[4] is not None and self._o.model_c:
             return self._model_c(headers, scan)
         decision = self._own(headers, peer, scan)
@@ -552,3 +555,18 @@ def _decline_call(router: object | None) -> Callable[[Headers, dict], Decision |
     if router is None:
         return None
     return getattr(router, "try_route", None) or router.route  # type: ignore[attr-defined]
+
+
+# the compiled twin (``nf_adapters/_scp_fast.pyx``: model C's common case in C) when built,
+# unless NFMESH_SCP_ROUTER=pure; ``PureScpRouter`` is always this module's class
+PureScpRouter = ScpRouter
+SCP_ROUTER_IMPL = "pure"
+if os.environ.get("NFMESH_SCP_ROUTER", "auto") != "pure":
+    try:
+        from nf_adapters._scp_fast import ScpRouter  # noqa: F811
+    except ImportError:  # pragma: no cover - depends on the build
+        if os.environ.get("NFMESH_SCP_ROUTER") == "cython":
+            raise
+    else:
+        SCP_ROUTER_IMPL = "cython"
+

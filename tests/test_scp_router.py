@@ -1,5 +1,8 @@
 """SCP router: model C rewriting, loop protection, deadlines, static routes and selection,
-composition; plus the pure and Cython header passes compared on random inputs."""
+composition; plus the pure and Cython header passes compared on random inputs.
+
+Every test runs on the pure ``ScpRouter`` and, when built, the compiled one
+(``nf_adapters/_scp_fast.pyx``), and a differential test feeds both the same random requests."""
 
 from __future__ import annotations
 
@@ -18,10 +21,29 @@ from nf_adapters.scp_router import (
     MODEL_C_CLUSTER,
     ChainRouter,
     ClusterSpec,
+    PureScpRouter,
     RouteSpec,
     RouteTable,
     ScpRouter,
 )
+
+try:
+    from nf_adapters._scp_fast import ScpRouter as FastScpRouter
+except ImportError:  # pragma: no cover - depends on the build
+    FastScpRouter = None
+
+IMPLS = {"pure": PureScpRouter, "cython": FastScpRouter}
+_IMPL: list = [PureScpRouter]  # the class router() builds; the fixture below sets it per test
+
+
+@pytest.fixture(autouse=True, params=list(IMPLS))
+def scp_impl(request):
+    cls = IMPLS[request.param]
+    if cls is None:
+        pytest.skip("nf_adapters._scp_fast is not built (setup.py build_ext --inplace)")
+    _IMPL[0] = cls
+    yield cls
+    _IMPL[0] = PureScpRouter
 
 NOW = 1_700_000_000.0
 
@@ -41,7 +63,7 @@ def body(resp: LocalResponse) -> dict:
 def router(**kw) -> ScpRouter:
     kw.setdefault("via_name", "scp1.5gc")
     kw.setdefault("clock", lambda: NOW)
-    return ScpRouter(kw.pop("table", RouteTable()), **kw)
+    return _IMPL[0](kw.pop("table", RouteTable()), **kw)
 
 
 # --------------------------------------------------------------------------- model C
@@ -133,9 +155,9 @@ def test_allowed_targets_policy() -> None:
         "detail": "3gpp-Sbi-Target-apiRoot host 169.254.169.254 is not in scp.allowed_targets",
         "invalidParams": [{"param": "3gpp-Sbi-Target-apiRoot", "reason": "target not allowed"}]}
     with pytest.raises(ValueError, match="allowed target must be a CIDR, .domain or host name"):
-        ScpRouter(allowed_targets=["bad host"])
+        _IMPL[0](allowed_targets=["bad host"])
     with pytest.raises(ValueError, match="allowed target must be a CIDR, .domain or host name"):
-        ScpRouter(allowed_targets=["300.1.1.1"])
+        _IMPL[0](allowed_targets=["300.1.1.1"])
 
 
 # --------------------------------------------------------------------------- loops
@@ -351,9 +373,9 @@ def test_route_table_validation(clusters, routes, message) -> None:
 
 def test_router_option_validation() -> None:
     with pytest.raises(ValueError, match="max_forward_hops must be 1..99"):
-        ScpRouter(max_forward_hops=0)
+        _IMPL[0](max_forward_hops=0)
     with pytest.raises(ValueError, match="via_name must be a token"):
-        ScpRouter(via_name="a b")
+        _IMPL[0](via_name="a b")
 
 
 def test_hop_stamp_for_other_forwarding_routers() -> None:
@@ -550,7 +572,7 @@ async def test_model_c_end_to_end_with_curl(backend) -> None:
     from tests.conftest import start_origin, start_proxy
 
     origin = await start_origin(backend)
-    proxy = await start_proxy(backend, ScpRouter(via_name="scp-e2e"),
+    proxy = await start_proxy(backend, _IMPL[0](via_name="scp-e2e"),
                               error_responder=problem_responder)
     try:
         status, ctype, raw = await _curl(
@@ -593,7 +615,7 @@ async def test_model_c_loop_through_itself_ends_in_508(backend) -> None:
     proxy = await start_proxy(backend, late, error_responder=problem_responder)
     table = RouteTable([ClusterSpec("self", (Endpoint("127.0.0.1", proxy.port),))],
                        [RouteSpec("all", "/", "self")])
-    late.inner = ScpRouter(table, via_name="scp-loop")
+    late.inner = _IMPL[0](table, via_name="scp-loop")
     try:
         status, ctype, raw = await _curl(f"http://127.0.0.1:{proxy.port}/nudm-sdm/v2/x")
         assert (status, ctype) == (508, "application/problem+json")
@@ -619,7 +641,7 @@ async def test_model_c_api_prefix_with_nghttpd(backend, tmp_path) -> None:
     proc = await asyncio.create_subprocess_exec(
         exe, "--no-tls", "-d", str(docroot), "--address=127.0.0.1", str(port),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    proxy = await start_proxy(backend, ScpRouter(via_name="scp-pfx"),
+    proxy = await start_proxy(backend, _IMPL[0](via_name="scp-pfx"),
                               error_responder=problem_responder)
     try:
         loop = asyncio.get_running_loop()
@@ -640,3 +662,63 @@ async def test_model_c_api_prefix_with_nghttpd(backend, tmp_path) -> None:
         await proxy.stop()
         proc.terminate()
         await proc.wait()
+
+
+# --------------------------------------------------------------------------- pure vs compiled
+
+_TARGETS = [b"http://10.0.0.1:8080", b"https://udm1.5gc:8443", b"http://[2001:db8::7]",
+            b"https://ausf.5gc/pre/", b"http://smf.5gc:80/a", b"ftp://x", b"http://bad host",
+            b"http://10.9.9.9:8081"]
+_HEADER_EXTRAS = st.lists(st.sampled_from([
+    (b"via", b"2.0 SCP-other"), (b"via", b"2.0 SCP-scp1.5gc"), (b"via", b"garbage ,,"),
+    (b"3gpp-sbi-max-forward-hops", b"3"), (b"3gpp-sbi-max-forward-hops", b"0"),
+    (b"3gpp-sbi-max-forward-hops", b"x"), (b"3gpp-sbi-max-rsp-time", b"2000"),
+    (b"3gpp-sbi-max-rsp-time", b"-1"),
+    (b"3gpp-sbi-sender-timestamp", b"Tue, 14 Nov 2023 22:13:20.000 GMT"),
+    (b"3gpp-sbi-message-priority", b"5"), (b"content-type", b"application/json"),
+]), max_size=3)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from([b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"]),
+    st.one_of(st.none(), st.sampled_from(_TARGETS)),
+    st.sampled_from([b"/nudm-sdm/v2/imsi-1/am-data", b"/nausf-auth/v1/ue-authentications",
+                     b"/static/x?y=1", b"/", None]),
+    _HEADER_EXTRAS), min_size=1, max_size=12),
+    st.booleans(), st.sampled_from(["10.0.0.0/8", None]))
+def test_compiled_router_decides_like_the_pure_one(requests, model_c, allowed) -> None:
+    if FastScpRouter is None:
+        pytest.skip("nf_adapters._scp_fast is not built (setup.py build_ext --inplace)")
+    table = RouteTable([ClusterSpec("c", (Endpoint("10.1.1.1", 80), Endpoint("10.1.1.2", 80)))],
+                       [RouteSpec("r", "/static", "c")])
+    kw = dict(via_name="scp1.5gc", clock=lambda: NOW, model_c=model_c, default_timeout=3.0,
+              allowed_targets=[allowed] if allowed else [])
+    pure, fast = PureScpRouter(table, **kw), FastScpRouter(table, **kw)
+    for method, target, path, extras in requests:
+        headers = [(b":method", method), (b":scheme", b"http"), (b":authority", b"scp:80")]
+        if path is not None:
+            headers.append((b":path", path))
+        if target is not None:
+            headers.append((b"3gpp-sbi-target-apiroot", target))
+        headers += extras
+        for _ in range(2):  # the second time, the target is in both routers' caches
+            want, got = pure.route(list(headers), {}), fast.route(list(headers), {})
+            assert type(got) is type(want)
+            assert got == want, (headers, got, want)
+
+
+def test_compiled_router_answers_a_cached_target_without_the_python_path() -> None:
+    if FastScpRouter is None:
+        pytest.skip("nf_adapters._scp_fast is not built (setup.py build_ext --inplace)")
+    r = FastScpRouter(via_name="scp1.5gc", default_timeout=2.5)
+    headers = req(method=b"POST", extra=[(b"3gpp-sbi-target-apiroot", b"http://10.0.0.1:8080")])
+    first = r.route(headers, {})  # parses and caches the target on the pure path
+    r._route_scanned = None  # the fast case must not reach it
+    again = r.route(headers, {})
+    assert again == first and again is not first
+    assert again.endpoint is first.endpoint and again.timeout == 2.5 and not again.retryable
+    assert (b"3gpp-sbi-max-forward-hops", b"7; nodetype=scp") in again.headers
+    # with a hop count on the request, the pure path runs again
+    with pytest.raises(TypeError):
+        r.route(headers + [(b"3gpp-sbi-max-forward-hops", b"3")], {})

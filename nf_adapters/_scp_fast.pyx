@@ -1,0 +1,85 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The compiled twin of ``nf_adapters.scp_router.ScpRouter``: SCP model C's common case in C.
+
+``ScpRouter`` here subclasses the pure one (the reference, and the fallback when this module
+is not built) and replaces only ``route``.  Its fast case is a request whose
+``3gpp-Sbi-Target-apiRoot`` was parsed before (the router's target cache), that carries no
+``via``, ``3gpp-Sbi-Max-Forward-Hops`` or ``3gpp-Sbi-Max-Rsp-Time``, has a ``:path`` and goes to
+an apiRoot without a prefix: the answer is a ``Forward`` to the cached endpoint with the
+headers rewritten by ``_sbi_fast`` (or its pure twin) and the default hop count, built without
+a Python frame.  Every other request (first sight of a target, loop headers, deadlines, static
+routes, fallbacks, errors) takes the pure class's own path, so there is one behaviour to test;
+the suite runs both classes and compares their decisions on randomized requests.
+
+``nf_adapters.scp_router.ScpRouter`` is this class when it imports (``NFMESH_SCP_ROUTER=pure``
+keeps the pure one); ``PureScpRouter`` is always the pure one.
+"""
+
+from nf_adapters import scp_router as _pure
+from dataplane.routing import Forward
+
+cdef object _scan = _pure.scan_request
+cdef object _rewrite = _pure.rewrite_headers
+cdef object _ForwardType = Forward
+cdef object _new = object.__new__
+cdef frozenset _IDEMPOTENT = _pure.IDEMPOTENT_METHODS
+cdef str _MODEL_C = _pure.MODEL_C_CLUSTER
+# read now: once this module is imported, ``scp_router.ScpRouter`` names the class below
+_Pure = _pure.ScpRouter
+
+NAME = "cython"
+
+
+cdef class _ScpCore:
+    """What the fast case reads, as C fields (``prime`` fills them after the pure
+    ``__init__``), and the fast case itself: ``route``."""
+
+    cdef public object _o, _targets
+    cdef object _hops_value, _via_value, _timeout
+    cdef bint _model_c
+
+    cdef _prime(self):
+        o = self._o
+        self._model_c = bool(o.model_c)
+        self._hops_value = o.hops_values[o.max_forward_hops - 1]
+        self._via_value = o.via_value
+        self._timeout = o.default_timeout
+
+    def route(self, headers, peer):
+        cdef tuple scan = _scan(headers)
+        target = scan[4]
+        if target is not None and self._model_c:
+            info = self._targets.get(target)
+            if (info is not None and scan[3] is not None and scan[5] is None
+                    and scan[6] is None and scan[7] is None):
+                root = (<tuple>info)[0]
+                if not root.prefix:
+                    return _forward(
+                        (<tuple>info)[1],
+                        _rewrite(headers, (<tuple>info)[2], (<tuple>info)[3], scan[3],
+                                 self._hops_value, self._via_value),
+                        self._timeout, scan[0] in _IDEMPOTENT)
+        return self._route_scanned(headers, peer, scan)
+
+
+cdef object _forward(endpoint, headers, timeout, bint retryable):
+    # Forward(endpoint, headers, MODEL_C_CLUSTER, [], [], timeout, retryable) without running
+    # the dataclass's Python __init__: allocate, then fill every slot
+    fwd = _new(_ForwardType)
+    fwd.endpoint = endpoint
+    fwd.headers = headers
+    fwd.cluster = _MODEL_C
+    fwd.alternates = []
+    fwd.extra_response_headers = []
+    fwd.timeout = timeout
+    fwd.retryable = retryable
+    fwd.alternate_response_headers = []
+    return fwd
+
+
+class ScpRouter(_ScpCore, _Pure):
+    """``nf_adapters.scp_router.ScpRouter`` with model C's common case compiled (same API)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        _Pure.__init__(self, *args, **kwargs)
+        (<_ScpCore>self)._prime()
