@@ -20,7 +20,7 @@ from typing import Any
 from dataplane.engine import load_backend
 from dataplane.routing import Router, RouterSlot
 from gateway.access_log import AccessLog, load_access_log  # noqa: F401 (AccessLog: re-exported)
-from gateway.metrics import MetricsServer, RequestStats, new_registry
+from gateway.metrics import MetricsServer, load_request_stats, new_registry
 
 log = logging.getLogger("nfmesh.gateway")
 
@@ -73,7 +73,7 @@ class Gateway:
         self.metrics_socket = metrics_socket
         self.snapshots: Any = None
         self.backend: Any = None
-        self.stats = RequestStats()
+        self.stats = load_request_stats()()  # compiled when built (NFMESH_STATS to choose)
         self.ports: dict[str, int] = {}
         self.metrics_port: int | None = None
         self.router_slot: RouterSlot | None = None

@@ -13,6 +13,7 @@ HOT_PATHS = [
     ("ngap routing keys", "nf_adapters._ngap_fast", "nf_adapters.ngap.keys"),
     ("sbi header rewrite", "nf_adapters._sbi_fast", "nf_adapters.sbi_rewrite"),
     ("proxy exchange", "dataplane._proxy_fast", "dataplane.proxy"),
+    ("request stats", "gateway._stats_fast", "gateway.metrics"),
     ("scp model c route", "nf_adapters._scp_fast", "nf_adapters.scp_router"),
 ]
 

@@ -3,6 +3,8 @@
 The proxy calls ``RequestStats.on_request_done`` once per request.  That call only bumps
 plain integers in dicts (no locks, no label lookups through prometheus_client); the
 ``prometheus_client`` collector turns them into metric families when ``/metrics`` is scraped.
+``load_request_stats()`` gives the compiled twin (``gateway._stats_fast``: the counting in C,
+the same export code) when it is built, this module's class otherwise.
 Other parts of the gateway (registry, N2) register their own collectors on the same registry.
 
 ``MetricsServer`` serves ``GET /metrics`` (and ``/healthz``, ``/readyz``) over HTTP/1.1 on the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -48,32 +51,14 @@ class _Histogram:
         self.n += 1
 
 
-class RequestStats:
-    """Implements ``dataplane.proxy.ProxyStats`` and exports what it counted.
+class RequestStatsExport:
+    """The views and the Prometheus export of per-request stats, computed from ``cells`` and
+    ``resets`` at scrape time.  Shared by the pure ``RequestStats`` and the compiled one
+    (``gateway._stats_fast``): whichever counted, the same cells give the same output."""
 
-    Per request: one dict lookup by ``(cluster, method, status)`` and two increments in that
-    key's cell (its latency bucket and duration sum); request counts and per-cluster histograms
-    are summed from the cells when scraped."""
-
-    __slots__ = ("cells", "resets")
-
-    def __init__(self) -> None:
-        # (cluster, method, status) -> [bucket counts..., duration sum]
-        self.cells: dict[tuple[str, str, int], list] = {}
-        self.resets: dict[tuple[str, int], int] = {}
-
-    def on_request_done(
-        self, cluster: str, method: str, status: int, duration_s: float, error_code: int
-    ) -> None:
-        key = (cluster, method, status)
-        cell = self.cells.get(key)
-        if cell is None:
-            cell = self.cells[key] = [0] * _NB + [0.0]
-        cell[bisect.bisect_left(BUCKETS, duration_s)] += 1
-        cell[_SUM] += duration_s
-        if error_code:
-            rkey = (cluster, int(error_code))
-            self.resets[rkey] = self.resets.get(rkey, 0) + 1
+    __slots__ = ()
+    cells: dict[tuple[str, str, int], list]
+    resets: dict[tuple[str, int], int]
 
     @property
     def requests(self) -> dict[tuple[str, str, str], int]:
@@ -128,6 +113,62 @@ class RequestStats:
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             h.add_metric([cluster], buckets, hist.total)
         yield h
+
+
+class RequestStats(RequestStatsExport):
+    """Implements ``dataplane.proxy.ProxyStats`` and exports what it counted (the pure-Python
+    reference; ``load_request_stats`` picks the compiled twin when it is built).
+
+    Per request: one dict lookup by ``(cluster, method, status)`` and two increments in that
+    key's cell (its latency bucket and duration sum); request counts and per-cluster histograms
+    are summed from the cells when scraped."""
+
+    __slots__ = ("cells", "resets")
+
+    def __init__(self) -> None:
+        # (cluster, method, status) -> [bucket counts..., duration sum]
+        self.cells: dict[tuple[str, str, int], list] = {}
+        self.resets: dict[tuple[str, int], int] = {}
+
+    def on_request_done(
+        self, cluster: str, method: str, status: int, duration_s: float, error_code: int
+    ) -> None:
+        key = (cluster, method, status)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = [0] * _NB + [0.0]
+            cell[_SUM] += duration_s  # a duration that is no number raises before anything counts
+            cell[bisect.bisect_left(BUCKETS, duration_s)] += 1
+            self.cells[key] = cell
+        else:
+            cell[_SUM] += duration_s
+            cell[bisect.bisect_left(BUCKETS, duration_s)] += 1
+        if error_code:
+            rkey = (cluster, int(error_code))
+            self.resets[rkey] = self.resets.get(rkey, 0) + 1
+
+
+STATS = ("cython", "pure")
+
+
+def load_request_stats(name: str = "auto") -> type[RequestStatsExport]:
+    """Return the ``RequestStats`` class: ``cython`` (``gateway._stats_fast``, the per-request
+    accounting compiled, same API and output), ``pure`` (this module's), or ``auto``: the
+    compiled one when built, unless the environment variable ``NFMESH_STATS`` names one."""
+    if name == "auto":
+        name = os.environ.get("NFMESH_STATS") or "auto"
+    if name in ("auto", "cython"):
+        try:
+            from gateway._stats_fast import RequestStats as fast
+        except ImportError:
+            if name == "cython":
+                raise
+        else:
+            return fast
+    if name in ("auto", "pure"):
+        return RequestStats
+    raise ValueError(f"unknown request stats implementation {name!r}; choose one of auto, "
+                     f"{', '.join(STATS)}")
 
 
 class GaugeCallback:

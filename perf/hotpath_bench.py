@@ -30,7 +30,7 @@ from dataplane.proxy import load_proxy
 from dataplane.routing import Endpoint, RouterSlot
 from dataplane.upstream_pool import UpstreamPools, _EndpointPool
 from gateway.app import AccessLog
-from gateway.metrics import RequestStats
+from gateway.metrics import load_request_stats
 from nf_adapters.scp_router import ScpRouter
 
 BACKEND_PORT = 8081
@@ -95,7 +95,7 @@ async def _run(requests: int, model_c: bool, log_format: str | None, profile: bo
     pool.conns.append(_Upstream())
     sink = io.StringIO()
     access_log = AccessLog(log_format, out=sink) if log_format else None
-    stats = RequestStats()
+    stats = load_request_stats()()
     proxy = load_proxy()(RouterSlot(ScpRouter.from_config(_config())), pools, stats=stats,
                   access_log=access_log)
     conn = _Downstream()
