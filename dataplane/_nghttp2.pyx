@@ -20,6 +20,7 @@ stream-close (or frame-not-sent) callback, so it lives until both sides are done
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset
@@ -113,6 +114,10 @@ cdef inline double _now() noexcept:
 # libnghttp2 allocates and frees several small blocks per stream (stream, frames, header
 # buffers); recycling them skips most of glibc's bin work.  All calls happen with the GIL
 # held (every session call is made from Python-holding code), so no lock is needed.
+
+cdef enum:
+    HC_SLOTS = 32               # cached request header fields per connection (a power of 2)
+    HC_MAX_FIELD = 512          # longer fields (name + value bytes) are never cached
 
 cdef enum:
     POOL_CLASSES = 9            # 32 B .. 8 KiB blocks, header included
@@ -453,6 +458,13 @@ cdef class _Conn:
     cdef size_t max_header_list
     cdef size_t max_retained
     cdef readonly size_t peak_buffered   # largest per-stream engine buffer seen (test hook)
+    # received header fields as (name, value) tuples, keyed by the HPACK decoder's buffers:
+    # a field decoded from the static or dynamic table arrives in the same nghttp2_rcbuf each
+    # time, so a repeated header costs no Python allocation (see _header_pair)
+    cdef nghttp2_rcbuf *hc_name[HC_SLOTS]
+    cdef nghttp2_rcbuf *hc_value[HC_SLOTS]
+    cdef PyObject *hc_pair[HC_SLOTS]
+    cdef readonly size_t header_cache_hits   # test hook
 
     def __cinit__(self, *args, **kwargs):
         self.session = NULL
@@ -460,10 +472,48 @@ cdef class _Conn:
         self.streams = {}
 
     def __dealloc__(self):
+        self._del_session()
+        free(self.obuf)
+
+    cdef void _del_session(self) noexcept:
+        """Delete the session, releasing the cached header buffers first (they belong to the
+        session's allocator state)."""
+        cdef int i
+        for i in range(HC_SLOTS):
+            if self.hc_pair[i] != NULL:
+                nghttp2_rcbuf_decref(self.hc_name[i])
+                nghttp2_rcbuf_decref(self.hc_value[i])
+                Py_XDECREF(self.hc_pair[i])
+                self.hc_pair[i] = NULL
+                self.hc_name[i] = NULL
+                self.hc_value[i] = NULL
         if self.session != NULL:
             nghttp2_session_del(self.session)
             self.session = NULL
-        free(self.obuf)
+
+    cdef object _header_pair(self, nghttp2_rcbuf *name, nghttp2_rcbuf *value,
+                             nghttp2_vec nb, nghttp2_vec vb):
+        """``(name, value)`` as bytes, shared with earlier requests that carried the same
+        decoder buffers.  Entries hold a reference on both buffers, so a pointer is never
+        reused while cached; at most HC_SLOTS fields of up to HC_MAX_FIELD bytes are held."""
+        cdef size_t h = (((<size_t>name) >> 4) * 31 + ((<size_t>value) >> 4)) & (HC_SLOTS - 1)
+        if self.hc_pair[h] != NULL and self.hc_name[h] == name and self.hc_value[h] == value:
+            self.header_cache_hits += 1
+            return <object>self.hc_pair[h]
+        pair = (PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
+                PyBytes_FromStringAndSize(<char *>vb.base, vb.len))
+        if nb.len + vb.len <= HC_MAX_FIELD:
+            if self.hc_pair[h] != NULL:
+                nghttp2_rcbuf_decref(self.hc_name[h])
+                nghttp2_rcbuf_decref(self.hc_value[h])
+                Py_XDECREF(self.hc_pair[h])
+            nghttp2_rcbuf_incref(name)
+            nghttp2_rcbuf_incref(value)
+            Py_INCREF(pair)
+            self.hc_name[h] = name
+            self.hc_value[h] = value
+            self.hc_pair[h] = <PyObject *>pair
+        return pair
 
     cdef void _set_settings(self, object settings) except *:
         if settings is None:
@@ -783,8 +833,7 @@ cdef int _srv_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *
     if st.too_large:
         return 0
     try:
-        pair = (PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
-                PyBytes_FromStringAndSize(<char *>vb.base, vb.len))
+        pair = conn._header_pair(name, value, nb, vb)
         if f.headers.cat == NGHTTP2_HCAT_REQUEST:
             st.headers.append(pair)
         else:
@@ -1160,9 +1209,7 @@ cdef class ServerConnection(_Conn):
                 except BaseException:
                     log.exception("nghttp2: cleanup of a lost stream failed")
         finally:
-            if self.session != NULL:
-                nghttp2_session_del(self.session)
-                self.session = NULL
+            self._del_session()
             self.transport = None
             self._write = None
         try:
@@ -1634,9 +1681,7 @@ cdef class ClientConnection(_Conn):
         finally:
             self.streams.clear()
             self.open_streams = 0
-            if self.session != NULL:
-                nghttp2_session_del(self.session)
-                self.session = NULL
+            self._del_session()
             self.transport = None
             self._write = None
         if not self.ready.done():

@@ -1062,3 +1062,43 @@ async def test_respond_on_a_splice_before_its_response_cancels_upstream(origin):
         client.close()
     finally:
         await stop_splice_proxy(server, proxy)
+
+
+async def test_repeated_request_headers_are_shared_and_never_confused():
+    """The server connection keeps decoded header fields keyed by HPACK's buffers: a field
+    from the static or dynamic table comes back as the same tuple, while new, evicted and long
+    fields are decoded afresh; what the handler sees is exactly what the client sent."""
+    import random
+
+    handler = OriginHandler("hc")
+    server, port, conns = await start_local(handler)
+    client = await connect(nghttp2, port)
+    rng = random.Random(7)
+    sent = []
+    try:
+        for _ in range(300):
+            headers = [(b":method", rng.choice([b"GET", b"POST"])), (b":scheme", b"http"),
+                       (b":authority", b"x"), (b":path", b"/p%d" % rng.randrange(5)),
+                       (b"x-fixed", b"same"), (b"user-agent", b"AMF-1"),
+                       # 60 names x 3 values: far more than the cache's slots (evictions) and
+                       # than HPACK's 4 KiB table holds (its buffers are freed and reused)
+                       (b"x-var-%d" % rng.randrange(60), b"v%d" % rng.randrange(3)),
+                       (b"x-long", b"b" * rng.choice([10, 600]))]
+            fut = asyncio.get_running_loop().create_future()
+            client.request(headers, None, lambda *a, f=fut: f.done() or f.set_result(a))
+            await asyncio.wait_for(fut, 5)
+            sent.append(headers)
+        assert [list(h) for h in handler.requests] == sent
+        (srv,) = conns
+        assert srv.header_cache_hits > 300  # most fields came from the cache
+        last, before = handler.requests[-1], handler.requests[-2]
+        assert last[4] is before[4] and last[5] is before[5]  # x-fixed, user-agent: one tuple
+    finally:
+        client.close()
+        server.close()
+        for c in conns:
+            c.close()
+    await asyncio.sleep(0.05)
+    # the connection (and its HPACK buffers) are gone; the handler's copies are still whole
+    assert handler.requests[0][4] == (b"x-fixed", b"same")
+    assert [list(h) for h in handler.requests] == sent
