@@ -7,6 +7,12 @@ is opened; at ``max_connections`` requests queue, first come first served, up to
 first SETTINGS).  After a failed connect the endpoint is in back-off (exponential with jitter)
 during which ``acquire`` fails at once with a clear ``UpstreamUnavailable``; the first success
 clears it.  Connections idle longer than ``idle_timeout`` are closed.
+
+The fast path (``get_ready``) reads no clock: it only remembers which connection it handed out
+last (``hot``).  A connection's ``last_used`` is stamped when it stops being the hot one and,
+for the hot one, by the idle sweep (which then forgets it), so a connection is never closed
+before ``idle_timeout`` of real idleness and, with the sweep every quarter ``idle_timeout``, at
+most 1.5 ``idle_timeout`` after its last use.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ class UpstreamUnavailable(Exception):
 
 class _EndpointPool:
     __slots__ = ("conns", "connecting", "failures", "retry_at", "last_error", "last_used",
-                 "waiters", "dispatcher", "reserved")
+                 "waiters", "dispatcher", "reserved", "hot")
 
     def __init__(self) -> None:
         self.conns: list = []
@@ -50,6 +56,9 @@ class _EndpointPool:
         self.retry_at = 0.0
         self.last_error = ""
         self.last_used: dict[int, float] = {}
+        # the connection get_ready handed out last since the previous idle sweep (None: none);
+        # it counts as used "now" until another one takes its place or the sweep stamps it
+        self.hot = None
 
 
 class UpstreamPools:
@@ -101,7 +110,9 @@ class UpstreamPools:
             return None
         for conn in pool.conns:
             if conn.available:
-                pool.last_used[id(conn)] = time.monotonic()
+                if conn is not pool.hot:
+                    _cool(pool)
+                    pool.hot = conn
                 return conn
         return None
 
@@ -279,6 +290,8 @@ class UpstreamPools:
             except ValueError:
                 pass
             pool.last_used.pop(id(conn), None)
+            if pool.hot is conn:
+                pool.hot = None
 
     # ---- housekeeping --------------------------------------------------------------------------
     def _start_sweeper(self) -> None:
@@ -286,7 +299,7 @@ class UpstreamPools:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        period = max(0.05, self.idle_timeout / 2)
+        period = max(0.05, self.idle_timeout / 4)  # see the module doc: hot stamps lag a period
         while True:
             await asyncio.sleep(period)
             self.close_idle(self.idle_timeout)
@@ -296,6 +309,7 @@ class UpstreamPools:
         now = time.monotonic()
         closed = 0
         for pool in self._pools.values():
+            _cool(pool, now)  # the hot connection was used at most now
             for conn in list(pool.conns):
                 used = pool.last_used.get(id(conn), now)
                 if conn.closed or (conn.open_streams == 0 and now - used >= idle_for):
@@ -337,6 +351,14 @@ def _retrieve(task: asyncio.Task) -> None:
     """Consume a connect task's outcome so that an unawaited failure is not logged as lost."""
     if not task.cancelled():
         task.exception()
+
+
+def _cool(pool: _EndpointPool, now: float | None = None) -> None:
+    """The hot connection stops being hot: stamp its last use (no later than ``now``)."""
+    hot = pool.hot
+    if hot is not None:
+        pool.last_used[id(hot)] = time.monotonic() if now is None else now
+        pool.hot = None
 
 
 def _unreserve(pool: _EndpointPool, conn) -> None:
