@@ -15,6 +15,7 @@ HOT_PATHS = [
     ("proxy exchange", "dataplane._proxy_fast", "dataplane.proxy"),
     ("request stats", "gateway._stats_fast", "gateway.metrics"),
     ("scp model c route", "nf_adapters._scp_fast", "nf_adapters.scp_router"),
+    ("access log", "gateway._access_log_fast", "gateway.access_log"),
 ]
 
 

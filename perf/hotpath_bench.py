@@ -29,7 +29,7 @@ from dataplane.engine import H2Settings
 from dataplane.proxy import load_proxy
 from dataplane.routing import Endpoint, RouterSlot
 from dataplane.upstream_pool import UpstreamPools, _EndpointPool
-from gateway.app import AccessLog
+from gateway.access_log import load_access_log
 from gateway.metrics import load_request_stats
 from nf_adapters.scp_router import ScpRouter
 
@@ -94,7 +94,7 @@ async def _run(requests: int, model_c: bool, log_format: str | None, profile: bo
     pool = pools._pools[Endpoint("127.0.0.1", BACKEND_PORT)] = _EndpointPool()
     pool.conns.append(_Upstream())
     sink = io.StringIO()
-    access_log = AccessLog(log_format, out=sink) if log_format else None
+    access_log = load_access_log()(log_format, out=sink) if log_format else None
     stats = load_request_stats()()
     proxy = load_proxy()(RouterSlot(ScpRouter.from_config(_config())), pools, stats=stats,
                   access_log=access_log)

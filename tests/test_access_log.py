@@ -1,4 +1,7 @@
-"""The access log: one line per request, written in batches, nothing lost at shutdown."""
+"""The access log: one line per request, written in batches, nothing lost at shutdown.
+
+Each test runs on every available implementation (the pure ``gateway.access_log.AccessLog``
+and, once built, the compiled ``gateway._access_log_fast.AccessLog``)."""
 
 from __future__ import annotations
 
@@ -6,10 +9,17 @@ import asyncio
 import io
 import json
 
-from gateway.app import AccessLog
+import pytest
+
+from gateway.access_log import available_access_logs, load_access_log
 
 
-async def test_lines_are_batched_and_flushed() -> None:
+@pytest.fixture(params=available_access_logs())
+def AccessLog(request):
+    return load_access_log(request.param)
+
+
+async def test_lines_are_batched_and_flushed(AccessLog) -> None:
     out = io.StringIO()
     log = AccessLog("json", out=out, flush_s=0.05)
     for i in range(3):
@@ -20,7 +30,7 @@ async def test_lines_are_batched_and_flushed() -> None:
     assert [json.loads(x)["path"] for x in lines] == [f"/nudm-sdm/v2/imsi-{i}/am-data" for i in range(3)]
 
 
-async def test_large_batches_flush_early_and_stop_flushes_the_rest() -> None:
+async def test_large_batches_flush_early_and_stop_flushes_the_rest(AccessLog) -> None:
     out = io.StringIO()
     log = AccessLog("text", out=out, flush_s=60)
     for i in range(2000):
