@@ -32,6 +32,8 @@ from dataplane.routing import Endpoint
 
 log = logging.getLogger("nfmesh.upstream")
 
+_NO_ENDPOINT = object()  # get_ready's last-endpoint cache when empty (matches no argument)
+
 
 class UpstreamUnavailable(Exception):
     """No connection to an endpoint could be had; ``reason`` says why."""
@@ -89,7 +91,8 @@ class UpstreamPools:
         self._pools: dict[Endpoint, _EndpointPool] = {}
         # the endpoint asked last and its pool: most requests repeat it, and an identity check
         # is cheaper than hashing the Endpoint dataclass
-        self._last: tuple[Endpoint, _EndpointPool] | None = None
+        self._last_endpoint: object = _NO_ENDPOINT
+        self._last_pool: _EndpointPool | None = None
         self._sweeper: asyncio.Task | None = None
         self._closed = False
         self.connects = 0  # successful connects (observability)
@@ -98,22 +101,28 @@ class UpstreamPools:
     def get_ready(self, endpoint: Endpoint):
         """A connection that can take a stream now, or None (also while requests are queued for
         a stream: newcomers do not overtake them)."""
-        last = self._last
-        if last is not None and last[0] is endpoint:
-            pool = last[1]
+        if endpoint is self._last_endpoint:
+            pool = self._last_pool
         else:
             pool = self._pools.get(endpoint)
             if pool is None:
                 return None
-            self._last = (endpoint, pool)
+            self._last_endpoint, self._last_pool = endpoint, pool
         if pool.waiters or pool.reserved:
             return None
-        for conn in pool.conns:
-            if conn.available:
-                if conn is not pool.hot:
-                    _cool(pool)
-                    pool.hot = conn
-                return conn
+        conns = pool.conns
+        if conns:
+            conn = conns[0]  # the common case: the first connection has room (no loop set up)
+            if not conn.available:
+                for conn in conns:
+                    if conn.available:
+                        break
+                else:
+                    return None
+            if conn is not pool.hot:
+                _cool(pool)
+                pool.hot = conn
+            return conn
         return None
 
     async def acquire(self, endpoint: Endpoint):
@@ -344,7 +353,7 @@ class UpstreamPools:
                 conn.close()
             pool.conns.clear()
         self._pools.clear()
-        self._last = None
+        self._last_endpoint, self._last_pool = _NO_ENDPOINT, None
 
 
 def _retrieve(task: asyncio.Task) -> None:

@@ -121,6 +121,36 @@ class _Conn:
         self.available = False
 
 
+def test_get_ready_order_queue_and_cache_edges() -> None:
+    pools = UpstreamPools("h2", H2Settings(), idle_timeout=0)
+    a, b = Endpoint("127.0.0.1", 8081), Endpoint("127.0.0.1", 8082)
+    pa = pools._pools[a] = _EndpointPool()
+    pb = pools._pools[b] = _EndpointPool()
+    c1, c2, c3 = _Conn(), _Conn(), _Conn()
+    pa.conns.extend([c1, c2])
+    pb.conns.append(c3)
+    assert pools.get_ready(None) is None  # no pool, and the empty cache matches nothing
+    assert pools.get_ready(a) is c1
+    c1.available = False
+    assert pools.get_ready(a) is c2 and pa.hot is c2  # the first one with room
+    assert pools.get_ready(b) is c3  # the last-endpoint cache follows the argument
+    assert pools.get_ready(Endpoint("127.0.0.1", 8081)) is c2  # equal endpoint, another object
+    c2.available = False
+    assert pools.get_ready(a) is None
+    c1.available = True
+    pa.reserved[id(c1)] = 1  # a queued request holds a stream: newcomers do not overtake
+    assert pools.get_ready(a) is None
+    pa.reserved.clear()
+    pa.waiters.append(object())
+    assert pools.get_ready(a) is None
+    pa.waiters.clear()
+    assert pools.get_ready(a) is c1
+    pa.conns.clear()
+    assert pools.get_ready(a) is None
+    pools.close()
+    assert pools.get_ready(a) is None and pools.get_ready(b) is None
+
+
 IDLE, PERIOD = 60.0, 15.0  # the sweeper's period for idle_timeout=60 is 60 / 4
 
 steps = st.lists(st.one_of(
