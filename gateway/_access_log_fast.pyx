@@ -2,28 +2,37 @@
 """The compiled twin of ``gateway.access_log.AccessLog``: record() and batch formatting in C.
 
 Same API and byte-identical output as the pure class (which stays the reference and the
-fallback when this module is not built).  ``record`` keeps the raw values of a request, as the
-pure one does; ``flush`` formats the whole batch into one C buffer:
+fallback when this module is not built).  ``record`` keeps the raw values of a request in a
+C array of rows (references held, a float duration as a C double: no tuple, nothing
+formatted); ``flush`` formats the whole batch into one C buffer:
 
 * text: the line is written with C string copies into a latin-1 buffer (the str fields are
   copied from their one-byte storage, ints with an itoa, the duration as ``'%.6f'`` by exact
   integer arithmetic, correctly rounded with ties to even like Python's dtoa);
-* json: strings that need no escape are copied, latin-1 ones UTF-8 encoded in C, ints written
-  in C; all the batch's float durations are encoded by msgspec in ONE call (its shortest float
-  form is the reference) and spliced in; the upstream and peer JSON are encoded once per
-  endpoint / connection in the batch.
+* json: strings that need no escape are copied (checked eight bytes at a time), latin-1 ones
+  UTF-8 encoded in C, ints written in C; all the batch's float durations are encoded by
+  msgspec in ONE call (its shortest float form is the reference) and spliced in; the upstream
+  and peer JSON are encoded once per endpoint / connection in the batch.
 
 Whatever falls outside those fast cases (a str with characters beyond latin-1, a str subclass,
 a bool, an int beyond 64 bits, a negative, huge or non-finite duration, ...) is formatted by
 the pure module's own code (``_LOG_TEXT % row``, the msgspec encoder), so the output matches
 the pure class on every input, not just the common ones.
+
+C callers that know nothing of this module (the compiled proxy in ``dataplane``) can skip the
+Python call: ``log.c_record`` is a ``PyCapsule`` named ``"nfmesh.access_log.record"`` holding
+an ``int (*)(object log, object method, object path, object status, object cluster,
+object upstream, double duration_s, object error_code, object peer_info)`` that returns -1
+with an exception set on failure (``log`` must be the object the capsule came from).
 """
 
 import asyncio
 import json
 import sys
 
-from libc.stdlib cimport free, realloc
+from cpython.pycapsule cimport PyCapsule_New
+from cpython.ref cimport Py_XDECREF, Py_XINCREF, PyObject
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
 from gateway import access_log as _pure
@@ -119,6 +128,26 @@ cdef object _endpoint_text = _pure._endpoint_text
 cdef object _get_running_loop = asyncio.get_running_loop
 
 NAME = "cython"
+
+
+CAPSULE_NAME = "nfmesh.access_log.record"
+cdef const char* _CAPSULE_NAME = b"nfmesh.access_log.record"  # static: outlives capsules
+ctypedef int (*record_t)(object, object, object, object, object, object, double, object,
+                         object) except -1
+
+
+cdef struct Row:
+    # one record()'s raw values (references held), or a keyword line (kind 1, in ``method``)
+    PyObject* method
+    PyObject* path
+    PyObject* status
+    PyObject* cluster
+    PyObject* upstream
+    PyObject* duration  # NULL: a float duration, kept as the C double ``dur``
+    PyObject* error_code
+    PyObject* info
+    double dur
+    int kind
 
 
 cdef struct Buf:
@@ -218,7 +247,8 @@ cdef inline bint _put_json_str(Buf* b, object s) except -1:
 
 
 cdef bint _text_row(Buf* b, object method, object path, object status, object cluster,
-                    object up, object duration, object error_code, object peer) except -1:
+                    object up, PyObject* duration, double dur, object error_code,
+                    object peer) except -1:
     """The text line of a record and its newline; False (nothing written) when a field is not
     of the common kinds: the caller lets Python format that line."""
     cdef Py_ssize_t start = b.n
@@ -244,9 +274,11 @@ cdef bint _text_row(Buf* b, object method, object path, object status, object cl
         b.n = start
         return False
     _put(b, b" duration_s=", 12)
-    if type(duration) is float:
-        _reserve(b, 32)
-        k = nfm_fixed6(PyFloat_AS_DOUBLE(duration), b.p + b.n)
+    _reserve(b, 32)
+    if duration == NULL:
+        k = nfm_fixed6(dur, b.p + b.n)
+    elif type(<object>duration) is float:
+        k = nfm_fixed6(PyFloat_AS_DOUBLE(<object>duration), b.p + b.n)
     if k < 0:
         b.n = start
         return False
@@ -263,17 +295,75 @@ cdef bint _text_row(Buf* b, object method, object path, object status, object cl
     return True
 
 
+cdef inline int _put_json(Buf* b, object v, object encode) except -1:
+    """Any value as msgspec writes it: plain strings and ints here, the rest by msgspec."""
+    if _put_json_str(b, v) or _put_int(b, v):
+        return 0
+    return _put_bytes(b, encode(v))
+
+
+cdef void _release(Row* rows, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    cdef Row* r
+    for i in range(n):
+        r = &rows[i]
+        Py_XDECREF(r.method)
+        Py_XDECREF(r.path)
+        Py_XDECREF(r.status)
+        Py_XDECREF(r.cluster)
+        Py_XDECREF(r.upstream)
+        Py_XDECREF(r.duration)
+        Py_XDECREF(r.error_code)
+        Py_XDECREF(r.info)
+
+
+cdef inline void _fill(Row* r, object method, object path, object status, object cluster,
+                       object upstream, PyObject* duration, double dur, object error_code,
+                       object info) noexcept:
+    r.method = <PyObject*>method
+    r.path = <PyObject*>path
+    r.status = <PyObject*>status
+    r.cluster = <PyObject*>cluster
+    r.upstream = <PyObject*>upstream
+    r.duration = duration
+    r.dur = dur
+    r.error_code = <PyObject*>error_code
+    r.info = <PyObject*>info
+    r.kind = 0
+    Py_XINCREF(r.method)
+    Py_XINCREF(r.path)
+    Py_XINCREF(r.status)
+    Py_XINCREF(r.cluster)
+    Py_XINCREF(r.upstream)
+    Py_XINCREF(r.duration)
+    Py_XINCREF(r.error_code)
+    Py_XINCREF(r.info)
+
+
+cdef inline void _fill_line(Row* r, object line) noexcept:
+    r.method = <PyObject*>line
+    Py_XINCREF(r.method)
+    r.path = r.status = r.cluster = r.upstream = r.duration = r.error_code = r.info = NULL
+    r.kind = 1
+
+
 cdef class AccessLog:
     """One line per request (JSON or text) on stderr, written in batches: the compiled twin of
-    ``gateway.access_log.AccessLog`` (same constructor, ``record``, ``__call__``, ``flush``)."""
+    ``gateway.access_log.AccessLog`` (same constructor, ``record``, ``__call__``, ``flush``).
+
+    The batch is a C array of rows holding references to the raw values (no tuple per
+    request); ``flush`` detaches it before formatting, so a record made meanwhile starts a new
+    batch.  ``c_record`` is the C entry point (see the module docstring)."""
 
     cdef public object fmt, out, flush_s
-    cdef readonly list _rows
     cdef readonly Py_ssize_t _size
     cdef readonly object _timer
     cdef object _dumps, _encode, _flush
     cdef bint _json
     cdef Buf _buf
+    cdef Row* _rows  # the batch being collected (NULL until its first row)
+    cdef Py_ssize_t _n
+    cdef Row* _spare  # a written batch's array, reused by the next one
 
     def __init__(self, fmt="json", out=None, flush_s=0.2):
         import msgspec
@@ -281,7 +371,6 @@ cdef class AccessLog:
         self.fmt = fmt
         self.out = out if out is not None else sys.stderr
         self.flush_s = flush_s
-        self._rows = []
         self._size = 0
         self._timer = None
         self._json = fmt == "json"
@@ -290,15 +379,43 @@ cdef class AccessLog:
         self._flush = self.flush
 
     def __dealloc__(self):
+        if self._rows != NULL:
+            _release(self._rows, self._n)
+            free(self._rows)
+            self._rows = NULL
+        free(self._spare)
+        self._spare = NULL
         free(self._buf.p)
         self._buf.p = NULL
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting for the next write."""
+        return self._n
+
+    @property
+    def c_record(self) -> object:
+        """The C entry point of ``record`` (see the module docstring)."""
+        return PyCapsule_New(<void*>_c_record, _CAPSULE_NAME, NULL)
+
+    cdef Row* _slot(self) except NULL:
+        if self._rows == NULL:
+            if self._spare != NULL:
+                self._rows = self._spare
+                self._spare = NULL
+            else:
+                self._rows = <Row*>malloc(_LOG_MAX_ROWS * sizeof(Row))
+                if self._rows == NULL:
+                    raise MemoryError()
+        return &self._rows[self._n]
 
     def __call__(self, **fields):
         if self._json:
             line = self._dumps(fields)
         else:
             line = " ".join(f"{k}={v}" for k, v in fields.items())
-        self._rows.append(line)
+        _fill_line(self._slot(), line)
+        self._n += 1
         self._size += len(line)
         self._after_add()
 
@@ -306,65 +423,117 @@ cdef class AccessLog:
                peer_info):
         """One finished request: ``upstream`` an ``Endpoint`` or None, ``peer_info`` the
         connection's (its ``peername`` is logged).  Same fields as the keyword form."""
-        self._rows.append((method, path, status, cluster, upstream, duration_s, error_code,
-                           peer_info))
+        if type(duration_s) is float:
+            _fill(self._slot(), method, path, status, cluster, upstream, NULL,
+                  PyFloat_AS_DOUBLE(duration_s), error_code, peer_info)
+        else:
+            _fill(self._slot(), method, path, status, cluster, upstream,
+                  <PyObject*>duration_s, 0.0, error_code, peer_info)
+        self._n += 1
         self._size += len(path) + 120
         self._after_add()
 
     cdef int _after_add(self) except -1:
-        if self._size > _LOG_MAX_BYTES or len(self._rows) >= _LOG_MAX_ROWS:
+        if self._size > _LOG_MAX_BYTES or self._n >= _LOG_MAX_ROWS:
             self.flush()
         elif self._timer is None:
             self._timer = _get_running_loop().call_later(self.flush_s, self._flush)
         return 0
 
     def flush(self):
+        cdef Row* rows
+        cdef Py_ssize_t n
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._rows:
+        if self._n:
             rows = self._rows
-            self._rows = []
+            n = self._n
+            self._rows = NULL
+            self._n = 0
             self._size = 0
             try:
-                self.out.write(self._format(rows))
-                self.out.flush()
-            except (OSError, ValueError):
-                pass  # a closed log stream must never stop the data plane
+                try:
+                    self.out.write(self._format_rows(rows, n))
+                    self.out.flush()
+                except (OSError, ValueError):
+                    pass  # a closed log stream must never stop the data plane
+            finally:
+                _release(rows, n)
+                if self._spare == NULL:
+                    self._spare = rows
+                else:
+                    free(rows)
 
     def _format(self, list rows):
-        """The batch's text, exactly as the pure class's ``_format`` makes it."""
+        """The text of a batch given as the pure class keeps it (record tuples and keyword
+        lines), made by the same code as ``flush``'s: for tests and comparisons."""
+        cdef Py_ssize_t i, n = len(rows), filled = 0
+        cdef Row* arr = <Row*>malloc((n or 1) * sizeof(Row))
+        cdef tuple t
+        if arr == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                r = rows[i]
+                if type(r) is str:
+                    _fill_line(&arr[i], r)
+                else:
+                    t = r
+                    method, path, status, cluster, upstream, duration, error_code, info = t
+                    if type(duration) is float:
+                        _fill(&arr[i], method, path, status, cluster, upstream, NULL,
+                              PyFloat_AS_DOUBLE(duration), error_code, info)
+                    else:
+                        _fill(&arr[i], method, path, status, cluster, upstream,
+                              <PyObject*>duration, 0.0, error_code, info)
+                filled = i + 1
+            return self._format_rows(arr, n)
+        finally:
+            _release(arr, filled)
+            free(arr)
+
+    cdef object _format_rows(self, Row* rows, Py_ssize_t n):
         self._buf.n = 0
         if self._json:
-            return self._format_json(rows)
-        return self._format_text(rows)
+            return self._format_json(rows, n)
+        return self._format_text(rows, n)
 
-    cdef object _format_text(self, list rows):
+    cdef object _format_text(self, Row* rows, Py_ssize_t n):
         cdef Buf* b = &self._buf
-        cdef tuple t
         cdef list pieces = None
+        cdef Py_ssize_t i
+        cdef Row* r
+        cdef PyObject* last_ep = NULL
+        cdef PyObject* last_info = NULL
         upstreams = {}
         peers = {}
-        last_ep = last_info = up = peer = None  # consecutive rows mostly share both
-        for r in rows:
-            if type(r) is str:
-                pieces = self._put_text(r, pieces)
+        up = peer = None  # consecutive rows mostly share both
+        for i in range(n):
+            r = &rows[i]
+            if r.kind:
+                pieces = self._put_text(<str>r.method, pieces)
                 continue
-            t = <tuple>r
-            method, path, status, cluster, ep, duration, error_code, info = t
-            if ep is not last_ep or up is None:
-                last_ep = ep
+            if r.upstream != last_ep or up is None:
+                last_ep = r.upstream
+                ep = <object>r.upstream
                 up = upstreams.get(id(ep)) if ep is not None else ""
                 if up is None:
                     up = upstreams[id(ep)] = _endpoint_text(ep)
-            if info is not last_info or peer is None:
-                last_info = info
+            if r.info != last_info or peer is None:
+                last_info = r.info
+                info = <object>r.info
                 peer = peers.get(id(info))
                 if peer is None:
                     peer = peers[id(info)] = str(info.get("peername"))
-            if not _text_row(b, method, path, status, cluster, up, duration, error_code, peer):
-                pieces = self._put_text(_LOG_TEXT % (method, path, status, cluster, up,
-                                                     duration, error_code, peer), pieces)
+            if not _text_row(b, <object>r.method, <object>r.path, <object>r.status,
+                             <object>r.cluster, up, r.duration, r.dur, <object>r.error_code,
+                             peer):
+                duration = <object>r.duration if r.duration != NULL else r.dur
+                pieces = self._put_text(
+                    _LOG_TEXT % (<object>r.method, <object>r.path, <object>r.status,
+                                 <object>r.cluster, up, duration, <object>r.error_code, peer),
+                    pieces)
         text = PyUnicode_DecodeLatin1(b.p, b.n, NULL)
         b.n = 0
         if pieces is None:
@@ -388,66 +557,68 @@ cdef class AccessLog:
         _put(b, b"\n", 1)
         return pieces
 
-    cdef object _format_json(self, list rows):
+    cdef object _format_json(self, Row* rows, Py_ssize_t n):
         cdef Buf* b = &self._buf
-        cdef tuple t
-        cdef bytes floats_json, up_json, peer_json
+        cdef bytes floats_json
+        cdef bytes up_json = None
+        cdef bytes peer_json = None
         cdef const char* fp
         cdef const char* fe
-        cdef Py_ssize_t flen
-        cdef Py_ssize_t size
         cdef const char* s
+        cdef Py_ssize_t i, size
+        cdef Row* r
+        cdef PyObject* last_ep = NULL
+        cdef PyObject* last_info = NULL
         encode = self._encode
         # every float duration of the batch encoded in one msgspec call: "[d1,d2,...]"
-        floats = [(<tuple>r)[5] for r in rows
-                  if type(r) is not str and type((<tuple>r)[5]) is float]
+        floats = [rows[i].dur for i in range(n) if not rows[i].kind and rows[i].duration == NULL]
         floats_json = encode(floats) if floats else b"[]"
         fp = PyBytes_AS_STRING(floats_json) + 1
         upstreams = {}
         peers = {}
-        last_ep = last_info = up_json = peer_json = None
-        for r in rows:
-            if type(r) is str:
-                s = PyUnicode_AsUTF8AndSize(r, &size)
+        for i in range(n):
+            r = &rows[i]
+            if r.kind:
+                s = PyUnicode_AsUTF8AndSize(<object>r.method, &size)
                 _put(b, s, size)
                 _put(b, b"\n", 1)
                 continue
-            t = <tuple>r
-            method, path, status, cluster, ep, duration, error_code, info = t
-            if ep is not last_ep or up_json is None:
-                last_ep = ep
+            if r.upstream != last_ep or up_json is None:
+                last_ep = r.upstream
+                ep = <object>r.upstream
                 if ep is None:
                     up_json = b'""'
                 else:
                     up_json = upstreams.get(id(ep))
                     if up_json is None:
                         up_json = upstreams[id(ep)] = encode(_endpoint_text(ep))
-            if info is not last_info or peer_json is None:
-                last_info = info
+            if r.info != last_info or peer_json is None:
+                last_info = r.info
+                info = <object>r.info
                 peer_json = peers.get(id(info))
                 if peer_json is None:
                     peer_json = peers[id(info)] = encode(info.get("peername"))
             _put(b, b'{"method":', 10)
-            self._put_json(method)
+            _put_json(b, <object>r.method, encode)
             _put(b, b',"path":', 8)
-            self._put_json(path)
+            _put_json(b, <object>r.path, encode)
             _put(b, b',"status":', 10)
-            self._put_json(status)
+            _put_json(b, <object>r.status, encode)
             _put(b, b',"cluster":', 11)
-            self._put_json(cluster)
+            _put_json(b, <object>r.cluster, encode)
             _put(b, b',"upstream":', 12)
             _put_bytes(b, up_json)
             _put(b, b',"duration_s":', 14)
-            if type(duration) is float:
+            if r.duration == NULL:
                 fe = fp
                 while fe[0] != b',' and fe[0] != b']':
                     fe += 1
                 _put(b, fp, fe - fp)
                 fp = fe + 1
             else:
-                self._put_json(duration)
+                _put_json(b, <object>r.duration, encode)
             _put(b, b',"error_code":', 14)
-            self._put_json(error_code)
+            _put_json(b, <object>r.error_code, encode)
             _put(b, b',"peer":', 8)
             _put_bytes(b, peer_json)
             _put(b, b"}\n", 2)
@@ -455,9 +626,15 @@ cdef class AccessLog:
         b.n = 0
         return text
 
-    cdef int _put_json(self, object v) except -1:
-        cdef Buf* b = &self._buf
-        if _put_json_str(b, v) or _put_int(b, v):
-            return 0
-        _put_bytes(b, self._encode(v))
-        return 0
+
+
+cdef int _c_record(object log, object method, object path, object status, object cluster,
+                   object upstream, double duration_s, object error_code,
+                   object peer_info) except -1:
+    """``log.record(...)`` for C callers, the duration as a C double."""
+    cdef AccessLog self = <AccessLog>log
+    _fill(self._slot(), method, path, status, cluster, upstream, NULL, duration_s, error_code,
+          peer_info)
+    self._n += 1
+    self._size += len(path) + 120
+    return self._after_add()

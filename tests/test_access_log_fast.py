@@ -15,12 +15,14 @@ otherwise those cases skip with that reason and the pure one is checked alone.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import enum
 import io
 import json
 import math
 import os
 import random
+import sys
 
 import pytest
 import uvloop
@@ -454,3 +456,89 @@ async def test_compiled_log_behind_the_proxy_matches_the_pure_one(backend, origi
     finally:
         client.close()
         await proxy.stop()
+
+
+# ---- the compiled class's own parts: C entry point, references, re-entry ------------------------
+
+def _capsule_function(log):
+    """``log.c_record`` as a ctypes function (what a C caller gets from the capsule)."""
+    api = ctypes.pythonapi
+    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    ptr = api.PyCapsule_GetPointer(log.c_record, fast_mod.CAPSULE_NAME.encode())
+    obj = ctypes.py_object
+    proto = ctypes.PYFUNCTYPE(ctypes.c_int, obj, obj, obj, obj, obj, obj, ctypes.c_double, obj,
+                              obj)
+    return proto(ptr)
+
+
+@needs_fast
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_c_entry_point_logs_what_record_logs(fmt) -> None:
+    rows = [("GET", "/a", 200, "udm", EP6, 0.000123, 0, PEER),
+            ("POST", "/caf\u00e9", 503, "c", None, 1 / 128, 8, {}),
+            ("PUT", "/b", 201, "c", Endpoint("10.0.0.1", 80), -0.0, 0, {"peername": None})]
+    by_record, by_capsule = io.StringIO(), io.StringIO()
+    a = fast_mod.AccessLog(fmt, out=by_record, flush_s=60)
+    b = fast_mod.AccessLog(fmt, out=by_capsule, flush_s=60)
+    c_record = _capsule_function(b)
+    for row in rows:
+        a.record(*row)
+        assert c_record(b, *row) == 0
+    assert b.pending == 3
+    a.flush()
+    b.flush()
+    assert by_capsule.getvalue() == by_record.getvalue()
+    assert by_record.getvalue() == Pure(fmt)._format(rows)
+
+
+@needs_fast
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_rows_hold_their_values_until_written_then_let_go(fmt) -> None:
+    path = "/only-here-" + "x" * 30
+    info = {"peername": ("192.0.2.1", 5)}
+    before = sys.getrefcount(path), sys.getrefcount(info)
+    log = fast_mod.AccessLog(fmt, out=io.StringIO(), flush_s=60)
+    for _ in range(100):
+        log.record("GET", path, 200, "c", None, 0.5, 0, info)
+    assert sys.getrefcount(path) == before[0] + 100  # the batch holds them
+    log.flush()
+    assert (sys.getrefcount(path), sys.getrefcount(info)) == before
+    log.record("GET", path, 200, "c", None, None, 0, info)  # a row that cannot be formatted
+    if fmt == "text":
+        with pytest.raises(TypeError):  # as the pure class: '%.6f' of None
+            log.flush()
+    else:
+        log.flush()
+    assert (sys.getrefcount(path), sys.getrefcount(info)) == before  # released all the same
+    log.record("GET", "/next", 200, "c", None, 0.5, 0, info)  # and the log goes on
+    log.flush()
+    assert "/next" in log.out.getvalue()
+    with pytest.raises(ValueError):
+        log._format([("too", "short")])
+    with pytest.raises(TypeError):
+        log._format([["GET", "/", 200, "c", None, 0.5, 0, {}]])
+    assert (sys.getrefcount(path), sys.getrefcount(info)) == before
+
+
+@needs_fast
+async def test_a_record_made_while_writing_goes_to_the_next_batch() -> None:
+    class Echoing(io.StringIO):
+        """An output that logs a line through the same log while it is written to."""
+
+        log = None
+
+        def write(self, text: str) -> int:
+            if self.log is not None and "/inner" not in text:
+                self.log.record("GET", "/inner", 200, "c", None, 0.1, 0, {})
+            return super().write(text)
+
+    out = Echoing()
+    log = fast_mod.AccessLog("text", out=out, flush_s=60)
+    out.log = log
+    for i in range(512):  # the 512th row writes the batch from inside record()
+        log.record("GET", f"/{i}", 200, "c", None, 0.1, 0, {})
+    assert out.getvalue().count("\n") == 512 and log.pending == 1
+    log.flush()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 513 and "/inner" in lines[-1]
