@@ -120,7 +120,8 @@ cdef class RequestStats:
     @property
     def c_on_request_done(self) -> object:
         """The C entry point (see the module docstring)."""
-        return PyCapsule_New(<void *>_on_request_done, _CAPSULE_NAME, NULL)
+        cdef on_request_done_t fn = _on_request_done  # checks the published signature
+        return PyCapsule_New(<void *>fn, _CAPSULE_NAME, NULL)
 
     @property
     def cells(self) -> dict:
