@@ -10,7 +10,8 @@ class's.  Cells are found through a small direct-mapped cache keyed by the ident
 cluster and method (the proxy passes the route's cluster name and interned method names) and
 the status as a C long, so a known key costs no tuple and no dict lookup; anything else
 (a new key, an equal but not identical string, a status that is not a plain int) goes
-through the dict by ``(cluster, method, status)``, exactly like the pure class.
+through the dict by ``(cluster, method, status)``, exactly like the pure class (which also
+folds unknown methods and error codes into bounded label values).
 
 The views (``requests``, ``latency``, ``total``) and ``collect()`` are
 ``gateway.metrics.RequestStatsExport``'s, run over the ``cells`` snapshot.
@@ -29,7 +30,15 @@ from libc.stdint cimport uint64_t, uintptr_t
 
 import cython
 
-from gateway.metrics import _NB, BUCKETS, RequestStatsExport
+from gateway.metrics import (
+    _NB,
+    BUCKETS,
+    MAX_ERROR_CODE,
+    METHOD_LABELS,
+    OTHER_METHOD,
+    UNKNOWN_ERROR_CODE,
+    RequestStatsExport,
+)
 
 # the C arrays below are sized at compile time; a change of BUCKETS must be mirrored here
 cdef enum:
@@ -109,12 +118,17 @@ cdef class RequestStats:
         _on_request_done(self, cluster, method, status, duration_s, error_code)
 
     cdef _Cell _lookup(self, cluster, method, status):
-        """The key's cell through the dict (created on first sight)."""
-        key = (cluster, method, status)
-        cell = self._cells.get(key)
+        """The key's cell through the dict (created on first sight, the method folded into
+        its label value like the pure class does)."""
+        cell = self._cells.get((cluster, method, status))
         if cell is None:
-            cell = _Cell(cluster, method, status)
-            self._cells[key] = cell
+            if method not in METHOD_LABELS:
+                method = OTHER_METHOD
+            key = (cluster, method, status)
+            cell = self._cells.get(key)
+            if cell is None:
+                cell = _Cell(cluster, method, status)
+                self._cells[key] = cell
         return <_Cell>cell
 
     @property
@@ -186,6 +200,9 @@ cdef int _on_request_done(object obj, object cluster, object method, object stat
     cell.counts[_bucket(duration_s)] += 1
     cell.total += duration_s
     if error_code:
-        rkey = (cluster, int(error_code))
+        code = int(error_code)
+        if not 0 < code <= MAX_ERROR_CODE:
+            code = UNKNOWN_ERROR_CODE
+        rkey = (cluster, code)
         self.resets[rkey] = self.resets.get(rkey, 0) + 1
     return 0

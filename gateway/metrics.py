@@ -31,6 +31,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+# Label values stay bounded whatever peers send: a request method outside these counts as
+# OTHER_METHOD (OpenTelemetry's convention for http.request.method), and an HTTP/2 error code
+# beyond the ones RFC 9113 defines (0x0-0xd) as INTERNAL_ERROR, which RFC 9113 section 7
+# allows for unknown codes.
+METHOD_LABELS = frozenset(
+    ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE"))
+OTHER_METHOD = "_OTHER"
+MAX_ERROR_CODE = 0xD
+UNKNOWN_ERROR_CODE = 0x2  # INTERNAL_ERROR
+
 _NB = len(BUCKETS) + 1  # bucket cells (the last one: above every bound)
 _SUM = _NB  # a cell's last entry: the sum of the durations
 
@@ -121,7 +131,9 @@ class RequestStats(RequestStatsExport):
 
     Per request: one dict lookup by ``(cluster, method, status)`` and two increments in that
     key's cell (its latency bucket and duration sum); request counts and per-cluster histograms
-    are summed from the cells when scraped."""
+    are summed from the cells when scraped.  Methods and error codes are folded into bounded
+    label values (``METHOD_LABELS``, ``MAX_ERROR_CODE``).  A duration that is not a real
+    number raises (``TypeError``, ``OverflowError``) before anything is counted."""
 
     __slots__ = ("cells", "resets")
 
@@ -133,19 +145,30 @@ class RequestStats(RequestStatsExport):
     def on_request_done(
         self, cluster: str, method: str, status: int, duration_s: float, error_code: int
     ) -> None:
+        i = bisect.bisect_left(BUCKETS, duration_s)  # TypeError for a non-number: nothing counted
+        cell = self.cells.get((cluster, method, status))
+        if cell is None:
+            cell = self._new_key(cluster, method, status, duration_s)
+        cell[_SUM] += duration_s
+        cell[i] += 1
+        if error_code:
+            code = int(error_code)
+            if not 0 < code <= MAX_ERROR_CODE:
+                code = UNKNOWN_ERROR_CODE
+            rkey = (cluster, code)
+            self.resets[rkey] = self.resets.get(rkey, 0) + 1
+
+    def _new_key(self, cluster: str, method: str, status: int, duration_s: float) -> list:
+        """The cell of a key not seen as such: the method folded into its label value, the
+        cell created unless that key exists (an int duration beyond a float raises first)."""
+        float(duration_s)
+        if method not in METHOD_LABELS:
+            method = OTHER_METHOD
         key = (cluster, method, status)
         cell = self.cells.get(key)
         if cell is None:
-            cell = [0] * _NB + [0.0]
-            cell[_SUM] += duration_s  # a duration that is no number raises before anything counts
-            cell[bisect.bisect_left(BUCKETS, duration_s)] += 1
-            self.cells[key] = cell
-        else:
-            cell[_SUM] += duration_s
-            cell[bisect.bisect_left(BUCKETS, duration_s)] += 1
-        if error_code:
-            rkey = (cluster, int(error_code))
-            self.resets[rkey] = self.resets.get(rkey, 0) + 1
+            cell = self.cells[key] = [0] * _NB + [0.0]
+        return cell
 
 
 STATS = ("cython", "pure")

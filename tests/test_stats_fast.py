@@ -244,6 +244,28 @@ def test_c_entry_point_counts_like_the_method() -> None:
     _assert_same(pure, fast)
 
 
+def _impls() -> list:
+    return [RequestStats] + ([_stats_fast.RequestStats] if _stats_fast is not None else [])
+
+
+@pytest.mark.parametrize("cls", _impls(), ids=lambda c: c.__module__)
+def test_label_values_stay_bounded_whatever_peers_send(cls) -> None:
+    """Methods outside the known set count as ``_OTHER`` and HTTP/2 error codes RFC 9113 does
+    not define as INTERNAL_ERROR: a peer cannot grow the series (or the memory) without bound."""
+    stats = cls()
+    for i in range(3000):
+        stats.on_request_done("udm", f"M{i}", 200, 0.001, 0)
+        stats.on_request_done("udm", "POST", 200, 0.001, 0x100 + i)
+    stats.on_request_done("udm", "GET", 200, 0.001, -1)
+    stats.on_request_done("udm", "GET", 200, 0.001, ErrorCode.HTTP_1_1_REQUIRED)  # 0xd: known
+    assert stats.requests == {("udm", "_OTHER", "200"): 3000, ("udm", "POST", "200"): 3000,
+                              ("udm", "GET", "200"): 2}
+    assert stats.resets == {("udm", 2): 3001, ("udm", 13): 1}
+    assert len(stats.cells) == 3
+    text = generate_latest(new_registry(stats)).decode()
+    assert 'nfmesh_requests_total{cluster="udm",method="_OTHER",status="200"} 3000.0' in text
+
+
 # ---- loader -----------------------------------------------------------------------------------
 
 def test_load_request_stats_choices(monkeypatch) -> None:
