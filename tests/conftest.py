@@ -248,7 +248,7 @@ class RecordingStats:
 async def start_proxy(backend, router, settings: H2Settings = H2Settings(), ssl_context=None,
                       pools: UpstreamPools | None = None, **proxy_kw) -> Running:
     pools = pools or UpstreamPools(backend, settings, connect_timeout=1.0)
-    stats = RecordingStats()
+    stats = proxy_kw.pop("stats", None) or RecordingStats()
     proxy = _PROXY_CLASS[0](RouterSlot(router), pools, stats=stats, **proxy_kw)
     server = await serve("127.0.0.1", 0, lambda: proxy, backend, settings, ssl_context)
     port = server.sockets[0].getsockname()[1]

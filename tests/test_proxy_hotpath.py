@@ -222,3 +222,57 @@ async def test_hotpath_bench_drives_every_request_through_the_real_path(model_c)
     result = await hotpath_bench._run(300, model_c, "json", False)
     # every request was routed, spliced (not answered locally) and counted once
     assert result["counted"] == 300 and result["requests"] == 300
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_compiled_stats_and_log_through_their_c_entry_points(backend, origin, client,
+                                                                   proxy_impl, fmt):
+    """The compiled proxy calls the compiled stats and access log through their C entry points
+    (PyCapsules), the pure proxy through Python calls; either way they count and log exactly
+    what the pure objects get; a stats object swapped in later is called in Python, never
+    through the stale pointer."""
+    from gateway.access_log import available_access_logs, load_access_log
+    from gateway.metrics import load_request_stats
+
+    if "cython" not in available_access_logs():
+        pytest.skip("gateway._access_log_fast is not built")
+    try:
+        fast_stats_cls = load_request_stats("cython")
+    except ImportError:
+        pytest.skip("gateway._stats_fast is not built")
+
+    def scrub(text: str) -> list:
+        # durations and the client's port differ between runs
+        if fmt == "json":
+            return [{k: v for k, v in json.loads(x).items() if k not in ("duration_s", "peer")}
+                    for x in text.splitlines()]
+        return [x.split(" duration_s=")[0] + x.split(" duration_s=")[1].split(" ", 1)[1]
+                .split(" peer=")[0] for x in text.splitlines()]
+
+    results = []
+    for stats_cls, log_cls in ((load_request_stats("pure"), load_access_log("pure")),
+                               (fast_stats_cls, load_access_log("cython"))):
+        out = io.StringIO()
+        stats, log = stats_cls(), log_cls(fmt, out=out, flush_s=60)
+        proxy = await start_proxy(backend, StaticRouter(origin.endpoint, cluster="udm"),
+                                  access_log=log, stats=stats)
+        try:
+            compiled = stats_cls is fast_stats_cls
+            c_hooks = proxy_impl == "cython" and compiled
+            assert getattr(proxy.handler, "c_hooks", (False, False)) == (c_hooks, c_hooks)
+            for i in range(5):
+                resp = await client.request("POST" if i % 2 else "GET",
+                                            url(proxy, f"/echo?n={i}é"), body=b"x")
+                assert resp.status == 200
+            log.flush()
+            results.append((stats.requests, stats.latency["udm"].n, scrub(out.getvalue())))
+            if compiled:  # swapped: the old capsule must not be used with the new object
+                proxy.handler.stats = replaced = load_request_stats("pure")()
+                assert getattr(proxy.handler, "c_hooks", (False, False)) == (False, c_hooks)
+                assert (await client.request("GET", url(proxy, "/echo"))).status == 200
+                assert replaced.requests == {("udm", "GET", "200"): 1}
+        finally:
+            await proxy.stop()
+    assert results[0] == results[1]
+    assert results[0][0] == {("udm", "GET", "200"): 3, ("udm", "POST", "200"): 2}
+    assert len(results[0][2]) == 5
