@@ -355,7 +355,8 @@ cdef class AccessLog:
     request); ``flush`` detaches it before formatting, so a record made meanwhile starts a new
     batch.  ``c_record`` is the C entry point (see the module docstring)."""
 
-    cdef public object fmt, out, flush_s
+    cdef public object out, flush_s
+    cdef object _fmt
     cdef readonly Py_ssize_t _size
     cdef readonly object _timer
     cdef object _dumps, _encode, _flush
@@ -373,7 +374,6 @@ cdef class AccessLog:
         self.flush_s = flush_s
         self._size = 0
         self._timer = None
-        self._json = fmt == "json"
         self._dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
         self._encode = msgspec.json.Encoder(enc_hook=str).encode
         self._flush = self.flush
@@ -387,6 +387,17 @@ cdef class AccessLog:
         self._spare = NULL
         free(self._buf.p)
         self._buf.p = NULL
+
+    @property
+    def fmt(self) -> object:
+        """"json" or anything else for text, as in the pure class (a change applies to the
+        next write)."""
+        return self._fmt
+
+    @fmt.setter
+    def fmt(self, value) -> None:
+        self._fmt = value
+        self._json = value == "json"
 
     @property
     def pending(self) -> int:

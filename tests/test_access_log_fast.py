@@ -542,3 +542,18 @@ async def test_a_record_made_while_writing_goes_to_the_next_batch() -> None:
     log.flush()
     lines = out.getvalue().splitlines()
     assert len(lines) == 513 and "/inner" in lines[-1]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+async def test_format_can_be_changed_between_writes(impl) -> None:
+    out = io.StringIO()
+    log = load_access_log(impl)("json", out=out, flush_s=60)
+    log.record("GET", "/j", 200, "c", None, 0.25, 0, {})
+    log.flush()
+    log.fmt = "text"
+    assert log.fmt == "text"
+    log.record("GET", "/t", 200, "c", None, 0.25, 0, {})
+    log.flush()
+    first, second = out.getvalue().splitlines()
+    assert json.loads(first)["path"] == "/j"
+    assert second.startswith("method=GET path=/t status=200 ")
