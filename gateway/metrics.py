@@ -174,7 +174,7 @@ class RequestStats(RequestStatsExport):
 STATS = ("cython", "pure")
 
 
-def load_request_stats(name: str = "auto") -> type[RequestStatsExport]:
+def load_request_stats(name: str = "auto") -> type:
     """Return the ``RequestStats`` class: ``cython`` (``gateway._stats_fast``, the per-request
     accounting compiled, same API and output), ``pure`` (this module's), or ``auto``: the
     compiled one when built, unless the environment variable ``NFMESH_STATS`` names one."""
