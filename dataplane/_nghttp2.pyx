@@ -465,6 +465,7 @@ cdef class _Conn:
     cdef nghttp2_rcbuf *hc_value[HC_SLOTS]
     cdef PyObject *hc_pair[HC_SLOTS]
     cdef readonly size_t header_cache_hits   # test hook
+    cdef bint hc_flip
 
     def __cinit__(self, *args, **kwargs):
         self.session = NULL
@@ -494,15 +495,25 @@ cdef class _Conn:
     cdef object _header_pair(self, nghttp2_rcbuf *name, nghttp2_rcbuf *value,
                              nghttp2_vec nb, nghttp2_vec vb):
         """``(name, value)`` as bytes, shared with earlier requests that carried the same
-        decoder buffers.  Entries hold a reference on both buffers, so a pointer is never
-        reused while cached; at most HC_SLOTS fields of up to HC_MAX_FIELD bytes are held."""
+        decoder buffers.  Two-way: a field may sit in its slot or the next one, so two fields
+        of one request that hash alike do not evict each other.  Entries hold a reference on
+        both buffers, so a pointer is never reused while cached; at most HC_SLOTS fields of up
+        to HC_MAX_FIELD bytes are held."""
         cdef size_t h = (((<size_t>name) >> 4) * 31 + ((<size_t>value) >> 4)) & (HC_SLOTS - 1)
+        cdef size_t h2 = (h + 1) & (HC_SLOTS - 1)
         if self.hc_pair[h] != NULL and self.hc_name[h] == name and self.hc_value[h] == value:
             self.header_cache_hits += 1
             return <object>self.hc_pair[h]
+        if self.hc_pair[h2] != NULL and self.hc_name[h2] == name and self.hc_value[h2] == value:
+            self.header_cache_hits += 1
+            return <object>self.hc_pair[h2]
         pair = (PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
                 PyBytes_FromStringAndSize(<char *>vb.base, vb.len))
         if nb.len + vb.len <= HC_MAX_FIELD:
+            # an empty slot of the two, else the one not filled last time (round robin)
+            if self.hc_pair[h] != NULL and (self.hc_pair[h2] == NULL or self.hc_flip):
+                h = h2
+            self.hc_flip = not self.hc_flip
             if self.hc_pair[h] != NULL:
                 nghttp2_rcbuf_decref(self.hc_name[h])
                 nghttp2_rcbuf_decref(self.hc_value[h])

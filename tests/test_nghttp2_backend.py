@@ -1090,9 +1090,13 @@ async def test_repeated_request_headers_are_shared_and_never_confused():
             sent.append(headers)
         assert [list(h) for h in handler.requests] == sent
         (srv,) = conns
-        assert srv.header_cache_hits > 300  # most fields came from the cache
-        last, before = handler.requests[-1], handler.requests[-2]
-        assert last[4] is before[4] and last[5] is before[5]  # x-fixed, user-agent: one tuple
+        # repeated fields come from the cache (slots depend on buffer addresses, so the count
+        # is not exact; about 5 of the 8 fields of each request repeat)
+        assert srv.header_cache_hits > 300
+        shared = sum(a is b for x, y in zip(handler.requests[-50:], handler.requests[-51:-1],
+                                            strict=True) for a, b in zip(x[4:6], y[4:6],
+                                                                          strict=True))
+        assert shared > 40  # x-fixed, user-agent: mostly one tuple (71..96 of 100 seen)
     finally:
         client.close()
         server.close()
