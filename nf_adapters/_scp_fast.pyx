@@ -15,8 +15,20 @@ the suite runs both classes and compares their decisions on randomized requests.
 keeps the pure one); ``PureScpRouter`` is always the pure one.
 """
 
+import dataclasses
+import types
+
+from cpython.ref cimport PyObject, Py_INCREF
+
 from nf_adapters import scp_router as _pure
 from dataplane.routing import Forward
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
 
 cdef object _scan = _pure.scan_request
 cdef object _rewrite = _pure.rewrite_headers
@@ -62,10 +74,52 @@ cdef class _ScpCore:
         return self._route_scanned(headers, peer, scan)
 
 
+# Forward's fields in order, and where each slot sits in the object: _forward fills them
+# directly when Forward is exactly this slots dataclass (checked once at import), else it sets
+# them as attributes
+_FIELDS = ("endpoint", "headers", "cluster", "alternates", "extra_response_headers", "timeout",
+           "retryable", "alternate_response_headers")
+cdef Py_ssize_t _OFF[8]
+cdef bint _DIRECT = False
+
+
+cdef bint _find_offsets() except -1:
+    if tuple(f.name for f in dataclasses.fields(Forward)) != _FIELDS:
+        return False
+    if hasattr(Forward, "__post_init__") or Forward.__init__ is object.__init__:
+        return False
+    for i, name in enumerate(_FIELDS):
+        d = Forward.__dict__.get(name)
+        if type(d) is not types.MemberDescriptorType:
+            return False
+        _OFF[i] = (<PyMemberDescrObject *><PyObject *>d).d_member.offset
+    return True
+
+
+_DIRECT = _find_offsets()
+DIRECT_SLOTS = _DIRECT  # tests read it
+
+
+cdef inline void _put(object obj, Py_ssize_t off, object value) noexcept:
+    # the slot of a fresh object.__new__ instance is NULL: store a new reference
+    Py_INCREF(value)
+    (<PyObject **>((<char *><PyObject *>obj) + off))[0] = <PyObject *>value
+
+
 cdef object _forward(endpoint, headers, timeout, bint retryable):
     # Forward(endpoint, headers, MODEL_C_CLUSTER, [], [], timeout, retryable) without running
     # the dataclass's Python __init__: allocate, then fill every slot
     fwd = _new(_ForwardType)
+    if _DIRECT:
+        _put(fwd, _OFF[0], endpoint)
+        _put(fwd, _OFF[1], headers)
+        _put(fwd, _OFF[2], _MODEL_C)
+        _put(fwd, _OFF[3], [])
+        _put(fwd, _OFF[4], [])
+        _put(fwd, _OFF[5], timeout)
+        _put(fwd, _OFF[6], True if retryable else False)
+        _put(fwd, _OFF[7], [])
+        return fwd
     fwd.endpoint = endpoint
     fwd.headers = headers
     fwd.cluster = _MODEL_C

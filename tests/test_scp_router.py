@@ -722,3 +722,30 @@ def test_compiled_router_answers_a_cached_target_without_the_python_path() -> No
     # with a hop count on the request, the pure path runs again
     with pytest.raises(TypeError):
         r.route(headers + [(b"3gpp-sbi-max-forward-hops", b"3")], {})
+
+
+def test_compiled_router_fills_forward_slots_directly_without_leaks() -> None:
+    """The fast case writes Forward's slots in place (Forward is still the slots dataclass it
+    was written against); every reference it stores is released with the Forward."""
+    import gc
+    import sys
+
+    if FastScpRouter is None:
+        pytest.skip("nf_adapters._scp_fast is not built (setup.py build_ext --inplace)")
+    from nf_adapters import _scp_fast
+
+    assert _scp_fast.DIRECT_SLOTS  # else: update _scp_fast._FIELDS to routing.Forward
+    r = FastScpRouter(via_name="scp1.5gc", default_timeout=2.5)
+    headers = req(extra=[(b"3gpp-sbi-target-apiroot", b"http://10.0.0.1:8080")])
+    ep = r.route(headers, {}).endpoint
+    timeout = r._o.default_timeout
+    gc.collect()
+    before = sys.getrefcount(ep), sys.getrefcount(timeout), sys.getrefcount(MODEL_C_CLUSTER)
+    made = [r.route(headers, {}) for _ in range(1000)]
+    assert sys.getrefcount(ep) == before[0] + 1000
+    assert all(f == made[0] and f.alternates == [] and f.alternates is not made[0].alternates
+               for f in made[1:])
+    del made
+    gc.collect()
+    assert (sys.getrefcount(ep), sys.getrefcount(timeout),
+            sys.getrefcount(MODEL_C_CLUSTER)) == before
