@@ -21,6 +21,7 @@ stream-close (or frame-not-sent) callback, so it lives until both sides are done
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset
@@ -247,7 +248,11 @@ cdef nghttp2_nv *_nva_from(list pairs, list keep, size_t extra) except? NULL:
         raise MemoryError()
     try:
         for pair in pairs:
-            k, v = pair
+            if type(pair) is tuple and PyTuple_GET_SIZE(pair) == 2:
+                k = <object>PyTuple_GET_ITEM(pair, 0)
+                v = <object>PyTuple_GET_ITEM(pair, 1)
+            else:
+                k, v = pair
             if type(k) is not bytes:
                 k = str(k).encode("latin-1") if not isinstance(k, (bytes, bytearray)) else bytes(k)
                 keep.append(k)
