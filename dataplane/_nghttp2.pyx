@@ -24,7 +24,7 @@ from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cimport cython
@@ -514,7 +514,10 @@ cdef class _Conn:
             return <object>self.hc_pair[h2]
         pair = (PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
                 PyBytes_FromStringAndSize(<char *>vb.base, vb.len))
-        if nb.len + vb.len <= HC_MAX_FIELD:
+        # :path is skipped: its value is unique per request (SUPIs, resource ids), and HPACK
+        # encoders do not index it, so it would only evict fields that repeat
+        if nb.len + vb.len <= HC_MAX_FIELD and not (
+                nb.len == 5 and memcmp(nb.base, b":path", 5) == 0):
             # an empty slot of the two, else the one not filled last time (round robin)
             if self.hc_pair[h] != NULL and (self.hc_pair[h2] == NULL or self.hc_flip):
                 h = h2
