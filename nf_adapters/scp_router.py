@@ -25,6 +25,10 @@ it, while ``TARGET_NF_NOT_REACHABLE`` is a 504 for a chosen producer that did no
 proxy's case, not the router's).
 
 ``ChainRouter([r1, r2, ...])`` composes routers where each may decline (None).
+
+``ScpRouter`` is the compiled twin (``nf_adapters/_scp_fast.pyx``: model C's common case in C,
+everything else this class's code) when it is built, unless ``NFMESH_SCP_ROUTER=pure``;
+``PureScpRouter`` is always this module's class.
 """
 
 from __future__ import annotations
