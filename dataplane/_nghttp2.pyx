@@ -22,7 +22,7 @@ stream-close (or frame-not-sent) callback, so it lives until both sides are done
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdint cimport int32_t, uint8_t, uint32_t
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -117,8 +117,10 @@ cdef inline double _now() noexcept:
 # held (every session call is made from Python-holding code), so no lock is needed.
 
 cdef enum:
-    HC_SLOTS = 32               # cached request header fields per connection (a power of 2)
-    HC_MAX_FIELD = 512          # longer fields (name + value bytes) are never cached
+    HC_BITS = 5
+    HC_SLOTS = 32               # cached request header fields per connection (1 << HC_BITS)
+    HC_MAX_FIELD = 128          # longer fields (name + value bytes) are never cached: at most
+                                # 32 x 128 B of HPACK buffers pinned per connection
 
 cdef enum:
     POOL_CLASSES = 9            # 32 B .. 8 KiB blocks, header included
@@ -504,7 +506,11 @@ cdef class _Conn:
         of one request that hash alike do not evict each other.  Entries hold a reference on
         both buffers, so a pointer is never reused while cached; at most HC_SLOTS fields of up
         to HC_MAX_FIELD bytes are held."""
-        cdef size_t h = (((<size_t>name) >> 4) * 31 + ((<size_t>value) >> 4)) & (HC_SLOTS - 1)
+        # Fibonacci hashing of both pointers: their low bits are zero (pool blocks are aligned),
+        # so the slot comes from the product's top bits
+        cdef uint64_t k = (<uint64_t><size_t>name) * <uint64_t>0x9E3779B97F4A7C15ULL
+        k = (k ^ <uint64_t><size_t>value) * <uint64_t>0x9E3779B97F4A7C15ULL
+        cdef size_t h = <size_t>(k >> (64 - HC_BITS))
         cdef size_t h2 = (h + 1) & (HC_SLOTS - 1)
         if self.hc_pair[h] != NULL and self.hc_name[h] == name and self.hc_value[h] == value:
             self.header_cache_hits += 1
