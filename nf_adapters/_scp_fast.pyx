@@ -44,7 +44,7 @@ NAME = "cython"
 
 cdef class _ScpCore:
     """What the fast case reads, as C fields (``prime`` fills them after the pure
-    ``__init__``), and the fast case itself: ``route``."""
+    ``__init__``), and the fast case itself, in front of ``route`` and ``try_route``."""
 
     cdef public object _o, _targets
     cdef object _hops_value, _via_value, _timeout
@@ -57,8 +57,8 @@ cdef class _ScpCore:
         self._via_value = o.via_value
         self._timeout = o.default_timeout
 
-    def route(self, headers, peer):
-        cdef tuple scan = _scan(headers)
+    cdef object _fast(self, headers, tuple scan):
+        """The Forward for the fast case, else None (the pure path decides)."""
         target = scan[4]
         if target is not None and self._model_c:
             info = self._targets.get(target)
@@ -71,7 +71,25 @@ cdef class _ScpCore:
                         _rewrite(headers, (<tuple>info)[2], (<tuple>info)[3], scan[3],
                                  self._hops_value, self._via_value),
                         self._timeout, scan[0] in _IDEMPOTENT)
+        return None
+
+    def route(self, headers, peer):
+        cdef tuple scan = _scan(headers)
+        decision = self._fast(headers, scan)
+        if decision is not None:
+            return decision
         return self._route_scanned(headers, peer, scan)
+
+    def try_route(self, headers, peer):
+        """As the pure ``try_route`` (what a ``ChainRouter`` asks when the registry is on)."""
+        cdef tuple scan = _scan(headers)
+        decision = self._fast(headers, scan)
+        if decision is not None:
+            return decision
+        decision = self._own(headers, peer, scan)
+        if decision is None and self._fallback_call is not None:
+            decision = self._fallback_call(headers, peer)
+        return decision
 
 
 # Forward's fields in order, and where each slot sits in the object: _forward fills them

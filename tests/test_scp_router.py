@@ -706,6 +706,10 @@ def test_compiled_router_decides_like_the_pure_one(requests, model_c, allowed) -
             want, got = pure.route(list(headers), {}), fast.route(list(headers), {})
             assert type(got) is type(want)
             assert got == want, (headers, got, want)
+            # try_route: what a ChainRouter asks (registry on); None for "not mine"
+            want, got = pure.try_route(list(headers), {}), fast.try_route(list(headers), {})
+            assert type(got) is type(want)
+            assert got == want, (headers, got, want)
 
 
 def test_compiled_router_answers_a_cached_target_without_the_python_path() -> None:
@@ -714,9 +718,10 @@ def test_compiled_router_answers_a_cached_target_without_the_python_path() -> No
     r = FastScpRouter(via_name="scp1.5gc", default_timeout=2.5)
     headers = req(method=b"POST", extra=[(b"3gpp-sbi-target-apiroot", b"http://10.0.0.1:8080")])
     first = r.route(headers, {})  # parses and caches the target on the pure path
-    r._route_scanned = None  # the fast case must not reach it
+    r._route_scanned = r._own = None  # the fast case must not reach them
     again = r.route(headers, {})
     assert again == first and again is not first
+    assert r.try_route(headers, {}) == first  # a ChainRouter's question takes it too
     assert again.endpoint is first.endpoint and again.timeout == 2.5 and not again.retryable
     assert (b"3gpp-sbi-max-forward-hops", b"7; nodetype=scp") in again.headers
     # with a hop count on the request, the pure path runs again
