@@ -465,14 +465,6 @@ cdef class _Conn:
     cdef size_t max_header_list
     cdef size_t max_retained
     cdef readonly size_t peak_buffered   # largest per-stream engine buffer seen (test hook)
-    # received header fields as (name, value) tuples, keyed by the HPACK decoder's buffers:
-    # a field decoded from the static or dynamic table arrives in the same nghttp2_rcbuf each
-    # time, so a repeated header costs no Python allocation (see _header_pair)
-    cdef nghttp2_rcbuf *hc_name[HC_SLOTS]
-    cdef nghttp2_rcbuf *hc_value[HC_SLOTS]
-    cdef PyObject *hc_pair[HC_SLOTS]
-    cdef readonly size_t header_cache_hits   # test hook
-    cdef bint hc_flip
 
     def __cinit__(self, *args, **kwargs):
         self.session = NULL
@@ -484,61 +476,9 @@ cdef class _Conn:
         free(self.obuf)
 
     cdef void _del_session(self) noexcept:
-        """Delete the session, releasing the cached header buffers first (they belong to the
-        session's allocator state)."""
-        cdef int i
-        for i in range(HC_SLOTS):
-            if self.hc_pair[i] != NULL:
-                nghttp2_rcbuf_decref(self.hc_name[i])
-                nghttp2_rcbuf_decref(self.hc_value[i])
-                Py_XDECREF(self.hc_pair[i])
-                self.hc_pair[i] = NULL
-                self.hc_name[i] = NULL
-                self.hc_value[i] = NULL
         if self.session != NULL:
             nghttp2_session_del(self.session)
             self.session = NULL
-
-    cdef object _header_pair(self, nghttp2_rcbuf *name, nghttp2_rcbuf *value,
-                             nghttp2_vec nb, nghttp2_vec vb):
-        """``(name, value)`` as bytes, shared with earlier requests that carried the same
-        decoder buffers.  Two-way: a field may sit in its slot or the next one, so two fields
-        of one request that hash alike do not evict each other.  Entries hold a reference on
-        both buffers, so a pointer is never reused while cached; at most HC_SLOTS fields of up
-        to HC_MAX_FIELD bytes are held."""
-        # Fibonacci hashing of both pointers: their low bits are zero (pool blocks are aligned),
-        # so the slot comes from the product's top bits
-        cdef uint64_t k = (<uint64_t><size_t>name) * <uint64_t>0x9E3779B97F4A7C15ULL
-        k = (k ^ <uint64_t><size_t>value) * <uint64_t>0x9E3779B97F4A7C15ULL
-        cdef size_t h = <size_t>(k >> (64 - HC_BITS))
-        cdef size_t h2 = (h + 1) & (HC_SLOTS - 1)
-        if self.hc_pair[h] != NULL and self.hc_name[h] == name and self.hc_value[h] == value:
-            self.header_cache_hits += 1
-            return <object>self.hc_pair[h]
-        if self.hc_pair[h2] != NULL and self.hc_name[h2] == name and self.hc_value[h2] == value:
-            self.header_cache_hits += 1
-            return <object>self.hc_pair[h2]
-        pair = (PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
-                PyBytes_FromStringAndSize(<char *>vb.base, vb.len))
-        # :path is skipped: its value is unique per request (SUPIs, resource ids), and HPACK
-        # encoders do not index it, so it would only evict fields that repeat
-        if nb.len + vb.len <= HC_MAX_FIELD and not (
-                nb.len == 5 and memcmp(nb.base, b":path", 5) == 0):
-            # an empty slot of the two, else the one not filled last time (round robin)
-            if self.hc_pair[h] != NULL and (self.hc_pair[h2] == NULL or self.hc_flip):
-                h = h2
-            self.hc_flip = not self.hc_flip
-            if self.hc_pair[h] != NULL:
-                nghttp2_rcbuf_decref(self.hc_name[h])
-                nghttp2_rcbuf_decref(self.hc_value[h])
-                Py_XDECREF(self.hc_pair[h])
-            nghttp2_rcbuf_incref(name)
-            nghttp2_rcbuf_incref(value)
-            Py_INCREF(pair)
-            self.hc_name[h] = name
-            self.hc_value[h] = value
-            self.hc_pair[h] = <PyObject *>pair
-        return pair
 
     cdef void _set_settings(self, object settings) except *:
         if settings is None:
@@ -1191,6 +1131,72 @@ cdef class ServerConnection(_Conn):
     cdef bint calmed
     cdef bint final_goaway_sent
     cdef object drain_timer
+    # received header fields as (name, value) tuples, keyed by the HPACK decoder's buffers:
+    # a field decoded from the static or dynamic table arrives in the same nghttp2_rcbuf each
+    # time, so a repeated header costs no Python allocation (see _header_pair)
+    cdef nghttp2_rcbuf *hc_name[HC_SLOTS]
+    cdef nghttp2_rcbuf *hc_value[HC_SLOTS]
+    cdef PyObject *hc_pair[HC_SLOTS]
+    cdef readonly size_t header_cache_hits   # test hook
+    cdef bint hc_flip
+
+    def __dealloc__(self):
+        # runs before _Conn's, which deletes the session the cached buffers belong to
+        self._drop_header_cache()
+
+    cdef void _hc_drop(self, size_t i) noexcept:
+        if self.hc_pair[i] != NULL:
+            nghttp2_rcbuf_decref(self.hc_name[i])
+            nghttp2_rcbuf_decref(self.hc_value[i])
+            Py_XDECREF(self.hc_pair[i])
+            self.hc_pair[i] = NULL
+            self.hc_name[i] = NULL
+            self.hc_value[i] = NULL
+
+    cdef void _drop_header_cache(self) noexcept:
+        """Release every cached field (before the session is deleted: the buffers belong to
+        its allocator state)."""
+        cdef size_t i
+        for i in range(HC_SLOTS):
+            self._hc_drop(i)
+
+    cdef object _header_pair(self, nghttp2_rcbuf *name, nghttp2_rcbuf *value,
+                             nghttp2_vec nb, nghttp2_vec vb):
+        """``(name, value)`` as bytes, shared with earlier requests that carried the same
+        decoder buffers.  Two-way: a field may sit in its slot or the next one, so two fields
+        of one request that hash alike do not evict each other.  Entries hold a reference on
+        both buffers, so a pointer is never reused while cached; at most HC_SLOTS fields of up
+        to HC_MAX_FIELD bytes are held."""
+        # Fibonacci hashing of both pointers: their low bits are zero (pool blocks are aligned),
+        # so the slot comes from the product's top bits
+        cdef uint64_t k = (<uint64_t><size_t>name) * <uint64_t>0x9E3779B97F4A7C15ULL
+        k = (k ^ <uint64_t><size_t>value) * <uint64_t>0x9E3779B97F4A7C15ULL
+        cdef size_t h = <size_t>(k >> (64 - HC_BITS))
+        cdef size_t h2 = (h + 1) & (HC_SLOTS - 1)
+        if self.hc_pair[h] != NULL and self.hc_name[h] == name and self.hc_value[h] == value:
+            self.header_cache_hits += 1
+            return <object>self.hc_pair[h]
+        if self.hc_pair[h2] != NULL and self.hc_name[h2] == name and self.hc_value[h2] == value:
+            self.header_cache_hits += 1
+            return <object>self.hc_pair[h2]
+        pair = (PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
+                PyBytes_FromStringAndSize(<char *>vb.base, vb.len))
+        # :path is skipped: its value is unique per request (SUPIs, resource ids), and HPACK
+        # encoders do not index it, so it would only evict fields that repeat
+        if nb.len + vb.len <= HC_MAX_FIELD and not (
+                nb.len == 5 and memcmp(nb.base, b":path", 5) == 0):
+            # an empty slot of the two, else the one not filled last time (round robin)
+            if self.hc_pair[h] != NULL and (self.hc_pair[h2] == NULL or self.hc_flip):
+                h = h2
+            self.hc_flip = not self.hc_flip
+            self._hc_drop(h)
+            nghttp2_rcbuf_incref(name)
+            nghttp2_rcbuf_incref(value)
+            Py_INCREF(pair)
+            self.hc_name[h] = name
+            self.hc_value[h] = value
+            self.hc_pair[h] = <PyObject *>pair
+        return pair
 
     def __init__(self, handler, settings=None, peer_info=None) -> None:
         self.handler = handler
@@ -1234,6 +1240,7 @@ cdef class ServerConnection(_Conn):
                 except BaseException:
                     log.exception("nghttp2: cleanup of a lost stream failed")
         finally:
+            self._drop_header_cache()
             self._del_session()
             self.transport = None
             self._write = None

@@ -2,7 +2,7 @@
 """The compiled twin of ``nf_adapters.scp_router.ScpRouter``: SCP model C's common case in C.
 
 ``ScpRouter`` here subclasses the pure one (the reference, and the fallback when this module
-is not built) and replaces only ``route``.  Its fast case is a request whose
+is not built) and puts a fast case in front of ``route`` and ``try_route``.  The fast case is a request whose
 ``3gpp-Sbi-Target-apiRoot`` was parsed before (the router's target cache), that carries no
 ``via``, ``3gpp-Sbi-Max-Forward-Hops`` or ``3gpp-Sbi-Max-Rsp-Time``, has a ``:path`` and goes to
 an apiRoot without a prefix: the answer is a ``Forward`` to the cached endpoint with the
@@ -86,15 +86,12 @@ cdef class _ScpCore:
         decision = self._fast(headers, scan)
         if decision is not None:
             return decision
-        decision = self._own(headers, peer, scan)
-        if decision is None and self._fallback_call is not None:
-            decision = self._fallback_call(headers, peer)
-        return decision
+        return self._try_route_scanned(headers, peer, scan)
 
 
 # Forward's fields in order, and where each slot sits in the object: _forward fills them
-# directly when Forward is exactly this slots dataclass (checked once at import), else it sets
-# them as attributes
+# directly when Forward is exactly this slots dataclass (checked once at import), else it
+# calls the dataclass
 _FIELDS = ("endpoint", "headers", "cluster", "alternates", "extra_response_headers", "timeout",
            "retryable", "alternate_response_headers")
 cdef Py_ssize_t _OFF[8]
@@ -127,25 +124,17 @@ cdef inline void _put(object obj, Py_ssize_t off, object value) noexcept:
 cdef object _forward(endpoint, headers, timeout, bint retryable):
     # Forward(endpoint, headers, MODEL_C_CLUSTER, [], [], timeout, retryable) without running
     # the dataclass's Python __init__: allocate, then fill every slot
+    if not _DIRECT:
+        return _ForwardType(endpoint, headers, _MODEL_C, [], [], timeout, retryable)
     fwd = _new(_ForwardType)
-    if _DIRECT:
-        _put(fwd, _OFF[0], endpoint)
-        _put(fwd, _OFF[1], headers)
-        _put(fwd, _OFF[2], _MODEL_C)
-        _put(fwd, _OFF[3], [])
-        _put(fwd, _OFF[4], [])
-        _put(fwd, _OFF[5], timeout)
-        _put(fwd, _OFF[6], True if retryable else False)
-        _put(fwd, _OFF[7], [])
-        return fwd
-    fwd.endpoint = endpoint
-    fwd.headers = headers
-    fwd.cluster = _MODEL_C
-    fwd.alternates = []
-    fwd.extra_response_headers = []
-    fwd.timeout = timeout
-    fwd.retryable = retryable
-    fwd.alternate_response_headers = []
+    _put(fwd, _OFF[0], endpoint)
+    _put(fwd, _OFF[1], headers)
+    _put(fwd, _OFF[2], _MODEL_C)
+    _put(fwd, _OFF[3], [])
+    _put(fwd, _OFF[4], [])
+    _put(fwd, _OFF[5], timeout)
+    _put(fwd, _OFF[6], True if retryable else False)
+    _put(fwd, _OFF[7], [])
     return fwd
 
 

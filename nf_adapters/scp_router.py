@@ -352,7 +352,10 @@ class ScpRouter:
 
     def try_route(self, headers: Headers, peer: dict) -> Decision | None:
         """The decision for requests this router (or its fallback) owns; None otherwise."""
-        decision = self._own(headers, peer)
+        return self._try_route_scanned(headers, peer, scan_request(headers))
+
+    def _try_route_scanned(self, headers: Headers, peer: dict, scan: tuple) -> Decision | None:
+        decision = self._own(headers, peer, scan)
         if decision is None and self._fallback_call is not None:
             decision = self._fallback_call(headers, peer)
         return decision

@@ -1075,6 +1075,12 @@ async def test_repeated_request_headers_are_shared_and_never_confused():
     client = await connect(nghttp2, port)
     rng = random.Random(7)
     sent = []
+
+    async def send(headers) -> None:  # one request on the same connection, answered
+        fut = asyncio.get_running_loop().create_future()
+        client.request(list(headers), None, lambda *a: fut.done() or fut.set_result(a))
+        await asyncio.wait_for(fut, 5)
+
     try:
         for _ in range(300):
             headers = [(b":method", rng.choice([b"GET", b"POST"])), (b":scheme", b"http"),
@@ -1084,9 +1090,7 @@ async def test_repeated_request_headers_are_shared_and_never_confused():
                        # than HPACK's 4 KiB table holds (its buffers are freed and reused)
                        (b"x-var-%d" % rng.randrange(60), b"v%d" % rng.randrange(3)),
                        (b"x-long", b"b" * rng.choice([10, 600]))]
-            fut = asyncio.get_running_loop().create_future()
-            client.request(headers, None, lambda *a, f=fut: f.done() or f.set_result(a))
-            await asyncio.wait_for(fut, 5)
+            await send(headers)
             sent.append(headers)
         assert [list(h) for h in handler.requests] == sent
         (srv,) = conns
@@ -1098,9 +1102,7 @@ async def test_repeated_request_headers_are_shared_and_never_confused():
                   (b":path", b"/steady"), (b"x-fixed", b"same"), (b"user-agent", b"AMF-1")]
         hits = srv.header_cache_hits
         for _ in range(50):
-            fut = asyncio.get_running_loop().create_future()
-            client.request(list(steady), None, lambda *a, f=fut: f.done() or f.set_result(a))
-            await asyncio.wait_for(fut, 5)
+            await send(steady)
         assert all(list(h) == steady for h in handler.requests[-50:])
         # 5 cacheable fields x 49 repeats (~248 seen); :path is never cached (unique values)
         assert srv.header_cache_hits - hits >= 200
