@@ -119,6 +119,7 @@ cdef inline double _now() noexcept:
 cdef enum:
     HC_BITS = 5
     HC_SLOTS = 32               # cached request header fields per connection (1 << HC_BITS)
+    HC_WAYS = 4                 # slots a field may use, from its hash on
     HC_MAX_FIELD = 128          # longer fields (name + value bytes) are never cached: at most
                                 # 32 x 128 B of HPACK buffers pinned per connection
 
@@ -1138,7 +1139,7 @@ cdef class ServerConnection(_Conn):
     cdef nghttp2_rcbuf *hc_value[HC_SLOTS]
     cdef PyObject *hc_pair[HC_SLOTS]
     cdef readonly size_t header_cache_hits   # test hook
-    cdef bint hc_flip
+    cdef unsigned int hc_next                # the way the next eviction takes
 
     def __dealloc__(self):
         # runs before _Conn's, which deletes the session the cached buffers belong to
@@ -1163,39 +1164,41 @@ cdef class ServerConnection(_Conn):
     cdef object _header_pair(self, nghttp2_rcbuf *name, nghttp2_rcbuf *value,
                              nghttp2_vec nb, nghttp2_vec vb):
         """``(name, value)`` as bytes, shared with earlier requests that carried the same
-        decoder buffers.  Two-way: a field may sit in its slot or the next one, so two fields
-        of one request that hash alike do not evict each other.  Entries hold a reference on
-        both buffers, so a pointer is never reused while cached; at most HC_SLOTS fields of up
-        to HC_MAX_FIELD bytes are held."""
+        decoder buffers.  HC_WAYS-way: a field may sit in any of the HC_WAYS slots from its
+        hash on, so a few fields of one request that hash alike do not evict each other.
+        Entries hold a reference on both buffers, so a pointer is never reused while cached;
+        at most HC_SLOTS fields of up to HC_MAX_FIELD bytes are held."""
         # Fibonacci hashing of both pointers: their low bits are zero (pool blocks are aligned),
         # so the slot comes from the product's top bits
         cdef uint64_t k = (<uint64_t><size_t>name) * <uint64_t>0x9E3779B97F4A7C15ULL
         k = (k ^ <uint64_t><size_t>value) * <uint64_t>0x9E3779B97F4A7C15ULL
         cdef size_t h = <size_t>(k >> (64 - HC_BITS))
-        cdef size_t h2 = (h + 1) & (HC_SLOTS - 1)
-        if self.hc_pair[h] != NULL and self.hc_name[h] == name and self.hc_value[h] == value:
-            self.header_cache_hits += 1
-            return <object>self.hc_pair[h]
-        if self.hc_pair[h2] != NULL and self.hc_name[h2] == name and self.hc_value[h2] == value:
-            self.header_cache_hits += 1
-            return <object>self.hc_pair[h2]
+        cdef size_t i, j, free_slot = HC_SLOTS
+        for j in range(HC_WAYS):
+            i = (h + j) & (HC_SLOTS - 1)
+            if self.hc_pair[i] == NULL:
+                if free_slot == HC_SLOTS:
+                    free_slot = i
+            elif self.hc_name[i] == name and self.hc_value[i] == value:
+                self.header_cache_hits += 1
+                return <object>self.hc_pair[i]
         pair = (PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
                 PyBytes_FromStringAndSize(<char *>vb.base, vb.len))
         # :path is skipped: its value is unique per request (SUPIs, resource ids), and HPACK
         # encoders do not index it, so it would only evict fields that repeat
         if nb.len + vb.len <= HC_MAX_FIELD and not (
                 nb.len == 5 and memcmp(nb.base, b":path", 5) == 0):
-            # an empty slot of the two, else the one not filled last time (round robin)
-            if self.hc_pair[h] != NULL and (self.hc_pair[h2] == NULL or self.hc_flip):
-                h = h2
-            self.hc_flip = not self.hc_flip
-            self._hc_drop(h)
+            # an empty slot of the set, else the set's ways in turn (round robin)
+            if free_slot == HC_SLOTS:
+                free_slot = (h + self.hc_next) & (HC_SLOTS - 1)
+                self.hc_next = (self.hc_next + 1) % HC_WAYS
+                self._hc_drop(free_slot)
             nghttp2_rcbuf_incref(name)
             nghttp2_rcbuf_incref(value)
             Py_INCREF(pair)
-            self.hc_name[h] = name
-            self.hc_value[h] = value
-            self.hc_pair[h] = <PyObject *>pair
+            self.hc_name[free_slot] = name
+            self.hc_value[free_slot] = value
+            self.hc_pair[free_slot] = <PyObject *>pair
         return pair
 
     def __init__(self, handler, settings=None, peer_info=None) -> None:

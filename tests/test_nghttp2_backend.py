@@ -1097,14 +1097,15 @@ async def test_repeated_request_headers_are_shared_and_never_confused():
         # slots depend on buffer addresses, so counts are not exact: about 5 of the 8 fields
         # of each request repeat (~1200 hits seen for these 300 requests)
         assert srv.header_cache_hits > 300
-        # steady traffic: the same 6 fields 50 times; all but a rare colliding pair are shared
+        # steady traffic: the same 6 fields 50 times; every cacheable one is shared
         steady = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"),
                   (b":path", b"/steady"), (b"x-fixed", b"same"), (b"user-agent", b"AMF-1")]
         hits = srv.header_cache_hits
         for _ in range(50):
             await send(steady)
         assert all(list(h) == steady for h in handler.requests[-50:])
-        # 5 cacheable fields x 49 repeats (~248 seen); :path is never cached (unique values)
+        # 5 cacheable fields x 49 repeats (246-250 seen in 65 runs; 2-way gave 100 in 1 of 6);
+        # :path is never cached (unique values)
         assert srv.header_cache_hits - hits >= 200
         last, before = handler.requests[-1], handler.requests[-2]
         assert sum(a is b for a, b in zip(last, before, strict=True)) >= 3
