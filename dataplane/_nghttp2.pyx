@@ -466,6 +466,8 @@ cdef class _Conn:
     cdef size_t max_header_list
     cdef size_t max_retained
     cdef readonly size_t peak_buffered   # largest per-stream engine buffer seen (test hook)
+    cdef int32_t cur_sid                 # _user_stream's memo: the last stream asked ...
+    cdef object cur_st                   # ... and its _Stream (None: nothing remembered)
 
     def __cinit__(self, *args, **kwargs):
         self.session = NULL
@@ -477,6 +479,7 @@ cdef class _Conn:
         free(self.obuf)
 
     cdef void _del_session(self) noexcept:
+        self.cur_st = None
         if self.session != NULL:
             nghttp2_session_del(self.session)
             self.session = NULL
@@ -757,6 +760,26 @@ cdef ssize_t _read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf,
     return n
 
 
+cdef inline void *_user_stream(_Conn c, nghttp2_session *s, int32_t sid) noexcept:
+    """The stream's ``_Stream`` (its nghttp2 user data), remembering the last one asked: every
+    field of a header block asks for the same stream, and nghttp2 answers each from its stream
+    map.  The memo holds a reference and is dropped when the stream closes (its user data
+    goes then too) and with the session."""
+    cdef void *p
+    if sid == c.cur_sid and c.cur_st is not None:
+        return <void *>c.cur_st
+    p = nghttp2_session_get_stream_user_data(s, sid)
+    if p != NULL:
+        c.cur_sid = sid
+        c.cur_st = <object>p
+    return p
+
+
+cdef inline void _forget_stream(_Conn c, int32_t sid) noexcept:
+    if c.cur_sid == sid:
+        c.cur_st = None
+
+
 # ---------------------------------------------------------------------------------------------
 # server (downstream) callbacks
 
@@ -780,10 +803,10 @@ cdef int _srv_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
 
 cdef int _srv_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *name,
                      nghttp2_rcbuf *value, uint8_t flags, void *ud) noexcept:
-    cdef void *p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
+    cdef ServerConnection conn = <ServerConnection>ud
+    cdef void *p = _user_stream(conn, s, f.hd.stream_id)
     cdef _Stream st
     cdef nghttp2_vec nb, vb
-    cdef ServerConnection conn = <ServerConnection>ud
     if p == NULL:
         return 0
     st = <_Stream>p
@@ -903,6 +926,7 @@ cdef int _srv_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t code,
     cdef ServerConnection conn = <ServerConnection>ud
     cdef _Stream st
     try:
+        _forget_stream(conn, stream_id)
         st = conn.streams.pop(stream_id, None)
         if st is None:
             return 0
@@ -940,10 +964,10 @@ cdef int _srv_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud) n
 
 cdef int _cli_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *name,
                      nghttp2_rcbuf *value, uint8_t flags, void *ud) noexcept:
-    cdef void *p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
+    cdef ClientConnection conn = <ClientConnection>ud
+    cdef void *p = _user_stream(conn, s, f.hd.stream_id)
     cdef _Stream st
     cdef nghttp2_vec nb, vb
-    cdef ClientConnection conn = <ClientConnection>ud
     cdef int i, status
     if p == NULL:
         return 0
@@ -1743,6 +1767,7 @@ cdef class ClientConnection(_Conn):
                 and not self.goaway_recv and not self.draining)
 
     cdef void _stream_gone(self, int32_t cid, uint32_t code, bint reached) except *:
+        _forget_stream(self, cid)
         cdef _Stream st = self.streams.pop(cid, None)
         if st is None:
             return

@@ -227,3 +227,68 @@ def _replay_timeline(clock: _Clock, events) -> None:
         if c.open_streams == 0:
             assert c.closed
     pools.close()
+
+
+# ---- the compiled proxy's shortcut ----------------------------------------------------------
+
+ready_steps = st.lists(st.one_of(
+    st.tuples(st.just("ask"), st.integers(0, 2)),  # get_ready for endpoint i (2: no pool)
+    st.tuples(st.just("room"), st.integers(0, 2), st.booleans()),  # connection i has room?
+    st.tuples(st.just("queue"), st.booleans()),  # a request waits for a stream
+    st.tuples(st.just("reserve"), st.booleans()),  # a stream handed to a queued request
+    st.tuples(st.just("drop_first"), st.just(0)),  # the first connection leaves the pool
+), max_size=50)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ready_steps)
+def test_compiled_ready_connection_answers_as_get_ready(events) -> None:
+    """``_proxy_fast.ready_connection`` (the compiled proxy's per-request pool lookup) hands
+    out the same connection as ``get_ready`` and leaves the pool in the same state."""
+    fast = pytest.importorskip("dataplane._proxy_fast")
+    clock = _Clock(0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(upstream_pool, "time", clock)
+        worlds = []
+        for _ in range(2):
+            pools = UpstreamPools("h2", H2Settings(), idle_timeout=0)
+            eps = [Endpoint("127.0.0.1", 8081), Endpoint("127.0.0.1", 8082),
+                   Endpoint("127.0.0.1", 8083)]
+            conns = [_Conn() for _ in range(3)]
+            pool = pools._pools[eps[0]] = _EndpointPool()
+            pool.conns.extend(conns[:2])
+            pools._pools[eps[1]] = _EndpointPool()
+            pools._pools[eps[1]].conns.append(conns[2])
+            worlds.append((pools, eps, conns, pool))
+        for step, (op, *args) in enumerate(events):
+            clock.now = float(step)
+            answers = []
+            for w, (pools, eps, conns, pool) in enumerate(worlds):
+                if op == "ask":
+                    get = pools.get_ready if w == 0 else \
+                        (lambda ep, pools=pools: fast.ready_connection(pools, ep))
+                    got = get(eps[args[0]])
+                    answers.append(None if got is None else conns.index(got))
+                elif op == "room":
+                    conns[args[0]].available = args[1]
+                elif op == "queue":
+                    pool.waiters.clear()
+                    if args[0]:
+                        pool.waiters.append(object())
+                elif op == "reserve":
+                    pool.reserved.clear()
+                    if args[0]:
+                        pool.reserved[id(conns[1])] = 1
+                elif op == "drop_first" and pool.conns:
+                    pool.conns.pop(0)
+            if op == "ask":
+                assert answers[0] == answers[1], (events[: step + 1], answers)
+            states = []
+            for pools, eps, conns, pool in worlds:
+                index = {id(c): i for i, c in enumerate(conns)}
+                states.append((
+                    None if pool.hot is None else conns.index(pool.hot),
+                    sorted((index[k], v) for k, v in pool.last_used.items()),
+                    eps.index(pools._last_endpoint) if pools._last_endpoint in eps else None,
+                ))
+            assert states[0] == states[1], (events[: step + 1], states)
