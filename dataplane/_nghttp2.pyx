@@ -36,6 +36,8 @@ import logging
 import os
 
 from dataplane.engine import ErrorCode, H2Settings
+from dataplane.http1_refusal import http1_refusal
+from dataplane.linger import close_after_fin
 
 NAME = "nghttp2"
 
@@ -43,6 +45,7 @@ log = logging.getLogger("nfmesh.dataplane.nghttp2")
 
 _DEFAULT_SETTINGS = H2Settings()
 cdef bytes _DRAIN_PING = b"nfmdrain"
+cdef double _REFUSE_LINGER_S = 1.0  # an HTTP/1.x client refused with 505 gets this to read it
 cdef uint32_t _MAX_STREAMS_UNKNOWN = 2147483647
 cdef size_t _WRITE_CHUNK = 262144
 
@@ -1156,6 +1159,7 @@ cdef class ServerConnection(_Conn):
     cdef bint calmed
     cdef bint final_goaway_sent
     cdef object drain_timer
+    cdef bint greeted                # the client's first bytes came (our SETTINGS may go)
     # received header fields as (name, value) tuples, keyed by the HPACK decoder's buffers:
     # a field decoded from the static or dynamic table arrives in the same nghttp2_rcbuf each
     # time, so a repeated header costs no Python allocation (see _header_pair)
@@ -1245,8 +1249,27 @@ cdef class ServerConnection(_Conn):
         nghttp2_option_del(opt)
         if rv != 0:
             raise MemoryError()
+        # queued, not sent: they leave with the answer to the client's first bytes, so that an
+        # HTTP/1.x client can be told 505 in its own protocol (dataplane.http1_refusal)
         _submit_settings(self.session, self.settings, 1)
-        self._kick()
+
+    def data_received(self, data) -> None:
+        if not self.greeted:
+            self.greeted = 1
+            reply = http1_refusal(data if type(data) is bytes else bytes(data))
+            if reply is not None:
+                self._refuse_http1(reply)
+                return
+        self._feed(data)
+
+    cdef void _refuse_http1(self, bytes reply) except *:
+        """Answer an HTTP/1.x client in HTTP/1.1 and close (after our FIN, so its request
+        bytes still unread cannot turn the close into a reset that loses the answer)."""
+        log.info("nghttp2: HTTP/1.x request from %s on an HTTP/2 listener: 505",
+                 self.peer_info.get("peername"))
+        self.closing = 1
+        self.transport.write(reply)
+        close_after_fin(self.transport, _REFUSE_LINGER_S)
 
     def connection_lost(self, exc) -> None:
         cdef _Stream st

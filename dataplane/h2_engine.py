@@ -38,6 +38,8 @@ from h2.connection import H2Connection
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from dataplane.engine import ErrorCode, H2Settings, Headers, ResponseCallback, SpliceObserver
+from dataplane.http1_refusal import http1_refusal
+from dataplane.linger import close_after_fin
 
 NAME = "h2"
 
@@ -236,6 +238,7 @@ class _Connection(asyncio.Protocol):
         self._goaway_last = 0
         self._close_when_idle = False
         self._lingering = False
+        self._greeted = False  # the peer's first bytes came
         self._goaway_received = False
         self._resets: deque = deque()
         self._control: deque = deque()
@@ -245,7 +248,10 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._h2 = _new_h2(self.settings, self._client_side)
-        self._mark()
+        if self._client_side:
+            self._mark()
+        # a server's SETTINGS wait for the client's first bytes, so that an HTTP/1.x client
+        # can be told 505 in its own protocol (dataplane.http1_refusal)
 
     def data_received(self, data: bytes) -> None:
         global _batch
@@ -256,6 +262,12 @@ class _Connection(asyncio.Protocol):
             h2c = self._h2
             if h2c is None or self._lost or self._lingering:
                 return
+            if not self._greeted:
+                self._greeted = True
+                reply = None if self._client_side else http1_refusal(bytes(data))
+                if reply is not None:
+                    self._refuse_http1(reply)
+                    return
             try:
                 events = h2c.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
@@ -318,6 +330,14 @@ class _Connection(asyncio.Protocol):
         self._lost = True  # process nothing more
         self._linger_close()
 
+    def _refuse_http1(self, reply: bytes) -> None:
+        """Answer an HTTP/1.x client in HTTP/1.1 and close, our HTTP/2 SETTINGS unsent."""
+        log.info("h2: HTTP/1.x request from %s on an HTTP/2 listener: 505",
+                 getattr(self, "peer_info", {}).get("peername"))
+        if self._transport is not None:
+            self._transport.write(reply)
+        self._linger_close()
+
     def _linger_close(self) -> None:
         """Close after a GOAWAY without losing it: send FIN, discard what the peer still had in
         flight, close when it closes (at most ``_LINGER_S`` later).  Closing with unread input
@@ -326,14 +346,7 @@ class _Connection(asyncio.Protocol):
         if transport is None or self._lingering:
             return
         self._lingering = True
-        try:
-            if transport.can_write_eof():
-                transport.write_eof()
-                asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
-                return
-        except (OSError, RuntimeError, NotImplementedError):
-            pass
-        transport.close()
+        close_after_fin(transport, _LINGER_S)
 
     # ---- abuse limits ---------------------------------------------------------------------
     def _over_rate(self, window: deque, limit: int) -> bool:

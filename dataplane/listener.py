@@ -2,7 +2,8 @@
 
 ``serve`` wraps the backend's ``ServerConnection`` in a thin subclass that, once per connection,
 sets TCP_NODELAY, fills ``peer_info`` (peername, sslobject, alpn, peercert) and refuses TLS
-connections that did not negotiate h2 with an HTTP/1.1 505 answer; after that the backend runs
+connections that did not negotiate h2 with an HTTP/1.1 505 answer (``dataplane.http1_refusal``;
+the engines give the same answer to an HTTP/1.x request on h2c); after that the backend runs
 untouched (no per-frame cost).  A handler with ``on_connection_made(conn)`` is told of each
 accepted connection (the proxy uses it to drain idle connections too).
 """
@@ -17,14 +18,10 @@ from collections.abc import Callable
 from types import ModuleType
 
 from dataplane.engine import H2Settings, ServerHandler, load_backend
+from dataplane.http1_refusal import RESPONSE as _REFUSAL
 
 log = logging.getLogger("nfmesh.listener")
 
-_REFUSAL = (
-    b"HTTP/1.1 505 HTTP Version Not Supported\r\n"
-    b"content-type: text/plain\r\nconnection: close\r\ncontent-length: 35\r\n\r\n"
-    b"this endpoint speaks HTTP/2 only.\r\n"
-)
 
 _classes: dict[int, type] = {}
 

@@ -249,6 +249,7 @@ async def test_malformed_request_is_a_stream_error(origin_with):
 async def test_header_block_split_over_continuation_frames(origin_with):
     origin = await origin_with(H2Settings())  # 64 KiB header list, 16 KiB frames
     raw = await RawH2.connect(origin.port)
+    raw.flush()  # our preface first: the server's SETTINGS answer it
     await raw.until(is_(h2.events.RemoteSettingsChanged))
     value = bytes(ord("a") + i % 26 for i in range(40000))  # > two frames, < the limit
     sid = raw.request("/headers", [(b"x-long", value)])

@@ -35,6 +35,7 @@ async def test_concurrent_streams_and_trailers(proxy):
 
 async def test_upload_respects_flow_control(proxy):
     raw = await RawH2.connect(proxy.port)
+    raw.flush()  # our preface first: the server's SETTINGS answer it
     await raw.until(is_(h2.events.RemoteSettingsChanged))
     body = pattern(3 << 20)
     sid = raw.h2.get_next_available_stream_id()

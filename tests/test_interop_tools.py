@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -164,3 +165,39 @@ async def test_h2load_no_failures_through_proxy(proxy_to_origin):
     rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", text)
     if rps and os.environ.get("NFMESH_PRINT_PERF"):
         print(f"h2load through proxy: {rps.group(1)} req/s")
+
+
+async def _first_answer(port: int, request: bytes) -> bytes:
+    """Everything the listener sends to a connection that opens with ``request``, until it
+    closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_http1_client_gets_505_problem_details_in_http1(proxy_to_origin):
+    """An HTTP/1.1 client on the h2c port gets one clean HTTP/1.1 505 with a ProblemDetails
+    body (no HTTP/2 bytes before it) and the connection closes; curl says so in its own
+    terms; HTTP/2 clients on the same listener are unaffected."""
+    port = proxy_to_origin.port
+    answer = await _first_answer(port, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer[:80]
+    assert b"content-type: application/problem+json" in head
+    assert b"connection: close" in head
+    problem = json.loads(body)
+    assert problem["status"] == 505 and "HTTP/2 only" in problem["detail"]
+    exe = need("curl")
+    rc, out, err = await run(exe, "-sS", "--http1.1", "-w", "\n%{http_code}",
+                             f"http://127.0.0.1:{port}/hello")
+    assert rc == 0, err
+    assert out.endswith(b"\n505") and b'"status":505' in out
+    rc, out, err = await run(exe, "-sS", "--http2-prior-knowledge", "-w", "\n%{http_code}",
+                             f"http://127.0.0.1:{port}/hello")
+    assert rc == 0 and out.endswith(b"\n200"), (out, err)
+    # not HTTP/1 and not the preface: closed as before, no HTTP/1 answer
+    answer = await _first_answer(port, b"\x16\x03\x01\x02\x00garbage-not-a-preface")
+    assert not answer.startswith(b"HTTP/1.1")
