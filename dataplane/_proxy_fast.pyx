@@ -15,7 +15,6 @@ the module constants (``COARSE_TIMEOUT_S``, ``SWEEP_PERIOD_S``) are read from
 import asyncio
 import logging
 
-from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from dataplane import proxy as _pure
@@ -34,25 +33,6 @@ cdef int _CONNECT_ERROR = ErrorCode.CONNECT_ERROR
 cdef int _CANCEL = ErrorCode.CANCEL
 
 NAME = "cython"
-
-# C entry points the stats and access log objects may publish as PyCapsules (the compiled
-# gateway.metrics / gateway.access_log twins do): the per-request calls then skip Python's
-# call machinery.  Objects without them are called as Python methods.
-ctypedef int (*_stats_fn_t)(object, object, object, object, double, object) except -1
-ctypedef int (*_log_fn_t)(object, object, object, object, object, object, double, object,
-                          object) except -1
-
-
-cdef void *_capsule_fn(obj, str attr, const char *name):
-    """The function pointer in ``obj.<attr>`` when it is a capsule named ``name``, else NULL."""
-    try:
-        cap = getattr(obj, attr, None)
-    except Exception:
-        return NULL
-    if cap is None or not PyCapsule_IsValid(cap, name):
-        return NULL
-    return PyCapsule_GetPointer(cap, name)
-
 
 cpdef object ready_connection(object pools, object endpoint):
     """``pools.get_ready(endpoint)``, with its common case in C: the endpoint asked last, no
@@ -283,23 +263,14 @@ cdef class _FastExchange:
         stats = proxy.stats
         if stats is not None:
             try:
-                if proxy._c_stats != NULL and stats is proxy._c_stats_obj:
-                    (<_stats_fn_t>proxy._c_stats)(stats, cluster, self.method, status, duration,
-                                                  error_code)
-                else:
-                    stats.on_request_done(cluster, self.method, status, duration, error_code)
+                stats.on_request_done(cluster, self.method, status, duration, error_code)
             except Exception:
                 log.exception("stats hook failed")
         record = proxy._log_record
         if record is not None:
             try:
-                if proxy._c_log != NULL and proxy.access_log is proxy._c_log_obj:
-                    (<_log_fn_t>proxy._c_log)(proxy.access_log, self.method, self.path, status,
-                                              cluster, self.endpoint, duration, error_code,
-                                              self.conn.peer_info)
-                else:
-                    record(self.method, self.path, status, cluster, self.endpoint,
-                           duration, error_code, self.conn.peer_info)
+                record(self.method, self.path, status, cluster, self.endpoint,
+                       duration, error_code, self.conn.peer_info)
             except Exception:
                 log.exception("access log hook failed")
         elif proxy.access_log is not None:
@@ -316,26 +287,6 @@ cdef class _ProxyCore:
     cdef public object _log_record
     cdef public long requests
     cdef public double _coarse_timeout
-    # stats.c_on_request_done's and access_log.c_record's functions (or NULL), each valid only
-    # for the object it came from: a stats or log object replaced later is called in Python
-    cdef void *_c_stats
-    cdef void *_c_log
-    cdef object _c_stats_obj, _c_log_obj
-
-    cdef _bind_c_hooks(self):
-        self._c_stats_obj = self.stats
-        self._c_stats = _capsule_fn(self.stats, "c_on_request_done",
-                                    b"nfmesh.stats.on_request_done")
-        self._c_log_obj = self.access_log
-        self._c_log = NULL
-        if self._log_record is not None:
-            self._c_log = _capsule_fn(self.access_log, "c_record", b"nfmesh.access_log.record")
-
-    @property
-    def c_hooks(self) -> tuple:
-        """(stats, access log): whether each would be called through its C entry point now."""
-        return (self._c_stats != NULL and self.stats is self._c_stats_obj,
-                self._c_log != NULL and self.access_log is self._c_log_obj)
 
     def on_request(self, conn, stream_id, headers, end_stream) -> None:
         cdef double t0 = _monotonic()
@@ -390,7 +341,6 @@ class Proxy(_ProxyCore, _pure.Proxy):
         _pure.Proxy.__init__(self, *args, **kwargs)
         # read once: the pure module's setting (tests shorten it before building a proxy)
         self._coarse_timeout = _pure.COARSE_TIMEOUT_S
-        (<_ProxyCore>self)._bind_c_hooks()
 
 
 cdef _FastExchange _new_exchange(_ProxyCore proxy, conn, long sid, fwd, method, path, double t0):

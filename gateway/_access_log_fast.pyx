@@ -18,19 +18,12 @@ Whatever falls outside those fast cases (a str with characters beyond latin-1, a
 a bool, an int beyond 64 bits, a negative, huge or non-finite duration, ...) is formatted by
 the pure module's own code (``_LOG_TEXT % row``, the msgspec encoder), so the output matches
 the pure class on every input, not just the common ones.
-
-C callers that know nothing of this module (the compiled proxy in ``dataplane``) can skip the
-Python call: ``log.c_record`` is a ``PyCapsule`` named ``"nfmesh.access_log.record"`` holding
-an ``int (*)(object log, object method, object path, object status, object cluster,
-object upstream, double duration_s, object error_code, object peer_info)`` that returns -1
-with an exception set on failure (``log`` must be the object the capsule came from).
 """
 
 import asyncio
 import json
 import sys
 
-from cpython.pycapsule cimport PyCapsule_New
 from cpython.ref cimport Py_XDECREF, Py_XINCREF, PyObject
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
@@ -128,12 +121,6 @@ cdef object _endpoint_text = _pure._endpoint_text
 cdef object _get_running_loop = asyncio.get_running_loop
 
 NAME = "cython"
-
-
-CAPSULE_NAME = "nfmesh.access_log.record"
-cdef const char* _CAPSULE_NAME = b"nfmesh.access_log.record"  # static: outlives capsules
-ctypedef int (*record_t)(object, object, object, object, object, object, double, object,
-                         object) except -1
 
 
 cdef struct Row:
@@ -246,33 +233,18 @@ cdef inline bint _put_json_str(Buf* b, object s) except -1:
     return True
 
 
-cdef bint _text_row(Buf* b, object method, object path, object status, object cluster,
-                    object up, PyObject* duration, double dur, object error_code,
-                    object peer) except -1:
-    """The text line of a record and its newline; False (nothing written) when a field is not
-    of the common kinds: the caller lets Python format that line."""
-    cdef Py_ssize_t start = b.n
+cdef inline bint _text_str(Buf* b, const char* label, Py_ssize_t n, object v) except -1:
+    _put(b, label, n)
+    return _put_latin1(b, v)
+
+
+cdef inline bint _text_int(Buf* b, const char* label, Py_ssize_t n, object v) except -1:
+    _put(b, label, n)
+    return _put_int(b, v)
+
+
+cdef inline bint _text_duration(Buf* b, PyObject* duration, double dur) except -1:
     cdef int k = -1
-    _put(b, b"method=", 7)
-    if not _put_latin1(b, method):
-        b.n = start
-        return False
-    _put(b, b" path=", 6)
-    if not _put_latin1(b, path):
-        b.n = start
-        return False
-    _put(b, b" status=", 8)
-    if not _put_int(b, status):
-        b.n = start
-        return False
-    _put(b, b" cluster=", 9)
-    if not _put_latin1(b, cluster):
-        b.n = start
-        return False
-    _put(b, b" upstream=", 10)
-    if not _put_latin1(b, up):
-        b.n = start
-        return False
     _put(b, b" duration_s=", 12)
     _reserve(b, 32)
     if duration == NULL:
@@ -280,19 +252,27 @@ cdef bint _text_row(Buf* b, object method, object path, object status, object cl
     elif type(<object>duration) is float:
         k = nfm_fixed6(PyFloat_AS_DOUBLE(<object>duration), b.p + b.n)
     if k < 0:
-        b.n = start
         return False
     b.n += k
-    _put(b, b" error_code=", 12)
-    if not _put_int(b, error_code):
-        b.n = start
-        return False
-    _put(b, b" peer=", 6)
-    if not _put_latin1(b, peer):
-        b.n = start
-        return False
-    _put(b, b"\n", 1)
     return True
+
+
+cdef bint _text_row(Buf* b, object method, object path, object status, object cluster,
+                    object up, PyObject* duration, double dur, object error_code,
+                    object peer) except -1:
+    """The text line of a record and its newline; False (nothing written) when a field is not
+    of the common kinds: the caller lets Python format that line."""
+    cdef Py_ssize_t start = b.n
+    if (_text_str(b, b"method=", 7, method) and _text_str(b, b" path=", 6, path)
+            and _text_int(b, b" status=", 8, status)
+            and _text_str(b, b" cluster=", 9, cluster)
+            and _text_str(b, b" upstream=", 10, up) and _text_duration(b, duration, dur)
+            and _text_int(b, b" error_code=", 12, error_code)
+            and _text_str(b, b" peer=", 6, peer)):
+        _put(b, b"\n", 1)
+        return True
+    b.n = start
+    return False
 
 
 cdef inline int _put_json(Buf* b, object v, object encode) except -1:
@@ -340,6 +320,18 @@ cdef inline void _fill(Row* r, object method, object path, object status, object
     Py_XINCREF(r.info)
 
 
+cdef inline void _fill_record(Row* r, object method, object path, object status,
+                              object cluster, object upstream, object duration,
+                              object error_code, object info) noexcept:
+    """``_fill`` from ``record``'s arguments: a float duration is kept as a C double."""
+    if type(duration) is float:
+        _fill(r, method, path, status, cluster, upstream, NULL, PyFloat_AS_DOUBLE(duration),
+              error_code, info)
+    else:
+        _fill(r, method, path, status, cluster, upstream, <PyObject*>duration, 0.0,
+              error_code, info)
+
+
 cdef inline void _fill_line(Row* r, object line) noexcept:
     r.method = <PyObject*>line
     Py_XINCREF(r.method)
@@ -353,7 +345,7 @@ cdef class AccessLog:
 
     The batch is a C array of rows holding references to the raw values (no tuple per
     request); ``flush`` detaches it before formatting, so a record made meanwhile starts a new
-    batch.  ``c_record`` is the C entry point (see the module docstring)."""
+    batch."""
 
     cdef public object out, flush_s
     cdef object _fmt
@@ -404,11 +396,6 @@ cdef class AccessLog:
         """Rows waiting for the next write."""
         return self._n
 
-    @property
-    def c_record(self) -> object:
-        """The C entry point of ``record`` (see the module docstring)."""
-        return PyCapsule_New(<void*>_c_record, _CAPSULE_NAME, NULL)
-
     cdef Row* _slot(self) except NULL:
         if self._rows == NULL:
             if self._spare != NULL:
@@ -434,12 +421,8 @@ cdef class AccessLog:
                peer_info):
         """One finished request: ``upstream`` an ``Endpoint`` or None, ``peer_info`` the
         connection's (its ``peername`` is logged).  Same fields as the keyword form."""
-        if type(duration_s) is float:
-            _fill(self._slot(), method, path, status, cluster, upstream, NULL,
-                  PyFloat_AS_DOUBLE(duration_s), error_code, peer_info)
-        else:
-            _fill(self._slot(), method, path, status, cluster, upstream,
-                  <PyObject*>duration_s, 0.0, error_code, peer_info)
+        _fill_record(self._slot(), method, path, status, cluster, upstream, duration_s,
+                     error_code, peer_info)
         self._n += 1
         self._size += len(path) + 120
         self._after_add()
@@ -492,12 +475,8 @@ cdef class AccessLog:
                 else:
                     t = r
                     method, path, status, cluster, upstream, duration, error_code, info = t
-                    if type(duration) is float:
-                        _fill(&arr[i], method, path, status, cluster, upstream, NULL,
-                              PyFloat_AS_DOUBLE(duration), error_code, info)
-                    else:
-                        _fill(&arr[i], method, path, status, cluster, upstream,
-                              <PyObject*>duration, 0.0, error_code, info)
+                    _fill_record(&arr[i], method, path, status, cluster, upstream, duration,
+                                 error_code, info)
                 filled = i + 1
             return self._format_rows(arr, n)
         finally:
@@ -636,16 +615,3 @@ cdef class AccessLog:
         text = PyUnicode_DecodeUTF8(b.p, b.n, "replace")
         b.n = 0
         return text
-
-
-
-cdef int _c_record(object log, object method, object path, object status, object cluster,
-                   object upstream, double duration_s, object error_code,
-                   object peer_info) except -1:
-    """``log.record(...)`` for C callers, the duration as a C double."""
-    cdef AccessLog self = <AccessLog>log
-    _fill(self._slot(), method, path, status, cluster, upstream, NULL, duration_s, error_code,
-          peer_info)
-    self._n += 1
-    self._size += len(path) + 120
-    return self._after_add()

@@ -15,17 +15,10 @@ folds unknown methods and error codes into bounded label values).
 
 The views (``requests``, ``latency``, ``total``) and ``collect()`` are
 ``gateway.metrics.RequestStatsExport``'s, run over the ``cells`` snapshot.
-
-C callers that know nothing of this module (the compiled proxy in ``dataplane``) can skip the
-Python call: ``stats.c_on_request_done`` is a ``PyCapsule`` named
-``"nfmesh.stats.on_request_done"`` holding an ``int (*)(object stats, object cluster,
-object method, object status, double duration_s, object error_code)`` that returns -1 with an
-exception set on failure (``stats`` must be the object the capsule came from).
 """
 
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_CheckExact
 from cpython.ref cimport PyObject
-from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport uint64_t, uintptr_t
 
 import cython
@@ -55,9 +48,6 @@ cdef double _BOUNDS[NBOUNDS]
 for _i in range(NBOUNDS):
     _BOUNDS[_i] = BUCKETS[_i]
 
-CAPSULE_NAME = "nfmesh.stats.on_request_done"
-cdef const char *_CAPSULE_NAME = b"nfmesh.stats.on_request_done"  # static: outlives capsules
-ctypedef int (*on_request_done_t)(object, object, object, object, double, object) except -1
 
 
 cdef inline int _bucket(double x) noexcept nogil:
@@ -130,12 +120,6 @@ cdef class RequestStats:
                 cell = _Cell(cluster, method, status)
                 self._cells[key] = cell
         return <_Cell>cell
-
-    @property
-    def c_on_request_done(self) -> object:
-        """The C entry point (see the module docstring)."""
-        cdef on_request_done_t fn = _on_request_done  # checks the published signature
-        return PyCapsule_New(<void *>fn, _CAPSULE_NAME, NULL)
 
     @property
     def cells(self) -> dict:

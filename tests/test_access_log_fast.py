@@ -15,7 +15,6 @@ otherwise those cases skip with that reason and the pure one is checked alone.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import enum
 import io
 import json
@@ -458,39 +457,7 @@ async def test_compiled_log_behind_the_proxy_matches_the_pure_one(backend, origi
         await proxy.stop()
 
 
-# ---- the compiled class's own parts: C entry point, references, re-entry ------------------------
-
-def _capsule_function(log):
-    """``log.c_record`` as a ctypes function (what a C caller gets from the capsule)."""
-    api = ctypes.pythonapi
-    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    ptr = api.PyCapsule_GetPointer(log.c_record, fast_mod.CAPSULE_NAME.encode())
-    obj = ctypes.py_object
-    proto = ctypes.PYFUNCTYPE(ctypes.c_int, obj, obj, obj, obj, obj, obj, ctypes.c_double, obj,
-                              obj)
-    return proto(ptr)
-
-
-@needs_fast
-@pytest.mark.parametrize("fmt", FORMATS)
-async def test_c_entry_point_logs_what_record_logs(fmt) -> None:
-    rows = [("GET", "/a", 200, "udm", EP6, 0.000123, 0, PEER),
-            ("POST", "/caf\u00e9", 503, "c", None, 1 / 128, 8, {}),
-            ("PUT", "/b", 201, "c", Endpoint("10.0.0.1", 80), -0.0, 0, {"peername": None})]
-    by_record, by_capsule = io.StringIO(), io.StringIO()
-    a = fast_mod.AccessLog(fmt, out=by_record, flush_s=60)
-    b = fast_mod.AccessLog(fmt, out=by_capsule, flush_s=60)
-    c_record = _capsule_function(b)
-    for row in rows:
-        a.record(*row)
-        assert c_record(b, *row) == 0
-    assert b.pending == 3
-    a.flush()
-    b.flush()
-    assert by_capsule.getvalue() == by_record.getvalue()
-    assert by_record.getvalue() == Pure(fmt)._format(rows)
-
+# ---- the compiled class's own parts: references, re-entry ------------------------
 
 @needs_fast
 @pytest.mark.parametrize("fmt", FORMATS)

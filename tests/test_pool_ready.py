@@ -10,8 +10,6 @@ cannot do on cue)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,7 +18,7 @@ from dataplane import upstream_pool
 from dataplane.engine import H2Settings
 from dataplane.routing import Endpoint
 from dataplane.upstream_pool import UpstreamPools, _EndpointPool
-from tests.conftest import start_origin
+from tests.conftest import eventually, start_origin
 
 
 class _Clock:
@@ -42,68 +40,56 @@ def clock(monkeypatch) -> _Clock:
 
 # ---- real connections -------------------------------------------------------------------------
 
-async def test_get_ready_hands_the_first_free_connection_and_idles_it_out(backend, clock):
+@pytest.fixture
+async def origin_pools(backend, clock):
+    """An in-process origin and pools with the sweeper off (the tests sweep by hand)."""
     origin = await start_origin(backend)
     pools = UpstreamPools(backend, H2Settings(), connect_timeout=1.0, idle_timeout=0)
-    try:
-        conn = await pools.acquire(origin.endpoint)  # connected at t=1000
+    yield origin, pools
+    pools.close()
+    await origin.stop()
+
+
+async def test_get_ready_hands_the_first_free_connection_and_idles_it_out(origin_pools, clock):
+    origin, pools = origin_pools
+    conn = await pools.acquire(origin.endpoint)  # connected at t=1000
+    assert pools.get_ready(origin.endpoint) is conn
+    assert pools.get_ready(Endpoint("127.0.0.1", 1)) is None  # no pool for it
+    clock.now += 59.0
+    assert pools.get_ready(origin.endpoint) is conn  # last use: t=1059
+    clock.now += 59.0
+    assert pools.close_idle(60.0) == 0  # 59 s idle; this sweep stamps it at t=1118
+    clock.now += 59.5
+    assert pools.close_idle(60.0) == 0  # counted from that stamp (late, never early)
+    clock.now += 0.5
+    assert pools.close_idle(60.0) == 1  # 60 s after the sweep that saw it used
+    assert pools.get_ready(origin.endpoint) is None
+    assert await eventually(lambda: conn.closed)
+    assert pools.connections(origin.endpoint) == []
+
+
+async def test_a_connection_in_use_is_never_idle(origin_pools, clock):
+    origin, pools = origin_pools
+    conn = await pools.acquire(origin.endpoint)
+    for _ in range(10):  # a request every 30 s, sweeps in between
+        clock.now += 30.0
         assert pools.get_ready(origin.endpoint) is conn
-        assert pools.get_ready(Endpoint("127.0.0.1", 1)) is None  # no pool for it
-        clock.now += 59.0
-        assert pools.get_ready(origin.endpoint) is conn  # last use: t=1059
-        clock.now += 59.0
-        assert pools.close_idle(60.0) == 0  # 59 s idle; this sweep stamps it at t=1118
-        clock.now += 59.5
-        assert pools.close_idle(60.0) == 0  # counted from that stamp (late, never early)
-        clock.now += 0.5
-        assert pools.close_idle(60.0) == 1  # 60 s after the sweep that saw it used
-        assert pools.get_ready(origin.endpoint) is None
-        for _ in range(100):
-            if conn.closed:
-                break
-            await asyncio.sleep(0.01)
-        assert conn.closed
-        assert pools.connections(origin.endpoint) == []
-    finally:
-        pools.close()
-        await origin.stop()
+        clock.now += 15.0
+        assert pools.close_idle(60.0) == 0
+    assert not conn.closed and pools.connections(origin.endpoint) == [conn]
 
 
-async def test_a_connection_in_use_is_never_idle(backend, clock):
-    origin = await start_origin(backend)
-    pools = UpstreamPools(backend, H2Settings(), connect_timeout=1.0, idle_timeout=0)
-    try:
-        conn = await pools.acquire(origin.endpoint)
-        for _ in range(10):  # a request every 30 s, sweeps in between
-            clock.now += 30.0
-            assert pools.get_ready(origin.endpoint) is conn
-            clock.now += 15.0
-            assert pools.close_idle(60.0) == 0
-        assert not conn.closed and pools.connections(origin.endpoint) == [conn]
-    finally:
-        pools.close()
-        await origin.stop()
-
-
-async def test_closed_hot_connection_is_forgotten(backend, clock):
-    origin = await start_origin(backend)
-    pools = UpstreamPools(backend, H2Settings(), connect_timeout=1.0, idle_timeout=0)
-    try:
-        conn = await pools.acquire(origin.endpoint)
-        assert pools.get_ready(origin.endpoint) is conn
-        pool = pools._pools[origin.endpoint]
-        assert pool.hot is conn
-        conn.close()
-        for _ in range(100):
-            if pool.hot is None:
-                break
-            await asyncio.sleep(0.01)
-        assert pool.hot is None and id(conn) not in pool.last_used
-        conn2 = await pools.acquire(origin.endpoint)  # a new connection
-        assert conn2 is not conn and pools.get_ready(origin.endpoint) is conn2
-    finally:
-        pools.close()
-        await origin.stop()
+async def test_closed_hot_connection_is_forgotten(origin_pools):
+    origin, pools = origin_pools
+    conn = await pools.acquire(origin.endpoint)
+    assert pools.get_ready(origin.endpoint) is conn
+    pool = pools._pools[origin.endpoint]
+    assert pool.hot is conn
+    conn.close()
+    assert await eventually(lambda: pool.hot is None)
+    assert id(conn) not in pool.last_used
+    conn2 = await pools.acquire(origin.endpoint)  # a new connection
+    assert conn2 is not conn and pools.get_ready(origin.endpoint) is conn2
 
 
 # ---- the idle bound on random timelines --------------------------------------------------------

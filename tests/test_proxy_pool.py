@@ -11,7 +11,7 @@ from dataplane.client import H2Client
 from dataplane.engine import H2Settings
 from dataplane.routing import Endpoint
 from dataplane.upstream_pool import UpstreamPools, UpstreamUnavailable
-from tests.conftest import StaticRouter, free_port, start_origin, start_proxy
+from tests.conftest import StaticRouter, eventually, free_port, start_origin, start_proxy
 
 
 @pytest.fixture
@@ -101,11 +101,7 @@ async def test_idle_connections_are_closed(backend, pools):
         assert pools.close_idle(60.0) == 0  # recently used
         assert pools.close_idle(0.0) == 1
         assert pools.get_ready(origin.endpoint) is None
-        for _ in range(100):
-            if conn.closed:
-                break
-            await asyncio.sleep(0.01)
-        assert conn.closed
+        assert await eventually(lambda: conn.closed)
         # the next acquire connects again
         conn2 = await pools.acquire(origin.endpoint)
         assert conn2 is not conn and conn2.available

@@ -8,7 +8,6 @@ Tests of the compiled class skip with a reason when it is not built."""
 from __future__ import annotations
 
 import bisect
-import ctypes
 import math
 import random
 import struct
@@ -222,26 +221,6 @@ def test_bad_duration_raises_and_counts_nothing(bad) -> None:
             s.on_request_done("new", "GET", 200, bad, 0)
     _assert_same(pure, fast)
     assert fast.total == 1 and list(fast.requests) == [("udm", "GET", "200")]
-
-
-@needs_fast
-def test_c_entry_point_counts_like_the_method() -> None:
-    """The capsule a compiled caller uses instead of the Python call (called here through
-    ctypes, as C would)."""
-    pure, fast = _stats_pair()
-    capsule = fast.c_on_request_done
-    get = ctypes.pythonapi.PyCapsule_GetPointer
-    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    ptr = get(capsule, _stats_fast.CAPSULE_NAME.encode())
-    assert ptr
-    proto = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.py_object, ctypes.py_object,
-                              ctypes.py_object, ctypes.c_double, ctypes.py_object)
-    c_call = proto(ptr)
-    seq = [("udm", "GET", 200, 0.001, 0), ("smf", "POST", 503, 0.5, 2), ("udm", "GET", 200, 7.0, 0)]
-    for c in seq:
-        pure.on_request_done(*c)
-        assert c_call(fast, *c) == 0
-    _assert_same(pure, fast)
 
 
 def _impls() -> list:
