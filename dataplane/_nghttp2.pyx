@@ -127,6 +127,10 @@ cdef enum:
                                 # 32 x 128 B of HPACK buffers pinned per connection
 
 cdef enum:
+    RH_INLINE_FIELDS = 8        # header fields a stream holds in itself (a typical SBI
+    RH_INLINE = 16              # response); a longer block moves to the heap
+
+cdef enum:
     POOL_CLASSES = 9            # 32 B .. 8 KiB blocks, header included
     POOL_MIN_SHIFT = 5
     POOL_HDR = 16
@@ -330,9 +334,11 @@ cdef class _Stream:
     # response body buffered between upstream and downstream (or a whole client response)
     cdef Buf rs
     # response header/trailer block from upstream kept as nghttp2 rcbufs (name, value, ...)
-    cdef nghttp2_rcbuf **rh
+    cdef nghttp2_rcbuf **rh          # rh_inline, or a heap array once it outgrew that
     cdef uint8_t *rh_flags
     cdef int rh_n, rh_cap
+    cdef nghttp2_rcbuf *rh_inline[RH_INLINE]
+    cdef uint8_t rh_flags_inline[RH_INLINE_FIELDS]
     # local body (respond / request) and trailers
     cdef bytes out_body
     cdef size_t out_off
@@ -347,8 +353,9 @@ cdef class _Stream:
         buf_clear(&self.rq)
         buf_clear(&self.rs)
         self._rh_clear()
-        free(self.rh)
-        free(self.rh_flags)
+        if self.rh != self.rh_inline:
+            free(self.rh)
+            free(self.rh_flags)
 
     cdef inline void _rh_clear(self) noexcept:
         cdef int i
@@ -359,17 +366,36 @@ cdef class _Stream:
     cdef int _rh_add(self, nghttp2_rcbuf *name, nghttp2_rcbuf *value, uint8_t flags) noexcept:
         cdef int cap
         cdef void *p
+        cdef void *q
         if self.rh_n + 2 > self.rh_cap:
-            cap = self.rh_cap * 2 if self.rh_cap else 32
-            p = realloc(self.rh, cap * sizeof(nghttp2_rcbuf *))
-            if p == NULL:
-                return -1
-            self.rh = <nghttp2_rcbuf **>p
-            p = realloc(self.rh_flags, cap // 2)
-            if p == NULL:
-                return -1
-            self.rh_flags = <uint8_t *>p
-            self.rh_cap = cap
+            if self.rh_cap == 0:  # first field of the stream: the inline arrays
+                self.rh = self.rh_inline
+                self.rh_flags = self.rh_flags_inline
+                self.rh_cap = RH_INLINE
+            else:
+                cap = self.rh_cap * 2
+                if self.rh == self.rh_inline:  # outgrown: both arrays move to the heap
+                    p = malloc(cap * sizeof(nghttp2_rcbuf *))
+                    if p == NULL:
+                        return -1
+                    q = malloc(cap // 2)
+                    if q == NULL:
+                        free(p)
+                        return -1
+                    memcpy(p, self.rh_inline, RH_INLINE * sizeof(nghttp2_rcbuf *))
+                    memcpy(q, self.rh_flags_inline, RH_INLINE_FIELDS)
+                    self.rh = <nghttp2_rcbuf **>p
+                    p = q
+                else:
+                    p = realloc(self.rh, cap * sizeof(nghttp2_rcbuf *))
+                    if p == NULL:
+                        return -1
+                    self.rh = <nghttp2_rcbuf **>p
+                    p = realloc(self.rh_flags, cap // 2)
+                    if p == NULL:
+                        return -1
+                self.rh_flags = <uint8_t *>p
+                self.rh_cap = cap
         nghttp2_rcbuf_incref(name)
         nghttp2_rcbuf_incref(value)
         self.rh_flags[self.rh_n // 2] = flags & NGHTTP2_NV_FLAG_NO_INDEX

@@ -15,6 +15,8 @@ the module constants (``COARSE_TIMEOUT_S``, ``SWEEP_PERIOD_S``) are read from
 import asyncio
 import logging
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeLatin1
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from dataplane import proxy as _pure
@@ -24,7 +26,7 @@ from dataplane.upstream_pool import UpstreamUnavailable
 
 log = logging.getLogger("nfmesh.proxy")
 
-cdef object _METHODS = _pure._METHODS
+cdef dict _METHODS = _pure._METHODS
 cdef object _endpoint_text = _pure._endpoint_text
 cdef object _code_name = _pure._code_name
 cdef object _ForwardType = Forward
@@ -283,7 +285,8 @@ cdef class _ProxyCore:
     fills them), and that path: ``on_request``."""
 
     cdef public object router_slot, idle_timeout, _activity, pools, error_responder, stats
-    cdef public object access_log, connections, _connecting, _deadlines, _sweep_timer
+    cdef public object access_log, connections, _connecting, _sweep_timer
+    cdef public dict _deadlines
     cdef public object _log_record
     cdef public long requests
     cdef public double _coarse_timeout
@@ -314,7 +317,12 @@ cdef class _ProxyCore:
         else:
             m = _METHODS.get(method)
             method = m if m is not None else method.decode("latin-1")
-        path = "" if path is None else path.decode("latin-1")
+        if path is None:
+            path = ""
+        elif type(path) is bytes:  # path.decode("latin-1") without the method call
+            path = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(path), PyBytes_GET_SIZE(path), NULL)
+        else:
+            path = path.decode("latin-1")
         try:
             decision = self.router_slot.current.route(headers, conn.peer_info)
         except Exception as exc:

@@ -28,7 +28,7 @@ cdef inline bint _eq(const char* p, Py_ssize_t n, bytes want):
     return n == PyBytes_GET_SIZE(want) and memcmp(p, PyBytes_AS_STRING(want), n) == 0
 
 
-def scan_request(list headers):
+cpdef tuple scan_request(list headers):
     """See ``sbi_rewrite.scan_request``."""
     cdef object method = None, scheme = None, authority = None, path = None
     cdef object target = None, hops = None, rsp = None, ts = None
@@ -78,7 +78,37 @@ def scan_request(list headers):
     return (method, scheme, authority, path, target, hops, via, rsp, ts)
 
 
-def rewrite_headers(list headers, scheme, authority, path, hops, via):
+# the (name, value) tuples rewrite_headers made last, per name, with their value: a router
+# passes the same value objects request after request (its cached authority, hop count and
+# via), so the tuple is reused instead of built and freed each time (tuples are immutable)
+cdef enum:
+    P_SCHEME, P_AUTHORITY, P_PATH, P_HOPS, P_VIA, P_COUNT
+cdef list _made_value = [None] * P_COUNT
+cdef list _made_pair = [None] * P_COUNT
+cdef tuple _NAMES = (_SCHEME, _AUTHORITY, _PATH, _HOPS, _VIA)
+
+
+cdef inline object _pair(Py_ssize_t slot, object value):
+    """``(name of slot, value)``, shared with the previous call when ``value`` is the same
+    object."""
+    if <object>PyList_GET_ITEM(_made_value, slot) is value:
+        return <object>PyList_GET_ITEM(_made_pair, slot)
+    pair = (<object>PyTuple_GET_ITEM(_NAMES, slot), value)
+    _made_value[slot] = value
+    _made_pair[slot] = pair
+    return pair
+
+
+cdef inline object _replaced(object item, Py_ssize_t slot, object value):
+    """The field ``item`` with ``value``: ``item`` itself when it already holds that very
+    object (the router passing the request's own :path back), else a (shared) new pair."""
+    if type(item) is tuple and PyTuple_GET_SIZE(item) == 2 \
+            and <object>PyTuple_GET_ITEM(item, 1) is value:
+        return item
+    return _pair(slot, value)
+
+
+cpdef list rewrite_headers(list headers, scheme, authority, path, hops, via):
     """See ``sbi_rewrite.rewrite_headers``."""
     cdef list out = []
     cdef bint seen_scheme = scheme is None
@@ -104,32 +134,32 @@ def rewrite_headers(list headers, scheme, authority, path, hops, via):
                 if scheme is not None:
                     if seen_scheme:
                         continue
-                    item = (name, scheme)
+                    item = _replaced(item, P_SCHEME, scheme)
                     seen_scheme = True
             elif _eq(p, ln, _AUTHORITY):
                 if authority is not None:
                     if seen_authority:
                         continue
-                    item = (name, authority)
+                    item = _replaced(item, P_AUTHORITY, authority)
                     seen_authority = True
             elif _eq(p, ln, _PATH):
                 if path is not None:
                     if seen_path:
                         continue
-                    item = (name, path)
+                    item = _replaced(item, P_PATH, path)
                     seen_path = True
             out.append(item)
             continue
         if not pseudo_done:
             pseudo_done = True
             if not seen_scheme:
-                out.append((_SCHEME, scheme))
+                out.append(_pair(P_SCHEME, scheme))
                 seen_scheme = True
             if not seen_authority:
-                out.append((_AUTHORITY, authority))
+                out.append(_pair(P_AUTHORITY, authority))
                 seen_authority = True
             if not seen_path:
-                out.append((_PATH, path))
+                out.append(_pair(P_PATH, path))
                 seen_path = True
         if ln > 5 and p[0] == b'3':
             if _eq(p, ln, _TARGET) or _eq(p, ln, _HOPS):
@@ -139,13 +169,13 @@ def rewrite_headers(list headers, scheme, authority, path, hops, via):
         out.append(item)
     if not pseudo_done:
         if not seen_scheme:
-            out.append((_SCHEME, scheme))
+            out.append(_pair(P_SCHEME, scheme))
         if not seen_authority:
-            out.append((_AUTHORITY, authority))
+            out.append(_pair(P_AUTHORITY, authority))
         if not seen_path:
-            out.append((_PATH, path))
+            out.append(_pair(P_PATH, path))
     if hops is not None:
-        out.append((_HOPS, hops))
+        out.append(_pair(P_HOPS, hops))
     if via is not None:
-        out.append((_VIA, via))
+        out.append(_pair(P_VIA, via))
     return out

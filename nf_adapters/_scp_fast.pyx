@@ -6,9 +6,9 @@ is not built) and puts a fast case in front of ``route`` and ``try_route``.  The
 ``3gpp-Sbi-Target-apiRoot`` was parsed before (the router's target cache), that carries no
 ``via``, ``3gpp-Sbi-Max-Forward-Hops`` or ``3gpp-Sbi-Max-Rsp-Time``, has a ``:path`` and goes to
 an apiRoot without a prefix: the answer is a ``Forward`` to the cached endpoint with the
-headers rewritten by ``_sbi_fast`` (or its pure twin) and the default hop count, built without
-a Python frame.  Every other request (first sight of a target, loop headers, deadlines, static
-routes, fallbacks, errors) takes the pure class's own path, so there is one behaviour to test;
+headers rewritten by ``_sbi_fast`` (cimported: called at C level) and the default hop count,
+built without a Python frame.  Every other request (first sight of a target, loop headers,
+deadlines, static routes, fallbacks, errors) takes the pure class's own path, so there is one behaviour to test;
 the suite runs both classes and compares their decisions on randomized requests.
 
 ``nf_adapters.scp_router.ScpRouter`` is this class when it imports (``NFMESH_SCP_ROUTER=pure``
@@ -21,19 +21,19 @@ import types
 from cpython.ref cimport PyObject, Py_INCREF
 
 from nf_adapters import scp_router as _pure
+from nf_adapters._sbi_fast cimport rewrite_headers as _rewrite, scan_request as _scan
 from dataplane.routing import Forward
 
 
 cdef extern from "Python.h":
+    ctypedef struct PyTypeObject:
+        object (*tp_alloc)(PyTypeObject *, Py_ssize_t)  # a new reference
     ctypedef struct PyMemberDef:
         Py_ssize_t offset
     ctypedef struct PyMemberDescrObject:
         PyMemberDef *d_member
 
-cdef object _scan = _pure.scan_request
-cdef object _rewrite = _pure.rewrite_headers
 cdef object _ForwardType = Forward
-cdef object _new = object.__new__
 cdef frozenset _IDEMPOTENT = _pure.IDEMPOTENT_METHODS
 cdef str _MODEL_C = _pure.MODEL_C_CLUSTER
 # read now: once this module is imported, ``scp_router.ScpRouter`` names the class below
@@ -46,7 +46,8 @@ cdef class _ScpCore:
     """What the fast case reads, as C fields (``prime`` fills them after the pure
     ``__init__``), and the fast case itself, in front of ``route`` and ``try_route``."""
 
-    cdef public object _o, _targets
+    cdef public object _o
+    cdef public dict _targets
     cdef object _hops_value, _via_value, _timeout
     cdef bint _model_c
 
@@ -126,7 +127,10 @@ cdef object _forward(endpoint, headers, timeout, bint retryable):
     # the dataclass's Python __init__: allocate, then fill every slot
     if not _DIRECT:
         return _ForwardType(endpoint, headers, _MODEL_C, [], [], timeout, retryable)
-    fwd = _new(_ForwardType)
+    # what object.__new__(Forward) does, without its Python call: the type's allocator, every
+    # slot NULL (filled below)
+    fwd = (<PyTypeObject *><PyObject *>_ForwardType).tp_alloc(
+        <PyTypeObject *><PyObject *>_ForwardType, 0)
     _put(fwd, _OFF[0], endpoint)
     _put(fwd, _OFF[1], headers)
     _put(fwd, _OFF[2], _MODEL_C)
