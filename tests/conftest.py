@@ -97,7 +97,8 @@ class OriginHandler:
 
     ``/echo`` body back (with request trailers as response trailers); ``/upload`` JSON
     {len, sha256} of the body; ``/download?size=N`` N bytes (pattern ``i % 251``);
-    ``/status/NNN``; ``/slow?ms=N``; ``/reset?code=N`` RST_STREAM; ``/reset_mid`` headers,
+    ``/status/NNN``; ``/fields?n=N&t=M`` N response header fields and M trailer fields;
+    ``/slow?ms=N``; ``/reset?code=N`` RST_STREAM; ``/reset_mid`` headers,
     part of a body, then RST_STREAM; ``/headers`` the request headers as JSON; ``/trailers``
     a body and trailers; ``/hold`` never answers; ``/raise`` raises in the handler; anything
     else 200 "ok <name>".  ``refuse_all`` / ``reset_all`` make it reset every request.
@@ -168,6 +169,12 @@ class OriginHandler:
         elif path == "/trailers":
             conn.respond(stream_id, 200, [(b"content-type", b"text/plain")], b"with trailers",
                          [(b"x-checksum", b"abc"), (b"grpc-status", b"0")])
+        elif path == "/fields":
+            # n response header fields x-f-<i>, then m trailer fields x-t-<i> when m > 0
+            n, m = int(query.get("n", "0")), int(query.get("t", "0"))
+            fields = [(b"x-f-%d" % i, b"v%d-" % i + b"h" * (i % 7)) for i in range(n)]
+            trailers = [(b"x-t-%d" % i, b"t%d" % i) for i in range(m)] or None
+            conn.respond(stream_id, 200, fields, b"fields", trailers)
         elif path == "/raise":
             raise RuntimeError("handler bug (on purpose)")
         elif path == "/hold":

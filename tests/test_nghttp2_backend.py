@@ -349,6 +349,24 @@ async def test_trailers_both_ways_through_splice(origin):
         await stop_splice_proxy(server, proxy)
 
 
+async def test_response_header_blocks_of_any_size_are_relayed_whole(origin):
+    """A spliced stream holds a response's header fields in itself up to 8 and on the heap
+    beyond: blocks on both sides of that edge, and trailers after either, arrive whole, in
+    order, followed by the splice's own extra field."""
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
+    try:
+        for n, m in [(0, 0), (6, 0), (7, 0), (8, 9), (9, 0), (17, 3), (40, 40), (3, 12)]:
+            status, headers, body, trailers, err = await request(
+                nghttp2, pport, "GET", f"/fields?n={n}&t={m}")
+            assert (status, body, err) == (200, b"fields", None), (n, m)
+            got = [(k, v) for k, v in headers if k.startswith(b"x-f-")]
+            assert got == [(b"x-f-%d" % i, b"v%d-" % i + b"h" * (i % 7)) for i in range(n)]
+            assert hdr(headers, b"x-via") == b"nfmesh"
+            assert trailers == [(b"x-t-%d" % i, b"t%d" % i) for i in range(m)], (n, m)
+    finally:
+        await stop_splice_proxy(server, proxy)
+
+
 async def test_upstream_reset_before_and_after_response_headers(origin):
     server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
     try:

@@ -491,6 +491,37 @@ def test_fast_and_pure_agree_on_30000_random_inputs() -> None:
         assert fast.rewrite_headers(headers, *args) == sbi_rewrite.rewrite_headers(headers, *args)
 
 
+def test_fast_rewrite_shares_pairs_only_for_the_same_value_object() -> None:
+    """The compiled rewrite reuses a (name, value) tuple when given the very value object it
+    made one for last time, and keeps the request's own field when the new value is that
+    field's value object; any other value gets a fresh pair.  Checked on random sequences
+    whose values come from a small pool of objects (so reuse and replacement interleave),
+    answer by answer against the pure twin."""
+    import random
+
+    fast = _twins()
+    rnd = random.Random(4711)
+    pool = [bytes([0x61 + i]) * 9 for i in range(4)] + [None]  # distinct objects, no interning
+    names = [b":method", b":scheme", b":authority", b":path", b"host", b"x-a",
+             b"3gpp-sbi-max-forward-hops", b"via", b"3gpp-sbi-target-apiroot"]
+    for _ in range(5000):
+        headers = [(rnd.choice(names), rnd.choice(pool[:4])) for _ in range(rnd.randrange(8))]
+        args = tuple(rnd.choice(pool) for _ in range(5))
+        got = fast.rewrite_headers(headers, *args)
+        assert got == sbi_rewrite.rewrite_headers(headers, *args), (headers, args)
+        again = fast.rewrite_headers(headers, *args)
+        assert again == got and all(a is b for a, b in zip(again, got, strict=True)), (headers, args)
+    authority, path, hops, via = b"nrf.example:8443", b"/nnrf-disc/v1/nf-instances", b"7", b"2.0 scp"
+    headers = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"scp:80"),
+               (b":path", path), (b"accept", b"application/json")]
+    one = fast.rewrite_headers(headers, b"https", authority, path, hops, via)
+    two = fast.rewrite_headers(headers, b"https", authority, path, hops, via)
+    assert one[3] is headers[3]  # the request's own :path field, kept
+    assert all(a is b for a, b in zip(one, two, strict=True))
+    other = fast.rewrite_headers(headers, b"https", bytes(bytearray(authority)), path, hops, via)
+    assert other[2] == one[2] and other[2] is not one[2]
+
+
 def test_fast_twin_rejects_non_bytes_names() -> None:
     fast = _twins()
     with pytest.raises(TypeError, match="header names must be bytes"):
