@@ -20,21 +20,40 @@ from cpython.unicode cimport PyUnicode_DecodeLatin1
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from dataplane import proxy as _pure
+from dataplane._slots cimport slot_get, slot_offsets
 from dataplane.engine import ErrorCode
 from dataplane.routing import Forward, LocalResponse, LocalService
-from dataplane.upstream_pool import UpstreamUnavailable
+from dataplane.upstream_pool import UpstreamUnavailable, _EndpointPool
 
 log = logging.getLogger("nfmesh.proxy")
 
 cdef dict _METHODS = _pure._METHODS
 cdef object _endpoint_text = _pure._endpoint_text
 cdef object _code_name = _pure._code_name
-cdef object _ForwardType = Forward
+cdef type _ForwardType = Forward
+cdef type _PoolType = _EndpointPool
 cdef object _INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR
 cdef int _CONNECT_ERROR = ErrorCode.CONNECT_ERROR
 cdef int _CANCEL = ErrorCode.CANCEL
 
 NAME = "cython"
+
+# where the per-request fields of Forward and of an upstream pool sit in those slots classes
+# (dataplane._slots); a class that is no longer built that way switches the direct reads off
+cdef Py_ssize_t F_ENDPOINT, F_HEADERS, F_EXTRA, F_TIMEOUT, F_CLUSTER
+cdef Py_ssize_t P_WAITERS, P_RESERVED, P_CONNS, P_HOT
+cdef bint _FWD_SLOTS = False, _POOL_SLOTS = False
+_offsets = slot_offsets(Forward, ("endpoint", "headers", "extra_response_headers", "timeout",
+                                  "cluster"))
+if _offsets is not None:
+    F_ENDPOINT, F_HEADERS, F_EXTRA, F_TIMEOUT, F_CLUSTER = _offsets
+    _FWD_SLOTS = True
+_offsets = slot_offsets(_EndpointPool, ("waiters", "reserved", "conns", "hot"))
+if _offsets is not None:
+    P_WAITERS, P_RESERVED, P_CONNS, P_HOT = _offsets
+    _POOL_SLOTS = True
+DIRECT_SLOTS = (_FWD_SLOTS, _POOL_SLOTS)  # tests read it
+
 
 cpdef object ready_connection(object pools, object endpoint):
     """``pools.get_ready(endpoint)``, with its common case in C: the endpoint asked last, no
@@ -43,12 +62,19 @@ cpdef object ready_connection(object pools, object endpoint):
     if endpoint is not pools._last_endpoint:
         return pools.get_ready(endpoint)
     pool = pools._last_pool
-    if pool.waiters or pool.reserved:
-        return None
-    conns = pool.conns
+    if _POOL_SLOTS and type(pool) is _PoolType:
+        if slot_get(pool, P_WAITERS) or slot_get(pool, P_RESERVED):
+            return None
+        conns = slot_get(pool, P_CONNS)
+        hot = slot_get(pool, P_HOT)
+    else:
+        if pool.waiters or pool.reserved:
+            return None
+        conns = pool.conns
+        hot = pool.hot
     if conns:
         conn = conns[0]
-        if conn is pool.hot and conn.available:
+        if conn is hot and conn.available:
             return conn
     return pools.get_ready(endpoint)
 
@@ -89,16 +115,22 @@ cdef class _FastExchange:
         self.task = None
         self.done = False
         self.last_error = ""
-        self.endpoint = fwd.endpoint
-        self.headers = fwd.headers
-        self.extra = fwd.extra_response_headers
+        if _FWD_SLOTS and type(fwd) is _ForwardType:
+            self.endpoint = slot_get(fwd, F_ENDPOINT)
+            self.headers = slot_get(fwd, F_HEADERS)
+            self.extra = slot_get(fwd, F_EXTRA)
+        else:
+            self.endpoint = fwd.endpoint
+            self.headers = fwd.headers
+            self.extra = fwd.extra_response_headers
         self.retried_same = False
         self.next_alt = 0
 
     cdef _start(self):
         fwd = self.fwd
         cdef _ProxyCore proxy = self.proxy
-        timeout = fwd.timeout
+        timeout = slot_get(fwd, F_TIMEOUT) if _FWD_SLOTS and type(fwd) is _ForwardType \
+            else fwd.timeout
         if timeout is not None:
             if timeout >= proxy._coarse_timeout:
                 self.deadline = self.t0 + timeout
@@ -261,7 +293,9 @@ cdef class _FastExchange:
         duration = _monotonic() - self.t0
         if type(error_code) is not int:
             error_code = int(error_code)  # plain int, never an enum member (metric labels)
-        cluster = self.fwd.cluster
+        fwd = self.fwd
+        cluster = slot_get(fwd, F_CLUSTER) if _FWD_SLOTS and type(fwd) is _ForwardType \
+            else fwd.cluster
         stats = proxy.stats
         if stats is not None:
             try:

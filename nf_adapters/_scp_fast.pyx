@@ -16,24 +16,14 @@ keeps the pure one); ``PureScpRouter`` is always the pure one.
 """
 
 import dataclasses
-import types
 
-from cpython.ref cimport PyObject, Py_INCREF
-
+from dataplane._slots cimport new_instance, slot_offsets, slot_put_new
 from nf_adapters import scp_router as _pure
 from nf_adapters._sbi_fast cimport rewrite_headers as _rewrite, scan_request as _scan
 from dataplane.routing import Forward
 
 
-cdef extern from "Python.h":
-    ctypedef struct PyTypeObject:
-        object (*tp_alloc)(PyTypeObject *, Py_ssize_t)  # a new reference
-    ctypedef struct PyMemberDef:
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef *d_member
-
-cdef object _ForwardType = Forward
+cdef type _ForwardType = Forward
 cdef frozenset _IDEMPOTENT = _pure.IDEMPOTENT_METHODS
 cdef str _MODEL_C = _pure.MODEL_C_CLUSTER
 # read now: once this module is imported, ``scp_router.ScpRouter`` names the class below
@@ -104,11 +94,11 @@ cdef bint _find_offsets() except -1:
         return False
     if hasattr(Forward, "__post_init__") or Forward.__init__ is object.__init__:
         return False
-    for i, name in enumerate(_FIELDS):
-        d = Forward.__dict__.get(name)
-        if type(d) is not types.MemberDescriptorType:
-            return False
-        _OFF[i] = (<PyMemberDescrObject *><PyObject *>d).d_member.offset
+    offsets = slot_offsets(Forward, _FIELDS)
+    if offsets is None:
+        return False
+    for i in range(8):
+        _OFF[i] = offsets[i]
     return True
 
 
@@ -116,29 +106,20 @@ _DIRECT = _find_offsets()
 DIRECT_SLOTS = _DIRECT  # tests read it
 
 
-cdef inline void _put(object obj, Py_ssize_t off, object value) noexcept:
-    # the slot of a fresh object.__new__ instance is NULL: store a new reference
-    Py_INCREF(value)
-    (<PyObject **>((<char *><PyObject *>obj) + off))[0] = <PyObject *>value
-
-
 cdef object _forward(endpoint, headers, timeout, bint retryable):
     # Forward(endpoint, headers, MODEL_C_CLUSTER, [], [], timeout, retryable) without running
     # the dataclass's Python __init__: allocate, then fill every slot
     if not _DIRECT:
         return _ForwardType(endpoint, headers, _MODEL_C, [], [], timeout, retryable)
-    # what object.__new__(Forward) does, without its Python call: the type's allocator, every
-    # slot NULL (filled below)
-    fwd = (<PyTypeObject *><PyObject *>_ForwardType).tp_alloc(
-        <PyTypeObject *><PyObject *>_ForwardType, 0)
-    _put(fwd, _OFF[0], endpoint)
-    _put(fwd, _OFF[1], headers)
-    _put(fwd, _OFF[2], _MODEL_C)
-    _put(fwd, _OFF[3], [])
-    _put(fwd, _OFF[4], [])
-    _put(fwd, _OFF[5], timeout)
-    _put(fwd, _OFF[6], True if retryable else False)
-    _put(fwd, _OFF[7], [])
+    fwd = new_instance(_ForwardType)
+    slot_put_new(fwd, _OFF[0], endpoint)
+    slot_put_new(fwd, _OFF[1], headers)
+    slot_put_new(fwd, _OFF[2], _MODEL_C)
+    slot_put_new(fwd, _OFF[3], [])
+    slot_put_new(fwd, _OFF[4], [])
+    slot_put_new(fwd, _OFF[5], timeout)
+    slot_put_new(fwd, _OFF[6], True if retryable else False)
+    slot_put_new(fwd, _OFF[7], [])
     return fwd
 
 
