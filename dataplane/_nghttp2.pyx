@@ -249,33 +249,76 @@ cdef nghttp2_mem *_session_mem = NULL if os.environ.get("NFMESH_NGHTTP2_POOL") =
 # ---------------------------------------------------------------------------------------------
 # nv arrays built from Python headers (nghttp2 copies them at submit time)
 
+cdef inline int _nv_set(nghttp2_nv *nv, object pair, list keep) except -1:
+    """Point ``nv`` at the field ``pair``; returns 1 when it is an exact (bytes, bytes) tuple
+    (the pointers are into the pair's own objects), else 0 (converted values go to ``keep``,
+    to live until the submit call returned)."""
+    cdef bint exact = 0
+    cdef bytes name, value
+    if type(pair) is tuple and PyTuple_GET_SIZE(pair) == 2:
+        k = <object>PyTuple_GET_ITEM(pair, 0)
+        v = <object>PyTuple_GET_ITEM(pair, 1)
+        exact = 1
+    else:
+        k, v = pair
+    if type(k) is not bytes:
+        k = str(k).encode("latin-1") if not isinstance(k, (bytes, bytearray)) else bytes(k)
+        keep.append(k)
+        exact = 0
+    if type(v) is not bytes:
+        v = str(v).encode("latin-1") if not isinstance(v, (bytes, bytearray)) else bytes(v)
+        keep.append(v)
+        exact = 0
+    name = k
+    value = v
+    nv.name = <uint8_t *>PyBytes_AS_STRING(name)
+    nv.namelen = PyBytes_GET_SIZE(name)
+    nv.value = <uint8_t *>PyBytes_AS_STRING(value)
+    nv.valuelen = PyBytes_GET_SIZE(value)
+    nv.flags = NGHTTP2_NV_FLAG_NONE
+    return exact
+
+
 cdef nghttp2_nv *_nva_from(list pairs, list keep, size_t extra) except? NULL:
     """Fill a malloc'd nv array from ``pairs`` (plus ``extra`` free slots at the end)."""
     cdef size_t n = len(pairs), i = 0
     cdef nghttp2_nv *nva = <nghttp2_nv *>malloc((n + extra + 1) * sizeof(nghttp2_nv))
-    cdef bytes name, value
     if nva == NULL:
         raise MemoryError()
     try:
         for pair in pairs:
-            if type(pair) is tuple and PyTuple_GET_SIZE(pair) == 2:
-                k = <object>PyTuple_GET_ITEM(pair, 0)
-                v = <object>PyTuple_GET_ITEM(pair, 1)
-            else:
-                k, v = pair
-            if type(k) is not bytes:
-                k = str(k).encode("latin-1") if not isinstance(k, (bytes, bytearray)) else bytes(k)
-                keep.append(k)
-            if type(v) is not bytes:
-                v = str(v).encode("latin-1") if not isinstance(v, (bytes, bytearray)) else bytes(v)
-                keep.append(v)
-            name = k
-            value = v
-            nva[i].name = <uint8_t *>PyBytes_AS_STRING(name)
-            nva[i].namelen = PyBytes_GET_SIZE(name)
-            nva[i].value = <uint8_t *>PyBytes_AS_STRING(value)
-            nva[i].valuelen = PyBytes_GET_SIZE(value)
-            nva[i].flags = NGHTTP2_NV_FLAG_NONE
+            _nv_set(&nva[i], pair, keep)
+            i += 1
+    except BaseException:
+        free(nva)
+        raise
+    return nva
+
+
+cdef inline bint _lowercase(const uint8_t *p, size_t n) noexcept:
+    cdef size_t i
+    for i in range(n):
+        if b'A' <= p[i] <= b'Z':
+            return False
+    return True
+
+
+cdef nghttp2_nv *_nva_held(tuple pairs, list keep) except? NULL:
+    """As ``_nva_from``, for a HEADERS frame that is sent later (a submitted request): the
+    fields that are exact (bytes, bytes) tuples are marked for nghttp2 not to copy them (nor
+    to lower-case the name, when it is lower case already).  The caller keeps ``pairs`` (a
+    tuple: nobody can take a field out of it) alive until nghttp2 has serialized the frame.
+    Any other field is copied by nghttp2 at submit time, as before."""
+    cdef size_t n = len(pairs), i = 0
+    cdef nghttp2_nv *nva = <nghttp2_nv *>malloc((n + 1) * sizeof(nghttp2_nv))
+    if nva == NULL:
+        raise MemoryError()
+    try:
+        for pair in pairs:
+            if _nv_set(&nva[i], pair, keep):
+                nva[i].flags = NGHTTP2_NV_FLAG_NO_COPY_VALUE | (
+                    NGHTTP2_NV_FLAG_NO_COPY_NAME if _lowercase(nva[i].name, nva[i].namelen)
+                    else 0)
             i += 1
     except BaseException:
         free(nva)
@@ -337,6 +380,8 @@ cdef class _Stream:
     cdef nghttp2_rcbuf **rh          # rh_inline, or a heap array once it outgrew that
     cdef uint8_t *rh_flags
     cdef int rh_n, rh_cap
+    cdef int rh_base                 # rh[:rh_base]: the final response HEADERS, submitted
+                                     # uncopied (nghttp2 reads them when it sends the frame)
     cdef nghttp2_rcbuf *rh_inline[RH_INLINE]
     cdef uint8_t rh_flags_inline[RH_INLINE_FIELDS]
     # local body (respond / request) and trailers
@@ -346,22 +391,27 @@ cdef class _Stream:
     cdef object observer
     cdef list extra
     cdef object callback             # read_body callback or request callback
+    cdef object up_hold              # the header fields of requests submitted upstream, kept
+                                     # until the stream goes (nghttp2 sends them uncopied)
     cdef list resp_headers           # M_CLIENT
     cdef list resp_trailers          # M_CLIENT
 
     def __dealloc__(self):
         buf_clear(&self.rq)
         buf_clear(&self.rs)
-        self._rh_clear()
+        cdef int i
+        for i in range(self.rh_n):
+            nghttp2_rcbuf_decref(self.rh[i])
         if self.rh != self.rh_inline:
             free(self.rh)
             free(self.rh_flags)
 
     cdef inline void _rh_clear(self) noexcept:
+        """Drop the block being collected (those kept for a submitted frame stay)."""
         cdef int i
-        for i in range(self.rh_n):
+        for i in range(self.rh_base, self.rh_n):
             nghttp2_rcbuf_decref(self.rh[i])
-        self.rh_n = 0
+        self.rh_n = self.rh_base
 
     cdef int _rh_add(self, nghttp2_rcbuf *name, nghttp2_rcbuf *value, uint8_t flags) noexcept:
         cdef int cap
@@ -404,9 +454,15 @@ cdef class _Stream:
         self.rh_n += 2
         return 0
 
-    cdef nghttp2_nv *_rh_nva(self, list extra, list keep, size_t *count) except? NULL:
-        """nv array of the kept rcbufs followed by ``extra`` Python headers."""
-        cdef int i, n = self.rh_n // 2
+    cdef nghttp2_nv *_rh_nva(self, list extra, list keep, size_t *count,
+                             bint uncopied=False) except? NULL:
+        """nv array of the block of rcbufs being collected, followed by ``extra`` Python
+        headers.  ``uncopied``: nghttp2 is to use the rcbufs' bytes in place (the caller then
+        keeps the block until the stream goes: ``rh_base = rh_n``); the names are lower case,
+        as nghttp2 checked them on receipt."""
+        cdef int i, n = (self.rh_n - self.rh_base) // 2, b = self.rh_base // 2
+        cdef uint8_t nocopy = (NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE) \
+            if uncopied else 0
         cdef size_t ne = len(extra) if extra else 0
         cdef nghttp2_nv *nva
         cdef nghttp2_vec v
@@ -419,13 +475,13 @@ cdef class _Stream:
             if nva == NULL:
                 raise MemoryError()
         for i in range(n):
-            v = nghttp2_rcbuf_get_buf(self.rh[2 * i])
+            v = nghttp2_rcbuf_get_buf(self.rh[2 * (b + i)])
             nva[i].name = v.base
             nva[i].namelen = v.len
-            v = nghttp2_rcbuf_get_buf(self.rh[2 * i + 1])
+            v = nghttp2_rcbuf_get_buf(self.rh[2 * (b + i) + 1])
             nva[i].value = v.base
             nva[i].valuelen = v.len
-            nva[i].flags = self.rh_flags[i]
+            nva[i].flags = self.rh_flags[b + i] | nocopy
         count[0] = n + ne
         return nva
 
@@ -771,7 +827,7 @@ cdef ssize_t _read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf,
             _mark(cli)
     if st.rs.start == st.rs.end and st.resp_end:
         flags[0] |= NGHTTP2_DATA_FLAG_EOF
-        if st.rh_n:
+        if st.rh_n > st.rh_base:  # trailers
             keep = []
             try:
                 nva = st._rh_nva(None, keep, &cnt)
@@ -1447,7 +1503,7 @@ cdef class ServerConnection(_Conn):
             st._rh_clear()
             return
         st.sent_status = st.status
-        nva = st._rh_nva(st.extra, keep, &cnt)
+        nva = st._rh_nva(st.extra, keep, &cnt, True)
         try:
             if st.resp_end:
                 rv = nghttp2_submit_response(self.session, st.sid, nva, cnt, NULL)
@@ -1457,7 +1513,7 @@ cdef class ServerConnection(_Conn):
                 rv = nghttp2_submit_response(self.session, st.sid, nva, cnt, &prd)
         finally:
             free(nva)
-            st._rh_clear()  # the rcbufs back the nv array until nghttp2 has copied it
+            st.rh_base = st.rh_n  # the frame points into these rcbufs until it is sent
         if rv != 0:
             log.warning("nghttp2: cannot relay response on stream %d: %s", st.sid,
                         nghttp2_strerror(rv).decode())
@@ -1661,7 +1717,7 @@ cdef class ServerConnection(_Conn):
         """Send ``headers`` on a new stream of ``upstream`` and relay both ways in C."""
         cdef _Stream st = self._get(stream_id)
         cdef list keep = []
-        cdef list nv
+        cdef tuple hold
         cdef nghttp2_nv *nva
         cdef nghttp2_data_provider prd
         cdef int32_t cid
@@ -1686,16 +1742,18 @@ cdef class ServerConnection(_Conn):
             self._upstream_closed(st, NGHTTP2_REFUSED_STREAM, 0)
             self._kick()
             return
-        nv = headers if type(headers) is list else list(headers)
-        nva = _nva_from(nv, keep, 0)
+        hold = tuple(headers)
+        nva = _nva_held(hold, keep)
+        # a replay keeps what an earlier attempt's frame may still point into
+        st.up_hold = hold if st.up_hold is None else (st.up_hold, hold)
         try:
             if st.req_end and st.rq_sent == st.rq_total and not st.req_trailers:
-                cid = nghttp2_submit_request(upstream.session, NULL, nva, len(nv), NULL,
+                cid = nghttp2_submit_request(upstream.session, NULL, nva, len(hold), NULL,
                                              <void *>st)
             else:
                 prd.source.ptr = <void *>st
                 prd.read_callback = _read_request
-                cid = nghttp2_submit_request(upstream.session, NULL, nva, len(nv), &prd,
+                cid = nghttp2_submit_request(upstream.session, NULL, nva, len(hold), &prd,
                                              <void *>st)
         finally:
             free(nva)

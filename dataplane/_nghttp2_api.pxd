@@ -119,6 +119,8 @@ cdef extern from "nghttp2/nghttp2.h":
     enum:
         NGHTTP2_NV_FLAG_NONE
         NGHTTP2_NV_FLAG_NO_INDEX
+        NGHTTP2_NV_FLAG_NO_COPY_NAME
+        NGHTTP2_NV_FLAG_NO_COPY_VALUE
 
     enum:
         NGHTTP2_ERR_DEFERRED
