@@ -303,6 +303,47 @@ cdef inline bint _lowercase(const uint8_t *p, size_t n) noexcept:
     return True
 
 
+# header name objects already found lower case (a strong reference each, so an address here
+# is never reused by another object): the names a gateway submits are the same few objects
+# request after request (the decoder's, via the header cache, and the router's constants)
+cdef enum:
+    LC_SLOTS = 32
+cdef PyObject *_lc_known[LC_SLOTS]
+
+
+cdef inline bint _lowercase_name(object name, const uint8_t *p, size_t n) noexcept:
+    cdef size_t h = (<size_t><PyObject *>name >> 4) & (LC_SLOTS - 1)
+    if _lc_known[h] == <PyObject *>name:
+        return True
+    if not _lowercase(p, n):
+        return False
+    Py_INCREF(name)
+    Py_XDECREF(_lc_known[h])
+    _lc_known[h] = <PyObject *>name
+    return True
+
+
+# bytes objects for header names from HPACK's static table (whose nghttp2_rcbufs are static:
+# one address per name for the life of the process), so a decoded static name is built once
+cdef enum:
+    SN_SLOTS = 128
+cdef nghttp2_rcbuf *_sn_key[SN_SLOTS]
+cdef PyObject *_sn_name[SN_SLOTS]
+
+
+cdef object _static_name(nghttp2_rcbuf *rcbuf, nghttp2_vec nb):
+    cdef size_t h = <size_t>(((<uint64_t><size_t>rcbuf) * <uint64_t>0x9E3779B97F4A7C15ULL)
+                             >> 57)  # top 7 bits: SN_SLOTS
+    if _sn_key[h] == rcbuf:
+        return <object>_sn_name[h]
+    name = PyBytes_FromStringAndSize(<char *>nb.base, nb.len)
+    Py_INCREF(name)
+    Py_XDECREF(_sn_name[h])
+    _sn_name[h] = <PyObject *>name
+    _sn_key[h] = rcbuf
+    return name
+
+
 cdef nghttp2_nv *_nva_held(tuple pairs, list keep) except? NULL:
     """As ``_nva_from``, for a HEADERS frame that is sent later (a submitted request): the
     fields that are exact (bytes, bytes) tuples are marked for nghttp2 not to copy them (nor
@@ -317,7 +358,8 @@ cdef nghttp2_nv *_nva_held(tuple pairs, list keep) except? NULL:
         for pair in pairs:
             if _nv_set(&nva[i], pair, keep):
                 nva[i].flags = NGHTTP2_NV_FLAG_NO_COPY_VALUE | (
-                    NGHTTP2_NV_FLAG_NO_COPY_NAME if _lowercase(nva[i].name, nva[i].namelen)
+                    NGHTTP2_NV_FLAG_NO_COPY_NAME if _lowercase_name(
+                        <object>PyTuple_GET_ITEM(pair, 0), nva[i].name, nva[i].namelen)
                     else 0)
             i += 1
     except BaseException:
@@ -1292,12 +1334,15 @@ cdef class ServerConnection(_Conn):
             elif self.hc_name[i] == name and self.hc_value[i] == value:
                 self.header_cache_hits += 1
                 return <object>self.hc_pair[i]
-        pair = (PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
+        pair = (_static_name(name, nb) if nghttp2_rcbuf_is_static(name)
+                else PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
                 PyBytes_FromStringAndSize(<char *>vb.base, vb.len))
-        # :path is skipped: its value is unique per request (SUPIs, resource ids), and HPACK
-        # encoders do not index it, so it would only evict fields that repeat
+        # :path and content-length are skipped: their values change from request to request
+        # (SUPIs, resource ids, body sizes) and HPACK encoders do not index them (nghttp2's
+        # never does), so they would only evict fields that repeat
         if nb.len + vb.len <= HC_MAX_FIELD and not (
-                nb.len == 5 and memcmp(nb.base, b":path", 5) == 0):
+                (nb.len == 5 and memcmp(nb.base, b":path", 5) == 0)
+                or (nb.len == 14 and memcmp(nb.base, b"content-length", 14) == 0)):
             # an empty slot of the set, else the set's ways in turn (round robin)
             if free_slot == HC_SLOTS:
                 free_slot = (h + self.hc_next) & (HC_SLOTS - 1)

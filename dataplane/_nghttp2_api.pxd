@@ -241,6 +241,7 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_submit_shutdown_notice(nghttp2_session *session)
 
     nghttp2_vec nghttp2_rcbuf_get_buf(nghttp2_rcbuf *rcbuf)
+    int nghttp2_rcbuf_is_static(const nghttp2_rcbuf *rcbuf)
     void nghttp2_rcbuf_incref(nghttp2_rcbuf *rcbuf)
     void nghttp2_rcbuf_decref(nghttp2_rcbuf *rcbuf)
 
