@@ -21,6 +21,7 @@ stream-close (or frame-not-sent) callback, so it lives until both sides are done
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+from cpython.list cimport PyList_GET_SIZE
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
@@ -248,6 +249,16 @@ cdef nghttp2_mem *_session_mem = NULL if os.environ.get("NFMESH_NGHTTP2_POOL") =
 
 # ---------------------------------------------------------------------------------------------
 # nv arrays built from Python headers (nghttp2 copies them at submit time)
+
+# the values a submit converts (str header values) live here until the submit call returned;
+# the hot submits share it instead of making a list each (no submit runs inside another)
+cdef list _scratch = []
+
+
+cdef inline void _scratch_clear() noexcept:
+    if PyList_GET_SIZE(_scratch):
+        del _scratch[:]
+
 
 cdef inline int _nv_set(nghttp2_nv *nv, object pair, list keep) except -1:
     """Point ``nv`` at the field ``pair``; returns 1 when it is an exact (bytes, bytes) tuple
@@ -1539,7 +1550,7 @@ cdef class ServerConnection(_Conn):
 
     cdef void _spliced_response(self, _Stream st) except *:
         """Final response HEADERS arrived upstream: submit them downstream."""
-        cdef list keep = []
+        cdef list keep = _scratch
         cdef size_t cnt
         cdef nghttp2_nv *nva
         cdef nghttp2_data_provider prd
@@ -1558,6 +1569,7 @@ cdef class ServerConnection(_Conn):
                 rv = nghttp2_submit_response(self.session, st.sid, nva, cnt, &prd)
         finally:
             free(nva)
+            _scratch_clear()
             st.rh_base = st.rh_n  # the frame points into these rcbufs until it is sent
         if rv != 0:
             log.warning("nghttp2: cannot relay response on stream %d: %s", st.sid,
@@ -1704,6 +1716,10 @@ cdef class ServerConnection(_Conn):
     # public API ------------------------------------------------------------------------------
 
     cdef _Stream _get(self, int32_t stream_id):
+        # the header callbacks' memo first (it is this stream's entry while it is set): the
+        # proxy answers or splices a request right after its headers
+        if stream_id == self.cur_sid and self.cur_st is not None:
+            return <_Stream>self.cur_st
         return self.streams.get(stream_id)
 
     def respond(self, int stream_id, int status, headers, body=b"", trailers=None) -> None:
@@ -1761,7 +1777,7 @@ cdef class ServerConnection(_Conn):
                extra_response_headers=(), retain_body=False) -> None:
         """Send ``headers`` on a new stream of ``upstream`` and relay both ways in C."""
         cdef _Stream st = self._get(stream_id)
-        cdef list keep = []
+        cdef list keep = _scratch
         cdef tuple hold
         cdef nghttp2_nv *nva
         cdef nghttp2_data_provider prd
@@ -1788,7 +1804,11 @@ cdef class ServerConnection(_Conn):
             self._kick()
             return
         hold = tuple(headers)
-        nva = _nva_held(hold, keep)
+        try:
+            nva = _nva_held(hold, keep)
+        except BaseException:
+            _scratch_clear()
+            raise
         # a replay keeps what an earlier attempt's frame may still point into
         st.up_hold = hold if st.up_hold is None else (st.up_hold, hold)
         try:
@@ -1802,6 +1822,7 @@ cdef class ServerConnection(_Conn):
                                              <void *>st)
         finally:
             free(nva)
+            _scratch_clear()
         if cid < 0:
             log.info("nghttp2: upstream refused a stream: %s", nghttp2_strerror(cid).decode())
             self._upstream_closed(st, NGHTTP2_REFUSED_STREAM, 0)

@@ -21,6 +21,8 @@ the pure class on every input, not just the common ones.
 """
 
 import asyncio
+import codecs
+import io
 import json
 import sys
 
@@ -32,6 +34,7 @@ from gateway import access_log as _pure
 
 cdef extern from "Python.h":
     int PyUnicode_KIND(object s)
+    int PyUnicode_IS_ASCII(object s)
     unsigned char* PyUnicode_1BYTE_DATA(object s)
     Py_ssize_t PyUnicode_GET_LENGTH(object s)
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
@@ -40,6 +43,7 @@ cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
     double PyFloat_AS_DOUBLE(object o)
     char* PyBytes_AS_STRING(object o)
+    object PyBytes_FromStringAndSize(const char* s, Py_ssize_t size)
     Py_ssize_t PyBytes_GET_SIZE(object o)
 
 cdef extern from *:
@@ -141,6 +145,7 @@ cdef struct Buf:
     char* p
     Py_ssize_t n
     Py_ssize_t cap
+    bint ascii  # text batches: every str copied so far was ASCII (the bytes are UTF-8 too)
 
 
 cdef int _grow(Buf* b, Py_ssize_t extra) except -1:
@@ -178,6 +183,8 @@ cdef inline bint _put_latin1(Buf* b, object s) except -1:
     """Text: copy an exact str stored one byte per character; False for anything else."""
     if type(s) is not str or PyUnicode_KIND(s) != 1:
         return False
+    if not PyUnicode_IS_ASCII(s):
+        b.ascii = False
     _put(b, <const char*>PyUnicode_1BYTE_DATA(s), PyUnicode_GET_LENGTH(s))
     return True
 
@@ -352,6 +359,7 @@ cdef class AccessLog:
     cdef readonly Py_ssize_t _size
     cdef readonly object _timer
     cdef object _dumps, _encode, _flush
+    cdef object _sink_for, _sink  # the ``out`` last looked at, and its UTF-8 byte buffer (or None)
     cdef bint _json
     cdef Buf _buf
     cdef Row* _rows  # the batch being collected (NULL until its first row)
@@ -448,8 +456,15 @@ cdef class AccessLog:
             self._size = 0
             try:
                 try:
-                    self.out.write(self._format_rows(rows, n))
-                    self.out.flush()
+                    out = self.out
+                    sink = self._byte_sink(out)
+                    data = self._format_rows(rows, n, sink is not None)
+                    if type(data) is bytes:  # UTF-8 already: skip decoding and re-encoding
+                        out.flush()  # what the text layer holds goes first
+                        sink.write(data)
+                    else:
+                        out.write(data)
+                    out.flush()
                 except (OSError, ValueError):
                     pass  # a closed log stream must never stop the data plane
             finally:
@@ -458,6 +473,23 @@ cdef class AccessLog:
                     self._spare = rows
                 else:
                     free(rows)
+
+    cdef object _byte_sink(self, out):
+        """``out``'s binary buffer when ``out`` is a text file writing UTF-8 (stderr, a log
+        file): a batch that is UTF-8 already goes there as bytes.  None for anything else
+        (StringIO, other encodings), which gets text."""
+        if out is self._sink_for:
+            return self._sink
+        sink = None
+        if type(out) is io.TextIOWrapper:
+            try:
+                if codecs.lookup(out.encoding).name == "utf-8":
+                    sink = out.buffer
+            except (LookupError, AttributeError, ValueError):
+                sink = None
+        self._sink_for = out
+        self._sink = sink
+        return sink
 
     def _format(self, list rows):
         """The text of a batch given as the pure class keeps it (record tuples and keyword
@@ -478,18 +510,20 @@ cdef class AccessLog:
                     _fill_record(&arr[i], method, path, status, cluster, upstream, duration,
                                  error_code, info)
                 filled = i + 1
-            return self._format_rows(arr, n)
+            return self._format_rows(arr, n, False)
         finally:
             _release(arr, filled)
             free(arr)
 
-    cdef object _format_rows(self, Row* rows, Py_ssize_t n):
+    cdef object _format_rows(self, Row* rows, Py_ssize_t n, bint utf8_bytes):
+        """The batch as str, or as UTF-8 bytes when ``utf8_bytes`` and it is made as such (JSON
+        always; text when every value was ASCII)."""
         self._buf.n = 0
         if self._json:
-            return self._format_json(rows, n)
-        return self._format_text(rows, n)
+            return self._format_json(rows, n, utf8_bytes)
+        return self._format_text(rows, n, utf8_bytes)
 
-    cdef object _format_text(self, Row* rows, Py_ssize_t n):
+    cdef object _format_text(self, Row* rows, Py_ssize_t n, bint utf8_bytes):
         cdef Buf* b = &self._buf
         cdef list pieces = None
         cdef Py_ssize_t i
@@ -498,6 +532,7 @@ cdef class AccessLog:
         cdef PyObject* last_info = NULL
         upstreams = {}
         peers = {}
+        b.ascii = True
         up = peer = None  # consecutive rows mostly share both
         for i in range(n):
             r = &rows[i]
@@ -524,6 +559,10 @@ cdef class AccessLog:
                     _LOG_TEXT % (<object>r.method, <object>r.path, <object>r.status,
                                  <object>r.cluster, up, duration, <object>r.error_code, peer),
                     pieces)
+        if utf8_bytes and pieces is None and b.ascii:
+            data = PyBytes_FromStringAndSize(b.p, b.n)
+            b.n = 0
+            return data
         text = PyUnicode_DecodeLatin1(b.p, b.n, NULL)
         b.n = 0
         if pieces is None:
@@ -536,6 +575,8 @@ cdef class AccessLog:
         between the buffer's text so far and what follows."""
         cdef Buf* b = &self._buf
         if PyUnicode_KIND(line) == 1:
+            if not PyUnicode_IS_ASCII(line):
+                b.ascii = False
             _put(b, <const char*>PyUnicode_1BYTE_DATA(line), PyUnicode_GET_LENGTH(line))
             _put(b, b"\n", 1)
             return pieces
@@ -547,7 +588,7 @@ cdef class AccessLog:
         _put(b, b"\n", 1)
         return pieces
 
-    cdef object _format_json(self, Row* rows, Py_ssize_t n):
+    cdef object _format_json(self, Row* rows, Py_ssize_t n, bint utf8_bytes):
         cdef Buf* b = &self._buf
         cdef bytes floats_json
         cdef bytes up_json = None
@@ -612,6 +653,10 @@ cdef class AccessLog:
             _put(b, b',"peer":', 8)
             _put_bytes(b, peer_json)
             _put(b, b"}\n", 2)
+        if utf8_bytes:
+            data = PyBytes_FromStringAndSize(b.p, b.n)
+            b.n = 0
+            return data
         text = PyUnicode_DecodeUTF8(b.p, b.n, "replace")
         b.n = 0
         return text
