@@ -21,7 +21,7 @@ stream-close (or frame-not-sent) callback, so it lives until both sides are done
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
-from cpython.list cimport PyList_GET_SIZE
+from cpython.list cimport PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
@@ -31,6 +31,10 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 cimport cython
 
 from dataplane._nghttp2_api cimport *
+
+
+cdef extern from "Python.h":
+    void Py_SET_SIZE(object o, Py_ssize_t size)
 
 import asyncio
 import logging
@@ -126,6 +130,9 @@ cdef enum:
     HC_WAYS = 4                 # slots a field may use, from its hash on
     HC_MAX_FIELD = 128          # longer fields (name + value bytes) are never cached: at most
                                 # 32 x 128 B of HPACK buffers pinned per connection
+
+cdef enum:
+    HDR_SLOTS = 16              # request header fields a new stream's list has room for
 
 cdef enum:
     RH_INLINE_FIELDS = 8        # header fields a stream holds in itself (a typical SBI
@@ -401,6 +408,7 @@ cdef class _Stream:
     cdef ServerConnection server
     cdef ClientConnection client
     cdef list headers                # request headers until announced
+    cdef Py_ssize_t hn               # fields in it (the first HDR_SLOTS filled in place)
     cdef list req_trailers
     cdef size_t hsize                # header list size accounting
     cdef bint too_large
@@ -930,7 +938,9 @@ cdef int _srv_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
         st = _Stream.__new__(_Stream)
         st.sid = f.hd.stream_id
         st.server = conn
-        st.headers = []
+        # HDR_SLOTS empty slots filled in place by _srv_header (no growth while the block
+        # arrives); _announce cuts the list to the fields received
+        st.headers = PyList_New(HDR_SLOTS)
         conn.streams[st.sid] = st
         conn.open_streams += 1
     except BaseException:
@@ -962,7 +972,12 @@ cdef int _srv_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *
     try:
         pair = conn._header_pair(name, value, nb, vb)
         if f.headers.cat == NGHTTP2_HCAT_REQUEST:
-            st.headers.append(pair)
+            if st.hn < HDR_SLOTS:
+                Py_INCREF(pair)
+                PyList_SET_ITEM(st.headers, st.hn, pair)
+            else:
+                st.headers.append(pair)
+            st.hn += 1
         else:
             if st.req_trailers is None:
                 st.req_trailers = []
@@ -1446,6 +1461,8 @@ cdef class ServerConnection(_Conn):
             return
         st.announced = 1
         headers = st.headers
+        if st.hn < HDR_SLOTS:
+            Py_SET_SIZE(headers, st.hn)
         st.headers = None
         st.hsize = 0
         try:

@@ -6,7 +6,12 @@ as C bytes (length first, then memcmp) instead of through Python's rich comparis
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
+
+
+cdef extern from "Python.h":
+    void Py_SET_SIZE(object o, Py_ssize_t size)
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.string cimport memcmp
 
@@ -88,6 +93,13 @@ cdef list _made_pair = [None] * P_COUNT
 cdef tuple _NAMES = (_SCHEME, _AUTHORITY, _PATH, _HOPS, _VIA)
 
 
+cdef inline Py_ssize_t _add(list out, Py_ssize_t k, object item):
+    """Put ``item`` at ``k`` of a list from PyList_New (its slots still empty)."""
+    Py_INCREF(item)
+    PyList_SET_ITEM(out, k, item)
+    return k + 1
+
+
 cdef inline object _pair(Py_ssize_t slot, object value):
     """``(name of slot, value)``, shared with the previous call when ``value`` is the same
     object."""
@@ -110,7 +122,10 @@ cdef inline object _replaced(object item, Py_ssize_t slot, object value):
 
 cpdef list rewrite_headers(list headers, scheme, authority, path, hops, via):
     """See ``sbi_rewrite.rewrite_headers``."""
-    cdef list out = []
+    # at most every field plus :scheme, :authority, :path, the hop count and via: allocated
+    # once, filled in place, cut to what was written (no growth while appending)
+    cdef list out = PyList_New(PyList_GET_SIZE(headers) + 5)
+    cdef Py_ssize_t k = 0
     cdef bint seen_scheme = scheme is None
     cdef bint seen_authority = authority is None
     cdef bint seen_path = path is None
@@ -148,34 +163,35 @@ cpdef list rewrite_headers(list headers, scheme, authority, path, hops, via):
                         continue
                     item = _replaced(item, P_PATH, path)
                     seen_path = True
-            out.append(item)
+            k = _add(out, k, item)
             continue
         if not pseudo_done:
             pseudo_done = True
             if not seen_scheme:
-                out.append(_pair(P_SCHEME, scheme))
+                k = _add(out, k, _pair(P_SCHEME, scheme))
                 seen_scheme = True
             if not seen_authority:
-                out.append(_pair(P_AUTHORITY, authority))
+                k = _add(out, k, _pair(P_AUTHORITY, authority))
                 seen_authority = True
             if not seen_path:
-                out.append(_pair(P_PATH, path))
+                k = _add(out, k, _pair(P_PATH, path))
                 seen_path = True
         if ln > 5 and p[0] == b'3':
             if _eq(p, ln, _TARGET) or _eq(p, ln, _HOPS):
                 continue
         elif drop_host and _eq(p, ln, _HOST):
             continue
-        out.append(item)
+        k = _add(out, k, item)
     if not pseudo_done:
         if not seen_scheme:
-            out.append(_pair(P_SCHEME, scheme))
+            k = _add(out, k, _pair(P_SCHEME, scheme))
         if not seen_authority:
-            out.append(_pair(P_AUTHORITY, authority))
+            k = _add(out, k, _pair(P_AUTHORITY, authority))
         if not seen_path:
-            out.append(_pair(P_PATH, path))
+            k = _add(out, k, _pair(P_PATH, path))
     if hops is not None:
-        out.append(_pair(P_HOPS, hops))
+        k = _add(out, k, _pair(P_HOPS, hops))
     if via is not None:
-        out.append(_pair(P_VIA, via))
+        k = _add(out, k, _pair(P_VIA, via))
+    Py_SET_SIZE(out, k)
     return out

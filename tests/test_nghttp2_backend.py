@@ -368,6 +368,23 @@ async def test_response_header_blocks_of_any_size_are_relayed_whole(origin):
         await stop_splice_proxy(server, proxy)
 
 
+async def test_request_header_blocks_of_any_size_arrive_whole(origin):
+    """A new stream's header list has room for 16 fields filled in place and grows beyond:
+    blocks on both sides of that edge reach the upstream whole and in order."""
+    server, pport, proxy = await start_splice_proxy(nghttp2, origin.port)
+    try:
+        for n in (0, 11, 12, 13, 30):  # + 4 pseudo-headers: 4, 15, 16, 17, 34 fields
+            extra = [(b"x-r-%d" % i, b"w%d" % i * (1 + i % 3)) for i in range(n)]
+            status, _, body, _, err = await request(nghttp2, pport, "GET", "/headers",
+                                                    extra=extra)
+            assert (status, err) == (200, None), n
+            got = [(k.encode(), v.encode()) for k, v in json.loads(body)]
+            assert [f for f in got if f[0].startswith(b"x-r-")] == extra, n
+            assert [k for k, _ in got[:4]] == [b":method", b":scheme", b":authority", b":path"]
+    finally:
+        await stop_splice_proxy(server, proxy)
+
+
 class _OddHeadersProxy(SpliceProxy):
     """Adds fields nghttp2 must copy at submit: an upper-case name, str values, a list pair."""
 
