@@ -321,6 +321,7 @@ cdef class _ProxyCore:
     cdef public object router_slot, idle_timeout, _activity, pools, error_responder, stats
     cdef public object access_log, connections, _connecting, _sweep_timer
     cdef public dict _deadlines
+    cdef object _method_bytes, _method_str  # the last :method value seen and its text
     cdef public object _log_record
     cdef public long requests
     cdef public double _coarse_timeout
@@ -348,9 +349,14 @@ cdef class _ProxyCore:
                 path = value
         if method is None:
             method = ""
+        elif method is self._method_bytes:  # the decoder's cached field: the same object
+            method = self._method_str
         else:
             m = _METHODS.get(method)
-            method = m if m is not None else method.decode("latin-1")
+            m = m if m is not None else method.decode("latin-1")
+            self._method_bytes = method
+            self._method_str = m
+            method = m
         if path is None:
             path = ""
         elif type(path) is bytes:  # path.decode("latin-1") without the method call

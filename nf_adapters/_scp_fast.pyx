@@ -38,6 +38,7 @@ cdef class _ScpCore:
 
     cdef public object _o
     cdef public dict _targets
+    cdef object _last_target, _last_info  # the target asked last and its cache entry
     cdef object _hops_value, _via_value, _timeout
     cdef bint _model_c
 
@@ -52,7 +53,16 @@ cdef class _ScpCore:
         """The Forward for the fast case, else None (the pure path decides)."""
         target = scan[4]
         if target is not None and self._model_c:
-            info = self._targets.get(target)
+            # the same Target-apiRoot object as last time (the decoder's cached field): the
+            # same answer from the cache (an entry never changes; one dropped by the cache's
+            # size bound would be parsed back to the same thing)
+            if target is self._last_target:
+                info = self._last_info
+            else:
+                info = self._targets.get(target)
+                if info is not None:
+                    self._last_target = target
+                    self._last_info = info
             if (info is not None and scan[3] is not None and scan[5] is None
                     and scan[6] is None and scan[7] is None):
                 root = (<tuple>info)[0]

@@ -522,6 +522,22 @@ def test_fast_rewrite_shares_pairs_only_for_the_same_value_object() -> None:
     assert other[2] == one[2] and other[2] is not one[2]
 
 
+def test_alternating_target_objects_route_to_their_own_endpoints() -> None:
+    """The same Target-apiRoot objects request after request (as the decoder's header cache
+    hands them out), alternating, and across the target cache being emptied: each request
+    goes to its own target."""
+    r = router()
+    a, b = b"http://10.0.0.1:8080", b"https://udm.example:8443"
+    ha = req(extra=[(b"3gpp-sbi-target-apiroot", a)])
+    hb = req(extra=[(b"3gpp-sbi-target-apiroot", b)])
+    want = {id(ha): ("10.0.0.1", 8080, False), id(hb): ("udm.example", 8443, True)}
+    for i, headers in enumerate([ha, ha, hb, ha, hb, hb, ha] * 3):
+        if i == 10:
+            r._targets.clear()
+        ep = r.route(headers, {}).endpoint
+        assert (ep.host, ep.port, ep.tls) == want[id(headers)], i
+
+
 def test_fast_twin_rejects_non_bytes_names() -> None:
     fast = _twins()
     with pytest.raises(TypeError, match="header names must be bytes"):
