@@ -403,6 +403,7 @@ cdef enum Mode:
 @cython.freelist(256)
 cdef class _Stream:
     cdef int32_t sid                 # downstream stream id (server side)
+    cdef object sid_obj              # ... as the int object handed to Python (made once)
     cdef int32_t cid                 # upstream stream id (client side), 0 when none
     cdef int mode
     cdef ServerConnection server
@@ -557,6 +558,10 @@ cdef class _Stream:
             self.rq_base += n
             if self.rq.start == self.rq.end:
                 self.rq.start = self.rq.end = 0
+
+
+cdef inline object _sid(_Stream st):
+    return st.sid_obj if st.sid_obj is not None else st.sid
 
 
 # ---------------------------------------------------------------------------------------------
@@ -937,11 +942,12 @@ cdef int _srv_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
     try:
         st = _Stream.__new__(_Stream)
         st.sid = f.hd.stream_id
+        st.sid_obj = st.sid
         st.server = conn
         # HDR_SLOTS empty slots filled in place by _srv_header (no growth while the block
         # arrives); _announce cuts the list to the fields received
         st.headers = PyList_New(HDR_SLOTS)
-        conn.streams[st.sid] = st
+        conn.streams[st.sid_obj] = st
         conn.open_streams += 1
     except BaseException:
         return NGHTTP2_ERR_CALLBACK_FAILURE
@@ -1466,7 +1472,7 @@ cdef class ServerConnection(_Conn):
         st.headers = None
         st.hsize = 0
         try:
-            self._on_request(self, st.sid, headers, True if st.req_end else False)
+            self._on_request(self, st.sid_obj, headers, True if st.req_end else False)
         except BaseException:
             log.exception("nghttp2: on_request failed; resetting stream %d", st.sid)
             if not st.down_closed:
@@ -1648,7 +1654,7 @@ cdef class ServerConnection(_Conn):
             if not st.retain or st.retain_lost:
                 st._drop_sent()
             try:
-                st.observer.on_upstream_failed(st.sid, code, reached)
+                st.observer.on_upstream_failed(_sid(st), code, reached)
             except BaseException:
                 log.exception("nghttp2: on_upstream_failed failed; resetting stream %d", st.sid)
                 if not st.down_closed and self.session != NULL:
@@ -1680,7 +1686,7 @@ cdef class ServerConnection(_Conn):
         st.completed = 1
         try:
             # a local answer (after a cancelled or failed splice) ends cleanly or not on its own
-            st.observer.on_complete(st.sid, st.sent_status, st.down_err or (
+            st.observer.on_complete(_sid(st), st.sent_status, st.down_err or (
                 st.up_err if st.mode == M_SPLICE else 0))
         except BaseException:
             log.exception("nghttp2: on_complete failed")
