@@ -567,25 +567,29 @@ cdef inline object _sid(_Stream st):
 # ---------------------------------------------------------------------------------------------
 # flush scheduling: one mem_send pass (one transport.write) per connection per batch
 
-cdef list _dirty = []
+cdef _Conn _dirty_head = None  # connections to flush: a stack linked through next_dirty
 cdef int _busy = 0
 
 
 cdef inline void _mark(_Conn c) noexcept:
+    global _dirty_head
     if not c.dirty:
         c.dirty = 1
-        _dirty.append(c)
+        c.next_dirty = _dirty_head
+        _dirty_head = c
 
 
 cdef void _run() noexcept:
-    global _busy
+    global _busy, _dirty_head
     cdef _Conn c
     if _busy:
         return
     _busy = 1
     try:
-        while _dirty:
-            c = <_Conn>_dirty.pop()
+        while _dirty_head is not None:  # last marked first, as the list it replaces did
+            c = _dirty_head
+            _dirty_head = c.next_dirty
+            c.next_dirty = None
             c.dirty = 0
             try:
                 c._flush()
@@ -605,6 +609,7 @@ cdef class _Conn:
     cdef object loop
     cdef bint paused
     cdef bint dirty
+    cdef _Conn next_dirty                # the next connection to flush after this one
     cdef bint lost
     cdef bint closing
     cdef bint draining
