@@ -30,6 +30,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cimport cython
 
+from dataplane._addr_hash cimport addr_slot
 from dataplane._nghttp2_api cimport *
 
 
@@ -325,12 +326,13 @@ cdef inline bint _lowercase(const uint8_t *p, size_t n) noexcept:
 # is never reused by another object): the names a gateway submits are the same few objects
 # request after request (the decoder's, via the header cache, and the router's constants)
 cdef enum:
-    LC_SLOTS = 32
+    LC_BITS = 5
+    LC_SLOTS = 32  # 1 << LC_BITS
 cdef PyObject *_lc_known[LC_SLOTS]
 
 
 cdef inline bint _lowercase_name(object name, const uint8_t *p, size_t n) noexcept:
-    cdef size_t h = (<size_t><PyObject *>name >> 4) & (LC_SLOTS - 1)
+    cdef size_t h = <size_t>addr_slot(name, LC_BITS)
     if _lc_known[h] == <PyObject *>name:
         return True
     if not _lowercase(p, n):

@@ -16,10 +16,13 @@ import asyncio
 import logging
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM
+from cpython.ref cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from dataplane import proxy as _pure
+from dataplane._addr_hash cimport addr_slot
 from dataplane._slots cimport slot_get, slot_offsets
 from dataplane.engine import ErrorCode
 from dataplane.routing import Forward, LocalResponse, LocalService
@@ -32,6 +35,10 @@ cdef object _endpoint_text = _pure._endpoint_text
 cdef object _code_name = _pure._code_name
 cdef type _ForwardType = Forward
 cdef type _PoolType = _EndpointPool
+
+cdef enum:
+    MEMO_BITS = 6
+    MEMO_SLOTS = 64  # identity memos: slots picked by object address
 cdef object _INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR
 cdef int _CONNECT_ERROR = ErrorCode.CONNECT_ERROR
 cdef int _CANCEL = ErrorCode.CANCEL
@@ -321,7 +328,7 @@ cdef class _ProxyCore:
     cdef public object router_slot, idle_timeout, _activity, pools, error_responder, stats
     cdef public object access_log, connections, _connecting, _sweep_timer
     cdef public dict _deadlines
-    cdef object _method_bytes, _method_str  # the last :method value seen and its text
+    cdef list _method_keys, _method_texts  # :method objects seen lately, by address, and text
     cdef public object _log_record
     cdef public long requests
     cdef public double _coarse_timeout
@@ -349,14 +356,21 @@ cdef class _ProxyCore:
                 path = value
         if method is None:
             method = ""
-        elif method is self._method_bytes:  # the decoder's cached field: the same object
-            method = self._method_str
         else:
-            m = _METHODS.get(method)
-            m = m if m is not None else method.decode("latin-1")
-            self._method_bytes = method
-            self._method_str = m
-            method = m
+            # the decoder's cached field: the same object request after request (one per
+            # client connection), remembered by address with its text
+            i = addr_slot(method, MEMO_BITS)
+            if self._method_keys is None:  # a subclass that skipped Proxy.__init__
+                self._method_keys = [None] * MEMO_SLOTS
+                self._method_texts = [None] * MEMO_SLOTS
+            if <object>PyList_GET_ITEM(self._method_keys, i) is method:
+                method = <object>PyList_GET_ITEM(self._method_texts, i)
+            else:
+                m = _METHODS.get(method)
+                m = m if m is not None else method.decode("latin-1")
+                self._method_keys[i] = method
+                self._method_texts[i] = m
+                method = m
         if path is None:
             path = ""
         elif type(path) is bytes:  # path.decode("latin-1") without the method call
@@ -389,6 +403,8 @@ class Proxy(_ProxyCore, _pure.Proxy):
         _pure.Proxy.__init__(self, *args, **kwargs)
         # read once: the pure module's setting (tests shorten it before building a proxy)
         self._coarse_timeout = _pure.COARSE_TIMEOUT_S
+        self._method_keys = [None] * MEMO_SLOTS
+        self._method_texts = [None] * MEMO_SLOTS
 
 
 cdef _FastExchange _new_exchange(_ProxyCore proxy, conn, long sid, fwd, method, path, double t0):
