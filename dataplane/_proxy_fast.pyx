@@ -35,13 +35,13 @@ cdef object _endpoint_text = _pure._endpoint_text
 cdef object _code_name = _pure._code_name
 cdef type _ForwardType = Forward
 cdef type _PoolType = _EndpointPool
+cdef object _INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR
+cdef int _CONNECT_ERROR = ErrorCode.CONNECT_ERROR
+cdef int _CANCEL = ErrorCode.CANCEL
 
 cdef enum:
     MEMO_BITS = 6
     MEMO_SLOTS = 64  # identity memos: slots picked by object address
-cdef object _INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR
-cdef int _CONNECT_ERROR = ErrorCode.CONNECT_ERROR
-cdef int _CANCEL = ErrorCode.CANCEL
 
 NAME = "cython"
 

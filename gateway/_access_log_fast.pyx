@@ -359,7 +359,6 @@ cdef class AccessLog:
     cdef readonly Py_ssize_t _size
     cdef readonly object _timer
     cdef object _dumps, _encode, _flush
-    cdef object _sink_for, _sink  # the ``out`` last looked at, and its UTF-8 byte buffer (or None)
     cdef bint _json
     cdef Buf _buf
     cdef Row* _rows  # the batch being collected (NULL until its first row)
@@ -477,19 +476,16 @@ cdef class AccessLog:
     cdef object _byte_sink(self, out):
         """``out``'s binary buffer when ``out`` is a text file writing UTF-8 (stderr, a log
         file): a batch that is UTF-8 already goes there as bytes.  None for anything else
-        (StringIO, other encodings), which gets text."""
-        if out is self._sink_for:
-            return self._sink
-        sink = None
-        if type(out) is io.TextIOWrapper:
-            try:
-                if codecs.lookup(out.encoding).name == "utf-8":
-                    sink = out.buffer
-            except (LookupError, AttributeError, ValueError):
-                sink = None
-        self._sink_for = out
-        self._sink = sink
-        return sink
+        (StringIO, other encodings), which gets text.  Asked at every write (a stream can be
+        reconfigured; the codec registry caches the lookup)."""
+        if type(out) is not io.TextIOWrapper:
+            return None
+        try:
+            if codecs.lookup(out.encoding).name == "utf-8":
+                return out.buffer
+        except (LookupError, AttributeError, ValueError):
+            pass
+        return None
 
     def _format(self, list rows):
         """The text of a batch given as the pure class keeps it (record tuples and keyword

@@ -358,6 +358,33 @@ def test_same_calls_write_the_same_bytes_to_a_file(fmt, encoding, rows, ops) -> 
         loop.close()
 
 
+@needs_fast
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_stream_reconfigured_to_another_encoding_gets_text(fmt) -> None:
+    """The byte path is chosen per write: after ``reconfigure(encoding=...)`` the same log
+    writes what the text layer encodes, as the pure one does."""
+
+    async def write(cls) -> bytes:
+        raw = io.BytesIO()
+        out = io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace")
+        log = cls(fmt, out=out, flush_s=60)
+        log.record("GET", "/caf\u00e9", 200, "c", None, 0.25, 0, PEER)
+        log.flush()
+        out.reconfigure(encoding="latin-1")
+        log.record("GET", "/na\u00efve", 200, "c", None, 0.5, 0, PEER)
+        log.flush()
+        return raw.getvalue()
+
+    loop = uvloop.new_event_loop()
+    try:
+        pure = loop.run_until_complete(write(Pure))
+        assert loop.run_until_complete(write(fast_mod.AccessLog)) == pure
+    finally:
+        loop.close()
+    assert "é".encode() in pure  # the first batch in UTF-8 ...
+    assert "ï".encode("latin-1") in pure and "ï".encode() not in pure  # ... the second latin-1
+
+
 # ---- each implementation: batching and flush triggers -------------------------------------------
 
 EP6 = Endpoint("2001:db8::1", 8443)
