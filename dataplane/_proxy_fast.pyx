@@ -17,7 +17,6 @@ import logging
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM
-from cpython.ref cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 

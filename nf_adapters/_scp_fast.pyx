@@ -2,14 +2,15 @@
 """The compiled twin of ``nf_adapters.scp_router.ScpRouter``: SCP model C's common case in C.
 
 ``ScpRouter`` here subclasses the pure one (the reference, and the fallback when this module
-is not built) and puts a fast case in front of ``route`` and ``try_route``.  The fast case is a request whose
-``3gpp-Sbi-Target-apiRoot`` was parsed before (the router's target cache), that carries no
-``via``, ``3gpp-Sbi-Max-Forward-Hops`` or ``3gpp-Sbi-Max-Rsp-Time``, has a ``:path`` and goes to
-an apiRoot without a prefix: the answer is a ``Forward`` to the cached endpoint with the
-headers rewritten by ``_sbi_fast`` (cimported: called at C level) and the default hop count,
-built without a Python frame.  Every other request (first sight of a target, loop headers,
-deadlines, static routes, fallbacks, errors) takes the pure class's own path, so there is one behaviour to test;
-the suite runs both classes and compares their decisions on randomized requests.
+is not built) and puts a fast case in front of ``route`` and ``try_route``.  The fast case is
+a request whose ``3gpp-Sbi-Target-apiRoot`` was parsed before (the router's target cache),
+that carries no ``via``, ``3gpp-Sbi-Max-Forward-Hops`` or ``3gpp-Sbi-Max-Rsp-Time``, has a
+``:path`` and goes to an apiRoot without a prefix: the answer is a ``Forward`` to the cached
+endpoint with the headers rewritten by ``_sbi_fast`` (cimported: called at C level) and the
+default hop count, built without a Python frame.  Every other request (first sight of a
+target, loop headers, deadlines, static routes, fallbacks, errors) takes the pure class's own
+path, so there is one behaviour to test; the suite runs both classes and compares their
+decisions on randomized requests.
 
 ``nf_adapters.scp_router.ScpRouter`` is this class when it imports (``NFMESH_SCP_ROUTER=pure``
 keeps the pure one); ``PureScpRouter`` is always the pure one.
@@ -18,7 +19,6 @@ keeps the pure one); ``PureScpRouter`` is always the pure one.
 import dataclasses
 
 from cpython.list cimport PyList_GET_ITEM
-from cpython.ref cimport PyObject
 
 from dataplane._addr_hash cimport addr_slot
 from dataplane._slots cimport new_instance, slot_offsets, slot_put_new
