@@ -3,8 +3,10 @@
 Per endpoint the pool keeps up to ``max_connections`` connections and hands out one that can
 take a stream (honouring the peer's SETTINGS_MAX_CONCURRENT_STREAMS: when all are full another
 is opened; at ``max_connections`` requests queue, first come first served, up to
-``pending_timeout`` for a free stream).  Connects are single-flight, bounded by ``connect_timeout`` (TCP, TLS and the peer's
-first SETTINGS).  After a failed connect the endpoint is in back-off (exponential with jitter)
+``pending_timeout`` for a free stream).  Connects are single-flight, bounded by
+``connect_timeout`` (TCP, TLS and the peer's first SETTINGS).  Both limits are per endpoint:
+the constructor's values, unless ``set_endpoint_limits`` gave that endpoint its own (a
+cluster's ``max_connections`` and ``connect_timeout_s``).  After a failed connect the endpoint is in back-off (exponential with jitter)
 during which ``acquire`` fails at once with a clear ``UpstreamUnavailable``; the first success
 clears it.  Connections idle longer than ``idle_timeout`` are closed.
 
@@ -45,9 +47,11 @@ class UpstreamUnavailable(Exception):
 
 class _EndpointPool:
     __slots__ = ("conns", "connecting", "failures", "retry_at", "last_error", "last_used",
-                 "waiters", "dispatcher", "reserved", "hot")
+                 "waiters", "dispatcher", "reserved", "hot", "max_connections", "connect_timeout")
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = 8, connect_timeout: float = 2.0) -> None:
+        self.max_connections = max_connections
+        self.connect_timeout = connect_timeout
         self.conns: list = []
         self.waiters: deque[asyncio.Future] = deque()
         self.dispatcher: asyncio.Task | None = None
@@ -89,6 +93,8 @@ class UpstreamPools:
         # how long a request may wait for a stream when every allowed connection is full
         self.pending_timeout = connect_timeout if pending_timeout is None else pending_timeout
         self._pools: dict[Endpoint, _EndpointPool] = {}
+        # per-endpoint (max_connections, connect_timeout) overriding the two above
+        self._limits: dict[Endpoint, tuple[int, float]] = {}
         # the endpoint asked last and its pool: most requests repeat it, and an identity check
         # is cheaper than hashing the Endpoint dataclass
         self._last_endpoint: object = _NO_ENDPOINT
@@ -135,7 +141,7 @@ class UpstreamPools:
             raise UpstreamUnavailable("upstream pools are closed")
         pool = self._pools.get(endpoint)
         if pool is None:
-            pool = self._pools[endpoint] = _EndpointPool()
+            pool = self._pools[endpoint] = _EndpointPool(*self.limits_for(endpoint))
             self._start_sweeper()
         conn = self.get_ready(endpoint)
         if conn is not None:
@@ -150,10 +156,26 @@ class UpstreamPools:
             conn = self.get_ready(endpoint)
             if conn is not None:
                 return conn
-        elif len(pool.conns) < self.max_connections and pool.connecting is None \
+        elif len(pool.conns) < pool.max_connections and pool.connecting is None \
                 and time.monotonic() >= pool.retry_at:
             self._start_connect(endpoint, pool)  # more capacity; meanwhile queue
         return await self._wait_for_stream(endpoint, pool)
+
+    def limits_for(self, endpoint: Endpoint) -> tuple[int, float]:
+        """``(max_connections, connect_timeout)`` for ``endpoint``."""
+        return self._limits.get(endpoint, (self.max_connections, self.connect_timeout))
+
+    def set_endpoint_limits(self, limits: dict[Endpoint, tuple[int, float]]) -> None:
+        """Give these endpoints their own ``(max_connections, connect_timeout)``; every other
+        endpoint gets the constructor's values again.  Applies to pools already open too: a
+        lower connection limit stops new connects (open connections stay until idle)."""
+        for endpoint, (max_conns, timeout) in limits.items():
+            if max_conns < 1 or not timeout > 0:
+                raise ValueError(f"{endpoint}: max_connections must be >= 1 and "
+                                 f"connect_timeout > 0, got {max_conns}, {timeout}")
+        self._limits = dict(limits)
+        for endpoint, pool in self._pools.items():
+            pool.max_connections, pool.connect_timeout = self.limits_for(endpoint)
 
     def _check_backoff(self, pool: _EndpointPool) -> None:
         now = time.monotonic()
@@ -220,7 +242,7 @@ class UpstreamPools:
                 if not waiters:
                     break
                 live = [c for c in pool.conns if not c.closed]
-                if len(live) < self.max_connections and pool.connecting is None \
+                if len(live) < pool.max_connections and pool.connecting is None \
                         and time.monotonic() >= pool.retry_at:
                     self._start_connect(endpoint, pool)
                 await asyncio.sleep(0 if handed else 0.001)
@@ -240,7 +262,7 @@ class UpstreamPools:
         settings = self.settings
         conn = None
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(pool.connect_timeout):
                 transport, conn = await loop.create_connection(
                     lambda: factory(settings, on_closed=lambda c: self._on_closed(endpoint, c)),
                     endpoint.host, endpoint.port, ssl=ctx,
@@ -265,7 +287,7 @@ class UpstreamPools:
         except TimeoutError:
             if conn is not None:
                 conn.close()
-            reason = f"connect timed out after {self.connect_timeout}s"
+            reason = f"connect timed out after {pool.connect_timeout}s"
             self._failed(pool, reason)
             raise UpstreamUnavailable(reason) from None
         except (OSError, ConnectionError, ssl.SSLError) as exc:

@@ -93,6 +93,20 @@ class Gateway:
 
         return ScpRouter.from_config(self.config)
 
+    def _endpoint_limits(self) -> dict:
+        """Each cluster endpoint's ``(max_connections, connect_timeout_s)`` for the upstream
+        pools; an endpoint in several clusters gets the smaller of each."""
+        from nf_adapters.scp_router import cluster_endpoints
+
+        limits: dict = {}
+        for c in self.config.clusters:
+            mine = (c.max_connections, c.connect_timeout_s)
+            for ep in cluster_endpoints(c):
+                have = limits.get(ep)
+                limits[ep] = mine if have is None else (min(have[0], mine[0]),
+                                                         min(have[1], mine[1]))
+        return limits
+
     def publish_router(self, router: Router) -> None:
         """Swap the data plane's router atomically (called by the control plane).  With
         ``authz`` on, every router is wrapped so that a caller's NF type (from its mesh
@@ -118,6 +132,8 @@ class Gateway:
                    and msgspec.to_builtins(getattr(new, name)) != msgspec.to_builtins(getattr(self.config, name))]
         self.config = msgspec.structs.replace(self.config, **{k: getattr(new, k) for k in HOT_SECTIONS})
         static = self._static_router()
+        if self.pools is not None:
+            self.pools.set_endpoint_limits(self._endpoint_limits())
         if self.static_routes is None:
             self.publish_router(static)
             return pending
@@ -154,6 +170,7 @@ class Gateway:
             # NRF API first, then model D (3gpp-Sbi-Discovery-*), then model C / static routes
             self.registry = await start_registry(cfg, static, self.publish_router)
         self.pools = UpstreamPools(self.backend, settings, connect_timeout=2.0)
+        self.pools.set_endpoint_limits(self._endpoint_limits())
         access_log = load_access_log()(cfg.logging.format) if cfg.logging.access_log else None
         self.access_log = access_log
         self.proxy = load_proxy()(self.router_slot, self.pools, error_responder=problem_responder,

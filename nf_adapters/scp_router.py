@@ -88,6 +88,17 @@ class RouteSpec:
     timeout_s: float | None = None  # overrides the cluster's request timeout
 
 
+def cluster_endpoints(cluster: object) -> tuple[Endpoint, ...]:
+    """The ``Endpoint`` of each of a config cluster's ``endpoints`` (read by attribute name),
+    as routes and the upstream pools key them: TLS endpoints check the configured
+    ``server_name``, else the host when it is a name."""
+    return tuple(
+        Endpoint(e.host, e.port, e.tls,
+                 (e.server_name or (e.host if not _is_ip_literal(e.host) else None))
+                 if e.tls else None)
+        for e in cluster.endpoints)  # type: ignore[attr-defined]
+
+
 class RouteTable:
     """Clusters and routes, validated and sorted once (longest prefix first; at equal length a
     route with an authority before one without).  Immutable: build a new one to change it."""
@@ -133,11 +144,7 @@ class RouteTable:
         default_timeout = getattr(getattr(config, "scp", None), "request_timeout_s", None)
         clusters = []
         for c in getattr(config, "clusters", ()):
-            endpoints = tuple(
-                Endpoint(e.host, e.port, e.tls,
-                         (e.server_name or (e.host if not _is_ip_literal(e.host) else None))
-                         if e.tls else None)
-                for e in c.endpoints)
+            endpoints = cluster_endpoints(c)
             clusters.append(ClusterSpec(
                 c.name, endpoints, tuple(e.weight for e in c.endpoints), c.lb,
                 c.request_timeout_s if c.request_timeout_s is not None else default_timeout))

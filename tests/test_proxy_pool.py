@@ -94,6 +94,95 @@ async def test_connect_timeout_when_peer_never_speaks_h2(backend, pools):
         server.close()
 
 
+async def test_endpoint_limits_cap_connections_and_bound_connects(backend, pools):
+    """An endpoint given its own limits (a cluster's max_connections and connect_timeout_s)
+    keeps to them while another endpoint keeps the pools' defaults; a change applies to a
+    pool already open."""
+    origin = await start_origin(backend, settings=H2Settings(max_concurrent_streams=2))
+
+    async def silent(reader, writer):
+        await asyncio.sleep(5)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    quiet = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+    with pytest.raises(ValueError, match="max_connections must be >= 1"):
+        pools.set_endpoint_limits({origin.endpoint: (0, 1.0)})
+    pools.set_endpoint_limits({origin.endpoint: (1, 0.5), quiet: (1, 0.1)})
+    assert pools.limits_for(origin.endpoint) == (1, 0.5)
+    assert pools.limits_for(Endpoint("10.9.9.9", 1)) == (pools.max_connections, 0.5)
+    try:
+        # 6 streams at once against a peer allowing 2 per connection: one connection, the
+        # rest queue for its streams (the defaults would have opened 3)
+        conns = await asyncio.gather(*[pools.acquire(origin.endpoint) for _ in range(2)])
+        assert pools.connects == 1 and len({id(c) for c in conns}) == 1
+        streams = [conns[0].request([(b":method", b"GET"), (b":scheme", b"http"),
+                                     (b":authority", b"o"), (b":path", b"/slow?ms=100")],
+                                    None, lambda *a: None) for _ in range(2)]
+        assert len(streams) == 2
+        waiting = asyncio.ensure_future(pools.acquire(origin.endpoint))
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and pools.connects == 1  # queued, no second connection
+        assert (await waiting) is conns[0]  # a stream freed on the same connection
+        # the quiet endpoint's own 0.1 s bound, not the pools' 0.5 s
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(UpstreamUnavailable, match=r"timed out after 0\.1s"):
+            await pools.acquire(quiet)
+        assert loop.time() - t0 < 0.4
+        # back to the defaults for every endpoint, open pools included
+        pools.set_endpoint_limits({})
+        assert pools._pools[origin.endpoint].max_connections == pools.max_connections
+    finally:
+        server.close()
+        await origin.stop()
+
+
+async def test_cluster_max_connections_and_connect_timeout_reach_the_pools(backend):
+    """A cluster's ``max_connections`` and ``connect_timeout_s`` (config) are its endpoints'
+    pool limits, from start and after a reload; an endpoint in two clusters gets the smaller
+    of each."""
+    from gateway.app import Gateway
+    from gateway.config import parse_config
+
+    origin = await start_origin(backend, settings=H2Settings(max_concurrent_streams=2))
+    ep = {"host": "127.0.0.1", "port": origin.port}
+
+    def config(max_conns: int) -> object:
+        return parse_config({
+            "gateway": {"name": "scp-pools", "backend": backend.NAME, "workers": 1},
+            "listeners": [{"name": "sbi", "host": "127.0.0.1", "port": 0, "protocol": "h2c"}],
+            "clusters": [
+                {"name": "udm", "endpoints": [ep], "max_connections": max_conns,
+                 "connect_timeout_s": 0.75},
+                {"name": "udm-b", "endpoints": [ep, {"host": "udm.example", "port": 8443,
+                                                      "tls": True}],
+                 "max_connections": 5, "connect_timeout_s": 0.25}],
+            "routes": [{"name": "udm", "match": {"path_prefix": "/"}, "cluster": "udm"}],
+        })
+
+    gw = Gateway(config(1))
+    await gw.start()
+    client = H2Client(backend.NAME)
+    try:
+        assert gw.pools.limits_for(origin.endpoint) == (1, 0.25)
+        assert gw.pools.limits_for(Endpoint("udm.example", 8443, True, "udm.example")) == (5, 0.25)
+        port = gw.ports["sbi"]
+        results = await asyncio.gather(*[
+            client.request("GET", f"http://127.0.0.1:{port}/slow?ms=150") for _ in range(6)])
+        assert [r.status for r in results] == [200] * 6
+        assert len(origin.handler.connections) == 1  # 6 streams, 2 per connection, 1 allowed
+        assert gw.reload(config(3)) == []
+        assert gw.pools.limits_for(origin.endpoint) == (3, 0.25)
+        results = await asyncio.gather(*[
+            client.request("GET", f"http://127.0.0.1:{port}/slow?ms=150") for _ in range(6)])
+        assert [r.status for r in results] == [200] * 6
+        assert 2 <= len(origin.handler.connections) <= 3
+    finally:
+        client.close()
+        await gw.stop(drain=False)
+        await origin.stop()
+
+
 async def test_idle_connections_are_closed(backend, pools):
     origin = await start_origin(backend)
     try:
