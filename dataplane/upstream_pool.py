@@ -6,9 +6,10 @@ is opened; at ``max_connections`` requests queue, first come first served, up to
 ``pending_timeout`` for a free stream).  Connects are single-flight, bounded by
 ``connect_timeout`` (TCP, TLS and the peer's first SETTINGS).  Both limits are per endpoint:
 the constructor's values, unless ``set_endpoint_limits`` gave that endpoint its own (a
-cluster's ``max_connections`` and ``connect_timeout_s``).  After a failed connect the endpoint is in back-off (exponential with jitter)
-during which ``acquire`` fails at once with a clear ``UpstreamUnavailable``; the first success
-clears it.  Connections idle longer than ``idle_timeout`` are closed.
+cluster's ``max_connections`` and ``connect_timeout_s``).  After a failed connect the endpoint
+is in back-off (exponential with jitter) during which ``acquire`` fails at once with a clear
+``UpstreamUnavailable``; the first success clears it.  Connections idle longer than
+``idle_timeout`` are closed.
 
 The fast path (``get_ready``) reads no clock: it only remembers which connection it handed out
 last (``hot``).  A connection's ``last_used`` is stamped when it stops being the hot one and,
