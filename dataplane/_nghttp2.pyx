@@ -405,7 +405,8 @@ cdef enum Mode:
 @cython.freelist(256)
 cdef class _Stream:
     cdef int32_t sid                 # downstream stream id (server side)
-    cdef object sid_obj              # ... as the int object handed to Python (made once)
+    cdef object sid_obj              # ... as the int object handed to Python (made once;
+                                     # observers, set by splice, exist on server streams only)
     cdef int32_t cid                 # upstream stream id (client side), 0 when none
     cdef int mode
     cdef ServerConnection server
@@ -560,10 +561,6 @@ cdef class _Stream:
             self.rq_base += n
             if self.rq.start == self.rq.end:
                 self.rq.start = self.rq.end = 0
-
-
-cdef inline object _sid(_Stream st):
-    return st.sid_obj if st.sid_obj is not None else st.sid
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1661,7 +1658,7 @@ cdef class ServerConnection(_Conn):
             if not st.retain or st.retain_lost:
                 st._drop_sent()
             try:
-                st.observer.on_upstream_failed(_sid(st), code, reached)
+                st.observer.on_upstream_failed(st.sid_obj, code, reached)
             except BaseException:
                 log.exception("nghttp2: on_upstream_failed failed; resetting stream %d", st.sid)
                 if not st.down_closed and self.session != NULL:
@@ -1693,7 +1690,7 @@ cdef class ServerConnection(_Conn):
         st.completed = 1
         try:
             # a local answer (after a cancelled or failed splice) ends cleanly or not on its own
-            st.observer.on_complete(_sid(st), st.sent_status, st.down_err or (
+            st.observer.on_complete(st.sid_obj, st.sent_status, st.down_err or (
                 st.up_err if st.mode == M_SPLICE else 0))
         except BaseException:
             log.exception("nghttp2: on_complete failed")

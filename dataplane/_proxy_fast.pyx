@@ -359,7 +359,7 @@ cdef class _ProxyCore:
             # the decoder's cached field: the same object request after request (one per
             # client connection), remembered by address with its text
             i = addr_slot(method, MEMO_BITS)
-            if self._method_keys is None:  # a subclass that skipped Proxy.__init__
+            if self._method_keys is None:  # first request: the memo's (empty) slots
                 self._method_keys = [None] * MEMO_SLOTS
                 self._method_texts = [None] * MEMO_SLOTS
             if <object>PyList_GET_ITEM(self._method_keys, i) is method:
@@ -402,8 +402,6 @@ class Proxy(_ProxyCore, _pure.Proxy):
         _pure.Proxy.__init__(self, *args, **kwargs)
         # read once: the pure module's setting (tests shorten it before building a proxy)
         self._coarse_timeout = _pure.COARSE_TIMEOUT_S
-        self._method_keys = [None] * MEMO_SLOTS
-        self._method_texts = [None] * MEMO_SLOTS
 
 
 cdef _FastExchange _new_exchange(_ProxyCore proxy, conn, long sid, fwd, method, path, double t0):

@@ -52,8 +52,6 @@ cdef class _ScpCore:
 
     cdef _prime(self):
         o = self._o
-        self._memo_targets = [None] * MEMO_SLOTS
-        self._memo_infos = [None] * MEMO_SLOTS
         self._model_c = bool(o.model_c)
         self._hops_value = o.hops_values[o.max_forward_hops - 1]
         self._via_value = o.via_value
@@ -68,7 +66,7 @@ cdef class _ScpCore:
             # connection), remembered by address: the same answer as the cache (an entry never
             # changes; one dropped by the cache's size bound would be parsed back the same)
             i = addr_slot(target, MEMO_BITS)
-            if self._memo_targets is None:  # not primed (a subclass skipped __init__)
+            if self._memo_targets is None:  # first request: the memo's (empty) slots
                 self._memo_targets = [None] * MEMO_SLOTS
                 self._memo_infos = [None] * MEMO_SLOTS
             if <object>PyList_GET_ITEM(self._memo_targets, i) is target:

@@ -269,6 +269,44 @@ def test_surrogates_fail_the_same_way() -> None:
 
 # ---- differential: the whole object (record, __call__, flush) -----------------------------------
 
+def _records(rows: list) -> list:
+    """The record tuples of a generated batch (one plain record when it has none)."""
+    return [r for r in rows if isinstance(r, tuple)] or [
+        ("GET", "/", 200, "c", None, 0.001, 0, {})]
+
+
+def _replay(log, out, records: list, ops: list, snapshot) -> list:
+    """Run ``ops`` (record / call / text written by someone else / flush) and a last flush on
+    ``log``; after each, what ``snapshot()`` shows of the output (and any exception type)."""
+    writes = []
+    for op, arg in ops + [("flush", None)]:
+        try:
+            if op == "record":
+                log.record(*records[arg % len(records)])
+            elif op == "call":
+                log(**arg)
+            elif op == "text":
+                out.write(arg)
+            else:
+                log.flush()
+        except Exception as exc:  # e.g. '%.6f' of None: the batch is lost in both
+            writes.append(type(exc))
+        writes.append(snapshot())
+    return writes
+
+
+def _same_for_both(drive):
+    """``await drive(cls)`` for the pure and the compiled class, each in a fresh event loop;
+    the compiled one's result must equal the pure one's, which is returned."""
+    loop = uvloop.new_event_loop()
+    try:
+        expected = loop.run_until_complete(drive(Pure))
+        assert loop.run_until_complete(drive(fast_mod.AccessLog)) == expected
+    finally:
+        loop.close()
+    return expected
+
+
 _ops = st.lists(st.one_of(
     st.tuples(st.just("record"), st.integers(0, 10**6)),
     st.tuples(st.just("call"), keyword_fields),
@@ -280,32 +318,11 @@ _ops = st.lists(st.one_of(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=batches(), ops=_ops)
 def test_same_calls_write_the_same_text(fmt, rows, ops) -> None:
-    records = [r for r in rows if isinstance(r, tuple)] or [
-        ("GET", "/", 200, "c", None, 0.001, 0, {})]
-
     async def drive(cls) -> list:
         out = io.StringIO()
-        log = cls(fmt, out=out, flush_s=60)
-        writes = []
-        for op, arg in ops + [("flush", None)]:
-            try:
-                if op == "record":
-                    log.record(*records[arg % len(records)])
-                elif op == "call":
-                    log(**arg)
-                else:
-                    log.flush()
-            except Exception as exc:  # e.g. '%.6f' of None: the batch is lost in both
-                writes.append(type(exc))
-            writes.append(out.getvalue())
-        return writes
+        return _replay(cls(fmt, out=out, flush_s=60), out, _records(rows), ops, out.getvalue)
 
-    loop = uvloop.new_event_loop()
-    try:
-        expected = loop.run_until_complete(drive(Pure))
-        assert loop.run_until_complete(drive(fast_mod.AccessLog)) == expected
-    finally:
-        loop.close()
+    _same_for_both(drive)
 
 
 _file_ops = st.lists(st.one_of(
@@ -325,37 +342,14 @@ def test_same_calls_write_the_same_bytes_to_a_file(fmt, encoding, rows, ops) -> 
     UTF-8 batch to the byte buffer underneath: the bytes on the file, and their order with
     what others write through the text layer, are exactly the pure one's.  A file in another
     encoding gets text, as before."""
-    records = [r for r in rows if isinstance(r, tuple)] or [
-        ("GET", "/", 200, "c", None, 0.001, 0, {})]
-
     async def drive(cls) -> list:
         raw = io.BytesIO()
         out = io.TextIOWrapper(raw, encoding=encoding, errors="backslashreplace")
-        log = cls(fmt, out=out, flush_s=60)
-        writes = []
-        for op, arg in ops + [("flush", None)]:
-            try:
-                if op == "record":
-                    log.record(*records[arg % len(records)])
-                elif op == "call":
-                    log(**arg)
-                elif op == "text":
-                    out.write(arg)
-                else:
-                    log.flush()
-            except Exception as exc:  # e.g. '%.6f' of None: the batch is lost in both
-                writes.append(type(exc))
-            writes.append(raw.getvalue())
+        writes = _replay(cls(fmt, out=out, flush_s=60), out, _records(rows), ops, raw.getvalue)
         out.flush()
-        writes.append(raw.getvalue())
-        return writes
+        return [*writes, raw.getvalue()]
 
-    loop = uvloop.new_event_loop()
-    try:
-        expected = loop.run_until_complete(drive(Pure))
-        assert loop.run_until_complete(drive(fast_mod.AccessLog)) == expected
-    finally:
-        loop.close()
+    _same_for_both(drive)
 
 
 @needs_fast
@@ -375,12 +369,7 @@ def test_a_stream_reconfigured_to_another_encoding_gets_text(fmt) -> None:
         log.flush()
         return raw.getvalue()
 
-    loop = uvloop.new_event_loop()
-    try:
-        pure = loop.run_until_complete(write(Pure))
-        assert loop.run_until_complete(write(fast_mod.AccessLog)) == pure
-    finally:
-        loop.close()
+    pure = _same_for_both(write)
     assert "é".encode() in pure  # the first batch in UTF-8 ...
     assert "ï".encode("latin-1") in pure and "ï".encode() not in pure  # ... the second latin-1
 
