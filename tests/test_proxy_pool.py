@@ -123,12 +123,9 @@ async def test_endpoint_limits_cap_connections_and_bound_connects(backend, pools
         await asyncio.sleep(0.05)
         assert not waiting.done() and pools.connects == 1  # queued, no second connection
         assert (await waiting) is conns[0]  # a stream freed on the same connection
-        # the quiet endpoint's own 0.1 s bound, not the pools' 0.5 s
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        # the quiet endpoint's own 0.1 s bound, not the pools' 0.5 s (the reason names it)
         with pytest.raises(UpstreamUnavailable, match=r"timed out after 0\.1s"):
             await pools.acquire(quiet)
-        assert loop.time() - t0 < 0.4
         # back to the defaults for every endpoint, open pools included
         pools.set_endpoint_limits({})
         assert pools._pools[origin.endpoint].max_connections == pools.max_connections
