@@ -428,6 +428,7 @@ cdef class _Stream:
     cdef bint retain
     cdef bint retain_lost
     cdef bint completed
+    cdef _Stream next_done           # the next completion to report after this one
     cdef bint hdr_sent               # response HEADERS written downstream
     cdef bint rst_after_hdr          # reset() came before the response HEADERS were written
     cdef uint32_t pending_rst
@@ -599,6 +600,94 @@ cdef void _run() noexcept:
         _busy = 0
 
 
+# ---------------------------------------------------------------------------------------------
+# completion reports: an observer hears that its exchange is over at the loop's next quiet moment
+# (an iteration in which no connection read anything), not inside the flush that sent the last
+# frame.  Under a burst that keeps the bookkeeping (metrics, access log, freeing the stream)
+# off the path of the responses still to go; it is done in the pause after.  Bounds: after
+# REPORT_AFTER_BUSY busy iterations, or with more than REPORT_MAX waiting, all are reported
+# whatever the traffic; ``report_completions()`` reports them now (metrics scrape, shutdown).
+# The waiting streams are a queue linked through the streams (no allocation per request).
+
+cdef _Stream _done_head = None       # waiting streams, oldest first, linked through next_done
+cdef _Stream _done_tail = None
+cdef Py_ssize_t _done_n = 0
+cdef unsigned long _io_ticks = 0     # reads fed to any session so far
+cdef unsigned long _probe_ticks = 0  # ... when the probe last looked
+cdef int _probe_busy = 0             # iterations the probe found busy in a row
+cdef object _probe_loop = None       # the loop a probe is armed on (None: none armed)
+REPORT_MAX = 256                     # more waiting than this: all reported at the next look
+REPORT_AFTER_BUSY = 8                # busy iterations in a row after which all are reported
+REPORT_CHUNK = 64                    # reported per quiet iteration (then the loop looks again)
+cdef Py_ssize_t _report_max = REPORT_MAX
+cdef int _report_after_busy = REPORT_AFTER_BUSY
+cdef Py_ssize_t _report_chunk = REPORT_CHUNK
+
+
+cdef void _defer_done(_Stream st, object loop) except *:
+    global _done_head, _done_tail, _done_n, _probe_loop, _probe_ticks, _probe_busy
+    if loop is None:  # never attached to a loop (a connection driven by hand): report now
+        st.server._report_complete(st)
+        return
+    if _done_tail is None:
+        _done_head = st
+    else:
+        _done_tail.next_done = st
+    _done_tail = st
+    _done_n += 1
+    if _probe_loop is not loop:  # none armed, or armed on a loop that has gone
+        _probe_loop = loop
+        _probe_ticks = _io_ticks
+        _probe_busy = 0
+        loop.call_soon(_probe, loop)
+
+
+def report_completions(limit: int = -1) -> int:
+    """Tell the observers of finished streams now (all waiting, or up to ``limit``);
+    returns how many were told."""
+    return _report(limit)
+
+
+def waiting_completions() -> int:
+    """Finished streams whose observers have not been told yet."""
+    return _done_n
+
+
+cdef Py_ssize_t _report(Py_ssize_t limit) except -1:
+    global _done_head, _done_tail, _done_n
+    cdef _Stream st
+    cdef Py_ssize_t n = 0
+    while _done_head is not None and n != limit:
+        st = _done_head
+        _done_head = st.next_done
+        st.next_done = None
+        if _done_head is None:
+            _done_tail = None
+        _done_n -= 1
+        n += 1
+        st.server._report_complete(st)
+    return n
+
+
+def _probe(loop) -> None:
+    global _probe_loop, _probe_ticks, _probe_busy
+    if loop is not _probe_loop:
+        return  # superseded by a probe on another loop
+    if _io_ticks == _probe_ticks:
+        _probe_busy = 0
+        _report(_report_chunk)
+    else:
+        _probe_busy += 1
+        if _probe_busy >= _report_after_busy or _done_n > _report_max:
+            _probe_busy = 0
+            _report(-1)
+    _probe_ticks = _io_ticks
+    if _done_head is not None:
+        loop.call_soon(_probe, loop)
+    else:
+        _probe_loop = None
+
+
 cdef class _Conn:
     """What both connection kinds share: the session, the transport, the write path."""
 
@@ -716,7 +805,9 @@ cdef class _Conn:
         cdef ssize_t rv
         if self.session == NULL:
             return
+        global _io_ticks
         b = data if type(data) is bytes else bytes(data)
+        _io_ticks += 1
         _busy += 1
         try:
             rv = nghttp2_session_mem_recv(self.session, <const uint8_t *>PyBytes_AS_STRING(b),
@@ -1404,6 +1495,10 @@ cdef class ServerConnection(_Conn):
         cdef nghttp2_option *opt
         self.transport = transport
         self._write = transport.write
+        try:
+            self.loop = asyncio.get_running_loop()  # where completions are reported
+        except RuntimeError:
+            self.loop = None  # driven by hand: completions are reported at once
         if "peername" not in self.peer_info:
             self.peer_info["peername"] = transport.get_extra_info("peername")
         opt = _new_option(self.settings, 1)
@@ -1688,6 +1783,9 @@ cdef class ServerConnection(_Conn):
         if st.cid and not st.up_closed:
             return
         st.completed = 1
+        _defer_done(st, self.loop)
+
+    cdef void _report_complete(self, _Stream st) except *:
         try:
             # a local answer (after a cancelled or failed splice) ends cleanly or not on its own
             st.observer.on_complete(st.sid_obj, st.sent_status, st.down_err or (

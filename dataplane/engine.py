@@ -32,6 +32,15 @@ Vocabulary
     a byte is acknowledged (WINDOW_UPDATE) to the sender only once the other side's session
     has taken it, so a slow reader slows the writer and memory per stream stays bounded.
 
+``report_completions()``
+    A backend function.  ``on_complete`` may come a little after the exchange's last frame:
+    the nghttp2 backend tells observers at the event loop's next quiet moment (an iteration
+    in which no connection read anything), so that under a burst the bookkeeping (metrics,
+    access log, freeing the stream) does not delay the responses still to go.  It tells them
+    anyway after 8 busy iterations or with more than 256 waiting.  ``report_completions()``
+    tells every waiting observer now (a metrics scrape, shutdown); the h2 backend tells them
+    at once, so there its ``report_completions()`` has nothing to do.
+
 Error codes are the RFC 9113 codes (``ErrorCode`` below).
 """
 
@@ -120,7 +129,8 @@ class SpliceObserver(Protocol):
 
     def on_complete(self, stream_id: int, status: int, error_code: int) -> None:
         """The exchange is over on both sides.  ``status`` is the response status sent
-        downstream (0 if none); ``error_code`` is 0 for a clean end, else the RST/GOAWAY code."""
+        downstream (0 if none); ``error_code`` is 0 for a clean end, else the RST/GOAWAY code.
+        Called once, possibly a few loop iterations later (see ``report_completions``)."""
 
 
 class ResponseCallback(Protocol):

@@ -202,7 +202,8 @@ class Gateway:
                 collectors.extend(self.registry.collectors())
             if self.n2 is not None:
                 collectors.append(self.n2)  # N2: associations, UEs, messages, path state
-            self._metrics = MetricsServer(new_registry(*collectors), ready=lambda: bool(self._servers))
+            self._metrics = MetricsServer(new_registry(*collectors), ready=lambda: bool(self._servers),
+                                          before_scrape=self.report_completions)
             if self.metrics_socket:  # a worker: its supervisor serves the port and scrapes this
                 await self._metrics.start_unix(self.metrics_socket)
             else:
@@ -261,8 +262,15 @@ class Gateway:
             await self.snapshots.close()
         if self._metrics is not None:
             await self._metrics.close()
+        self.report_completions()  # the last exchanges reach metrics and the access log
         if getattr(self, "access_log", None) is not None:
             self.access_log.flush()
+
+    def report_completions(self) -> None:
+        """Let the HTTP/2 engine tell the proxy now of every exchange that has finished
+        (it otherwise waits for a quiet moment of the loop: ``dataplane.engine``)."""
+        if self.backend is not None:
+            self.backend.report_completions()
 
 
 class _H2cListener:

@@ -220,14 +220,18 @@ class MetricsServer:
     """``GET /metrics`` in the Prometheus text format, ``/healthz`` and ``/readyz``.
 
     ``exposition`` produces the /metrics body (default: the registry's text format); the
-    supervisor of a multi-worker gateway passes the aggregator's instead.
+    supervisor of a multi-worker gateway passes the aggregator's instead.  ``before_scrape``
+    runs before each body is made (the gateway reports the HTTP/2 engine's waiting
+    completions there, so a scrape counts every request answered before it).
     """
 
     def __init__(self, registry: CollectorRegistry | None, ready: Callable[[], bool] = lambda: True,
-                 exposition: Callable[[], Awaitable[bytes]] | None = None) -> None:
+                 exposition: Callable[[], Awaitable[bytes]] | None = None,
+                 before_scrape: Callable[[], object] | None = None) -> None:
         self.registry = registry
         self.ready = ready
         self.exposition = exposition
+        self.before_scrape = before_scrape
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -239,6 +243,8 @@ class MetricsServer:
         self._server = await asyncio.start_unix_server(self._serve, path)
 
     async def _body(self) -> bytes:
+        if self.before_scrape is not None:
+            self.before_scrape()
         if self.exposition is not None:
             return await self.exposition()
         assert self.registry is not None
