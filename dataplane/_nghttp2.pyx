@@ -472,6 +472,22 @@ cdef class _Stream:
             free(self.rh)
             free(self.rh_flags)
 
+    cdef void _shed(self) noexcept:
+        """Let go of all but what the completion report reads (observer, ids, status, codes):
+        a finished stream waiting for its report holds no buffers, header fields or rcbufs
+        (the session's pool gets them back now, while they are warm)."""
+        cdef int i
+        buf_clear(&self.rq)
+        buf_clear(&self.rs)
+        for i in range(self.rh_n):
+            nghttp2_rcbuf_decref(self.rh[i])
+        self.rh_n = self.rh_base = 0
+        self.headers = self.req_trailers = self.out_trailers = self.extra = None
+        self.resp_headers = self.resp_trailers = None
+        self.out_body = None
+        self.callback = self.up_hold = None
+        self.client = None
+
     cdef inline void _rh_clear(self) noexcept:
         """Drop the block being collected (those kept for a submitted frame stay)."""
         cdef int i
@@ -616,8 +632,8 @@ cdef unsigned long _io_ticks = 0     # reads fed to any session so far
 cdef unsigned long _probe_ticks = 0  # ... when the probe last looked
 cdef int _probe_busy = 0             # iterations the probe found busy in a row
 cdef object _probe_loop = None       # the loop a probe is armed on (None: none armed)
-REPORT_MAX = 256                     # more waiting than this: all reported at the next look
-REPORT_AFTER_BUSY = 8                # busy iterations in a row after which all are reported
+REPORT_MAX = 128                     # more waiting than this: all reported at the next look
+REPORT_AFTER_BUSY = 4                # busy iterations in a row after which all are reported
 REPORT_CHUNK = 64                    # reported per quiet iteration (then the loop looks again)
 cdef Py_ssize_t _report_max = REPORT_MAX
 cdef int _report_after_busy = REPORT_AFTER_BUSY
@@ -629,6 +645,7 @@ cdef void _defer_done(_Stream st, object loop) except *:
     if loop is None:  # never attached to a loop (a connection driven by hand): report now
         st.server._report_complete(st)
         return
+    st._shed()
     if _done_tail is None:
         _done_head = st
     else:

@@ -37,7 +37,7 @@ Vocabulary
     the nghttp2 backend tells observers at the event loop's next quiet moment (an iteration
     in which no connection read anything), so that under a burst the bookkeeping (metrics,
     access log, freeing the stream) does not delay the responses still to go.  It tells them
-    anyway after 8 busy iterations or with more than 256 waiting.  ``report_completions()``
+    anyway after 4 busy iterations or with more than 128 waiting.  ``report_completions()``
     tells every waiting observer now (a metrics scrape, shutdown); the h2 backend tells them
     at once, so there its ``report_completions()`` has nothing to do.
 

@@ -99,11 +99,11 @@ async def serve_until_signal(config: Any, opts: dict, worker: int,
     # of the cyclic collector's full passes, which would otherwise walk all of it mid-traffic
     gc.collect()
     gc.freeze()
-    # The HTTP/2 engine keeps finished exchanges (stream, exchange, their header lists) until
-    # the loop's next quiet moment, up to 256 of them (``dataplane.engine``).  At CPython's
-    # default young-generation threshold (700 containers) those would start a collection
-    # every few hundred requests that walks them all (10% more instructions per request in
-    # the closed loop); above what they hold, collections are left to real garbage.
+    # The HTTP/2 engine keeps finished exchanges (the stream, the proxy's exchange and what it
+    # holds) until the loop's next quiet moment, up to 128 of them (``dataplane.engine``).  At
+    # CPython's default young-generation threshold (700 containers) those would start a
+    # collection every few hundred requests that walks them all (10% more instructions per
+    # request in the closed loop); above what they hold, collections are left to real garbage.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     log.info("worker %d serving: %s (start-up heap frozen: %d objects)", worker, gw.describe(),
              gc.get_freeze_count())
