@@ -371,7 +371,9 @@ class Harness:
 
 def phase_summary(ms: list[Measurement]) -> dict:
     """Pool the repeats of one phase: CPU per request over all requests, percentiles over all
-    samples, the median of the per-repeat request rates."""
+    samples, the median of the per-repeat request rates.  Each repeat's own p99 is listed
+    beside (``per_repeat_p99_ms``): on a shared machine one noisy repeat can carry the
+    pooled tail alone, and the list shows when it did."""
     requests = sum(m.requests for m in ms)
     if any(m.hdr for m in ms):
         lat, cdf = hdr_latency([m.hdr for m in ms if m.hdr])
@@ -394,8 +396,18 @@ def phase_summary(ms: list[Measurement]) -> dict:
             round(m.cpu_us / m.requests, 2) if m.requests else None for m in ms
         ],
         "per_repeat_rps": [round(m.rps, 1) for m in ms],
+        "per_repeat_p99_ms": [_round(repeat_p99_ms(m)) for m in ms],
         **service_summary(ms),
     }
+
+
+def repeat_p99_ms(m: Measurement) -> float:
+    """One repeat's p99 (ms), from its histogram or its samples; NaN without either."""
+    if m.hdr:
+        return hdr_latency([m.hdr])[0]["p99_ms"]
+    if m.latencies_us:
+        return summarize(m.latencies_us)["p99_ms"]
+    return math.nan
 
 
 def service_summary(ms: list[Measurement]) -> dict:

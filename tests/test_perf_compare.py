@@ -32,6 +32,16 @@ def test_phase_summary_pools_repeats() -> None:
     assert s["rps"] == 100.0  # median of the repeats
     assert s["p50_ms"] == pytest.approx(0.3) and s["p99_ms"] == pytest.approx(0.3)
     assert s["per_repeat_cpu_us_per_req"] == [10.0, 16.67, 10.0]
+    assert s["per_repeat_p99_ms"] == [pytest.approx(0.1), pytest.approx(0.3), pytest.approx(0.2)]
+
+
+def test_one_noisy_repeat_shows_in_the_per_repeat_p99() -> None:
+    calm = list(range(100, 200))
+    s = phase_summary([_m(100, 1000.0, calm), _m(100, 1000.0, [x * 10 for x in calm]),
+                       _m(100, 1000.0, calm)])
+    assert s["p99_ms"] == pytest.approx(1.96)  # the pooled tail is all the noisy repeat's
+    assert s["per_repeat_p99_ms"] == [pytest.approx(0.198), pytest.approx(1.98),
+                                      pytest.approx(0.198)]
 
 
 def test_skipped_and_failed_targets_are_never_missing() -> None:
