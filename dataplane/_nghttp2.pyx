@@ -585,6 +585,12 @@ cdef class _Stream:
 
 cdef _Conn _dirty_head = None  # connections to flush: a stack linked through next_dirty
 cdef int _busy = 0
+# Upstream writes wait for the end of the loop iteration while downstream reads are handled:
+# a burst read from ten client connections in one iteration goes upstream in one write, not
+# ten (each write to a local peer also wakes it: on a VM, an inter-processor interrupt).
+cdef _Conn _later_head = None  # upstream connections waiting: linked through next_dirty
+cdef object _later_loop = None  # the loop their flush is armed on
+cdef object _hold_loop = None   # set while a downstream read is handled: its loop
 
 
 cdef inline void _mark(_Conn c) noexcept:
@@ -605,6 +611,8 @@ cdef void _run() noexcept:
         while _dirty_head is not None:  # last marked first, as the list it replaces did
             c = _dirty_head
             _dirty_head = c.next_dirty
+            if _hold_loop is not None and c.upstream and _hold(c):
+                continue  # stays dirty: marks are no-ops until it is flushed
             c.next_dirty = None
             c.dirty = 0
             try:
@@ -705,6 +713,56 @@ def _probe(loop) -> None:
         _probe_loop = None
 
 
+cdef bint _hold(_Conn c) noexcept:
+    """Put ``c`` among the upstream connections flushed when the loop iteration ends.  False
+    when the loop cannot take that callback (closed): then nothing is held, ``c`` is flushed
+    now by the caller and what was held before goes back to be flushed with it."""
+    global _later_head, _later_loop, _hold_loop
+    cdef _Conn h
+    if _later_loop is not _hold_loop:  # none armed, or armed on a loop that has gone
+        try:
+            _hold_loop.call_soon(_flush_later, _hold_loop)
+        except BaseException:
+            _hold_loop = None
+            _later_loop = None
+            while _later_head is not None:
+                h = _later_head
+                _later_head = h.next_dirty
+                h.next_dirty = None
+                h.dirty = 0
+                _mark(h)
+            return 0
+        _later_loop = _hold_loop
+    c.next_dirty = _later_head
+    _later_head = c
+    return 1
+
+
+cdef void _release_held_writes() noexcept:
+    global _later_head
+    cdef _Conn c
+    while _later_head is not None:
+        c = _later_head
+        _later_head = c.next_dirty
+        c.next_dirty = None
+        c.dirty = 0
+        _mark(c)
+    _run()
+
+
+def _flush_later(loop) -> None:
+    global _later_loop
+    if loop is not _later_loop:
+        return  # superseded by one armed on another loop
+    _later_loop = None
+    _release_held_writes()
+
+
+def flush_writes() -> None:
+    """Write now what upstream connections hold for the end of the loop iteration."""
+    _release_held_writes()
+
+
 cdef class _Conn:
     """What both connection kinds share: the session, the transport, the write path."""
 
@@ -715,6 +773,7 @@ cdef class _Conn:
     cdef bint paused
     cdef bint dirty
     cdef _Conn next_dirty                # the next connection to flush after this one
+    cdef bint upstream                   # a ClientConnection: its flush may wait (_hold)
     cdef bint lost
     cdef bint closing
     cdef bint draining
@@ -817,7 +876,7 @@ cdef class _Conn:
         _run()
 
     cdef void _feed(self, data) except *:
-        global _busy
+        global _busy, _hold_loop
         cdef bytes b
         cdef ssize_t rv
         if self.session == NULL:
@@ -832,7 +891,14 @@ cdef class _Conn:
         finally:
             _busy -= 1
         _mark(self)
-        _run()
+        if self.upstream or _busy:
+            _run()
+        else:  # a downstream read: what it sends upstream waits for the iteration's end
+            _hold_loop = self.loop
+            try:
+                _run()
+            finally:
+                _hold_loop = None
         if rv < 0:
             log.info("nghttp2: closing connection: %s", nghttp2_strerror(<int>rv).decode())
             self._close_transport()
@@ -2020,6 +2086,7 @@ cdef class ClientConnection(_Conn):
         self._set_settings(settings)
         self.on_closed = on_closed
         self.max_streams = _MAX_STREAMS_UNKNOWN
+        self.upstream = 1
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

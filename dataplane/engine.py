@@ -41,6 +41,12 @@ Vocabulary
     tells every waiting observer now (a metrics scrape, shutdown); the h2 backend tells them
     at once, so there its ``report_completions()`` has nothing to do.
 
+``flush_writes()``
+    A backend function.  While the nghttp2 backend handles what a downstream connection read,
+    what that sends upstream waits for the end of the event loop iteration, so that requests
+    read from many client connections in one iteration go upstream in one write (each write
+    to a local peer wakes it).  ``flush_writes()`` writes it now; the h2 backend holds nothing.
+
 Error codes are the RFC 9113 codes (``ErrorCode`` below).
 """
 

@@ -101,6 +101,7 @@ class Rig:
     server, every byte moved by hand."""
 
     def __init__(self, backend, handler: Splicer | None = None) -> None:
+        self.backend = backend
         self.handler = handler or Splicer()
         self.server = backend.ServerConnection(self.handler, SETTINGS)
         self.down_t = MemTransport()
@@ -129,6 +130,7 @@ class Rig:
             out = self.client.data_to_send()
             if out:
                 self.server.data_received(out)
+                self.backend.flush_writes()  # what it sent upstream, without a loop turn
                 moved = True
             up = self.up_t.take()
             if up:
@@ -169,6 +171,7 @@ class Rig:
         """Traffic that completes nothing: a PING the server reads (and answers)."""
         self.client.ping(b"12345678")
         self.server.data_received(self.client.data_to_send())
+        self.backend.flush_writes()
         self.client.receive_data(self.down_t.take())
 
 
