@@ -718,19 +718,13 @@ cdef bint _hold(_Conn c) noexcept:
     when the loop cannot take that callback (closed): then nothing is held, ``c`` is flushed
     now by the caller and what was held before goes back to be flushed with it."""
     global _later_head, _later_loop, _hold_loop
-    cdef _Conn h
     if _later_loop is not _hold_loop:  # none armed, or armed on a loop that has gone
         try:
             _hold_loop.call_soon(_flush_later, _hold_loop)
         except BaseException:
             _hold_loop = None
             _later_loop = None
-            while _later_head is not None:
-                h = _later_head
-                _later_head = h.next_dirty
-                h.next_dirty = None
-                h.dirty = 0
-                _mark(h)
+            _unhold_all()
             return 0
         _later_loop = _hold_loop
     c.next_dirty = _later_head
@@ -738,7 +732,8 @@ cdef bint _hold(_Conn c) noexcept:
     return 1
 
 
-cdef void _release_held_writes() noexcept:
+cdef void _unhold_all() noexcept:
+    """Move the held upstream connections back among those to flush."""
     global _later_head
     cdef _Conn c
     while _later_head is not None:
@@ -747,6 +742,10 @@ cdef void _release_held_writes() noexcept:
         c.next_dirty = None
         c.dirty = 0
         _mark(c)
+
+
+cdef void _release_held_writes() noexcept:
+    _unhold_all()
     _run()
 
 
