@@ -87,13 +87,13 @@ async def test_flush_writes_writes_what_is_held_now():
 
 async def test_an_upstream_connections_own_reads_answer_at_once():
     handler, up_t, servers = wire(0)
-    up_t.take()
     origin = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     origin.initiate_connection()
-    handler.upstream.data_received(origin.data_to_send())  # the peer's SETTINGS
-    acks = [ev for ev in origin.receive_data(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + up_t.take())
+    origin.receive_data(up_t.take())  # our preface and SETTINGS
+    handler.upstream.data_received(origin.data_to_send())  # the peer's SETTINGS (and ACK)
+    acks = [ev for ev in origin.receive_data(up_t.take())
             if isinstance(ev, h2.events.SettingsAcknowledged)]
-    assert acks  # the ACK went without a loop turn
+    assert acks  # our ACK went without a loop turn
 
 
 def test_outside_a_running_loop_nothing_is_held():
