@@ -16,12 +16,11 @@ import asyncio
 import logging
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.list cimport PyList_GET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from dataplane import proxy as _pure
-from dataplane._addr_hash cimport addr_slot
+from dataplane._addr_hash cimport memo_get, memo_new, memo_put
 from dataplane._slots cimport slot_get, slot_offsets
 from dataplane.engine import ErrorCode
 from dataplane.routing import Forward, LocalResponse, LocalService
@@ -37,10 +36,6 @@ cdef type _PoolType = _EndpointPool
 cdef object _INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR
 cdef int _CONNECT_ERROR = ErrorCode.CONNECT_ERROR
 cdef int _CANCEL = ErrorCode.CANCEL
-
-cdef enum:
-    MEMO_BITS = 6
-    MEMO_SLOTS = 64  # identity memos: slots picked by object address
 
 NAME = "cython"
 
@@ -327,7 +322,7 @@ cdef class _ProxyCore:
     cdef public object router_slot, idle_timeout, _activity, pools, error_responder, stats
     cdef public object access_log, connections, _connecting, _sweep_timer
     cdef public dict _deadlines
-    cdef list _method_keys, _method_texts  # :method objects seen lately, by address, and text
+    cdef list _method_memo  # :method objects seen lately (by identity) and their text
     cdef public object _log_record
     cdef public long requests
     cdef public double _coarse_timeout
@@ -357,19 +352,15 @@ cdef class _ProxyCore:
             method = ""
         else:
             # the decoder's cached field: the same object request after request (one per
-            # client connection), remembered by address with its text
-            i = addr_slot(method, MEMO_BITS)
-            if self._method_keys is None:  # first request: the memo's (empty) slots
-                self._method_keys = [None] * MEMO_SLOTS
-                self._method_texts = [None] * MEMO_SLOTS
-            if <object>PyList_GET_ITEM(self._method_keys, i) is method:
-                method = <object>PyList_GET_ITEM(self._method_texts, i)
-            else:
+            # client connection), remembered with its text
+            m = memo_get(self._method_memo, method)
+            if m is None:
                 m = _METHODS.get(method)
                 m = m if m is not None else method.decode("latin-1")
-                self._method_keys[i] = method
-                self._method_texts[i] = m
-                method = m
+                if self._method_memo is None:  # first request: the memo's (empty) slots
+                    self._method_memo = memo_new()
+                memo_put(self._method_memo, method, m)
+            method = m
         if path is None:
             path = ""
         elif type(path) is bytes:  # path.decode("latin-1") without the method call

@@ -18,9 +18,7 @@ keeps the pure one); ``PureScpRouter`` is always the pure one.
 
 import dataclasses
 
-from cpython.list cimport PyList_GET_ITEM
-
-from dataplane._addr_hash cimport addr_slot
+from dataplane._addr_hash cimport memo_get, memo_new, memo_put
 from dataplane._slots cimport new_instance, slot_offsets, slot_put_new
 from nf_adapters import scp_router as _pure
 from nf_adapters._sbi_fast cimport rewrite_headers as _rewrite, scan_request as _scan
@@ -35,10 +33,6 @@ _Pure = _pure.ScpRouter
 
 NAME = "cython"
 
-cdef enum:
-    MEMO_BITS = 6
-    MEMO_SLOTS = 64  # the target memo's slots, picked by object address
-
 
 cdef class _ScpCore:
     """What the fast case reads, as C fields (``prime`` fills them after the pure
@@ -46,7 +40,7 @@ cdef class _ScpCore:
 
     cdef public object _o
     cdef public dict _targets
-    cdef list _memo_targets, _memo_infos  # targets asked lately, by address, and their entries
+    cdef list _target_memo  # Target-apiRoot objects asked lately (by identity), their entries
     cdef object _hops_value, _via_value, _timeout
     cdef bint _model_c
 
@@ -59,23 +53,18 @@ cdef class _ScpCore:
 
     cdef object _fast(self, headers, tuple scan):
         """The Forward for the fast case, else None (the pure path decides)."""
-        cdef Py_ssize_t i
         target = scan[4]
         if target is not None and self._model_c:
             # a Target-apiRoot object seen lately (the decoder's cached field, one per client
-            # connection), remembered by address: the same answer as the cache (an entry never
-            # changes; one dropped by the cache's size bound would be parsed back the same)
-            i = addr_slot(target, MEMO_BITS)
-            if self._memo_targets is None:  # first request: the memo's (empty) slots
-                self._memo_targets = [None] * MEMO_SLOTS
-                self._memo_infos = [None] * MEMO_SLOTS
-            if <object>PyList_GET_ITEM(self._memo_targets, i) is target:
-                info = <object>PyList_GET_ITEM(self._memo_infos, i)
-            else:
+            # connection), remembered with its entry: the same answer as the cache (an entry
+            # never changes; one dropped by the cache's size bound would be parsed back the same)
+            info = memo_get(self._target_memo, target)
+            if info is None:
                 info = self._targets.get(target)
                 if info is not None:
-                    self._memo_targets[i] = target
-                    self._memo_infos[i] = info
+                    if self._target_memo is None:  # first request: the memo's (empty) slots
+                        self._target_memo = memo_new()
+                    memo_put(self._target_memo, target, info)
             if (info is not None and scan[3] is not None and scan[5] is None
                     and scan[6] is None and scan[7] is None):
                 root = (<tuple>info)[0]
