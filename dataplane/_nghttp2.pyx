@@ -145,6 +145,9 @@ cdef enum:
     POOL_HDR = 16
     POOL_CACHE_BYTES = 1048576  # at most this much idle memory per size class
 
+cdef extern from *:
+    void __builtin_prefetch(const void *p) nogil
+
 cdef void *_pool_free[POOL_CLASSES]
 cdef int _pool_count[POOL_CLASSES]
 cdef int _pool_limit[POOL_CLASSES]
@@ -177,6 +180,9 @@ cdef void *_pool_malloc(size_t size, void *ud) noexcept:
     if blk != NULL:
         _pool_free[c] = (<void **>blk)[0]
         _pool_count[c] -= 1
+        # the next block of this class is read at the next allocation: fetch it meanwhile
+        # (a burst after a pause finds the free lists out of the caches)
+        __builtin_prefetch(_pool_free[c])
     else:
         blk = <char *>malloc(<size_t>1 << (c + POOL_MIN_SHIFT))
         if blk == NULL:
