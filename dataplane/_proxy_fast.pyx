@@ -15,6 +15,8 @@ the module constants (``COARSE_TIMEOUT_S``, ``SWEEP_PERIOD_S``) are read from
 import asyncio
 import logging
 
+cimport cython
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -87,6 +89,7 @@ cdef inline double _monotonic() noexcept:
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
+@cython.freelist(256)
 cdef class _FastExchange:
     """One forwarded request: the splice observer, its candidates, deadline and outcome."""
 
@@ -323,6 +326,7 @@ cdef class _ProxyCore:
     cdef public object access_log, connections, _connecting, _sweep_timer
     cdef public dict _deadlines
     cdef list _method_memo  # :method objects seen lately (by identity) and their text
+    cdef object _router, _route  # the router last read from router_slot and its bound route
     cdef public object _log_record
     cdef public long requests
     cdef public double _coarse_timeout
@@ -368,7 +372,11 @@ cdef class _ProxyCore:
         else:
             path = path.decode("latin-1")
         try:
-            decision = self.router_slot.current.route(headers, conn.peer_info)
+            router = self.router_slot.current
+            if router is not self._router:  # a new route snapshot: look its method up once
+                self._route = router.route
+                self._router = router
+            decision = self._route(headers, conn.peer_info)
         except Exception as exc:
             log.exception("router failed for %s %s", method, path)
             self._local(conn, stream_id, self.error_responder(

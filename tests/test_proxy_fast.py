@@ -157,6 +157,15 @@ def _outcome(resp) -> tuple:
     return (resp.status, headers, resp.body, resp.trailers)
 
 
+async def _close(client, server, proxy, pools) -> None:
+    client.close()
+    server.close()
+    for conn in list(proxy.connections):
+        conn.close()
+    pools.close()
+    await asyncio.sleep(0)
+
+
 async def _through(cls, backend, router, mix) -> tuple[list, Counter, Counter]:
     settings = H2Settings()
     pools = UpstreamPools(backend, settings, connect_timeout=1.0)
@@ -175,12 +184,7 @@ async def _through(cls, backend, router, mix) -> tuple[list, Counter, Counter]:
                 break
             await asyncio.sleep(0.01)
     finally:
-        client.close()
-        server.close()
-        for conn in list(proxy.connections):
-            conn.close()
-        pools.close()
-        await asyncio.sleep(0)
+        await _close(client, server, proxy, pools)
     assert not any(isinstance(r, (H2ClientError, TimeoutError)) and "connect" in str(r)
                    for r in results)
     return [_outcome(r) for r in results], Counter(stats.done), Counter(access.rows)
@@ -232,3 +236,40 @@ def test_every_decision_kind_gives_the_expected_answer() -> None:
     assert ("x-producer", "tagged") in outcomes[3][1] and outcomes[3][2] == b"s"
     assert stats[("c5", "POST", 200, 0)] == 1
     assert stats[("c4", "GET", 504, 0)] == 1 and stats[("svc", "POST", 201, 0)] == 1
+
+
+class _Answers:
+    """A router that answers every request itself, with its own body."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def route(self, headers, peer) -> LocalResponse:
+        return LocalResponse(200, [("content-type", "text/plain")], self.body)
+
+
+@pytest.mark.parametrize("cls", [pure_mod.Proxy, fast_mod.Proxy], ids=["pure", "compiled"])
+def test_a_router_put_in_the_slot_answers_the_next_request(cls) -> None:
+    """The compiled proxy keeps the last router's bound ``route``: a new snapshot in the slot
+    (one assignment, as the control plane does it) must answer the very next request."""
+
+    async def run() -> list[bytes]:
+        backend = load_backend("auto")
+        settings = H2Settings()
+        pools = UpstreamPools(backend, settings, connect_timeout=1.0)
+        slot = RouterSlot(_Answers(b"one"))
+        proxy = cls(slot, pools)
+        server = await serve("127.0.0.1", 0, lambda: proxy, backend, settings, None)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x"
+        client = H2Client(backend.NAME)
+        bodies = []
+        try:
+            for body in (b"one", b"two", b"two", b"three"):
+                if slot.current.body != body:
+                    slot.current = _Answers(body)
+                bodies.append((await client.request("GET", url, timeout=3.0)).body)
+        finally:
+            await _close(client, server, proxy, pools)
+        return bodies
+
+    assert uvloop.run(run()) == [b"one", b"two", b"two", b"three"]
