@@ -44,7 +44,7 @@ class AccessLog:
         self._dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
         self._encode_lines = msgspec.json.Encoder(enc_hook=str).encode_lines
 
-    def __call__(self, **fields: Any) -> None:
+    def __call__(self, /, **fields: Any) -> None:  # "self" may be a field too
         if self.fmt == "json":
             line = self._dumps(fields)
         else:
