@@ -414,6 +414,7 @@ cdef class _Stream:
     cdef object sid_obj              # ... as the int object handed to Python (made once;
                                      # observers, set by splice, exist on server streams only)
     cdef int32_t cid                 # upstream stream id (client side), 0 when none
+    cdef object cid_obj              # ... as the int object keying the client's streams
     cdef int mode
     cdef ServerConnection server
     cdef ClientConnection client
@@ -1298,9 +1299,12 @@ cdef int _srv_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t code,
                            void *ud) noexcept:
     cdef ServerConnection conn = <ServerConnection>ud
     cdef _Stream st
+    cdef void *p
     try:
         _forget_stream(conn, stream_id)
-        st = conn.streams.pop(stream_id, None)
+        # popped by the key it was stored under (no int object made per request)
+        p = nghttp2_session_get_stream_user_data(s, stream_id)
+        st = conn.streams.pop((<_Stream>p).sid_obj if p != NULL else stream_id, None)
         if st is None:
             return 0
         conn.open_streams -= 1
@@ -2077,7 +2081,8 @@ cdef class ServerConnection(_Conn):
             self._kick()
             return
         st.cid = cid
-        upstream.streams[cid] = st
+        st.cid_obj = cid
+        upstream.streams[st.cid_obj] = st
         upstream.open_streams += 1
         _mark(upstream)
         _run()
@@ -2189,8 +2194,15 @@ cdef class ClientConnection(_Conn):
                 and not self.goaway_recv and not self.draining)
 
     cdef void _stream_gone(self, int32_t cid, uint32_t code, bint reached) except *:
+        cdef void *p = NULL
+        cdef _Stream st
         _forget_stream(self, cid)
-        cdef _Stream st = self.streams.pop(cid, None)
+        if self.session != NULL:
+            p = nghttp2_session_get_stream_user_data(self.session, cid)
+        if p != NULL and (<_Stream>p).cid == cid and (<_Stream>p).cid_obj is not None:
+            st = self.streams.pop((<_Stream>p).cid_obj, None)  # the key it was stored under
+        else:
+            st = self.streams.pop(cid, None)
         if st is None:
             return
         self.open_streams -= 1
@@ -2254,7 +2266,8 @@ cdef class ClientConnection(_Conn):
         if cid < 0:
             raise ConnectionError(f"cannot open a stream: {nghttp2_strerror(cid).decode()}")
         st.cid = cid
-        self.streams[cid] = st
+        st.cid_obj = cid
+        self.streams[st.cid_obj] = st
         self.open_streams += 1
         self._kick()
         return cid

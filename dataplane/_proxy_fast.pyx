@@ -96,17 +96,17 @@ cdef class _FastExchange:
     cdef public _ProxyCore proxy
     cdef public object conn, fwd, method, path, timer, task, last_error, endpoint
     cdef public object headers, extra
-    cdef public long sid
+    cdef public object sid  # the engine's int object (no new one per call)
     cdef public double t0, deadline
     cdef public bint done, retried_same
     cdef public Py_ssize_t next_alt
     cdef object __weakref__
 
-    def __init__(self, _ProxyCore proxy, conn, long sid, fwd, method, path, double t0):
+    def __init__(self, _ProxyCore proxy, conn, sid, fwd, method, path, double t0):
         self._setup(proxy, conn, sid, fwd, method, path, t0)
         self._start()
 
-    cdef inline void _setup(self, _ProxyCore proxy, conn, long sid, fwd, method, path, double t0):
+    cdef inline void _setup(self, _ProxyCore proxy, conn, sid, fwd, method, path, double t0):
         self.proxy = proxy
         self.conn = conn
         self.sid = sid
@@ -403,7 +403,7 @@ class Proxy(_ProxyCore, _pure.Proxy):
         self._coarse_timeout = _pure.COARSE_TIMEOUT_S
 
 
-cdef _FastExchange _new_exchange(_ProxyCore proxy, conn, long sid, fwd, method, path, double t0):
+cdef _FastExchange _new_exchange(_ProxyCore proxy, conn, sid, fwd, method, path, double t0):
     # no Python __init__ call per request: allocate, fill, start
     cdef _FastExchange ex = _FastExchange.__new__(_FastExchange)
     ex._setup(proxy, conn, sid, fwd, method, path, t0)
