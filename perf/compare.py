@@ -14,7 +14,9 @@ check that it relays (every warm-up request must answer 2xx), and drive with h2l
   h2load's rate timer fires at most every 10 ms (``max(0.01, 1/rps)`` in h2load.cc), so each
   client sends ``rps/100`` requests at once per tick: at 10k req/s the target gets a burst of
   100 requests every 10 ms (seen in the per-request logs: bursts of 100, 10.2 ms apart), and
-  the p99 measures how fast it clears a burst, which is its CPU per request;
+  the p99 measures how fast the chain clears a burst: the target's work between the last
+  client read and the last response, and, on a 2-core machine where h2load and the backend
+  share the load core, that core's queue (the larger part there);
 * ``single``: one connection, one stream: the latency floor;
 * ``loadgen_<N>`` (unless ``--no-loadgen``; off in ``--quick``): the project's own generator
   (``perf.loadgen``) open loop at the same rates, latency from the intended send time, so a
