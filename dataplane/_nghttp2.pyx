@@ -917,18 +917,14 @@ cdef class _Conn:
         b = data if type(data) is bytes else bytes(data)
         _io_ticks += 1
         _busy += 1
-        if self.upstream:
-            _last_finished = None
         try:
             rv = nghttp2_session_mem_recv(self.session, <const uint8_t *>PyBytes_AS_STRING(b),
                                           <size_t>PyBytes_GET_SIZE(b))
         finally:
             _busy -= 1
+            _last_finished = None  # early flushes are per upstream read
         _mark(self)
-        if self.upstream:
-            _last_finished = None
-            _run()
-        elif _busy:
+        if self.upstream or _busy:
             _run()
         else:  # a downstream read: what it sends upstream waits for the iteration's end
             _hold_loop = self.loop
@@ -1377,6 +1373,15 @@ cdef int _cli_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *
     return 0
 
 
+cdef inline void _response_ended(_Stream st) noexcept:
+    """The upstream response's END_STREAM came after its HEADERS: relay the rest downstream
+    (a spliced stream), and the client's finished responses may go (``_finished_response``)."""
+    st.resp_end = 1
+    if st.mode == M_SPLICE:
+        st.server._response_more(st)
+        _finished_response(st.server)
+
+
 cdef int _cli_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) noexcept:
     cdef ClientConnection conn = <ClientConnection>ud
     cdef void *p
@@ -1406,21 +1411,14 @@ cdef int _cli_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) n
                         _finished_response(st.server)
                 else:
                     st.resp_trailers = []
-            elif f.hd.flags & NGHTTP2_FLAG_END_STREAM:
-                st.resp_end = 1
-                if st.mode == M_SPLICE:
-                    st.server._response_more(st)
-                    _finished_response(st.server)
+            elif f.hd.flags & NGHTTP2_FLAG_END_STREAM:  # trailers
+                _response_ended(st)
         elif t == NGHTTP2_DATA:
             if f.hd.flags & NGHTTP2_FLAG_END_STREAM:
                 p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
                 if p == NULL:
                     return 0
-                st = <_Stream>p
-                st.resp_end = 1
-                if st.mode == M_SPLICE:
-                    st.server._response_more(st)
-                    _finished_response(st.server)
+                _response_ended(<_Stream>p)
         elif t == NGHTTP2_SETTINGS:
             if not (f.hd.flags & NGHTTP2_FLAG_ACK):
                 conn._peer_settings()
