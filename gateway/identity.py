@@ -29,6 +29,7 @@ short DER walk).
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -211,11 +212,22 @@ def peercert_dict(cert: x509.Certificate) -> dict:
             sans.append(("URI", gn.value))
         elif isinstance(gn, x509.IPAddress):
             sans.append(("IP Address", str(gn.value)))
-    fmt = "%b %d %H:%M:%S %Y GMT"
     return {"subject": name(cert.subject), "issuer": name(cert.issuer),
             "subjectAltName": tuple(sans),
-            "notBefore": cert.not_valid_before_utc.strftime(fmt),
-            "notAfter": cert.not_valid_after_utc.strftime(fmt)}
+            "notBefore": openssl_time(cert.not_valid_before_utc),
+            "notAfter": openssl_time(cert.not_valid_after_utc)}
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def openssl_time(when: datetime.datetime) -> str:
+    """``when`` (UTC) as OpenSSL's ``ASN1_TIME_print`` writes it, which is what
+    ``getpeercert()`` returns: ``"Jan  6 09:05:03 2027 GMT"`` -- the day padded with a space,
+    not a zero, and English month names whatever the locale (``strftime("%b %d")`` gets both
+    wrong)."""
+    return (f"{_MONTHS[when.month - 1]} {when.day:2d} {when.hour:02d}:{when.minute:02d}:"
+            f"{when.second:02d} {when.year} GMT")
 
 
 def _subject_values(peercert: dict, attribute: str) -> list[str]:

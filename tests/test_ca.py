@@ -32,6 +32,7 @@ from gateway.identity import (
     der_nf_types,
     encode_nf_types,
     nf_identity,
+    openssl_time,
     peer_identity,
     rfc9310_nf_types,
 )
@@ -748,3 +749,13 @@ def test_cli_issue_from_an_openssl_request(mesh, tmp_path, capsys):
     rc, out, err = run_cli(["issue", "--dir", mesh.directory, "--nf-type", "AUSF",
                             "--instance-id", AMF_ID, "--csr", str(tmp_path / "nope.csr")], capsys)
     assert rc == 1 and "cannot read" in err
+
+
+@pytest.mark.parametrize("day", range(1, 32))
+def test_certificate_dates_read_as_openssl_writes_them(day):
+    """``openssl_time`` against ``ssl.cert_time_to_seconds`` (which parses what OpenSSL's
+    ``ASN1_TIME_print`` writes: the day padded with a space) on every day of a month."""
+    when = datetime.datetime(2027, 1, day, 9, 5, 3, tzinfo=datetime.UTC)
+    text = openssl_time(when)
+    assert text == f"Jan {day:2d} 09:05:03 2027 GMT"
+    assert ssl.cert_time_to_seconds(text) == int(when.timestamp())
