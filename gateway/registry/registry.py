@@ -236,7 +236,7 @@ class Registry:
             try:
                 new = apply_patch(cur, ops)
             except PatchError as exc:
-                raise ProfileError("INVALID_MSG_FORMAT", f"JSON Patch: {exc}", []) from None
+                raise _patch_error(exc) from None
             for key in ("nfInstanceId", "nfType"):
                 if new.get(key) != cur.get(key):
                     raise ProfileError("MODIFICATION_NOT_ALLOWED", f"{key} cannot be changed",
@@ -325,7 +325,7 @@ class Registry:
         try:
             new = apply_patch(cur, ops)
         except PatchError as exc:
-            raise ProfileError("INVALID_MSG_FORMAT", f"JSON Patch: {exc}", []) from None
+            raise _patch_error(exc) from None
         changed = {k for k in set(cur) | set(new) if cur.get(k) != new.get(k)}
         if changed - {"validityTime"}:
             bad = sorted(changed - {"validityTime"})[0]
@@ -521,7 +521,7 @@ def _heartbeat_patch(cur: dict, ops: object) -> dict | None:
             return None
         path, value = op.get("path"), op["value"]
         if path == "/nfStatus":
-            if value not in NF_STATUSES:
+            if not isinstance(value, str) or value not in NF_STATUSES:
                 return None
         elif path == "/load":
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100:
@@ -544,6 +544,11 @@ def _heartbeat_patch(cur: dict, ops: object) -> dict | None:
 
 def _ip(param: str, reason: str) -> InvalidParam:
     return InvalidParam(param, reason)
+
+
+def _patch_error(exc: PatchError) -> ProfileError:
+    """A malformed or inapplicable JSON Patch: 400 INVALID_MSG_FORMAT naming the operation."""
+    return ProfileError("INVALID_MSG_FORMAT", f"JSON Patch: {exc}", [_ip(exc.param, exc.reason)])
 
 
 def _sub_wants(sub: dict, event: str, profile: dict) -> bool:
