@@ -100,6 +100,11 @@ cdef class _FastExchange:
     cdef public double t0, deadline
     cdef public bint done, retried_same
     cdef public Py_ssize_t next_alt
+    # admission (dataplane.admission): read and written by the controller
+    cdef public int priority
+    cdef public double due, sent_at
+    cdef public object consumer, cluster, scopes, gate
+    cdef public bint retrying
     cdef object __weakref__
 
     def __init__(self, _ProxyCore proxy, conn, sid, fwd, method, path, double t0):
@@ -129,13 +134,18 @@ cdef class _FastExchange:
             self.extra = fwd.extra_response_headers
         self.retried_same = False
         self.next_alt = 0
+        self.gate = None
+        self.sent_at = -1.0
+        self.retrying = False
 
     cdef _start(self):
         fwd = self.fwd
         cdef _ProxyCore proxy = self.proxy
         timeout = slot_get(fwd, F_TIMEOUT) if _FWD_SLOTS and type(fwd) is _ForwardType \
             else fwd.timeout
+        self.due = 0.0
         if timeout is not None:
+            self.due = self.t0 + timeout
             if timeout >= proxy._coarse_timeout:
                 self.deadline = self.t0 + timeout
                 proxy._deadlines[self] = None
@@ -143,6 +153,49 @@ cdef class _FastExchange:
                     proxy._arm_sweep()
             else:
                 self.timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+        adm = proxy.admission
+        if adm is not None:
+            self.priority = fwd.priority
+            self.consumer = fwd.consumer
+            self.cluster = fwd.cluster
+            self.scopes = fwd.scopes
+            if adm.gates and fwd.alternates and adm.ejected(self.endpoint):
+                self._skip_ejected(adm)
+            verdict = adm.admit(self)
+            if verdict:
+                if verdict != 1:  # a refusal: (status, cause, detail)
+                    self._answer(verdict[0], verdict[1], verdict[2])
+                else:  # queued: admitted() or refused() comes later; a reset cancels it
+                    proxy._connecting[(id(self.conn), self.sid)] = self
+                return
+        self.admitted()
+
+    def _skip_ejected(self, adm) -> None:
+        """The chosen endpoint is ejected (outlier detection): take the first alternate that
+        is not, when there is one."""
+        fwd = self.fwd
+        for i, (endpoint, headers) in enumerate(fwd.alternates):
+            if not adm.ejected(endpoint):
+                self.endpoint, self.headers = endpoint, headers
+                if i < len(fwd.alternate_response_headers):
+                    self.extra = fwd.alternate_response_headers[i]
+                self.next_alt = i + 1
+                return
+
+    def refused(self, status, cause, detail) -> None:
+        """Admission refused it after it waited (the controller calls this)."""
+        self.proxy._connecting.pop((id(self.conn), self.sid), None)
+        self._answer(status, cause, detail)
+
+    def admitted(self) -> None:
+        """Send it now (at once, or when admission takes it from its queue)."""
+        if self.done:
+            return
+        cdef _ProxyCore proxy = self.proxy
+        if self.sent_at >= 0 and proxy._connecting:  # it waited in the queue
+            proxy._connecting.pop((id(self.conn), self.sid), None)
+        if self.due and proxy.restamp is not None and self.fwd.restamp:
+            self.headers = proxy.restamp(self.headers, self.due - _monotonic())
         upstream = ready_connection(proxy.pools, self.endpoint)
         if upstream is None:
             self._attempt(self.endpoint, self.headers)
@@ -154,6 +207,13 @@ cdef class _FastExchange:
             self._answer(502, "UPSTREAM_ERROR", f"splice failed: {exc}", _INTERNAL_ERROR)
 
     def _attempt(self, endpoint, headers) -> None:
+        cdef _ProxyCore proxy
+        if endpoint is not self.endpoint:
+            proxy = self.proxy
+            if self.due and proxy.restamp is not None and self.fwd.restamp:
+                headers = proxy.restamp(headers, self.due - _monotonic())
+            if self.gate is not None:
+                proxy.admission.move(self, endpoint)
         self.endpoint = endpoint
         self.headers = headers
         upstream = self.proxy.pools.get_ready(endpoint)
@@ -192,7 +252,11 @@ cdef class _FastExchange:
         conn = self.conn
         replayable = conn.can_replay(self.sid)
         fwd = self.fwd
-        if (not reached or fwd.retryable) and replayable:
+        adm = self.proxy.admission
+        if (not reached or fwd.retryable) and replayable and (
+                adm is None or self.retrying or adm.retry_allowed()):
+            if adm is not None:
+                self.retrying = True
             i = self.next_alt
             if i < len(fwd.alternates):
                 self.next_alt = i + 1
@@ -269,8 +333,24 @@ cdef class _FastExchange:
         elif self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if proxy.admission is not None:
+            self._release(status, error_code)
         proxy._record(self.fwd.cluster, self.method, self.path, status,
                       _monotonic() - self.t0, error_code, self.endpoint, self.conn)
+
+    def _release(self, status, error_code) -> None:
+        adm = self.proxy.admission
+        if self.retrying:
+            self.retrying = False
+            adm.retry_done()
+        if self.gate is not None:
+            adm.release(self, status, status >= 500 or (
+                status == 0 and error_code != 0 and error_code != _CANCEL))
+
+    def on_response_headers(self, stream_id, status, fields):
+        """The engine's response tap (overload/load control headers from the producer)."""
+        tap = self.proxy.response_tap
+        return fields if tap is None else tap(self, status, fields)
 
     # ---- SpliceObserver ----------------------------------------------------------------------
     def on_upstream_failed(self, stream_id, error_code, reached) -> None:
@@ -297,6 +377,8 @@ cdef class _FastExchange:
         duration = _monotonic() - self.t0
         if type(error_code) is not int:
             error_code = int(error_code)  # plain int, never an enum member (metric labels)
+        if proxy.admission is not None:
+            self._release(status, error_code)
         fwd = self.fwd
         cluster = slot_get(fwd, F_CLUSTER) if _FWD_SLOTS and type(fwd) is _ForwardType \
             else fwd.cluster
@@ -324,6 +406,7 @@ cdef class _ProxyCore:
 
     cdef public object router_slot, idle_timeout, _activity, pools, error_responder, stats
     cdef public object access_log, connections, _connecting, _sweep_timer
+    cdef public object admission, restamp, response_tap
     cdef public dict _deadlines
     cdef list _method_memo  # :method objects seen lately (by identity) and their text
     cdef object _router, _route  # the router last read from router_slot and its bound route

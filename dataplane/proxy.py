@@ -25,6 +25,15 @@ Response deadlines: a ``Forward.timeout`` of ``COARSE_TIMEOUT_S`` or more is wat
 sweep per proxy every ``SWEEP_PERIOD_S`` (so at most that late; no timer is created and
 cancelled per request); shorter ones get their own loop timer.
 
+Admission (``dataplane.admission``, when the proxy has an ``admission`` controller): each
+``Forward`` is admitted before it is sent: sent at once, queued (sent later, or answered with
+the controller's refusal), or refused at once (503/504/429 ProblemDetails, never forwarded).
+The exchange tells the controller when it ends (``release``), and reselections and retries
+draw from the controller's retry budget.  A request whose ``Forward.restamp`` is set has its
+deadline headers re-stamped by ``restamp(headers, seconds_left)`` when it is sent.  A
+response tap (``response_tap(exchange, status, fields)``, with the engine setting
+``H2Settings.tap_response_headers``) sees the producer's overload/load headers first.
+
 One bad request costs only its stream: router or service exceptions become a 500 problem.
 """
 
@@ -39,6 +48,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from dataplane.admission import AdmissionController
 from dataplane.engine import ErrorCode, Headers
 from dataplane.routing import (
     Endpoint,
@@ -93,6 +103,7 @@ class _Exchange:
     __slots__ = (
         "proxy", "conn", "sid", "fwd", "method", "path", "t0", "deadline", "timer", "task",
         "done", "last_error", "endpoint", "headers", "retried_same", "next_alt", "extra",
+        "priority", "due", "consumer", "cluster", "scopes", "gate", "sent_at", "retrying",
     )
 
     def __init__(self, proxy: Proxy, conn, sid: int, fwd: Forward, method: str, path: str,
@@ -114,9 +125,14 @@ class _Exchange:
         self.extra: Headers = fwd.extra_response_headers
         self.retried_same = False
         self.next_alt = 0  # index of the next of fwd.alternates to try
+        self.gate = None  # admission: the endpoint gate holding (or queueing) this request
+        self.sent_at = -1.0
+        self.retrying = False
         # start at once (one call less per request than a separate start())
         timeout = fwd.timeout
+        self.due = 0.0
         if timeout is not None:
+            self.due = t0 + timeout
             if timeout >= COARSE_TIMEOUT_S:
                 self.deadline = t0 + timeout
                 proxy._deadlines[self] = None
@@ -124,17 +140,67 @@ class _Exchange:
                     proxy._arm_sweep()
             else:
                 self.timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
-        upstream = proxy.pools.get_ready(fwd.endpoint)
+        adm = proxy.admission
+        if adm is not None:
+            self.priority = fwd.priority
+            self.consumer = fwd.consumer
+            self.cluster = fwd.cluster
+            self.scopes = fwd.scopes
+            if adm.gates and fwd.alternates and adm.ejected(self.endpoint):
+                self._skip_ejected(adm)
+            verdict = adm.admit(self)
+            if verdict:
+                if verdict != 1:  # a refusal: (status, cause, detail)
+                    self._answer(verdict[0], verdict[1], verdict[2])
+                else:  # queued: admitted() or refused() comes later; a reset cancels it
+                    proxy._connecting[(id(conn), sid)] = self
+                return
+        self.admitted()
+
+    def _skip_ejected(self, adm) -> None:
+        """The chosen endpoint is ejected (outlier detection): take the first alternate that
+        is not, when there is one."""
+        fwd = self.fwd
+        for i, (endpoint, headers) in enumerate(fwd.alternates):
+            if not adm.ejected(endpoint):
+                self.endpoint, self.headers = endpoint, headers
+                if i < len(fwd.alternate_response_headers):
+                    self.extra = fwd.alternate_response_headers[i]
+                self.next_alt = i + 1
+                return
+
+    def refused(self, status: int, cause: str, detail: str) -> None:
+        """Admission refused it after it waited (the controller calls this)."""
+        self.proxy._connecting.pop((id(self.conn), self.sid), None)
+        self._answer(status, cause, detail)
+
+    def admitted(self) -> None:
+        """Send it now (at once, or when admission takes it from its queue)."""
+        if self.done:
+            return
+        proxy = self.proxy
+        if self.sent_at >= 0 and proxy._connecting:  # it waited in the queue
+            proxy._connecting.pop((id(self.conn), self.sid), None)
+        fwd = self.fwd
+        if fwd.restamp and proxy.restamp is not None and self.due:
+            self.headers = proxy.restamp(self.headers, self.due - _monotonic())
+        upstream = proxy.pools.get_ready(self.endpoint)
         if upstream is None:
-            self._attempt(fwd.endpoint, fwd.headers)
+            self._attempt(self.endpoint, self.headers)
             return
         try:  # _splice, inlined
-            conn.splice(sid, upstream, fwd.headers, self, self.extra, True)
+            self.conn.splice(self.sid, upstream, self.headers, self, self.extra, True)
         except Exception as exc:  # an engine refusing the splice must not cost the connection
-            log.exception("splice failed on stream %d", sid)
+            log.exception("splice failed on stream %d", self.sid)
             self._answer(502, "UPSTREAM_ERROR", f"splice failed: {exc}", ErrorCode.INTERNAL_ERROR)
 
     def _attempt(self, endpoint: Endpoint, headers: Headers) -> None:
+        if endpoint is not self.endpoint:
+            proxy = self.proxy
+            if self.fwd.restamp and proxy.restamp is not None and self.due:
+                headers = proxy.restamp(headers, self.due - _monotonic())
+            if self.gate is not None:
+                proxy.admission.move(self, endpoint)
         self.endpoint = endpoint
         self.headers = headers
         pools = self.proxy.pools
@@ -173,7 +239,11 @@ class _Exchange:
     def _next_or_fail(self, reached: bool, error_code: int) -> None:
         conn = self.conn
         replayable = conn.can_replay(self.sid)
-        if (not reached or self.fwd.retryable) and replayable:
+        adm = self.proxy.admission
+        if (not reached or self.fwd.retryable) and replayable and (
+                adm is None or self.retrying or adm.retry_allowed()):
+            if adm is not None:
+                self.retrying = True
             fwd = self.fwd
             i = self.next_alt
             if i < len(fwd.alternates):
@@ -252,8 +322,24 @@ class _Exchange:
         elif self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if proxy.admission is not None:
+            self._release(status, error_code)
         proxy._record(self.fwd.cluster, self.method, self.path, status,
                       _monotonic() - self.t0, error_code, self.endpoint, self.conn)
+
+    def _release(self, status: int, error_code: int) -> None:
+        adm = self.proxy.admission
+        if self.retrying:
+            self.retrying = False
+            adm.retry_done()
+        if self.gate is not None:
+            adm.release(self, status, status >= 500 or (
+                status == 0 and error_code != 0 and error_code != ErrorCode.CANCEL))
+
+    def on_response_headers(self, stream_id: int, status: int, fields: Headers) -> Headers | None:
+        """The engine's response tap (overload/load control headers from the producer)."""
+        tap = self.proxy.response_tap
+        return fields if tap is None else tap(self, status, fields)
 
     # ---- SpliceObserver ----------------------------------------------------------------------
     def on_upstream_failed(self, stream_id: int, error_code: int, reached: bool) -> None:
@@ -279,6 +365,8 @@ class _Exchange:
         duration = _monotonic() - self.t0
         if type(error_code) is not int:
             error_code = int(error_code)  # plain int, never an enum member (metric labels)
+        if proxy.admission is not None:
+            self._release(status, error_code)
         # Proxy._record, inlined
         cluster = self.fwd.cluster
         if proxy.stats is not None:
@@ -308,8 +396,14 @@ class Proxy:
         stats: ProxyStats | None = None,
         access_log: Callable[..., None] | None = None,
         idle_timeout: float | None = None,
+        admission: AdmissionController | None = None,
+        restamp: Callable[[Headers, float], Headers] | None = None,
+        response_tap: Callable[..., Headers | None] | None = None,
     ) -> None:
         self.router_slot = router_slot
+        self.admission = admission
+        self.restamp = restamp
+        self.response_tap = response_tap
         # downstream connections with no request for this long (and none open) are drained;
         # this also bounds what a peer that connects and then sends nothing can hold
         self.idle_timeout = idle_timeout

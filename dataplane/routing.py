@@ -50,6 +50,14 @@ class Forward:
     # per alternate (same order): the extra response headers when that alternate answers
     # (its own 3gpp-sbi-producer-id); missing entries fall back to extra_response_headers
     alternate_response_headers: list[Headers] = field(default_factory=list)
+    # admission (dataplane.admission): the request's rank (0 the most important; -1: the
+    # configured default), who sent it (a per-consumer rate key), whether the proxy re-stamps
+    # the time left into the headers when it sends (``Proxy.restamp``), and the overload
+    # scopes the chosen producer belongs to (opaque keys, e.g. its NF set)
+    priority: int = -1
+    consumer: object = None
+    restamp: bool = False
+    scopes: tuple = ()
 
 
 @dataclass(slots=True)

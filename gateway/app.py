@@ -45,7 +45,7 @@ class StaticRoutes:
 
 
 # config sections a reload applies at once; the others need a restart (listeners, engine, ...)
-HOT_SECTIONS = ("clusters", "routes", "scp", "authz")
+HOT_SECTIONS = ("clusters", "routes", "scp", "authz", "overload")
 
 
 class Gateway:
@@ -86,6 +86,7 @@ class Gateway:
         self.started_at = 0.0
         self.static_routes: StaticRoutes | None = None
         self.worker_routing: Any = None
+        self.overload: Any = None  # gateway.overload.OverloadProtection, when enabled
 
     # -- routing ---------------------------------------------------------------------------
     def _static_router(self) -> Router:
@@ -134,6 +135,10 @@ class Gateway:
         static = self._static_router()
         if self.pools is not None:
             self.pools.set_endpoint_limits(self._endpoint_limits())
+        if self.overload is not None and new.overload.enabled:
+            self.overload.reload(new.overload)
+        elif (self.overload is not None) != new.overload.enabled:
+            pending.append("overload")  # switching it on or off needs a restart
         if self.static_routes is None:
             self.publish_router(static)
             return pending
@@ -151,6 +156,7 @@ class Gateway:
         from dataplane.listener import serve
         from dataplane.proxy import load_proxy
         from dataplane.upstream_pool import UpstreamPools
+        from gateway.overload import OverloadProtection
         from nf_adapters.problem_details import problem_responder
 
         cfg = self.config
@@ -173,8 +179,16 @@ class Gateway:
         self.pools.set_endpoint_limits(self._endpoint_limits())
         access_log = load_access_log()(cfg.logging.format) if cfg.logging.access_log else None
         self.access_log = access_log
-        self.proxy = load_proxy()(self.router_slot, self.pools, error_responder=problem_responder,
-                           stats=self.stats, access_log=access_log)
+        self.overload = OverloadProtection.from_config(cfg)
+        responder = problem_responder
+        proxy_kwargs: dict = {}
+        if self.overload is not None:
+            settings = self.overload.h2_settings(settings)
+            responder = self.overload.error_responder(problem_responder)
+            proxy_kwargs = self.overload.proxy_kwargs()
+            self.overload.start()
+        self.proxy = load_proxy()(self.router_slot, self.pools, error_responder=responder,
+                                  stats=self.stats, access_log=access_log, **proxy_kwargs)
         listeners = list(cfg.listeners)
         if self.listen_override is not None:
             host, port = self.listen_override
@@ -202,6 +216,8 @@ class Gateway:
                 collectors.extend(self.registry.collectors())
             if self.n2 is not None:
                 collectors.append(self.n2)  # N2: associations, UEs, messages, path state
+            if self.overload is not None:
+                collectors.append(self.overload)  # limits, queues, shed, ejections, OCI
             self._metrics = MetricsServer(new_registry(*collectors), ready=lambda: bool(self._servers),
                                           before_scrape=self.report_completions)
             if self.metrics_socket:  # a worker: its supervisor serves the port and scrapes this
@@ -254,6 +270,8 @@ class Gateway:
                 pass
         if self.pools is not None:
             self.pools.close()
+        if self.overload is not None:
+            self.overload.stop()
         if self.n2 is not None:
             await self.n2.close()
         if self.registry is not None:

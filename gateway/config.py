@@ -216,6 +216,86 @@ class AuthzSection(msgspec.Struct, **_STRUCT):
     services: dict[str, list[str]] = msgspec.field(default_factory=dict)  # service -> NF types, "*"
 
 
+Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Priority = Annotated[int, msgspec.Meta(ge=0, le=31)]
+
+
+class OverloadLimitSection(msgspec.Struct, **_STRUCT):
+    """The adaptive concurrency limit per producer endpoint (a gradient on latency)."""
+
+    initial: PosInt = 16
+    min: PosInt = 2
+    max: PosInt = 1000
+    window_s: PosFloat = 0.05
+    tolerance: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.1
+    probe_interval_s: PosFloat = 5.0
+    probe_samples: PosInt = 16
+
+
+class OverloadQueueSection(msgspec.Struct, **_STRUCT):
+    """The wait queue per producer: priority then deadline; queue delay is the signal."""
+
+    max_length: PosInt = 1024
+    target_delay_ms: PosFloat = 10.0
+    interval_ms: PosFloat = 100.0
+
+
+class OutlierSection(msgspec.Struct, **_STRUCT):
+    consecutive_failures: PosInt = 5
+    base_ejection_s: PosFloat = 2.0
+    max_ejection_s: PosFloat = 60.0
+    max_ejected_share: Share = 0.5
+
+
+class RetryBudgetSection(msgspec.Struct, **_STRUCT):
+    share: Share = 0.2  # reselections + retries in flight, as a share of requests in flight
+    min: NonNegInt = 3
+
+
+class ConsumerRateSection(msgspec.Struct, **_STRUCT):
+    rate_per_s: NonNegFloat = 10000.0  # per consumer and worker; 0 = no per-consumer bucket
+    burst: PosFloat = 2000.0
+
+
+class OverloadSection(msgspec.Struct, **_STRUCT):
+    """Overload protection of the SBI path (on by default; see dataplane/admission.py)."""
+
+    enabled: bool = True
+    default_priority: Priority = 24  # for requests without 3gpp-Sbi-Message-Priority
+    top_band: Priority = 7  # 0..top_band (MPS, emergency): shed last, may use the reserve
+    reserved_share: Annotated[float, msgspec.Meta(ge=0, le=0.9)] = 0.1
+    limit: OverloadLimitSection = msgspec.field(default_factory=OverloadLimitSection)
+    queue: OverloadQueueSection = msgspec.field(default_factory=OverloadQueueSection)
+    outlier: OutlierSection = msgspec.field(default_factory=OutlierSection)
+    retry_budget: RetryBudgetSection = msgspec.field(default_factory=RetryBudgetSection)
+    consumer: ConsumerRateSection = msgspec.field(default_factory=ConsumerRateSection)
+    honour_oci: bool = True  # shed toward producers that send 3gpp-Sbi-Oci; use their Lci
+    self_lag_target_ms: PosFloat = 50.0  # event-loop lag that means the gateway is overloaded
+    own_oci_validity_s: PosInt = 5  # the OCI (scope SCP-FQDN) sent while overloaded
+
+    def to_settings(self):
+        """The data plane's ``AdmissionSettings``."""
+        from dataplane.admission import AdmissionSettings
+
+        return AdmissionSettings(
+            enabled=self.enabled, default_priority=self.default_priority,
+            top_band=self.top_band, reserved_share=self.reserved_share,
+            initial_limit=self.limit.initial, min_limit=self.limit.min,
+            max_limit=self.limit.max, window_s=self.limit.window_s,
+            tolerance=self.limit.tolerance, probe_interval_s=self.limit.probe_interval_s,
+            probe_samples=self.limit.probe_samples, queue_max=self.queue.max_length,
+            queue_target_s=self.queue.target_delay_ms / 1000.0,
+            queue_interval_s=self.queue.interval_ms / 1000.0,
+            consecutive_failures=self.outlier.consecutive_failures,
+            base_ejection_s=self.outlier.base_ejection_s,
+            max_ejection_s=self.outlier.max_ejection_s,
+            max_ejected_share=self.outlier.max_ejected_share,
+            retry_budget_share=self.retry_budget.share, retry_min=self.retry_budget.min,
+            consumer_rate_per_s=self.consumer.rate_per_s, consumer_burst=self.consumer.burst,
+            self_lag_target_s=self.self_lag_target_ms / 1000.0,
+        )
+
+
 def _default_listeners() -> list[Listener]:
     return [Listener(name="sbi", host="127.0.0.1", port=8080, protocol="h2c")]
 
@@ -233,6 +313,7 @@ class Config(msgspec.Struct, **_STRUCT):
     metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     authz: AuthzSection = msgspec.field(default_factory=AuthzSection)
+    overload: OverloadSection = msgspec.field(default_factory=OverloadSection)
 
     @property
     def via_name(self) -> str:
@@ -615,6 +696,19 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
                 d.issue(f"clusters[{i}].endpoints[{j}].server_name", "only used when tls is true")
         if c.lb == "round_robin" and any(ep.weight != 1 for ep in c.endpoints):
             d.issue(f"clusters[{i}].lb", "endpoint weights are set: use lb: weighted")
+    ov = cfg.overload
+    if ov.limit.min > ov.limit.max:
+        d.issue("overload.limit.min", f"must not exceed overload.limit.max ({ov.limit.max})")
+    if not ov.limit.min <= ov.limit.initial <= ov.limit.max:
+        d.issue("overload.limit.initial",
+                f"must be within overload.limit.min..max ({ov.limit.min}..{ov.limit.max})")
+    if ov.queue.target_delay_ms > ov.queue.interval_ms:
+        d.issue("overload.queue.target_delay_ms",
+                f"must not exceed overload.queue.interval_ms ({ov.queue.interval_ms:g})")
+    if ov.default_priority <= ov.top_band and ov.enabled:
+        d.issue("overload.default_priority",
+                f"is inside the top band (0..{ov.top_band}): requests without a priority would "
+                "all be treated as MPS/emergency")
     names = {c.name for c in cfg.clusters}
     _unique(d, ((f"routes[{i}].name", r.name) for i, r in enumerate(cfg.routes)), "route name")
     _unique(d, ((f"routes[{i}].match", (r.match.authority, r.match.path_prefix))

@@ -19,6 +19,8 @@ cdef bytes _TARGET = b"3gpp-sbi-target-apiroot"
 cdef bytes _HOPS = b"3gpp-sbi-max-forward-hops"
 cdef bytes _RSP = b"3gpp-sbi-max-rsp-time"
 cdef bytes _TS = b"3gpp-sbi-sender-timestamp"
+cdef bytes _PRIO = b"3gpp-sbi-message-priority"
+cdef bytes _UA = b"user-agent"
 cdef bytes _VIA = b"via"
 cdef bytes _HOST = b"host"
 cdef bytes _METHOD = b":method"
@@ -36,7 +38,7 @@ cdef inline bint _eq(const char* p, Py_ssize_t n, bytes want):
 cpdef tuple scan_request(list headers):
     """See ``sbi_rewrite.scan_request``."""
     cdef object method = None, scheme = None, authority = None, path = None
-    cdef object target = None, hops = None, rsp = None, ts = None
+    cdef object target = None, hops = None, rsp = None, ts = None, prio = None, ua = None
     cdef list via = None
     cdef Py_ssize_t i, n = PyList_GET_SIZE(headers), ln
     cdef object item, name, value
@@ -75,12 +77,17 @@ cpdef tuple scan_request(list headers):
             elif _eq(p, ln, _TS):
                 if ts is None:
                     ts = value
+            elif _eq(p, ln, _PRIO):
+                prio = value if prio is None else _REPEATED
         elif _eq(p, ln, _VIA):
             if via is None:
                 via = [value]
             else:
                 via.append(value)
-    return (method, scheme, authority, path, target, hops, via, rsp, ts)
+        elif _eq(p, ln, _UA):
+            if ua is None:
+                ua = value
+    return (method, scheme, authority, path, target, hops, via, rsp, ts, prio, ua)
 
 
 # the (name, value) tuples rewrite_headers made last, per name, with their value: a router

@@ -4,7 +4,8 @@
 ``ScpRouter`` here subclasses the pure one (the reference, and the fallback when this module
 is not built) and puts a fast case in front of ``route`` and ``try_route``.  The fast case is
 a request whose ``3gpp-Sbi-Target-apiRoot`` was parsed before (the router's target cache),
-that carries no ``via``, ``3gpp-Sbi-Max-Forward-Hops`` or ``3gpp-Sbi-Max-Rsp-Time``, has a
+that carries no ``via``, ``3gpp-Sbi-Max-Forward-Hops``, ``3gpp-Sbi-Max-Rsp-Time`` or
+``3gpp-Sbi-Message-Priority``, has a
 ``:path`` and goes to an apiRoot without a prefix: the answer is a ``Forward`` to the cached
 endpoint with the headers rewritten by ``_sbi_fast`` (cimported: called at C level) and the
 default hop count, built without a Python frame.  Every other request (first sight of a
@@ -28,6 +29,7 @@ from dataplane.routing import Forward
 cdef type _ForwardType = Forward
 cdef frozenset _IDEMPOTENT = _pure.IDEMPOTENT_METHODS
 cdef str _MODEL_C = _pure.MODEL_C_CLUSTER
+cdef object _consumer_key = _pure.consumer_key
 # read now: once this module is imported, ``scp_router.ScpRouter`` names the class below
 _Pure = _pure.ScpRouter
 
@@ -51,7 +53,7 @@ cdef class _ScpCore:
         self._via_value = o.via_value
         self._timeout = o.default_timeout
 
-    cdef object _fast(self, headers, tuple scan):
+    cdef object _fast(self, headers, tuple scan, peer):
         """The Forward for the fast case, else None (the pure path decides)."""
         target = scan[4]
         if target is not None and self._model_c:
@@ -66,19 +68,19 @@ cdef class _ScpCore:
                         self._target_memo = memo_new()
                     memo_put(self._target_memo, target, info)
             if (info is not None and scan[3] is not None and scan[5] is None
-                    and scan[6] is None and scan[7] is None):
+                    and scan[6] is None and scan[7] is None and scan[9] is None):
                 root = (<tuple>info)[0]
                 if not root.prefix:
                     return _forward(
                         (<tuple>info)[1],
                         _rewrite(headers, (<tuple>info)[2], (<tuple>info)[3], scan[3],
                                  self._hops_value, self._via_value),
-                        self._timeout, scan[0] in _IDEMPOTENT)
+                        self._timeout, scan[0] in _IDEMPOTENT, _consumer_key(peer, scan[10]))
         return None
 
     def route(self, headers, peer):
         cdef tuple scan = _scan(headers)
-        decision = self._fast(headers, scan)
+        decision = self._fast(headers, scan, peer)
         if decision is not None:
             return decision
         return self._route_scanned(headers, peer, scan)
@@ -86,7 +88,7 @@ cdef class _ScpCore:
     def try_route(self, headers, peer):
         """As the pure ``try_route`` (what a ``ChainRouter`` asks when the registry is on)."""
         cdef tuple scan = _scan(headers)
-        decision = self._fast(headers, scan)
+        decision = self._fast(headers, scan, peer)
         if decision is not None:
             return decision
         return self._try_route_scanned(headers, peer, scan)
@@ -96,8 +98,8 @@ cdef class _ScpCore:
 # directly when Forward is exactly this slots dataclass (checked once at import), else it
 # calls the dataclass
 _FIELDS = ("endpoint", "headers", "cluster", "alternates", "extra_response_headers", "timeout",
-           "retryable", "alternate_response_headers")
-cdef Py_ssize_t _OFF[8]
+           "retryable", "alternate_response_headers", "priority", "consumer", "restamp", "scopes")
+cdef Py_ssize_t _OFF[12]
 cdef bint _DIRECT = False
 
 
@@ -109,7 +111,7 @@ cdef bint _find_offsets() except -1:
     offsets = slot_offsets(Forward, _FIELDS)
     if offsets is None:
         return False
-    for i in range(8):
+    for i in range(12):
         _OFF[i] = offsets[i]
     return True
 
@@ -118,11 +120,16 @@ _DIRECT = _find_offsets()
 DIRECT_SLOTS = _DIRECT  # tests read it
 
 
-cdef object _forward(endpoint, headers, timeout, bint retryable):
-    # Forward(endpoint, headers, MODEL_C_CLUSTER, [], [], timeout, retryable) without running
-    # the dataclass's Python __init__: allocate, then fill every slot
+cdef object _MINUS_ONE = -1
+cdef tuple _NO_SCOPES = ()
+
+
+cdef object _forward(endpoint, headers, timeout, bint retryable, consumer):
+    # Forward(endpoint, headers, MODEL_C_CLUSTER, [], [], timeout, retryable, [], -1, consumer)
+    # without running the dataclass's Python __init__: allocate, then fill every slot
     if not _DIRECT:
-        return _ForwardType(endpoint, headers, _MODEL_C, [], [], timeout, retryable)
+        return _ForwardType(endpoint, headers, _MODEL_C, [], [], timeout, retryable, [], -1,
+                            consumer)
     fwd = new_instance(_ForwardType)
     slot_put_new(fwd, _OFF[0], endpoint)
     slot_put_new(fwd, _OFF[1], headers)
@@ -132,6 +139,10 @@ cdef object _forward(endpoint, headers, timeout, bint retryable):
     slot_put_new(fwd, _OFF[5], timeout)
     slot_put_new(fwd, _OFF[6], True if retryable else False)
     slot_put_new(fwd, _OFF[7], [])
+    slot_put_new(fwd, _OFF[8], _MINUS_ONE)
+    slot_put_new(fwd, _OFF[9], consumer)
+    slot_put_new(fwd, _OFF[10], False)
+    slot_put_new(fwd, _OFF[11], _NO_SCOPES)
     return fwd
 
 

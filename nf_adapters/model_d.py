@@ -47,6 +47,7 @@ from nf_adapters.discovery import (
     service_matches,
     services_of,
 )
+from nf_adapters.overload_control import consumer_key, message_priority, scope_keys
 from nf_adapters.problem_details import problem
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS"})
@@ -83,6 +84,8 @@ class ProducerService:
     cluster: str  # upstream cluster name for the pools/metrics: "<nfType>/<nfInstanceId>"
     profile: dict = field(compare=False, repr=False)
     service: dict = field(compare=False, repr=False)
+    # the OCI scopes this service belongs to (nf_adapters.overload_control.scope_keys)
+    scopes: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,8 @@ def _compile(profile: dict) -> tuple[ProducerService, ...]:
             nf_id, nf_type, svc.get("serviceName", ""), svc.get("serviceInstanceId", ""),
             sets, prio, cap, load, weight, scheme.encode(), targets, pid.encode(),
             f"{nf_type}/{nf_id}", profile, svc,
+            scope_keys(nf_id, sets, svc.get("serviceInstanceId", ""),
+                       svc.get("nfServiceSetIdList") or ()),
         ))
     return tuple(out)
 
@@ -310,7 +315,7 @@ class ModelDRouter:
     def route(self, headers: Headers, peer: dict) -> Forward | LocalResponse | None:
         method = path = b""
         disc: list[tuple[bytes, bytes]] = []
-        binding = rsp_time = sender_ts = None
+        binding = rsp_time = sender_ts = prio_raw = ua_raw = None
         has_target = False
         ua = b""
         for k, v in headers:
@@ -330,6 +335,9 @@ class ModelDRouter:
                 binding = v
             elif k == b"user-agent":
                 ua = v.split(b"-", 1)[0]
+                ua_raw = v
+            elif k == b"3gpp-sbi-message-priority":
+                prio_raw = v if prio_raw is None else b"\x00"
             elif k == b"3gpp-sbi-max-rsp-time":
                 rsp_time = v
             elif k == b"3gpp-sbi-sender-timestamp":
@@ -342,6 +350,9 @@ class ModelDRouter:
             if isinstance(budget, LocalResponse):
                 return budget
             timeout = budget if timeout is None else min(timeout, budget)
+        priority = -1 if prio_raw is None else message_priority(prio_raw)
+        if type(priority) is not int:
+            return priority
         first_seg = path.split(b"/", 2)[1] if path.count(b"/") >= 1 else b""
         key = (tuple(disc), first_seg.split(b"?", 1)[0], ua, binding)
         sel = self._cache.get(key)
@@ -386,6 +397,10 @@ class ModelDRouter:
             alternate_response_headers=alt_ids,
             timeout=timeout,
             retryable=method in IDEMPOTENT,
+            priority=priority,
+            consumer=consumer_key(peer, ua_raw),
+            restamp=rsp_time is not None,
+            scopes=first.scopes,
         )
 
     def _deadline(self, rsp_raw: bytes, ts_raw: bytes | None) -> float | LocalResponse:

@@ -3,7 +3,8 @@
 Two functions, called once per request on the data plane:
 
 * ``scan_request(headers)``: one pass over the request header list that picks out what routing
-  needs (pseudo-headers and the 3GPP hop/target/deadline headers) as raw bytes;
+  needs (pseudo-headers, the 3GPP hop/target/deadline/priority headers and ``user-agent``) as
+  raw bytes;
 * ``rewrite_headers(headers, scheme, authority, path, hops, via)``: the forwarded header list:
   ``:scheme``/``:authority``/``:path`` replaced when given, ``3gpp-sbi-target-apiroot`` removed,
   ``3gpp-sbi-max-forward-hops`` replaced, ``host`` dropped when the authority changes, every other
@@ -20,21 +21,24 @@ Headers = list[tuple[bytes, bytes]]
 
 # scan_request result positions
 METHOD, SCHEME, AUTHORITY, PATH, TARGET_APIROOT, MAX_FORWARD_HOPS, VIA, MAX_RSP_TIME, \
-    SENDER_TIMESTAMP = range(9)
+    SENDER_TIMESTAMP, MESSAGE_PRIORITY, USER_AGENT = range(11)
 
 _TARGET = b"3gpp-sbi-target-apiroot"
 _HOPS = b"3gpp-sbi-max-forward-hops"
 _RSP = b"3gpp-sbi-max-rsp-time"
 _TS = b"3gpp-sbi-sender-timestamp"
+_PRIO = b"3gpp-sbi-message-priority"
+_UA = b"user-agent"
 REPEATED = b"\x00"
 
 
 def scan_request(headers: Headers) -> tuple:
     """(method, scheme, authority, path, target_apiroot, max_forward_hops, via, max_rsp_time,
-    sender_timestamp): bytes or None each; ``via`` is a list of the Via field values (or None).
-    A repeated 3GPP header keeps its first value (a repeated Target-apiRoot is reported as
-    ``REPEATED`` (a NUL byte, which no valid field value holds) so the router rejects it)."""
-    method = scheme = authority = path = target = hops = rsp = ts = None
+    sender_timestamp, message_priority, user_agent): bytes or None each; ``via`` is a list of
+    the Via field values (or None).  A repeated 3GPP header keeps its first value (a repeated
+    Target-apiRoot or Message-Priority is reported as ``REPEATED`` (a NUL byte, which no valid
+    field value holds) so the router rejects it); ``user-agent`` keeps its first value."""
+    method = scheme = authority = path = target = hops = rsp = ts = prio = ua = None
     via = None
     for name, value in headers:
         if name[:1] == b":":
@@ -58,12 +62,17 @@ def scan_request(headers: Headers) -> tuple:
             elif name == _TS:
                 if ts is None:
                     ts = value
+            elif name == _PRIO:
+                prio = value if prio is None else REPEATED
         elif name == b"via":
             if via is None:
                 via = [value]
             else:
                 via.append(value)
-    return (method, scheme, authority, path, target, hops, via, rsp, ts)
+        elif name == _UA:
+            if ua is None:
+                ua = value
+    return (method, scheme, authority, path, target, hops, via, rsp, ts, prio, ua)
 
 
 def rewrite_headers(

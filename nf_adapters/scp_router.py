@@ -43,6 +43,7 @@ from types import MappingProxyType
 from dataplane.engine import Headers
 from dataplane.routing import Decision, Endpoint, Forward, LocalResponse, Router
 from nf_adapters import sbi_headers as sh
+from nf_adapters.overload_control import consumer_key, message_priority
 from nf_adapters.problem_details import problem
 
 try:  # the Cython twin when built (setup.py build_ext), else the pure one
@@ -351,7 +352,7 @@ class ScpRouter:
 
     def _route_scanned(self, headers: Headers, peer: dict, scan: tuple) -> Decision:
         if scan[4] is not None and self._o.model_c:
-            return self._model_c(headers, scan)
+            return self._model_c(headers, scan, peer)
         decision = self._own(headers, peer, scan)
         if decision is None and self._fallback_call is not None:
             decision = self._fallback_call(headers, peer)
@@ -370,10 +371,11 @@ class ScpRouter:
     def _own(self, headers: Headers, peer: dict, scan: tuple | None = None) -> Decision | None:
         if scan is None:
             scan = scan_request(headers)
-        method, _scheme, authority, path, target, hops_raw, via, rsp_raw, ts_raw = scan
+        method, _scheme, authority, path, target, hops_raw, via, rsp_raw, ts_raw, prio_raw, ua \
+            = scan
         o = self._o
         if target is not None and o.model_c:
-            return self._model_c(headers, scan)
+            return self._model_c(headers, scan, peer)
         if path is None:
             return None
         route = self.table.match(authority, path)
@@ -389,6 +391,9 @@ class ScpRouter:
         timeout = None if rsp_raw is None else self._deadline(rsp_raw, ts_raw)
         if isinstance(timeout, LocalResponse):
             return timeout
+        priority = -1 if prio_raw is None else message_priority(prio_raw)
+        if type(priority) is not int:
+            return priority
         picker = self._pickers[route.cluster]
         if timeout is None:
             timeout = route.timeout_s if route.timeout_s is not None else picker.timeout
@@ -412,12 +417,14 @@ class ScpRouter:
                         headers, b"https" if alt.tls else b"http", None, None, hops_value,
                         o.via_value)))
         return Forward(ep, fwd_headers, picker.name, alternates, [], timeout,
-                       method in IDEMPOTENT_METHODS)
+                       method in IDEMPOTENT_METHODS, [], priority, consumer_key(peer, ua),
+                       rsp_raw is not None)
 
     # -- pieces --------------------------------------------------------------------------------
 
-    def _model_c(self, headers: Headers, scan: tuple) -> Decision:
-        method, _scheme, _authority, path, target, hops_raw, via, rsp_raw, ts_raw = scan
+    def _model_c(self, headers: Headers, scan: tuple, peer: dict | None = None) -> Decision:
+        method, _scheme, _authority, path, target, hops_raw, via, rsp_raw, ts_raw, prio_raw, ua \
+            = scan
         o = self._o
         target_info = self._targets.get(target)
         if target_info is None:
@@ -455,13 +462,17 @@ class ScpRouter:
             return timeout
         if timeout is None:
             timeout = o.default_timeout
+        priority = -1 if prio_raw is None else message_priority(prio_raw)
+        if type(priority) is not int:
+            return priority
         if path is None:
             return problem(400, "MANDATORY_IE_MISSING", "request has no :path",
                            [(":path", "missing")])
         new_path = root.join(path.decode("latin-1")).encode("latin-1") if root.prefix else path
         fwd = rewrite_headers(headers, scheme_b, authority_b, new_path,
                               o.hops_values[hops], o.via_value)
-        return Forward(ep, fwd, MODEL_C_CLUSTER, [], [], timeout, method in IDEMPOTENT_METHODS)
+        return Forward(ep, fwd, MODEL_C_CLUSTER, [], [], timeout, method in IDEMPOTENT_METHODS,
+                       [], priority, consumer_key(peer, ua), rsp_raw is not None)
 
     def hop_stamp(self, headers: Headers) -> tuple[bytes, bytes] | LocalResponse:
         """Loop protection for another forwarding router (model D) chained with this one:

@@ -1,0 +1,643 @@
+"""Admission control for forwarded requests: what keeps an overloaded producer (and the
+gateway itself) useful instead of buried.
+
+The data plane knows no 3GPP: a request arrives here as an exchange with a ``priority`` (0 the
+most important; what ``3gpp-Sbi-Message-Priority`` says, or the operator's default), an
+absolute ``deadline`` (monotonic seconds), a ``consumer`` key and the endpoint the router
+chose.  Per endpoint (one producer address) an ``EndpointGate`` holds:
+
+* **an adaptive concurrency limit** (a gradient on measured latency, as Envoy's adaptive
+  concurrency filter and Netflix's gradient limiter): every ``window_s`` the mean response
+  time of the window is compared with the producer's no-load response time; ``limit =
+  limit * clamp((1 + tolerance) * rtt_noload / rtt_mean, 0.5, 1) + sqrt(limit)``, smoothed.
+  A producer that queues gets fewer requests at once; one that keeps up gets more, up to
+  ``max_limit``, and only while the limit is actually used.  The no-load time is the minimum
+  response time of the requests sent since the last *probe*: every ``probe_interval_s`` the
+  gate lets at most half its limit through until ``probe_samples`` answers came, so the
+  baseline cannot drift up under a standing overload (what Envoy's min-RTT calculation
+  does with a fixed low concurrency).
+* **a bounded wait queue**, ordered by priority then deadline.  Its overload signal is queue
+  *delay*, as in CoDel: while the queue has been empty within the last ``queue_interval_s`` a
+  request may wait up to that interval; once it has stayed non-empty longer (a standing
+  queue), a request of the normal band waits at most ``queue_target_s`` and is then shed
+  with a fast 503.  The top band (priority <= ``top_band``: MPS, emergency) waits until its
+  deadline, goes first, and may use the ``reserved_share`` of the limit that the rest may not.
+* **deadlines**: a request whose deadline is nearer than the producer's no-load response
+  time is answered 504 at once and never forwarded (the time left is what the next hop gets:
+  the proxy re-stamps it when it sends).
+* **overload control from the producer** (``shed(fraction, until)``, which the 3GPP adapter
+  calls for a ``3gpp-Sbi-Oci``): that share of the traffic toward the endpoint or its scope
+  is refused, lowest priority first, computed from the priorities the gate saw lately; the
+  top band is never shed for it.
+* **outlier detection**: ``consecutive_failures`` in a row (connect failure, reset, 5xx,
+  timeout) eject the endpoint for ``base_ejection_s`` x 2^(ejections so far), at most
+  ``max_ejection_s``, with at most ``max_ejected_share`` of a cluster's endpoints out at once.
+
+The controller also holds a **retry budget** (reselections and retries at most
+``retry_budget_share`` of the requests in flight, at least ``retry_min``) and **per-consumer
+token buckets** (``consumer_rate_per_s``/``consumer_burst``; the top band is exempt), and
+watches the event loop's own lag: when the gateway itself falls behind
+(``self_lag_target_s``), the normal band is shed at once and ``self_overloaded`` tells the
+3GPP layer to advertise it (its own OCI).
+
+The proxy calls ``admit(ex)`` once per forwarded request and ``release(ex, status, error)``
+once when it ends.  ``admit`` answers ``GO`` (send it now), ``QUEUED`` (the controller will
+call ``ex.admitted()`` or ``ex.refused(status, cause, detail)`` later) or a refusal
+``(status, cause, detail)`` to answer at once.  ``ex`` has the attributes ``priority``,
+``due`` (the absolute deadline, 0: none), ``consumer``, ``endpoint``, ``cluster``, ``scopes``, ``done`` and
+two the controller owns: ``gate`` and ``sent_at``.
+
+Nothing here runs per frame; per request it is a few attribute reads and integer updates
+unless the endpoint is limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+log = logging.getLogger("nfmesh.admission")
+
+GO = 0
+QUEUED = 1
+PRIORITIES = 32  # 0..31, TS 29.500 message priorities; the data plane treats them as ranks
+
+# refusal causes (TS 29.500 table 5.2.7.2-1)
+CONGESTION = (503, "NF_CONGESTION")
+TIMED_OUT = (504, "TIMED_OUT_REQUEST")
+TOO_MANY = (429, "TOO_MANY_REQUESTS")
+
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionSettings:
+    """The knobs; the defaults protect a producer with no tuning (see the module doc)."""
+
+    enabled: bool = True
+    default_priority: int = 24  # for requests that carry none
+    top_band: int = 7  # priorities 0..top_band: shed last, may use the reserved share
+    reserved_share: float = 0.1
+    initial_limit: int = 16
+    min_limit: int = 2
+    max_limit: int = 1000
+    window_s: float = 0.05
+    tolerance: float = 0.1  # response times within 10% of the no-load time count as no queue
+    probe_interval_s: float = 5.0
+    probe_samples: int = 16
+    queue_max: int = 1024
+    queue_target_s: float = 0.01
+    queue_interval_s: float = 0.1
+    consecutive_failures: int = 5
+    base_ejection_s: float = 2.0
+    max_ejection_s: float = 60.0
+    max_ejected_share: float = 0.5
+    retry_budget_share: float = 0.2
+    retry_min: int = 3
+    consumer_rate_per_s: float = 10000.0  # per consumer key and worker; 0: no bucket
+    consumer_burst: float = 2000.0
+    self_lag_target_s: float = 0.05  # event-loop lag above this: the gateway is overloaded
+
+
+class EndpointGate:
+    """Admission state of one producer endpoint (see the module doc)."""
+
+    __slots__ = (
+        "key", "cluster", "limit", "in_flight", "queue", "queued", "last_empty", "overloaded",
+        "rtt_noload", "rtt_sum", "rtt_n", "window_end", "probe_at", "probing", "probe_start",
+        "probe_n", "max_in_flight", "failures", "ejections", "ejected_until", "shed_fraction",
+        "shed_until", "shed_threshold", "shed_partial", "shed_at", "prio_counts",
+        "shed_counts", "rejected", "timed_out", "queue_delay_sum", "queue_delay_n",
+        "forwarded", "ejected_total", "controller",
+    )
+
+    def __init__(self, controller: AdmissionController, key: object, cluster: str) -> None:
+        s = controller.settings
+        now = controller.clock()
+        self.controller = controller
+        self.key = key
+        self.cluster = cluster
+        self.limit = float(s.initial_limit)
+        self.in_flight = 0
+        self.queue: list = []  # heap of [priority, deadline, seq, enqueued_at, ex]
+        self.queued = 0
+        self.last_empty = now
+        self.overloaded = False
+        self.rtt_noload = math.inf
+        self.rtt_sum = 0.0
+        self.rtt_n = 0
+        self.window_end = now + s.window_s
+        self.probe_at = now + s.probe_interval_s * (0.5 + random.random())
+        self.probing = False
+        self.probe_start = now
+        self.probe_n = 0
+        self.max_in_flight = 0
+        self.failures = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+        self.shed_fraction = 0.0
+        self.shed_until = 0.0
+        self.shed_threshold = PRIORITIES  # priorities above this are shed (OCI)
+        self.shed_partial = 0.0  # ... and this share of the threshold priority
+        self.shed_at = 0.0
+        self.prio_counts = [0] * PRIORITIES
+        self.shed_counts: dict[tuple[str, int], int] = {}  # (reason, priority) -> count
+        self.rejected = 0
+        self.timed_out = 0
+        self.queue_delay_sum = 0.0
+        self.queue_delay_n = 0
+        self.forwarded = 0
+        self.ejected_total = 0
+
+    # ---- the limit ---------------------------------------------------------------------------
+    def allowed(self, priority: int) -> float:
+        """How many may be in flight for a request of ``priority``."""
+        s = self.controller.settings
+        if self.probing:
+            return max(float(s.min_limit), self.limit * 0.5)
+        if priority <= s.top_band:
+            return self.limit
+        return max(1.0, self.limit * (1.0 - s.reserved_share))
+
+    def sample(self, rtt: float, sent_at: float, now: float) -> None:
+        """One answered request's response time."""
+        if rtt < self.rtt_noload and (not self.probing or sent_at >= self.probe_start):
+            self.rtt_noload = rtt
+        self.rtt_sum += rtt
+        self.rtt_n += 1
+        if self.probing and sent_at >= self.probe_start:
+            self.probe_n += 1
+            if self.probe_n >= self.controller.settings.probe_samples:
+                self.probing = False
+                self.window_end = now  # a fresh window from here
+                self.rtt_sum = 0.0
+                self.rtt_n = 0
+        if now >= self.window_end:
+            self._update(now)
+
+    def _update(self, now: float) -> None:
+        s = self.controller.settings
+        self.window_end = now + s.window_s
+        if self.rtt_n and not self.probing:
+            mean = self.rtt_sum / self.rtt_n
+            gradient = (1.0 + s.tolerance) * self.rtt_noload / mean if mean > 0 else 1.0
+            gradient = 1.0 if gradient > 1.0 else (0.5 if gradient < 0.5 else gradient)
+            target = self.limit * gradient
+            if gradient >= 1.0 and self.max_in_flight < self.limit * 0.5:
+                target = self.limit  # not used: no reason to grow
+            else:
+                target += math.sqrt(target)
+            limit = 0.8 * self.limit + 0.2 * target
+            self.limit = min(float(s.max_limit), max(float(s.min_limit), limit))
+        self.rtt_sum = 0.0
+        self.rtt_n = 0
+        self.max_in_flight = self.in_flight
+        counts = self.prio_counts  # decayed: the priority mix follows the traffic (OCI)
+        for p in range(PRIORITIES):
+            if counts[p]:
+                counts[p] *= 0.75
+        if now >= self.probe_at and not self.probing:
+            self.probing = True
+            self.probe_start = now
+            self.probe_n = 0
+            self.rtt_noload = math.inf
+            self.probe_at = now + s.probe_interval_s * (0.75 + 0.5 * random.random())
+
+    # ---- overload control from the producer (OCI) ----------------------------------------------
+    def shed(self, fraction: float, until: float) -> None:
+        """Refuse ``fraction`` of the traffic toward this endpoint until ``until`` (monotonic),
+        lowest priority first; 0 ends it."""
+        was = self.shed_fraction > 0 and self.shed_until > self.controller.clock()
+        self.shed_fraction = max(0.0, min(1.0, fraction))
+        self.shed_until = until if fraction > 0 else 0.0
+        self.shed_at = 0.0  # recompute the threshold on the next request
+        now_on = self.shed_fraction > 0
+        if now_on != was:
+            log.warning("producer %s %s overload control (OCI reduction %d%%)", self.key,
+                        "entered" if now_on else "left", round(self.shed_fraction * 100))
+
+    def _shed_threshold(self, now: float) -> None:
+        """Find the priority above which requests are refused so that about ``shed_fraction``
+        of the recent traffic is (the top band never)."""
+        self.shed_at = now + 0.1
+        counts = self.prio_counts
+        total = sum(counts)
+        top = self.controller.settings.top_band
+        self.shed_threshold = PRIORITIES
+        self.shed_partial = 0.0
+        if total <= 0:
+            return
+        want = self.shed_fraction * total
+        acc = 0.0
+        for p in range(PRIORITIES - 1, top, -1):
+            c = counts[p]
+            if acc + c >= want:
+                self.shed_threshold = p
+                self.shed_partial = (want - acc) / c if c else 0.0
+                break
+            acc += c
+        else:
+            self.shed_threshold = top
+            self.shed_partial = 0.0
+
+    def oci_refuses(self, priority: int, now: float) -> bool:
+        if self.shed_until <= now:
+            if self.shed_fraction > 0:
+                self.shed(0.0, 0.0)
+            return False
+        if now >= self.shed_at:
+            self._shed_threshold(now)
+        if priority > self.shed_threshold:
+            return True
+        if priority == self.shed_threshold and self.shed_partial > 0:
+            return random.random() < self.shed_partial
+        return False
+
+    # ---- outliers -----------------------------------------------------------------------------
+    def ejected(self, now: float) -> bool:
+        return self.ejected_until > now
+
+    def count(self, reason: str, priority: int) -> None:
+        key = (reason, priority)
+        self.shed_counts[key] = self.shed_counts.get(key, 0) + 1
+
+
+class AdmissionController:
+    """Per data-plane worker: the gates, the retry budget, consumer buckets, self-overload."""
+
+    def __init__(self, settings: AdmissionSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings or AdmissionSettings()
+        self.clock = clock
+        self.gates: dict[object, EndpointGate] = {}
+        self.clusters: dict[str, set[EndpointGate]] = {}
+        self._last_key: object = None
+        self._last_gate: EndpointGate | None = None
+        self._seq = itertools.count()
+        self._sweep: asyncio.TimerHandle | None = None
+        self.scope_sheds: dict[str, tuple[float, float]] = {}  # scope -> (fraction, until)
+        self.in_flight = 0
+        self.retries_in_flight = 0
+        self.retries_refused = 0
+        self.buckets: dict[object, list[float]] = {}
+        self.lag = 0.0
+        self.self_overloaded = False
+        self._lag_timer: asyncio.TimerHandle | None = None
+        self._lag_expected = 0.0
+        self.self_shed = 0
+
+    # ---- configuration ------------------------------------------------------------------------
+    def configure(self, settings: AdmissionSettings) -> None:
+        """A reload: new knobs, the learned state (limits, queues, ejections) kept."""
+        self.settings = settings
+        for gate in self.gates.values():
+            gate.limit = min(float(settings.max_limit), max(float(settings.min_limit), gate.limit))
+
+    def gate(self, key: object, cluster: str = "") -> EndpointGate:
+        if key is self._last_key:
+            return self._last_gate  # type: ignore[return-value]
+        gate = self.gates.get(key)
+        if gate is None:
+            if len(self.gates) >= 4096:
+                self._forget_idle()
+            gate = self.gates[key] = EndpointGate(self, key, cluster)
+            self.clusters.setdefault(cluster, set()).add(gate)
+        self._last_key = key
+        self._last_gate = gate
+        return gate
+
+    def _forget_idle(self) -> None:
+        for key, gate in list(self.gates.items()):
+            if not gate.in_flight and not gate.queued and gate.shed_until <= self.clock():
+                del self.gates[key]
+                self.clusters.get(gate.cluster, set()).discard(gate)
+        self._last_key = self._last_gate = None
+
+    # ---- the request path ----------------------------------------------------------------------
+    def admit(self, ex) -> int | tuple[int, str, str]:
+        """GO, QUEUED, or a refusal (status, cause, detail); see the module doc."""
+        s = self.settings
+        now = self.clock()
+        prio = ex.priority
+        if prio < 0:
+            prio = ex.priority = s.default_priority
+        top = prio <= s.top_band
+        deadline = ex.due
+        gate = self.gate(ex.endpoint, ex.cluster)
+        ex.gate = None
+        gate.prio_counts[prio] += 1
+        if deadline and deadline - now < (gate.rtt_noload if gate.rtt_noload != math.inf else 0):
+            gate.count("deadline", prio)
+            gate.timed_out += 1
+            return (TIMED_OUT[0], TIMED_OUT[1],
+                    "the request's deadline is nearer than the producer's response time")
+        if not top:
+            if self.self_overloaded:
+                self.self_shed += 1
+                gate.count("gateway_overload", prio)
+                return (CONGESTION[0], CONGESTION[1], "the SCP is overloaded")
+            if s.consumer_rate_per_s > 0 and ex.consumer is not None \
+                    and not self._take_token(ex.consumer, now):
+                gate.count("consumer_rate", prio)
+                return (TOO_MANY[0], TOO_MANY[1],
+                        "this consumer is over its request rate at the SCP")
+            if gate.shed_until:
+                if gate.oci_refuses(prio, now):
+                    gate.count("oci", prio)
+                    return (CONGESTION[0], CONGESTION[1],
+                            "the producer asked for less traffic (3gpp-Sbi-Oci)")
+            elif ex.scopes and self.scope_sheds and \
+                    self._scope_refuses(ex.scopes, gate, prio, now):
+                gate.count("oci", prio)
+                return (CONGESTION[0], CONGESTION[1],
+                        "the producer asked for less traffic (3gpp-Sbi-Oci)")
+        if gate.in_flight < gate.allowed(prio) and (top or not gate.queued):
+            self._send(gate, ex, now)
+            return GO
+        if gate.queued >= s.queue_max and not self._make_room(gate, prio, deadline):
+            gate.count("queue_full", prio)
+            gate.rejected += 1
+            return (CONGESTION[0], CONGESTION[1], "the producer's queue at the SCP is full")
+        if not gate.queued:
+            gate.last_empty = now  # a queue forms: its standing time counts from here
+        heapq.heappush(gate.queue, [prio, deadline or math.inf, next(self._seq), now, ex])
+        gate.queued += 1
+        ex.gate = gate
+        if self._sweep is None:
+            self._arm_sweep()
+        return QUEUED
+
+    def _send(self, gate: EndpointGate, ex, now: float) -> None:
+        ex.gate = gate
+        ex.sent_at = now
+        gate.in_flight += 1
+        gate.forwarded += 1
+        self.in_flight += 1
+        if gate.in_flight > gate.max_in_flight:
+            gate.max_in_flight = gate.in_flight
+
+    def move(self, ex, endpoint: object) -> None:
+        """A reselection sends ``ex`` to ``endpoint`` instead: the first endpoint's slot is
+        given back as a failure, the new one's taken (the retry budget bounds these)."""
+        self.release(ex, 0, True)
+        self._send(self.gate(endpoint, ex.cluster), ex, self.clock())
+
+    def release(self, ex, status: int, failed: bool) -> None:
+        """``ex`` ended (``status`` as sent downstream, 0 for none).  ``failed``: the producer
+        failed it (connect failure, reset, 5xx, no answer in time)."""
+        gate = ex.gate
+        if gate is None:
+            return
+        ex.gate = None
+        now = self.clock()
+        sent_at = ex.sent_at
+        if sent_at < 0:  # still queued: the client went away
+            gate.queued -= 1  # the heap entry is dropped when it comes up (ex.done)
+            return
+        gate.in_flight -= 1
+        self.in_flight -= 1
+        if failed:
+            gate.failures += 1
+            if gate.failures >= self.settings.consecutive_failures:
+                self._eject(gate, now)
+        else:
+            gate.failures = 0
+            if 0 < status < 500:
+                gate.sample(now - sent_at, sent_at, now)
+        if gate.queued:
+            self._pump(gate, now)
+
+    def _pump(self, gate: EndpointGate, now: float) -> None:
+        q = gate.queue
+        while q:
+            prio, deadline, _seq, enq, ex = q[0]
+            if ex.done or ex.gate is not gate:
+                heapq.heappop(q)
+                continue
+            if gate.in_flight >= gate.allowed(prio):
+                return
+            heapq.heappop(q)
+            gate.queued -= 1
+            ex.gate = None
+            wait = now - enq
+            gate.queue_delay_sum += wait
+            gate.queue_delay_n += 1
+            if deadline != math.inf and deadline - now < (
+                    gate.rtt_noload if gate.rtt_noload != math.inf else 0):
+                gate.count("deadline", prio)
+                gate.timed_out += 1
+                ex.refused(TIMED_OUT[0], TIMED_OUT[1],
+                           "the request waited for the producer until its deadline was too near")
+                continue
+            self._send(gate, ex, now)
+            ex.admitted()
+        gate.last_empty = now
+        if gate.overloaded:
+            gate.overloaded = False
+            log.info("producer %s left overload (queue drained)", gate.key)
+
+    def _make_room(self, gate: EndpointGate, prio: int, deadline: float) -> bool:
+        """The queue is full: drop its worst entry when the newcomer outranks it."""
+        q = gate.queue
+        worst_i = max(range(len(q)), key=lambda i: (q[i][0], q[i][1]))
+        worst = q[worst_i]
+        if (worst[0], worst[1]) <= (prio, deadline or math.inf):
+            return False
+        q[worst_i] = q[-1]
+        q.pop()
+        heapq.heapify(q)
+        ex = worst[4]
+        if not ex.done and ex.gate is gate:
+            gate.queued -= 1
+            ex.gate = None
+            gate.count("queue_full", worst[0])
+            gate.rejected += 1
+            ex.refused(CONGESTION[0], CONGESTION[1], "displaced from the producer's queue "
+                       "at the SCP by a request of higher priority")
+        return True
+
+    # ---- the queue sweep: CoDel-style delay bound and deadlines ---------------------------------
+    def _arm_sweep(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._sweep = loop.call_later(self.settings.queue_target_s / 2, self._run_sweep)
+
+    def _run_sweep(self) -> None:
+        self._sweep = None
+        now = self.clock()
+        s = self.settings
+        pending = False
+        for gate in list(self.gates.values()):
+            if not gate.queued:
+                continue
+            standing = now - gate.last_empty > s.queue_interval_s
+            if standing and not gate.overloaded:
+                gate.overloaded = True
+                log.warning("producer %s entered overload: requests have queued at the SCP for "
+                            "%.0f ms (limit %d in flight)", gate.key,
+                            (now - gate.last_empty) * 1000, gate.limit)
+            max_wait = s.queue_target_s if standing else s.queue_interval_s
+            noload = gate.rtt_noload if gate.rtt_noload != math.inf else 0.0
+            keep = []
+            for entry in gate.queue:
+                prio, deadline, _seq, enq, ex = entry
+                if ex.done or ex.gate is not gate:
+                    continue
+                if deadline != math.inf and deadline - now < noload:
+                    reason, status, detail = "deadline", TIMED_OUT, (
+                        "the request waited for the producer until its deadline was too near")
+                    gate.timed_out += 1
+                elif prio > s.top_band and now - enq > max_wait:
+                    reason, status, detail = "queue_delay", CONGESTION, (
+                        "the producer is overloaded: the request waited "
+                        f"{(now - enq) * 1000:.0f} ms at the SCP")
+                    gate.rejected += 1
+                else:
+                    keep.append(entry)
+                    continue
+                ex.gate = None
+                gate.count(reason, prio)
+                ex.refused(status[0], status[1], detail)
+            heapq.heapify(keep)
+            gate.queue = keep
+            gate.queued = len(keep)
+            if keep:
+                pending = True
+            else:
+                gate.last_empty = now
+        if pending:
+            self._arm_sweep()
+
+    # ---- outliers -----------------------------------------------------------------------------
+    def _eject(self, gate: EndpointGate, now: float) -> None:
+        s = self.settings
+        if gate.ejected_until > now:
+            return
+        members = self.clusters.get(gate.cluster, ())
+        if members:
+            out = sum(1 for g in members if g.ejected_until > now)
+            if (out + 1) > s.max_ejected_share * len(members):
+                return
+        span = min(s.max_ejection_s, s.base_ejection_s * (2 ** gate.ejections))
+        gate.ejected_until = now + span
+        gate.ejections += 1
+        gate.ejected_total += 1
+        gate.failures = 0
+        log.warning("producer %s ejected for %.0f s after %d consecutive failures", gate.key,
+                    span, s.consecutive_failures)
+
+    def ejected(self, endpoint: object) -> bool:
+        gate = self.gates.get(endpoint)
+        return gate is not None and gate.ejected_until > self.clock()
+
+    # ---- the retry budget ---------------------------------------------------------------------
+    def retry_allowed(self) -> bool:
+        """May one more request be reselected or retried?  Takes from the budget; give it
+        back with ``retry_done``."""
+        s = self.settings
+        budget = max(float(s.retry_min), s.retry_budget_share * self.in_flight)
+        if self.retries_in_flight >= budget:
+            self.retries_refused += 1
+            return False
+        self.retries_in_flight += 1
+        return True
+
+    def retry_done(self) -> None:
+        if self.retries_in_flight > 0:
+            self.retries_in_flight -= 1
+
+    # ---- per-consumer token buckets ------------------------------------------------------------
+    def _take_token(self, consumer: object, now: float) -> bool:
+        s = self.settings
+        b = self.buckets.get(consumer)
+        if b is None:
+            if len(self.buckets) >= 10000:
+                self.buckets.clear()
+            b = self.buckets[consumer] = [s.consumer_burst, now]
+        tokens = b[0] + (now - b[1]) * s.consumer_rate_per_s
+        if tokens > s.consumer_burst:
+            tokens = s.consumer_burst
+        b[1] = now
+        if tokens < 1.0:
+            b[0] = tokens
+            return False
+        b[0] = tokens - 1.0
+        return True
+
+    # ---- scopes (NF set, service set...) under overload control ---------------------------------
+    def shed_scope(self, scope: str, fraction: float, until: float) -> None:
+        if fraction <= 0:
+            self.scope_sheds.pop(scope, None)
+        else:
+            self.scope_sheds[scope] = (min(1.0, fraction), until)
+
+    def _scope_refuses(self, scopes: Iterable[str], gate: EndpointGate, prio: int,
+                       now: float) -> bool:
+        for scope in scopes:
+            rule = self.scope_sheds.get(scope)
+            if rule is None:
+                continue
+            fraction, until = rule
+            if until <= now:
+                del self.scope_sheds[scope]
+                continue
+            # the gate's priority mix decides, with the scope's fraction
+            if gate.shed_fraction != fraction or gate.shed_until != until:
+                gate.shed_fraction, gate.shed_until, gate.shed_at = fraction, until, 0.0
+            return gate.oci_refuses(prio, now)
+        return False
+
+    # ---- the gateway's own overload: event-loop lag --------------------------------------------
+    def start_lag_monitor(self, period_s: float = 0.02) -> None:
+        loop = asyncio.get_running_loop()
+        self._lag_expected = loop.time() + period_s
+        self._lag_timer = loop.call_later(period_s, self._lag_tick, period_s)
+
+    def _lag_tick(self, period_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        lag = max(0.0, now - self._lag_expected)
+        self.lag = 0.7 * self.lag + 0.3 * lag
+        over = self.lag > self.settings.self_lag_target_s
+        if over != self.self_overloaded:
+            self.self_overloaded = over
+            if over:
+                log.warning("the gateway is overloaded: event loop %.0f ms late; shedding "
+                            "priorities above %d", self.lag * 1000, self.settings.top_band)
+            else:
+                log.info("the gateway left overload")
+        self._lag_expected = now + period_s
+        self._lag_timer = loop.call_later(period_s, self._lag_tick, period_s)
+
+    def stop(self) -> None:
+        for timer in (self._sweep, self._lag_timer):
+            if timer is not None:
+                timer.cancel()
+        self._sweep = self._lag_timer = None
+
+    # ---- what the metrics and the admin view read -------------------------------------------------
+    def snapshot(self) -> list[dict]:
+        """Per endpoint: limit, in flight, queued, mean queue delay, shed counts, ejections,
+        OCI state (plain data; read at scrape time, not per request)."""
+        now = self.clock()
+        out = []
+        for gate in self.gates.values():
+            out.append({
+                "endpoint": gate.key, "cluster": gate.cluster, "limit": gate.limit,
+                "in_flight": gate.in_flight, "queued": gate.queued,
+                "queue_delay_s_sum": gate.queue_delay_sum, "queue_delay_n": gate.queue_delay_n,
+                "rtt_noload_s": None if gate.rtt_noload == math.inf else gate.rtt_noload,
+                "shed": dict(gate.shed_counts), "ejected": gate.ejected_until > now,
+                "ejections": gate.ejected_total, "forwarded": gate.forwarded,
+                "oci_reduction": gate.shed_fraction if gate.shed_until > now else 0.0,
+                "overloaded": gate.overloaded,
+            })
+        return out
