@@ -297,6 +297,12 @@ cdef class _FastExchange:
         self.deadline = 0.0
         if self.done:
             return
+        if self.gate is not None and self.sent_at < 0:  # still waiting for admission
+            self.proxy._connecting.pop((id(self.conn), self.sid), None)
+            self._answer(504, "TIMED_OUT_REQUEST",
+                         f"waited for {_endpoint_text(self.endpoint)} at the SCP until the "
+                         "request's deadline")
+            return
         if self.task is not None:
             self.task.cancel()
             self.task = None

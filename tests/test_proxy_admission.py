@@ -1,0 +1,198 @@
+"""Admission through the real proxy, on both HTTP/2 backends and both proxy twins: the wait
+queue's priority order, a queued request that reaches its deadline is answered 504 and never
+forwarded, a client that gives up while queued frees its place, refusals are ProblemDetails,
+and a forwarded request carries the time that is left (re-stamped headers)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+
+import pytest
+
+from dataplane.admission import AdmissionController, AdmissionSettings
+from dataplane.client import H2Client
+from dataplane.engine import ErrorCode, H2Settings
+from dataplane.routing import Forward
+from nf_adapters import sbi_headers as sh
+from nf_adapters.overload_control import Restamp
+from nf_adapters.scp_router import ScpRouter
+from tests.conftest import eventually, header, start_origin, start_proxy
+
+
+@pytest.fixture
+async def origin(backend):
+    running = await start_origin(backend)
+    yield running
+    await running.stop()
+
+
+class PriorityRouter:
+    """Everything to the origin; ``x-prio`` is the priority, ``x-timeout`` the deadline."""
+
+    def __init__(self, endpoint) -> None:
+        self.endpoint = endpoint
+
+    def route(self, headers, peer):
+        h = dict(headers)
+        timeout = float(h[b"x-timeout"]) if b"x-timeout" in h else None
+        return Forward(self.endpoint, list(headers), cluster="test", timeout=timeout,
+                       priority=int(h.get(b"x-prio", b"-1")))
+
+
+def one_at_a_time(**kw) -> AdmissionController:
+    base = dict(initial_limit=1, min_limit=1, max_limit=1, reserved_share=0.0,
+                consumer_rate_per_s=0.0, probe_interval_s=1e9, queue_target_s=5.0,
+                queue_interval_s=10.0)
+    base.update(kw)
+    return AdmissionController(AdmissionSettings(**base))
+
+
+def request(port: int, path: str, *extra: tuple[bytes, bytes]):
+    return [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", f"127.0.0.1:{port}".encode()),
+            (b":path", path.encode()), *extra]
+
+
+async def open_client(backend, port: int):
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: backend.ClientConnection(H2Settings()),
+                                           "127.0.0.1", port)
+    await conn.ready
+    return conn
+
+
+def send(conn, headers) -> tuple[asyncio.Future, int]:
+    fut = asyncio.get_running_loop().create_future()
+    sid = conn.request(headers, None, lambda *a: fut.done() or fut.set_result(a))
+    return fut, sid
+
+
+async def test_queue_releases_by_priority(backend, origin):
+    adm = one_at_a_time()
+    proxy = await start_proxy(backend, PriorityRouter(origin.endpoint), admission=adm)
+    conn = await open_client(backend, proxy.port)
+    try:
+        first, _ = send(conn, request(proxy.port, "/hold", (b"x-prio", b"16")))
+        assert await eventually(lambda: len(origin.handler.held) == 1)
+        waiting = [send(conn, request(proxy.port, "/hold", (b"x-prio", p)))[0]
+                   for p in (b"28", b"16", b"2")]
+        assert await eventually(lambda: adm.gates and next(iter(adm.gates.values())).queued == 3)
+        seen = []
+        for _ in range(4):
+            oconn, sid = origin.handler.held.pop(0)
+            got = origin.handler.requests[-1]
+            seen.append(header(got, b"x-prio"))
+            oconn.respond(sid, 200, [], b"done")
+            if len(seen) < 4:
+                assert await eventually(lambda: len(origin.handler.held) == 1)
+        assert seen == [b"16", b"2", b"16", b"28"]
+        for fut in [first, *waiting]:
+            status = (await asyncio.wait_for(fut, 5))[0]
+            assert status == 200
+    finally:
+        conn.close()
+        await proxy.stop()
+
+
+async def test_queued_request_past_its_deadline_is_504_and_never_forwarded(backend, origin):
+    adm = one_at_a_time()
+    proxy = await start_proxy(backend, PriorityRouter(origin.endpoint), admission=adm)
+    conn = await open_client(backend, proxy.port)
+    try:
+        first, _ = send(conn, request(proxy.port, "/hold", (b"x-prio", b"16")))
+        assert await eventually(lambda: len(origin.handler.held) == 1)
+        late, _ = send(conn, request(proxy.port, "/hold", (b"x-prio", b"3"),
+                                     (b"x-timeout", b"0.2")))
+        status, headers, body, _trailers, _err = await asyncio.wait_for(late, 5)
+        assert status == 504
+        assert header(headers, b"content-type") == b"application/problem+json"
+        assert json.loads(body)["cause"] == "TIMED_OUT_REQUEST"
+        oconn, sid = origin.handler.held.pop(0)
+        oconn.respond(sid, 200, [], b"done")
+        assert (await asyncio.wait_for(first, 5))[0] == 200
+        assert len(origin.handler.requests) == 1  # the late one never reached the producer
+        gate = next(iter(adm.gates.values()))
+        assert gate.queued == 0 and gate.in_flight == 0
+    finally:
+        conn.close()
+        await proxy.stop()
+
+
+async def test_client_gone_while_queued_is_never_forwarded(backend, origin):
+    if not hasattr(backend.ClientConnection, "reset_stream"):
+        pytest.skip(f"the {backend.NAME} client connection cannot reset one stream")
+    adm = one_at_a_time()
+    proxy = await start_proxy(backend, PriorityRouter(origin.endpoint), admission=adm)
+    conn = await open_client(backend, proxy.port)
+    try:
+        first, _ = send(conn, request(proxy.port, "/hold", (b"x-prio", b"16")))
+        assert await eventually(lambda: len(origin.handler.held) == 1)
+        _gone, sid = send(conn, request(proxy.port, "/hold", (b"x-prio", b"2")))
+        nxt, _ = send(conn, request(proxy.port, "/status/204", (b"x-prio", b"20")))
+        assert await eventually(lambda: adm.gates and next(iter(adm.gates.values())).queued == 2)
+        gate = next(iter(adm.gates.values()))
+        conn.reset_stream(sid, ErrorCode.CANCEL)
+        assert await eventually(lambda: gate.queued == 1)
+        oconn, osid = origin.handler.held.pop(0)
+        oconn.respond(osid, 200, [], b"done")
+        assert (await asyncio.wait_for(nxt, 5))[0] == 204
+        paths = [header(r, b":path") for r in origin.handler.requests]
+        assert paths == [b"/hold", b"/status/204"]
+        assert (await asyncio.wait_for(first, 5))[0] == 200
+    finally:
+        conn.close()
+        await proxy.stop()
+
+
+async def test_refusal_is_a_problem_and_the_top_band_gets_through(backend, origin):
+    adm = one_at_a_time(queue_max=1)
+    proxy = await start_proxy(backend, PriorityRouter(origin.endpoint), admission=adm)
+    conn = await open_client(backend, proxy.port)
+    try:
+        first, _ = send(conn, request(proxy.port, "/hold", (b"x-prio", b"16")))
+        assert await eventually(lambda: len(origin.handler.held) == 1)
+        low, _ = send(conn, request(proxy.port, "/status/204", (b"x-prio", b"28")))
+        assert await eventually(lambda: next(iter(adm.gates.values())).queued == 1)
+        high, _ = send(conn, request(proxy.port, "/status/204", (b"x-prio", b"1")))
+        status, headers, body, _t, _e = await asyncio.wait_for(low, 5)
+        assert status == 503 and json.loads(body)["cause"] == "NF_CONGESTION"
+        assert header(headers, b"content-type") == b"application/problem+json"
+        oconn, osid = origin.handler.held.pop(0)
+        oconn.respond(osid, 200, [], b"done")
+        assert (await asyncio.wait_for(high, 5))[0] == 204
+        assert (await asyncio.wait_for(first, 5))[0] == 200
+    finally:
+        conn.close()
+        await proxy.stop()
+
+
+async def test_forwarded_request_carries_the_time_left(backend, origin):
+    router = ScpRouter()
+    proxy = await start_proxy(backend, router, admission=one_at_a_time(), restamp=Restamp())
+    client = H2Client(backend.NAME)
+    try:
+        sent = time.time() - 0.1  # the consumer sent it 100 ms ago
+        stamp = sh.format_sender_timestamp(dt.datetime.fromtimestamp(sent, dt.UTC))
+        resp = await client.request(
+            "GET", f"http://127.0.0.1:{proxy.port}/headers",
+            [("3gpp-sbi-target-apiroot", f"http://127.0.0.1:{origin.port}"),
+             ("3gpp-sbi-max-rsp-time", "500"), ("3gpp-sbi-sender-timestamp", stamp.decode()),
+             ("3gpp-sbi-message-priority", "5"), ("user-agent", "AMF-1")])
+        assert resp.status == 200
+        got = {k: v for k, v in resp.json()}
+        left = int(got["3gpp-sbi-max-rsp-time"])
+        assert 300 <= left <= 400  # 500 ms less the 100 ms already spent, less the hop
+        restamped = sh.parse_sender_timestamp(got["3gpp-sbi-sender-timestamp"]).timestamp()
+        assert restamped > sent + 0.05
+        assert got["3gpp-sbi-message-priority"] == "5"
+        bad = await client.request(
+            "GET", f"http://127.0.0.1:{proxy.port}/headers",
+            [("3gpp-sbi-target-apiroot", f"http://127.0.0.1:{origin.port}"),
+             ("3gpp-sbi-message-priority", "32")])
+        assert bad.status == 400 and bad.json()["cause"] == "OPTIONAL_IE_INCORRECT"
+        assert len(origin.handler.requests) == 1
+    finally:
+        client.close()
+        await proxy.stop()
