@@ -163,6 +163,7 @@ class Gateway:
         self.started_at = time.monotonic()
         self.backend = load_backend(self.backend_name)
         settings = cfg.http2.to_h2_settings()
+        self.overload = OverloadProtection.from_config(cfg)
         static: Any = self._static_router()
         self.router_slot = RouterSlot(static)
         if cfg.registry.enabled:
@@ -175,11 +176,14 @@ class Gateway:
 
             # NRF API first, then model D (3gpp-Sbi-Discovery-*), then model C / static routes
             self.registry = await start_registry(cfg, static, self.publish_router)
+            publisher = getattr(self.registry, "publisher", None)
+            if publisher is not None and self.overload is not None:
+                publisher.live_loads = self.overload.responses  # Lci steers model D
+                publisher.publish()
         self.pools = UpstreamPools(self.backend, settings, connect_timeout=2.0)
         self.pools.set_endpoint_limits(self._endpoint_limits())
         access_log = load_access_log()(cfg.logging.format) if cfg.logging.access_log else None
         self.access_log = access_log
-        self.overload = OverloadProtection.from_config(cfg)
         responder = problem_responder
         proxy_kwargs: dict = {}
         if self.overload is not None:
@@ -236,6 +240,8 @@ class Gateway:
         own_root = settings_of(self.config).api_root
         routing = WorkerRouting(static, NrfForwardRouter(address, (own_root,)), self.publish_router)
         self.worker_routing = routing
+        if self.overload is not None:
+            routing.live_loads = self.overload.responses  # Lci steers model D
         self.snapshots = SnapshotSubscriber(address.snapshot_socket, routing.apply)
         self.snapshots.start()
         try:  # start with the current registry; if the control plane is slow, route without it

@@ -129,6 +129,7 @@ class WorkerRouting:
         self.nrf_forward = nrf_forward
         self.publish = publish
         self.timeout = timeout
+        self.live_loads: object = None  # producers' Lci (gateway.overload), set by the gateway
         self.cache: CompileCache = {}
         self.version = -1
         self.last: tuple[int, list[tuple[dict, str]]] | None = None  # re-applied on reload
@@ -147,7 +148,8 @@ class WorkerRouting:
         snap = build_snapshot(same, version, cache)
         # model D stamps Via / Max-Forward-Hops like model C (loop protection)
         model_d = ModelDRouter(snap, timeout=self.timeout,
-                               hop_stamp=getattr(self.static, "hop_stamp", None))
+                               hop_stamp=getattr(self.static, "hop_stamp", None),
+                               live_loads=self.live_loads)
         self.publish(ChainRouter([self.nrf_forward, model_d], fallback=self.static))
         self.version = version
         self.last = (version, instances)

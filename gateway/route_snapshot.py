@@ -45,6 +45,7 @@ class RouteSnapshotPublisher:
             self._swap = slot
         self.router_factory = router_factory
         self.timeout = timeout
+        self.live_loads: object = None  # producers' Lci (gateway.overload), set by the gateway
         self.snapshot: ModelDSnapshot = ModelDSnapshot({}, -1)
         self.published = 0
         self.min_interval_s = min_interval_s
@@ -78,7 +79,8 @@ class RouteSnapshotPublisher:
         try:
             snap = build_snapshot(self.registry.instances(), self.registry.version,
                                   self._compile_cache)
-            router = self.router_factory(ModelDRouter(snap, timeout=self.timeout))
+            router = self.router_factory(ModelDRouter(snap, timeout=self.timeout,
+                                                      live_loads=self.live_loads))
         except Exception:  # noqa: BLE001 (keep routing on the last good snapshot)
             log.exception("route snapshot rebuild failed; keeping version %d", self.snapshot.version)
             return self.snapshot

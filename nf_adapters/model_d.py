@@ -203,20 +203,31 @@ def parse_routing_binding(value: bytes) -> dict[str, str]:
     return out
 
 
+def _weight(m: ProducerService, loads: dict[str, tuple[int, float]] | None) -> float:
+    """capacity x (100 - load); the load a producer reported in ``3gpp-Sbi-Lci`` (fresher)
+    in place of its profile's when there is one."""
+    if loads:
+        live = loads.get(m.nf_instance_id.lower())
+        if live is not None:
+            return max(m.capacity, 1) * max(100 - live[0], 1) / 100.0
+    return m.weight
+
+
 class _Selection:
     """The eligible producers of one cached discovery key, grouped by priority, with cumulative
     weights so that one pick costs a bisection."""
 
     __slots__ = ("groups",)
 
-    def __init__(self, cands: Iterable[ProducerService]) -> None:
+    def __init__(self, cands: Iterable[ProducerService],
+                 loads: dict[str, tuple[int, float]] | None = None) -> None:
         by_prio: dict[int, list[ProducerService]] = {}
         for c in cands:
             by_prio.setdefault(c.priority, []).append(c)
         self.groups: list[tuple[tuple[ProducerService, ...], list[float], float]] = []
         for prio in sorted(by_prio):
             members = tuple(by_prio[prio])
-            cum = list(accumulate(m.weight for m in members))
+            cum = list(accumulate(_weight(m, loads) for m in members))
             self.groups.append((members, cum, cum[-1]))
 
     def __bool__(self) -> bool:
@@ -259,13 +270,17 @@ class ModelDRouter:
     def __init__(self, snapshot: ModelDSnapshot, *, rng: random.Random | None = None,
                  timeout: float | None = None, clock: Callable[[], float] = time.time,
                  hop_stamp: Callable[[Headers], tuple[bytes, bytes] | LocalResponse] | None = None,
-                 ) -> None:
+                 live_loads: object = None) -> None:
         self.snapshot = snapshot
         self.rng = rng or random.Random()
         self.timeout = timeout
         self.clock = clock
         self.hop_stamp = hop_stamp  # e.g. ScpRouter.hop_stamp: Via / Max-Forward-Hops loop guard
         self._cache: dict[tuple, _Selection | LocalResponse] = {}
+        # producers' 3gpp-Sbi-Lci (nf_adapters.overload_control.OverloadResponses: .loads,
+        # .loads_version); a new version re-weights the cached selections
+        self.live_loads = live_loads
+        self._loads_seen = -1
 
     # -------------------------------------------------------------- filtering
 
@@ -285,7 +300,7 @@ class ModelDRouter:
             cands = self._filter(q, path)
             if binding is not None and cands:
                 cands = self._bind(cands, parse_routing_binding(binding))
-            res = _Selection(cands)
+            res = _Selection(cands, getattr(self.live_loads, "loads", None))
         if len(self._cache) >= CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = res
@@ -313,6 +328,10 @@ class ModelDRouter:
     # -------------------------------------------------------------- route
 
     def route(self, headers: Headers, peer: dict) -> Forward | LocalResponse | None:
+        live = self.live_loads
+        if live is not None and live.loads_version != self._loads_seen:
+            self._loads_seen = live.loads_version
+            self._cache.clear()
         method = path = b""
         disc: list[tuple[bytes, bytes]] = []
         binding = rsp_time = sender_ts = prio_raw = ua_raw = None

@@ -220,3 +220,29 @@ def test_loop_protection_with_the_scp_routers_hop_stamp() -> None:
     assert isinstance(d, LocalResponse) and d.status == 508
     d = r.route(_req(target_nf_type="UDM") + [(b"3gpp-sbi-max-forward-hops", b"0")], {})
     assert isinstance(d, LocalResponse) and d.status == 508
+
+
+def test_producer_lci_steers_selection_and_scopes_are_set() -> None:
+    """A producer's 3gpp-Sbi-Lci (what OverloadResponses keeps) replaces its profile load in
+    the weights; Forward.scopes name the chosen instance for OCI matching."""
+    a, b = make_profile("UDM", ip="10.0.0.1"), make_profile("UDM", ip="10.0.0.2")
+
+    class Loads:
+        loads: dict = {}
+        loads_version = 0
+
+    live = Loads()
+    router = ModelDRouter(build_snapshot([(p, p["nfStatus"]) for p in (a, b)]),
+                          rng=random.Random(3), live_loads=live)
+
+    def share_of_a(n: int = 400) -> float:
+        picks = Counter(router.route(_req(target_nf_type="UDM"), {}).endpoint.host
+                        for _ in range(n))
+        return picks["10.0.0.1"] / n
+
+    assert 0.35 < share_of_a() < 0.65
+    live.loads = {a["nfInstanceId"].lower(): (95, 1.0)}
+    live.loads_version = 1
+    assert share_of_a() < 0.15
+    d = router.route(_req(target_nf_type="UDM"), {})
+    assert f"nfinst:{d.endpoint.host == '10.0.0.1' and a['nfInstanceId'].lower() or b['nfInstanceId'].lower()}" in d.scopes
