@@ -12,7 +12,10 @@ reach Python.  Flow control is end to end: automatic WINDOW_UPDATE is off and a 
 is acknowledged (``nghttp2_session_consume``) only when the other session's data provider has
 taken it, so a slow reader slows the writer and per-stream memory stays bounded by the windows.
 Python runs once per request (``handler.on_request``) and once per finished splice
-(``observer.on_complete`` / ``on_upstream_failed``).
+(``observer.on_complete`` / ``on_upstream_failed``); and once per response carrying a field
+named in ``settings.tap_response_headers`` (``observer.on_response_headers``): such fields are
+spotted in ``_cli_header`` by a length test and a memcmp, kept out of the relayed block, and
+handed over in ``ServerConnection._spliced_response`` just before the HEADERS are submitted.
 
 Lifetime rule: nghttp2 keeps raw pointers to a stream's ``_Stream`` object (stream user data,
 data providers).  Each connection keeps the object in its ``streams`` dict until its own
@@ -134,6 +137,11 @@ cdef enum:
 
 cdef enum:
     HDR_SLOTS = 16              # request header fields a new stream's list has room for
+
+cdef enum:
+    TAP_UNKNOWN = 0             # the observer's on_response_headers not looked up yet
+    TAP_HOOK = 1                # it has one: tapped fields go to it
+    TAP_NONE = 2                # it has none: tapped fields are relayed unchanged
 
 cdef enum:
     RH_INLINE_FIELDS = 8        # header fields a stream holds in itself (a typical SBI
@@ -304,6 +312,15 @@ cdef inline int _nv_set(nghttp2_nv *nv, object pair, list keep) except -1:
     return exact
 
 
+cdef bytes _field_bytes(object x):
+    """A header name or value as bytes, converted as ``_nv_set`` does."""
+    if type(x) is bytes:
+        return x
+    if isinstance(x, (bytes, bytearray)):
+        return bytes(x)
+    return str(x).encode("latin-1")
+
+
 cdef nghttp2_nv *_nva_from(list pairs, list keep, size_t extra) except? NULL:
     """Fill a malloc'd nv array from ``pairs`` (plus ``extra`` free slots at the end)."""
     cdef size_t n = len(pairs), i = 0
@@ -468,6 +485,9 @@ cdef class _Stream:
                                      # until the stream goes (nghttp2 sends them uncopied)
     cdef list resp_headers           # M_CLIENT
     cdef list resp_trailers          # M_CLIENT
+    cdef list tapped                 # tapped fields of the final response HEADERS (or None)
+    cdef object tap_hook             # observer.on_response_headers, looked up at the first
+    cdef uint8_t tap_state           # tapped field: TAP_UNKNOWN, TAP_HOOK or TAP_NONE
 
     def __dealloc__(self):
         buf_clear(&self.rq)
@@ -494,6 +514,7 @@ cdef class _Stream:
         self.out_body = None
         self.callback = self.up_hold = None
         self.client = None
+        self.tapped = self.tap_hook = None
 
     cdef inline void _rh_clear(self) noexcept:
         """Drop the block being collected (those kept for a submitted frame stay)."""
@@ -1342,6 +1363,7 @@ cdef int _cli_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *
     cdef _Stream st
     cdef nghttp2_vec nb, vb
     cdef int i, status
+    cdef uint64_t lens
     if p == NULL:
         return 0
     st = <_Stream>p
@@ -1358,6 +1380,14 @@ cdef int _cli_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *
     if st.mode != M_CLIENT:
         if st.down_closed or st.mode != M_SPLICE:  # nobody downstream wants it any more
             return 0
+        # a field of the final response HEADERS (the :status field came first) named in the
+        # server's tap set goes to the observer instead: the bitmask of the tapped names'
+        # lengths turns most fields away at once (0 when nothing is tapped), then memcmp
+        lens = st.server.tap_lens
+        if lens and (lens >> (nb.len if nb.len < 63 else 63)) & 1:
+            i = _tap_field(st, name, value)
+            if i:
+                return 0 if i > 0 else NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
         if st._rh_add(name, value, flags) != 0:
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
         return 0
@@ -1371,6 +1401,46 @@ cdef int _cli_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *
     except BaseException:
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
     return 0
+
+
+cdef int _tap_field(_Stream st, nghttp2_rcbuf *name, nghttp2_rcbuf *value) noexcept:
+    """A response field whose name has the length of a tapped name: when it is one, in the
+    final response HEADERS (the :status field came first), keep it for the observer (1);
+    else, or when the observer has no ``on_response_headers``, relay it (0); -1 when out of
+    memory.  Out of ``_cli_header`` so that the fields that are not tapped cost it nothing
+    but the length test."""
+    cdef ServerConnection srv = st.server
+    cdef nghttp2_vec nb = nghttp2_rcbuf_get_buf(name)
+    cdef nghttp2_vec vb
+    cdef int i
+    if st.resp_submitted or st.status < 200:  # trailers, or a 1xx
+        return 0
+    for i in range(srv.tap_n):
+        if nb.len == srv.tap_len[i] and nb.base[0] == <uint8_t>srv.tap_ptr[i][0] \
+                and memcmp(nb.base, srv.tap_ptr[i], nb.len) == 0:
+            break
+    else:
+        return 0
+    if st.tap_state == TAP_UNKNOWN:
+        try:
+            st.tap_hook = getattr(st.observer, "on_response_headers", None)
+        except BaseException:
+            log.exception("nghttp2: looking up on_response_headers failed")
+            st.tap_hook = None
+        st.tap_state = TAP_NONE if st.tap_hook is None else TAP_HOOK
+    if st.tap_state == TAP_NONE:
+        return 0
+    vb = nghttp2_rcbuf_get_buf(value)
+    try:
+        pair = (PyBytes_FromStringAndSize(<char *>nb.base, nb.len),
+                PyBytes_FromStringAndSize(<char *>vb.base, vb.len))
+        if st.tapped is None:
+            st.tapped = [pair]
+        else:
+            st.tapped.append(pair)
+    except BaseException:
+        return -1
+    return 1
 
 
 cdef inline void _response_ended(_Stream st) noexcept:
@@ -1544,10 +1614,18 @@ cdef class ServerConnection(_Conn):
     cdef PyObject *hc_pair[HC_SLOTS]
     cdef readonly size_t header_cache_hits   # test hook
     cdef unsigned int hc_next                # the way the next eviction takes
+    # settings.tap_response_headers: what _cli_header compares the response fields with
+    cdef uint64_t tap_lens                   # bit min(len, 63) set for each name's length
+    cdef int tap_n
+    cdef const char **tap_ptr
+    cdef size_t *tap_len
+    cdef tuple tap_names                     # owns the bytes tap_ptr points into
 
     def __dealloc__(self):
         # runs before _Conn's, which deletes the session the cached buffers belong to
         self._drop_header_cache()
+        free(self.tap_ptr)
+        free(self.tap_len)
 
     cdef void _hc_drop(self, size_t i) noexcept:
         if self.hc_pair[i] != NULL:
@@ -1615,6 +1693,31 @@ cdef class ServerConnection(_Conn):
         self.peer_info = peer_info if peer_info is not None else {}
         self.max_resets = self.settings.max_resets_per_second
         self.max_controls = self.settings.max_control_frames_per_second
+        self._set_tap(self.settings.tap_response_headers)
+
+    cdef void _set_tap(self, names) except *:
+        cdef int i
+        cdef bytes name
+        cdef tuple t = tuple(bytes(n) for n in names if n)
+        free(self.tap_ptr)
+        free(self.tap_len)
+        self.tap_ptr = NULL
+        self.tap_len = NULL
+        self.tap_n = 0
+        self.tap_lens = 0
+        self.tap_names = t
+        if not t:
+            return
+        self.tap_ptr = <const char **>malloc(len(t) * sizeof(char *))
+        self.tap_len = <size_t *>malloc(len(t) * sizeof(size_t))
+        if self.tap_ptr == NULL or self.tap_len == NULL:
+            raise MemoryError()
+        for i in range(len(t)):
+            name = t[i]
+            self.tap_ptr[i] = PyBytes_AS_STRING(name)
+            self.tap_len[i] = PyBytes_GET_SIZE(name)
+            self.tap_lens |= (<uint64_t>1) << (self.tap_len[i] if self.tap_len[i] < 63 else 63)
+        self.tap_n = len(t)
 
     def connection_made(self, transport) -> None:
         cdef nghttp2_option *opt
@@ -1780,6 +1883,7 @@ cdef class ServerConnection(_Conn):
         cdef ClientConnection cli = st.client
         st.mode = M_LOCAL
         st._rh_clear()
+        st.tapped = None
         if st.cid and not st.up_closed and cli is not None and cli.session != NULL:
             nghttp2_submit_rst_stream(cli.session, NGHTTP2_FLAG_NONE, st.cid, NGHTTP2_CANCEL)
             _mark(cli)
@@ -1802,11 +1906,14 @@ cdef class ServerConnection(_Conn):
         cdef nghttp2_nv *nva
         cdef nghttp2_data_provider prd
         cdef int rv
-        if st.down_closed or self.session == NULL:
+        cdef list extra = st.extra
+        if st.tapped is not None:
+            extra = self._tap_call(st, extra)
+        if st.down_closed or self.session == NULL or st.mode != M_SPLICE:
             st._rh_clear()
             return
         st.sent_status = st.status
-        nva = st._rh_nva(st.extra, keep, &cnt, True)
+        nva = st._rh_nva(extra, keep, &cnt, True)
         try:
             if st.resp_end:
                 rv = nghttp2_submit_response(self.session, st.sid, nva, cnt, NULL)
@@ -1824,6 +1931,29 @@ cdef class ServerConnection(_Conn):
             nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, st.sid,
                                       NGHTTP2_INTERNAL_ERROR)
         _mark(self)
+
+    cdef list _tap_call(self, _Stream st, list extra):
+        """Hand the tapped fields to ``observer.on_response_headers``; returns the fields to
+        append to the relayed ones: ``extra`` plus what it returned (as bytes pairs)."""
+        cdef list add
+        fields = st.tapped
+        hook = st.tap_hook
+        st.tapped = None
+        st.tap_hook = None
+        try:
+            ret = hook(st.sid_obj, st.status, fields)
+            if ret is None:
+                return extra
+            add = []
+            for k, v in ret:
+                add.append((_field_bytes(k), _field_bytes(v)))
+        except Exception:
+            log.exception("nghttp2: on_response_headers failed on stream %d; tapped fields "
+                          "dropped", st.sid)
+            return extra
+        if not add:
+            return extra
+        return extra + add if extra else add
 
     cdef void _response_more(self, _Stream st) noexcept:
         if st.down_deferred and not st.down_closed and self.session != NULL:
@@ -1865,6 +1995,7 @@ cdef class ServerConnection(_Conn):
         if not st.resp_submitted:
             # failed before a response: the observer decides (error, reset or replay)
             st._rh_clear()
+            st.tapped = st.tap_hook = None
             buf_clear(&st.rs)
             st.mode = M_WAIT
             st.cid = 0
@@ -2046,6 +2177,8 @@ cdef class ServerConnection(_Conn):
                 st.retain_lost = 1
         st.observer = observer
         st.extra = list(extra_response_headers) if extra_response_headers else None
+        st.tapped = st.tap_hook = None
+        st.tap_state = TAP_UNKNOWN
         st.mode = M_SPLICE
         st.client = upstream
         st.up_closed = st.up_deferred = st.up_sent = st.resp_submitted = st.resp_end = 0

@@ -8,7 +8,8 @@ Two backends implement it with the same classes and methods:
 
 The proxy (``dataplane.proxy``) is written once against this interface.  Python is called once
 per request (``ServerHandler.on_request``) and once when a spliced exchange ends
-(``SpliceObserver.on_complete``), never per frame.
+(``SpliceObserver.on_complete``), never per frame; plus once per response carrying a tapped
+header field (``SpliceObserver.on_response_headers``, see "Response header tap").
 
 Vocabulary
 ----------
@@ -31,6 +32,28 @@ Vocabulary
     response HEADERS, DATA and trailers upstream→downstream, with flow control both ways:
     a byte is acknowledged (WINDOW_UPDATE) to the sender only once the other side's session
     has taken it, so a slow reader slows the writer and memory per stream stays bounded.
+
+Response header tap
+-------------------
+``H2Settings.tap_response_headers`` names (lower case) response header fields that a
+``ServerConnection`` built with those settings takes out of the final response HEADERS of its
+spliced streams (not 1xx, not trailers) instead of relaying them: the overload headers
+``3gpp-sbi-oci`` / ``3gpp-sbi-lci`` are read by the proxy and not passed on as they came.
+When at least one such field arrived, the engine calls
+``observer.on_response_headers(stream_id, status, fields)`` (``fields``: the tapped
+``(name, value)`` pairs in arrival order) just before it submits the response HEADERS
+downstream, and appends what the call returns (a list of pairs; None: nothing) after the
+splice's ``extra_response_headers``.  An observer without ``on_response_headers`` gets the
+fields relayed unchanged; an exception from it is logged and the response goes on without
+the tapped fields.  Names are matched exactly (HTTP/2 names are lower case on the wire); a
+response without any tapped field costs a length test per field and makes no call.
+
+Resets
+------
+A client's RST_STREAM (or a lost downstream connection) on a spliced stream whose response
+has not ended resets the upstream stream with CANCEL on both backends, so that a producer
+honouring RST_STREAM stops working on a request nobody waits for.  (Before the upstream
+stream's HEADERS were written, the request is simply never sent.)
 
 ``report_completions()``
     A backend function.  ``on_complete`` may come a little after the exchange's last frame:
@@ -97,6 +120,20 @@ class H2Settings:
     max_control_frames_per_second: int = 1000
     # a body the engine holds for an un-spliced stream, or retains for a replay
     max_retained_body: int = 65536
+    # response header names (lower case, bytes) taken out of the final response HEADERS of
+    # spliced streams and handed to ``SpliceObserver.on_response_headers`` (module doc)
+    tap_response_headers: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = self.tap_response_headers
+        if names:
+            norm = tuple(n.encode("ascii") if isinstance(n, str) else bytes(n) for n in names)
+            for n in norm:
+                if not n or n != n.lower() or n.startswith(b":"):
+                    raise ValueError(
+                        f"tap_response_headers: {n!r} is not a lower-case header field name")
+            if norm != names:
+                object.__setattr__(self, "tap_response_headers", norm)
 
 
 class ServerHandler(Protocol):
@@ -120,7 +157,23 @@ class ServerHandler(Protocol):
 
 
 class SpliceObserver(Protocol):
-    """Told, once per spliced request, how it went.  Never called per frame."""
+    """Told, once per spliced request, how it went.  Never called per frame.
+
+    ``on_response_headers`` is optional (looked up only when a tapped field arrives): an
+    observer without it has the tapped fields relayed unchanged."""
+
+    def on_response_headers(
+        self, stream_id: int, status: int, fields: Headers
+    ) -> Headers | None:
+        """Optional.  The final response HEADERS (``status`` >= 200) of the spliced stream
+        arrived from upstream carrying fields named in ``settings.tap_response_headers``:
+        ``fields`` are those, ``(name, value)`` in arrival order; they are not relayed.
+        Called once per response (never for 1xx or trailers, never when no tapped field is
+        present), just before the response HEADERS are submitted downstream.  Return None to
+        relay none of them, or a list of ``(name, value)`` pairs to append to the relayed
+        response headers (after ``extra_response_headers``).  An exception is logged and the
+        response relayed without the tapped fields.  The response is under way: the
+        observer must not answer, reset or splice the stream from here."""
 
     def on_upstream_failed(self, stream_id: int, error_code: int, reached: bool) -> None:
         """The upstream stream ended before response HEADERS came (reset, GOAWAY above its
@@ -173,7 +226,7 @@ class ServerConnection(Protocol):
         ``RuntimeError`` when the stream's response has already started."""
 
     def reset(self, stream_id: int, error_code: int = ErrorCode.CANCEL) -> None:
-        """RST_STREAM the stream."""
+        """RST_STREAM the stream (on a spliced stream the upstream stream is reset too)."""
 
     def read_body(
         self, stream_id: int, limit: int,
@@ -198,7 +251,10 @@ class ServerConnection(Protocol):
         ``retain_body`` the engine keeps up to ``settings.max_retained_body`` request bytes so
         that the request can be spliced again after ``on_upstream_failed``.
         If ``upstream`` cannot take a stream now (closed, GOAWAY received), the engine calls
-        ``observer.on_upstream_failed(stream_id, REFUSED_STREAM, reached=False)``."""
+        ``observer.on_upstream_failed(stream_id, REFUSED_STREAM, reached=False)``.
+        Response header fields named in ``settings.tap_response_headers`` go to
+        ``observer.on_response_headers`` instead of downstream (module doc).  A client reset
+        (or lost connection) before the response ended resets the upstream stream (CANCEL)."""
 
     def can_replay(self, stream_id: int) -> bool:
         """True when the stream's request body (if any) is retained whole for a replay."""

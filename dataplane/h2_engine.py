@@ -555,6 +555,8 @@ class ServerConnection(_Connection):
         self.peer_info: dict = peer_info if peer_info is not None else {}
         self._drain_timer: asyncio.TimerHandle | None = None
         self.peak_buffered = 0  # largest body buffer seen on one stream (held + relayed)
+        # response header names taken out for SpliceObserver.on_response_headers (engine doc)
+        self._tap = frozenset(settings.tap_response_headers)
 
     # ---- events -----------------------------------------------------------------------------
     def _on_event(self, event) -> None:
@@ -938,7 +940,10 @@ class ServerConnection(_Connection):
             st.body.clear()
             st.body_len = 0
             st.body_whole = False
-        out = headers + st.extra if (status >= 200 and st.extra) else headers
+        extra = st.extra
+        if status >= 200 and self._tap:
+            headers, extra = self._tap_response(st, status, headers, extra)
+        out = headers + extra if (status >= 200 and extra) else headers
         try:
             self._h2.send_headers(st.sid, out, end_stream=ended)
         except (h2.exceptions.ProtocolError, KeyError) as exc:
@@ -949,6 +954,30 @@ class ServerConnection(_Connection):
             st.local_closed = True
             self._after_local_end(st)
         self._mark()
+
+    def _tap_response(
+        self, st: _Stream, status: int, headers: Headers, extra: Headers
+    ) -> tuple[Headers, Headers]:
+        """Take the tapped fields out of the final response ``headers`` and ask the observer
+        what to relay instead (engine doc, "Response header tap").  Returns the headers to
+        relay and the fields to append after them (``extra`` plus the observer's)."""
+        tap = self._tap
+        tapped = [field for field in headers if field[0] in tap]
+        if not tapped:
+            return headers, extra
+        hook = getattr(st.observer, "on_response_headers", None)
+        if hook is None:
+            return headers, extra  # an observer that does not tap: relayed unchanged
+        kept = [field for field in headers if field[0] not in tap]
+        try:
+            add = hook(st.sid, status, tapped)
+            if add is not None:
+                add = [(name, value) for name, value in add]
+        except Exception:
+            log.exception("on_response_headers failed on stream %d; tapped fields dropped",
+                          st.sid)
+            add = None
+        return kept, (extra + add if add else extra)
 
     def _fail_spliced(self, st: _Stream, error_code: int) -> None:
         """Reset a spliced downstream stream after the response began (propagate a reset)."""
