@@ -28,11 +28,17 @@ from gateway.registry.settings import RegistrySettings
 # ---------------------------------------------------------------- 3GPP schemas
 
 
+REPO_SPECS = Path(__file__).resolve().parents[2] / "specs" / "3gpp"
+
+
 def find_3gpp_dir() -> Path | None:
-    """NFMESH_3GPP_DIR, else a ``shared/3gpp`` beside one of the repo's parent folders."""
+    """NFMESH_3GPP_DIR, else the repository's own copy (specs/3gpp, see its SOURCE.md), else a
+    ``shared/3gpp`` beside one of the repo's parent folders."""
     env = os.environ.get("NFMESH_3GPP_DIR")
     if env:
         return Path(env) if Path(env, "TS29510_Nnrf_NFManagement.yaml").exists() else None
+    if (REPO_SPECS / "TS29510_Nnrf_NFManagement.yaml").exists():
+        return REPO_SPECS
     here = Path(__file__).resolve()
     for parent in here.parents:
         cand = parent / "shared" / "3gpp"
@@ -70,9 +76,17 @@ class SchemaChecker:
         schema = {"$ref": f"{self.BASE}{file}#/components/schemas/{component}"}
         return Draft7Validator(schema, registry=self.registry)
 
+    def errors(self, obj: object, file: str, component: str) -> list:
+        """The validation errors (jsonschema ``ValidationError``), sorted."""
+        return sorted(self._validator(file, component).iter_errors(obj), key=str)
+
     def check(self, obj: object, file: str, component: str) -> None:
-        errors = sorted(self._validator(file, component).iter_errors(obj), key=str)
+        errors = self.errors(obj, file, component)
         assert not errors, f"{component} does not validate: {errors[0].message} at {list(errors[0].absolute_path)}"
+
+    def document(self, file: str) -> dict:
+        """One of the OpenAPI files, as loaded."""
+        return self.registry[self.BASE + file].contents
 
 
 @pytest.fixture(scope="session")
