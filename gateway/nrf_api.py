@@ -10,27 +10,32 @@ Resources:
 * ``/nnrf-nfm/v1/nf-instances/{nfInstanceId}``: PUT (201 + Location / 200), PATCH
   (``application/json-patch+json``; 204, or 200 with the profile when the NRF changed it), GET,
   DELETE (204);
-* ``/nnrf-nfm/v1/nf-instances?nf-type=&limit=``: GET (UriList);
+* ``/nnrf-nfm/v1/nf-instances?nf-type=&limit=&page-number=&page-size=``: GET (UriList, as
+  ``application/3gppHal+json``);
 * ``/nnrf-nfm/v1/subscriptions``: POST (201 + Location); ``/subscriptions/{id}``: PATCH, DELETE;
-* ``/nnrf-disc/v1/nf-instances?target-nf-type=&requester-nf-type=...``: GET (SearchResult).
+* ``/nnrf-disc/v1/nf-instances?target-nf-type=&requester-nf-type=...``: GET (SearchResult);
+  a query parameter that the Rel-17 yaml does not define is a 400 INVALID_QUERY_PARAM.
 
 Discovery answers are cached per query string until the registry changes (its ``version``).
-Errors are TS 29.571 ProblemDetails with the TS 29.500 cause; a store failure is 503.
+Errors are TS 29.571 ProblemDetails with the TS 29.500 cause; a store failure is 503.  PATCH
+bodies go through ``json_patch.decode_patch`` (no duplicate member names, bounded nesting).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
 from dataplane.engine import Headers
 from dataplane.routing import LocalResponse, LocalService, Request
+from gateway.registry.json_patch import PatchError, decode_patch
 from gateway.registry.profile import ProfileError, is_uuid
 from gateway.registry.registry import NotFound, Registry
 from gateway.registry.store import StoreError
-from nf_adapters.discovery import DiscoveryError, parse_query
+from nf_adapters.discovery import NF_TYPES, DiscoveryError, parse_query
 from nf_adapters.problem_details import CAUSES, problem
 
 log = logging.getLogger(__name__)
@@ -38,14 +43,17 @@ log = logging.getLogger(__name__)
 NFM = "/nnrf-nfm/v1"
 DISC = "/nnrf-disc/v1"
 JSON = b"application/json"
+HAL_JSON = b"application/3gppHal+json"  # the 3GPP hypermedia type: the UriList answer
+PATCH_MEDIA = "application/json-patch+json"
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
 MAX_BODY = 256 * 1024
 DISCOVERY_CACHE_SIZE = 1024  # SearchResult bodies per query string, valid for one registry version
 
 
-def _json_response(status: int, body: bytes, extra: Headers | None = None) -> LocalResponse:
-    headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+def _json_response(status: int, body: bytes, extra: Headers | None = None, *,
+                   ctype: bytes = JSON) -> LocalResponse:
+    headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
     if extra:
         headers.extend(extra)
     return LocalResponse(status, headers, body)
@@ -73,6 +81,43 @@ def _profile_error(exc: ProfileError) -> LocalResponse:
     status = CAUSES.get(exc.cause, 400)
     return problem(status, exc.cause, exc.detail,
                    [p.to_json() for p in exc.invalid_params] or None)
+
+
+class _QueryError(ValueError):
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param}: {reason}")
+        self.param = param
+        self.reason = reason
+
+
+_ASCII_DIGITS = re.compile(r"[0-9]+")  # query integers: ASCII digits (str.isdigit takes "²")
+_BIG = 1 << 62  # integers have no maximum in the yaml: longer ones are clamped to this
+# GET nf-instances query parameters (TS29510_Nnrf_NFManagement.yaml, Rel-17): integer ones
+# have minimum 1 and no maximum
+LIST_PARAMS = ("nf-type", "limit", "page-number", "page-size")
+
+
+def _list_params(query: str) -> dict:
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=16)
+    except ValueError:
+        raise _QueryError("query", "more than 16 parameters") from None
+    out: dict = {}
+    for name, value in pairs:
+        if name not in LIST_PARAMS:
+            raise _QueryError(name, "unknown query parameter")
+        if name in out:
+            raise _QueryError(name, "given more than once")
+        if name == "nf-type":
+            if value not in NF_TYPES:
+                raise _QueryError(name, f"unknown NF type {value!r}")
+            out[name] = value
+        else:
+            digits = value.lstrip("0")
+            if not _ASCII_DIGITS.fullmatch(value) or not digits:
+                raise _QueryError(name, "must be an integer >= 1")
+            out[name] = int(digits) if len(digits) < 19 else _BIG
+    return out
 
 
 class NrfApi:
@@ -108,10 +153,18 @@ class NrfApi:
                            f"Content-Type must be {media}, got {got or 'none'}")
         if len(req.body) > self.max_body:
             return problem(413, "INVALID_MSG_FORMAT", f"body larger than {self.max_body} bytes")
+        if media == PATCH_MEDIA:
+            try:
+                return decode_patch(req.body)
+            except PatchError as exc:
+                return problem(400, "INVALID_MSG_FORMAT", f"JSON Patch: {exc.reason}",
+                               [{"param": exc.param, "reason": exc.reason}])
         try:
             return _decode(req.body)
         except (msgspec.DecodeError, ValueError) as exc:
             return problem(400, "INVALID_MSG_FORMAT", f"body is not valid JSON: {exc}")
+        except RecursionError:
+            return problem(400, "INVALID_MSG_FORMAT", "body is nested too deeply")
 
     def _api_root(self, req: Request) -> str:
         scheme = _header(req.headers, b":scheme") or b"http"
@@ -163,7 +216,7 @@ class NrfApi:
                     return problem(404, "SUBSCRIPTION_NOT_FOUND", f"subscription {sub_id} not found")
                 return _empty(204)
             if m == "PATCH":
-                body = self._body(req, "application/json-patch+json")
+                body = self._body(req, PATCH_MEDIA)
                 if isinstance(body, LocalResponse):
                     return body
                 try:
@@ -188,7 +241,7 @@ class NrfApi:
         return _json_response(200, out)
 
     async def _patch(self, req: Request, nf_id: str) -> LocalResponse:
-        body = self._body(req, "application/json-patch+json")
+        body = self._body(req, PATCH_MEDIA)
         if isinstance(body, LocalResponse):
             return body
         try:
@@ -209,28 +262,39 @@ class NrfApi:
             return problem(404, "RESOURCE_CONTEXT_NOT_FOUND", f"NF instance {nf_id} not found")
 
     def _list(self, req: Request, query: str) -> LocalResponse:
-        params = dict(parse_qsl(query, keep_blank_values=True, max_num_fields=32))
-        nf_type = params.get("nf-type") or None
-        limit = params.get("limit")
-        n = None
-        if limit is not None:
-            if not limit.isdigit() or int(limit) < 1:
-                return problem(400, "INVALID_QUERY_PARAM", "limit must be a positive integer",
-                               [{"param": "limit", "reason": "must be a positive integer"}])
-            n = int(limit)
-        ids = self.registry.instance_ids(nf_type)
+        """GET nf-instances: a UriList (``_links.item``, ``_links.self``, ``totalItemCount``).
+
+        ``nf-type`` filters; ``page-size`` cuts the sorted ids into pages (without it, one page
+        holds them all) and ``page-number`` (default 1) picks one; ``limit`` caps the items of
+        the answer; ``totalItemCount`` counts every instance of the type, before paging and
+        limit.  An unknown, repeated or out-of-range parameter is a 400 INVALID_QUERY_PARAM
+        naming it."""
+        try:
+            params = _list_params(query)
+        except _QueryError as exc:
+            return problem(400, "INVALID_QUERY_PARAM", f"{exc.param}: {exc.reason}",
+                           [{"param": exc.param, "reason": exc.reason}])
+        ids = sorted(self.registry.instance_ids(params.get("nf-type")))
         total = len(ids)
-        if n is not None:
-            ids = ids[:n]
+        if "page-size" in params or "page-number" in params:
+            size = params.get("page-size") or max(total, 1)  # no page-size: one page of all
+            first = (params.get("page-number", 1) - 1) * size
+            ids = ids[first:first + size]
+        limit = params.get("limit")
+        if limit is not None:
+            ids = ids[:limit]
         root = f"{self._api_root(req)}{NFM}/nf-instances"
+        # TS 29.510 names two members, item and self; with no instance, item is an empty
+        # array (what Open5GS's NRF sends and its UriList parser requires), although the
+        # yaml's LinksValueSchema asks for at least one link
         body = {
             "_links": {
-                "items": [{"href": f"{root}/{i}"} for i in ids],
+                "item": [{"href": f"{root}/{i}"} for i in ids],
                 "self": {"href": root + (f"?{query}" if query else "")},
             },
             "totalItemCount": total,
         }
-        return _json_response(200, _encode(body))
+        return _json_response(200, _encode(body), ctype=HAL_JSON)
 
     # ------------------------------------------------------------------ NFDiscovery
 
@@ -246,7 +310,7 @@ class NrfApi:
         try:
             q = parse_query(query)
         except DiscoveryError as exc:
-            return problem(400, exc.cause, str(exc), [{"param": exc.param, "reason": exc.reason}])
+            return problem(400, exc.cause, str(exc), exc.invalid_params)
         ids = self.registry.discover(q)
         if q.limit is not None:
             ids = ids[: q.limit]

@@ -26,22 +26,58 @@ NF_TYPES = frozenset(
     SMS_IWMSC MBSF MBSTF PANF""".split()
 )
 
+# Every query parameter of GET /nnrf-disc/v1/nf-instances in TS29510_Nnrf_NFDiscovery.yaml
+# (Rel-17, TS 29.510 V17.12.0).  ``parse_query`` refuses any other name (400 INVALID_QUERY_PARAM);
+# those that nfmesh does not filter on are accepted and ignored.
+QUERY_PARAMETERS = frozenset(
+    """target-nf-type requester-nf-type preferred-collocated-nf-types requester-nf-instance-id
+    service-names requester-nf-instance-fqdn target-plmn-list requester-plmn-list
+    target-nf-instance-id target-nf-fqdn hnrf-uri snssais requester-snssais
+    plmn-specific-snssai-list requester-plmn-specific-snssai-list dnn ipv4-index ipv6-index
+    nsi-list smf-serving-area mbsmf-serving-area tai amf-region-id amf-set-id guami supi
+    ue-ipv4-address ip-domain ue-ipv6-prefix pgw-ind preferred-pgw-ind pgw pgw-ip gpsi
+    external-group-identity internal-group-identity pfd-data data-set routing-indicator
+    group-id-list dnai-list pdu-session-types event-id-list nwdaf-event-list supported-features
+    upf-iwk-eps-ind chf-supported-plmn preferred-locality access-type limit required-features
+    complex-query max-payload-size max-payload-size-ext atsss-capability upf-ue-ip-addr-ind
+    client-type lmf-id an-node-type rat-type preferred-tai preferred-nf-instances target-snpn
+    requester-snpn-list af-ee-data w-agf-info tngf-info twif-info target-nf-set-id
+    target-nf-service-set-id nef-id notification-type n1-msg-class n2-info-class serving-scope
+    imsi ims-private-identity ims-public-identity msisdn preferred-api-versions v2x-support-ind
+    redundant-gtpu redundant-transport ipups scp-domain-list address-domain ipv4-addr
+    ipv6-prefix served-nf-set-id remote-plmn-id remote-snpn-id data-forwarding
+    preferred-full-plmn requester-features realm-id storage-id vsmf-support-ind ismf-support-ind
+    nrf-disc-uri preferred-vendor-specific-features preferred-vendor-specific-nf-features
+    required-pfcp-features home-pub-key-id prose-support-ind analytics-aggregation-ind
+    serving-nf-set-id serving-nf-type ml-analytics-info-list analytics-metadata-prov-ind
+    nsacf-capability mbs-session-id-list area-session-id gmlc-number upf-n6-ip tai-list
+    preferences-precedence support-onboarding-capability uas-nf-functionality-ind v2x-capability
+    prose-capability shared-data-id target-hni target-nw-resolution exclude-nfinst-list
+    exclude-nfservinst-list exclude-nfserviceset-list exclude-nfset-list
+    preferred-analytics-delays high-latency-com nsac-sai""".split()
+)
+
 MAX_LIST_ITEMS = 64
 MAX_PARAM_LEN = 4096
 DISCOVERY_HEADER_PREFIX = b"3gpp-sbi-discovery-"
 
 _SD_RE = re.compile(r"^[A-Fa-f0-9]{6}$")
 _TAC_RE = re.compile(r"^([A-Fa-f0-9]{4}|[A-Fa-f0-9]{6})$")
+_ASCII_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also takes "²" or "٣", which int() refuses
+_BIG = 1 << 62  # an integer without a schema maximum: longer values are clamped to this
 
 
 class DiscoveryError(ValueError):
-    """A discovery parameter is missing or malformed; ``param`` names it."""
+    """A discovery parameter is missing or malformed; ``param`` names it (the first, when
+    ``invalid_params`` lists several), ``cause`` is the TS 29.500 application error."""
 
-    def __init__(self, param: str, reason: str, cause: str = "INVALID_QUERY_PARAM") -> None:
+    def __init__(self, param: str, reason: str, cause: str = "INVALID_QUERY_PARAM",
+                 more: tuple[str, ...] = ()) -> None:
         super().__init__(f"{param}: {reason}")
         self.param = param
         self.reason = reason
         self.cause = cause
+        self.invalid_params = [{"param": p, "reason": reason} for p in (param, *more)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +99,8 @@ class Tai:
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryQuery:
-    """The discovery parameters nfmesh understands; unknown parameters are ignored."""
+    """The discovery parameters nfmesh filters on; the other parameters of the yaml are accepted
+    and ignored (``parse_query`` refuses names that the yaml does not define)."""
 
     target_nf_type: str
     requester_nf_type: str | None = None
@@ -96,6 +133,9 @@ def parse_query(query: str, *, require_requester: bool = True) -> DiscoveryQuery
         raise DiscoveryError("query", str(exc)) from None
     for k, v in pairs:
         multi.setdefault(k, []).append(v)
+    unknown = [k for k in multi if k not in QUERY_PARAMETERS]
+    if unknown:
+        raise DiscoveryError(unknown[0], "unknown query parameter", more=tuple(unknown[1:]))
     return _build(multi, require_requester=require_requester)
 
 
@@ -157,15 +197,17 @@ def _json(multi: dict[str, list[str]], name: str) -> object | None:
         raise DiscoveryError(name, "not valid JSON") from None
 
 
-def _int(multi: dict[str, list[str]], name: str, lo: int, hi: int) -> int | None:
+def _int(multi: dict[str, list[str]], name: str, lo: int, hi: int | None) -> int | None:
+    """An integer parameter in ``lo..hi`` (``hi`` None: no maximum, clamped to ``_BIG``)."""
     v = _one(multi, name)
     if v is None:
         return None
-    if not v.isdigit():
-        raise DiscoveryError(name, "not a non-negative integer")
-    n = int(v)
-    if not lo <= n <= hi:
-        raise DiscoveryError(name, f"out of range {lo}..{hi}")
+    if not _ASCII_DIGITS.fullmatch(v):
+        raise DiscoveryError(name, "not a non-negative integer (ASCII digits)")
+    digits = v.lstrip("0") or "0"
+    n = int(digits) if len(digits) < 19 else _BIG
+    if n < lo or (hi is not None and n > hi):
+        raise DiscoveryError(name, f"must be >= {lo}" if hi is None else f"out of range {lo}..{hi}")
     return n
 
 
@@ -235,9 +277,11 @@ def _build(multi: dict[str, list[str]], *, require_requester: bool) -> Discovery
     if require_requester and not requester:
         raise DiscoveryError("requester-nf-type", "is required", "MANDATORY_QUERY_PARAM_MISSING")
     if target not in NF_TYPES:
-        raise DiscoveryError("target-nf-type", f"unknown NF type {target!r}")
+        raise DiscoveryError("target-nf-type", f"unknown NF type {target!r}",
+                             "MANDATORY_QUERY_PARAM_INCORRECT")
     if requester and requester not in NF_TYPES:
-        raise DiscoveryError("requester-nf-type", f"unknown NF type {requester!r}")
+        raise DiscoveryError("requester-nf-type", f"unknown NF type {requester!r}",
+                             "MANDATORY_QUERY_PARAM_INCORRECT")
     return DiscoveryQuery(
         target_nf_type=target,
         requester_nf_type=requester or None,
@@ -252,25 +296,39 @@ def _build(multi: dict[str, list[str]], *, require_requester: bool) -> Discovery
         requester_nf_instance_fqdn=(_one(multi, "requester-nf-instance-fqdn") or None),
         requester_nf_instance_id=(_one(multi, "requester-nf-instance-id") or None),
         requester_plmn_list=_plmns(multi, "requester-plmn-list"),
-        limit=_int(multi, "limit", 1, 1 << 20),
+        limit=_int(multi, "limit", 1, None),  # the yaml: minimum 1, no maximum
         max_payload_size=_int(multi, "max-payload-size", 1, 2000),
     )
 
 
 # ---------------------------------------------------------------- matching
+#
+# Profiles are JSON from the NFs; only part of them is validated at registration (smfInfo,
+# amfInfo, sdRanges... are kept as sent), so the matching reads every member through _dicts /
+# _strs: a member of the wrong type matches nothing instead of raising in every later discovery.
 
 
-def _snssai_in(want: Snssai, offered: list) -> bool:
-    for o in offered:
-        if not isinstance(o, dict) or o.get("sst") != want.sst:
+def _dicts(v: object) -> list[dict]:
+    """The objects of a JSON array (anything else: none)."""
+    return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
+
+
+def _str(v: object) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _snssai_in(want: Snssai, offered: object) -> bool:
+    for o in _dicts(offered):
+        sst = o.get("sst")
+        if isinstance(sst, bool) or sst != want.sst:
             continue
-        osd = o.get("sd")
+        osd = _str(o.get("sd"))
         if want.sd is None or o.get("wildcardSd") is True:
             return True
-        if osd is not None and str(osd).lower() == want.sd:
+        if osd is not None and osd.lower() == want.sd:
             return True
-        for rng in o.get("sdRanges") or ():
-            lo, hi = rng.get("start"), rng.get("end")
+        for rng in _dicts(o.get("sdRanges")):
+            lo, hi = _str(rng.get("start")), _str(rng.get("end"))
             if lo and hi and lo.lower() <= want.sd <= hi.lower():
                 return True
     return False
@@ -301,9 +359,9 @@ def _dnn_match(profile: dict, dnn: str) -> bool:
     if not infos:
         return True  # the NF announces no DNN restriction
     for info in infos:
-        lst = info.get("sNssaiSmfInfoList") or info.get("sNssaiUpfInfoList") or []
-        for item in lst:
-            for d in item.get("dnnSmfInfoList") or item.get("dnnUpfInfoList") or []:
+        lst = info.get("sNssaiSmfInfoList") or info.get("sNssaiUpfInfoList")
+        for item in _dicts(lst):
+            for d in _dicts(item.get("dnnSmfInfoList") or item.get("dnnUpfInfoList")):
                 if d.get("dnn") == dnn or d.get("dnn") == "*":
                     return True
     return False
@@ -315,12 +373,15 @@ def _tai_match(profile: dict, tai: Tai) -> bool:
     if not lists:
         return True
     for lst in lists:
-        for t in lst:
-            p = t.get("plmnId") or {}
+        for t in _dicts(lst):
+            p = t.get("plmnId")
+            tac = _str(t.get("tac"))
             if (
-                p.get("mcc") == tai.mcc
+                isinstance(p, dict)
+                and p.get("mcc") == tai.mcc
                 and p.get("mnc") == tai.mnc
-                and str(t.get("tac", "")).lower() == tai.tac
+                and tac is not None
+                and tac.lower() == tai.tac
             ):
                 return True
     return False

@@ -21,6 +21,11 @@ from nf_adapters.discovery import NF_TYPES
 NF_STATUSES = frozenset({"REGISTERED", "SUSPENDED", "UNDISCOVERABLE"})
 NOTIFICATION_EVENTS = frozenset({"NF_REGISTERED", "NF_DEREGISTERED", "NF_PROFILE_CHANGED"})
 URI_SCHEMES = frozenset({"http", "https"})
+
+
+def _one_of(value: object, allowed: frozenset[str]) -> bool:
+    """``value in allowed`` for any JSON value (a list or an object is unhashable: no TypeError)."""
+    return isinstance(value, str) and value in allowed
 MAX_PROBLEMS = 16
 MAX_SERVICES = 256
 
@@ -164,7 +169,7 @@ def _check_nf_types(c: _Checker, obj: dict, key: str, ptr: str) -> None:
         c.bad(f"{ptr}/{key}", "must be a non-empty array", "OPTIONAL_IE_INCORRECT")
         return
     for i, t in enumerate(v):
-        if t not in NF_TYPES:
+        if not _one_of(t, NF_TYPES):
             c.bad(f"{ptr}/{key}/{i}", "unknown NF type", "OPTIONAL_IE_INCORRECT")
 
 
@@ -198,9 +203,9 @@ def _check_service(c: _Checker, s: object, ptr: str) -> None:
                 ):
                     c.bad(f"{ptr}/versions/{i}", "needs apiVersionInUri and apiFullVersion strings",
                           "MANDATORY_IE_INCORRECT")
-    if "scheme" in s and s["scheme"] not in URI_SCHEMES:
+    if "scheme" in s and not _one_of(s["scheme"], URI_SCHEMES):
         c.bad(f"{ptr}/scheme", "must be http or https", "MANDATORY_IE_INCORRECT")
-    if "nfServiceStatus" in s and s["nfServiceStatus"] not in NF_STATUSES:
+    if "nfServiceStatus" in s and not _one_of(s["nfServiceStatus"], NF_STATUSES):
         c.bad(f"{ptr}/nfServiceStatus", "unknown NFServiceStatus", "MANDATORY_IE_INCORRECT")
     if "fqdn" in s and not is_fqdn(s["fqdn"]):
         c.bad(f"{ptr}/fqdn", "not a valid FQDN", "OPTIONAL_IE_INCORRECT")
@@ -252,9 +257,9 @@ def validate_profile(body: object, path_instance_id: str) -> dict:
         elif nid.lower() != path_instance_id.lower():
             c.bad("/nfInstanceId", "does not match the nfInstanceId in the URI",
                   "MANDATORY_IE_INCORRECT")
-    if "nfType" in body and body["nfType"] not in NF_TYPES:
+    if "nfType" in body and not _one_of(body["nfType"], NF_TYPES):
         c.bad("/nfType", "unknown NF type", "MANDATORY_IE_INCORRECT")
-    if "nfStatus" in body and body["nfStatus"] not in NF_STATUSES:
+    if "nfStatus" in body and not _one_of(body["nfStatus"], NF_STATUSES):
         c.bad("/nfStatus", "unknown NFStatus", "MANDATORY_IE_INCORRECT")
     if not any(k in body for k in ("fqdn", "ipv4Addresses", "ipv6Addresses")):
         c.bad("/fqdn", "one of fqdn, ipv4Addresses, ipv6Addresses is required",
@@ -320,10 +325,10 @@ def validate_subscription(body: object) -> dict:
             c.bad("/reqNotifEvents", "must be a non-empty array", "OPTIONAL_IE_INCORRECT")
         else:
             for i, e in enumerate(ev):
-                if e not in NOTIFICATION_EVENTS:
+                if not _one_of(e, NOTIFICATION_EVENTS):
                     c.bad(f"/reqNotifEvents/{i}", "unknown NotificationEventType",
                           "OPTIONAL_IE_INCORRECT")
-    if "reqNfType" in body and body["reqNfType"] not in NF_TYPES:
+    if "reqNfType" in body and not _one_of(body["reqNfType"], NF_TYPES):
         c.bad("/reqNfType", "unknown NF type", "OPTIONAL_IE_INCORRECT")
     if "reqNfInstanceId" in body and not is_uuid(body["reqNfInstanceId"]):
         c.bad("/reqNfInstanceId", "must be a UUID string", "OPTIONAL_IE_INCORRECT")
@@ -334,7 +339,7 @@ def validate_subscription(body: object) -> dict:
         if not isinstance(cond, dict):
             c.bad("/subscrCond", "must be an object", "OPTIONAL_IE_INCORRECT")
         else:
-            if "nfType" in cond and cond["nfType"] not in NF_TYPES:
+            if "nfType" in cond and not _one_of(cond["nfType"], NF_TYPES):
                 c.bad("/subscrCond/nfType", "unknown NF type", "OPTIONAL_IE_INCORRECT")
             if "nfInstanceId" in cond and not is_uuid(cond["nfInstanceId"]):
                 c.bad("/subscrCond/nfInstanceId", "must be a UUID string", "OPTIONAL_IE_INCORRECT")

@@ -134,6 +134,30 @@ async def test_indirect_mode_nrf_requests_and_bad_input(mesh, schemas) -> None:
     assert status == 204
 
 
+async def test_uri_list_and_patch_errors_over_http2(mesh, schemas) -> None:
+    """Issue 13 on the wire: the UriList keeps its application/3gppHal+json type through the
+    HTTP/2 engine, and a patch with a non-ASCII array index is a 400 ProblemDetails."""
+    origin, proxy, svc = mesh
+    p = make_profile("AMF", services=("namf-comm",), ip="127.0.0.1", port=origin.port)
+    assert (await _register(proxy.port, p))[0] == 201
+    status, hdrs, body = await curl(proxy.port, "GET", "/nnrf-nfm/v1/nf-instances?nf-type=AMF&limit=10")
+    assert status == 200 and hdrs["content-type"] == "application/3gppHal+json", body
+    uri_list = json.loads(body)
+    schemas.check(uri_list, NFM, "UriList")
+    assert [i["href"] for i in uri_list["_links"]["item"]] == [
+        f"http://127.0.0.1:{proxy.port}/nnrf-nfm/v1/nf-instances/{p['nfInstanceId']}"]
+    status, hdrs, body = await curl(proxy.port, "GET", "/nnrf-nfm/v1/nf-instances?limit=0")
+    assert status == 400 and json.loads(body)["cause"] == "INVALID_QUERY_PARAM"
+    ops = [{"op": "replace", "path": "/ipv4Addresses/\u00b2", "value": "127.0.0.2"}]
+    status, hdrs, body = await curl(proxy.port, "PATCH", f"/nnrf-nfm/v1/nf-instances/{p['nfInstanceId']}",
+                                    json.dumps(ops, ensure_ascii=False).encode(),
+                                    {"content-type": "application/json-patch+json"})
+    assert status == 400 and hdrs["content-type"] == "application/problem+json", body
+    pd = json.loads(body)
+    schemas.check(pd, "TS29571_CommonData.yaml", "ProblemDetails")
+    assert pd["cause"] == "INVALID_MSG_FORMAT" and pd["invalidParams"][0]["param"] == "/0"
+
+
 async def test_reselection_to_an_alternate_producer(mesh) -> None:
     origin, proxy, svc = mesh
     dead = make_profile("UDM", ip="127.0.0.1", port=free_port(), priority=1)  # nobody listens there

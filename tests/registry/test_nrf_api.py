@@ -53,13 +53,14 @@ async def test_get_list_delete(api: NrfApi, schemas) -> None:
     assert r.status == 200
     schemas.check(json.loads(r.body), NFM, "NFProfile")
     r = await api.handle(req("GET", "/nnrf-nfm/v1/nf-instances?nf-type=AMF&limit=5", ctype=None))
+    assert r.status == 200 and _h(r, b"content-type") == b"application/3gppHal+json"
     body = json.loads(r.body)
     schemas.check(body, NFM, "UriList")
-    assert [i["href"] for i in body["_links"]["items"]] == [
+    assert [i["href"] for i in body["_links"]["item"]] == [
         f"http://nrf.test:8000/nnrf-nfm/v1/nf-instances/{b['nfInstanceId']}"]
     r = await api.handle(req("GET", "/nnrf-nfm/v1/nf-instances?limit=1", ctype=None))
     body = json.loads(r.body)
-    assert len(body["_links"]["items"]) == 1 and body["totalItemCount"] == 2
+    assert len(body["_links"]["item"]) == 1 and body["totalItemCount"] == 2
     r = await api.handle(req("DELETE", f"/nnrf-nfm/v1/nf-instances/{a['nfInstanceId']}", ctype=None))
     assert r.status == 204 and r.body == b""
     r = await api.handle(req("GET", f"/nnrf-nfm/v1/nf-instances/{a['nfInstanceId']}", ctype=None))
@@ -199,7 +200,10 @@ async def test_discovery_bad_queries(api: NrfApi, schemas) -> None:
     cases = [
         ("requester-nf-type=AMF", "MANDATORY_QUERY_PARAM_MISSING", "target-nf-type"),
         ("target-nf-type=UDM", "MANDATORY_QUERY_PARAM_MISSING", "requester-nf-type"),
-        ("target-nf-type=XYZ&requester-nf-type=AMF", "INVALID_QUERY_PARAM", "target-nf-type"),
+        ("target-nf-type=XYZ&requester-nf-type=AMF", "MANDATORY_QUERY_PARAM_INCORRECT", "target-nf-type"),
+        ("target-nf-type=UDM&requester-nf-type=amf", "MANDATORY_QUERY_PARAM_INCORRECT", "requester-nf-type"),
+        ("target-nf-type=UDM&requester-nf-type=AMF&bogus=1", "INVALID_QUERY_PARAM", "bogus"),
+        ("target-nf-type=UDM&requester-nf-type=AMF&limit=0", "INVALID_QUERY_PARAM", "limit"),
         ("target-nf-type=UDM&requester-nf-type=AMF&snssais=[{", "INVALID_QUERY_PARAM", "snssais"),
         ('target-nf-type=UDM&requester-nf-type=AMF&snssais=[{"sst":999}]', "INVALID_QUERY_PARAM", "snssais"),
         ("target-nf-type=UDM&requester-nf-type=AMF&limit=x", "INVALID_QUERY_PARAM", "limit"),
