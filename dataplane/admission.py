@@ -88,11 +88,11 @@ class AdmissionSettings:
     min_limit: int = 2
     max_limit: int = 1000
     window_s: float = 0.05
-    tolerance: float = 0.1  # response times within 10% of the no-load time count as no queue
+    tolerance: float = 0.5  # response times within 1.5x the no-load time count as no queue
     probe_interval_s: float = 5.0
     probe_samples: int = 16
     queue_max: int = 1024
-    queue_target_s: float = 0.01
+    queue_target_s: float = 0.05
     queue_interval_s: float = 0.1
     consecutive_failures: int = 5
     base_ejection_s: float = 2.0
@@ -100,7 +100,7 @@ class AdmissionSettings:
     max_ejected_share: float = 0.5
     retry_budget_share: float = 0.2
     retry_min: int = 3
-    consumer_rate_per_s: float = 10000.0  # per consumer key and worker; 0: no bucket
+    consumer_rate_per_s: float = 0.0  # per consumer key and worker; 0: no bucket
     consumer_burst: float = 2000.0
     self_lag_target_s: float = 0.05  # event-loop lag above this: the gateway is overloaded
 
@@ -290,6 +290,7 @@ class AdmissionController:
         self.self_overloaded = False
         self._lag_timer: asyncio.TimerHandle | None = None
         self._lag_expected = 0.0
+        self._lag_run = 0  # consecutive ticks on the other side of the target
         self.self_shed = 0
 
     # ---- configuration ------------------------------------------------------------------------
@@ -606,7 +607,14 @@ class AdmissionController:
         now = loop.time()
         lag = max(0.0, now - self._lag_expected)
         self.lag = 0.7 * self.lag + 0.3 * lag
-        over = self.lag > self.settings.self_lag_target_s
+        target = self.settings.self_lag_target_s
+        # a lone stall (start-up, a GC pass) is not overload: 3 late ticks in a row are
+        late = lag > target if not self.self_overloaded else lag > target / 2
+        self._lag_run = self._lag_run + 1 if late != self.self_overloaded else 0
+        over = self.self_overloaded
+        if self._lag_run >= 3:
+            over = not self.self_overloaded
+            self._lag_run = 0
         if over != self.self_overloaded:
             self.self_overloaded = over
             if over:

@@ -227,7 +227,7 @@ class OverloadLimitSection(msgspec.Struct, **_STRUCT):
     min: PosInt = 2
     max: PosInt = 1000
     window_s: PosFloat = 0.05
-    tolerance: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.1
+    tolerance: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.5
     probe_interval_s: PosFloat = 5.0
     probe_samples: PosInt = 16
 
@@ -236,7 +236,7 @@ class OverloadQueueSection(msgspec.Struct, **_STRUCT):
     """The wait queue per producer: priority then deadline; queue delay is the signal."""
 
     max_length: PosInt = 1024
-    target_delay_ms: PosFloat = 10.0
+    target_delay_ms: PosFloat = 50.0
     interval_ms: PosFloat = 100.0
 
 
@@ -253,7 +253,7 @@ class RetryBudgetSection(msgspec.Struct, **_STRUCT):
 
 
 class ConsumerRateSection(msgspec.Struct, **_STRUCT):
-    rate_per_s: NonNegFloat = 10000.0  # per consumer and worker; 0 = no per-consumer bucket
+    rate_per_s: NonNegFloat = 0.0  # per consumer and worker; 0 = no per-consumer bucket
     burst: PosFloat = 2000.0
 
 
