@@ -80,6 +80,21 @@ def _depth(obj: object) -> int:
     return deepest
 
 
+def _members(v: object) -> int:
+    """How many object members a decoded JSON value holds, nested ones included."""
+    n = 0
+    stack = [v] if type(v) is dict or type(v) is list else []
+    while stack:
+        cur = stack.pop()
+        if type(cur) is dict:
+            n += len(cur)
+            cur = cur.values()
+        for x in cur:
+            if type(x) is dict or type(x) is list:
+                stack.append(x)
+    return n
+
+
 def decode_patch(body: bytes) -> object:
     """Decode an ``application/json-patch+json`` body (UTF-8 JSON, as strict as msgspec: no
     NaN, no lone surrogates, no number out of range), refusing duplicate member names and
@@ -87,16 +102,17 @@ def decode_patch(body: bytes) -> object:
     does that, naming the bad operation."""
     try:
         doc = msgspec.json.decode(body)
-        # msgspec keeps the last of duplicate names silently; the stdlib decoder tells us
-        json.loads(body, object_pairs_hook=_no_duplicates)
-    except PatchError:
-        raise
     except RecursionError:
         raise PatchError("/", f"nested deeper than {MAX_DEPTH} levels") from None
     except (msgspec.DecodeError, ValueError) as exc:
         raise PatchError("/", f"body is not valid JSON: {exc}") from None
-    if _depth(doc) > MAX_DEPTH:
+    # cheap bounds first: no deeper than its brackets, and every ':' outside a string starts
+    # one member, so as many ':' as decoded members means no name was given twice
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(doc) > MAX_DEPTH:
         raise PatchError("/", f"nested deeper than {MAX_DEPTH} levels")
+    if body.count(b":") != _members(doc):  # a ':' in a string, or a repeated name
+        # msgspec keeps the last of duplicate names silently; the stdlib decoder tells us
+        json.loads(body, object_pairs_hook=_no_duplicates)
     return doc
 
 

@@ -5,6 +5,7 @@ PatchError, never a mutated original.  The published suite runs in test_json_pat
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -207,3 +208,42 @@ def test_random_patches_never_mutate_or_escape(doc: dict, patch: list) -> None:
     else:
         assert isinstance(out, dict)
     assert doc == before
+
+
+def _text(v: object) -> str:
+    """JSON text of a value where an object is a list of (name, value) pairs (names may repeat)."""
+    if isinstance(v, tuple):
+        return "{" + ",".join(json.dumps(k) + ":" + _text(x) for k, x in v) + "}"
+    if isinstance(v, list):
+        return "[" + ",".join(_text(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+_names = st.sampled_from(["a", "b", "a:b", ":", "op", "{", "["])
+_raw = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["", ":", "x:y", "[{", "op"]),
+    lambda c: st.lists(c, max_size=3) | st.lists(st.tuples(_names, c), max_size=3).map(tuple),
+    max_leaves=12,
+)
+
+
+def _has_duplicates(v: object) -> bool:
+    if isinstance(v, tuple):
+        names = [k for k, _ in v]
+        return len(set(names)) != len(names) or any(_has_duplicates(x) for _, x in v)
+    if isinstance(v, list):
+        return any(_has_duplicates(x) for x in v)
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=_raw)
+def test_decode_patch_finds_every_repeated_name(raw: object) -> None:
+    """decode_patch skips the slow duplicate check when the ':' count matches the members it
+    decoded; whatever the names and strings hold, it refuses exactly the repeated names."""
+    body = _text(raw).encode()
+    if _has_duplicates(raw):
+        with pytest.raises(PatchError):
+            decode_patch(body)
+    else:
+        assert decode_patch(body) == json.loads(body)
