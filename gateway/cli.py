@@ -104,6 +104,7 @@ PERF_TOOLS: dict[str, tuple[str, str]] = {
     "ngap-decode": ("perf.ngap_decode_bench", "NGAP routing-key extraction: fast path vs pycrate"),
     "snapshot": ("perf.snapshot_bench", "route snapshot: control plane -> worker cost for N profiles"),
     "registry": ("perf.registry_bench", "NRF registry: registrations, heartbeats, discoveries per second"),
+    "overload": ("perf.overload", "overload protection beside HAProxy and Envoy (--quick, --json)"),
 }
 
 
