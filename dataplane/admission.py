@@ -13,7 +13,7 @@ chose.  Per endpoint (one producer address) an ``EndpointGate`` holds:
   A producer that queues gets fewer requests at once; one that keeps up gets more, up to
   ``max_limit``, and only while the limit is actually used.  The no-load time is the minimum
   response time of the requests sent since the last *probe*: every ``probe_interval_s`` the
-  gate lets at most half its limit through until ``probe_samples`` answers came, so the
+  gate lets at most 30% of its limit through until ``probe_samples`` answers came, so the
   baseline cannot drift up under a standing overload (what Envoy's min-RTT calculation
   does with a fixed low concurrency).
 * **a bounded wait queue**, ordered by priority then deadline.  Its overload signal is queue
@@ -160,7 +160,7 @@ class EndpointGate:
         """How many may be in flight for a request of ``priority``."""
         s = self.controller.settings
         if self.probing:
-            return max(float(s.min_limit), self.limit * 0.5)
+            return max(float(s.min_limit), self.limit * 0.3)
         if priority <= s.top_band:
             return self.limit
         return max(1.0, self.limit * (1.0 - s.reserved_share))

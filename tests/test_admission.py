@@ -5,10 +5,16 @@ outlier ejection, retry budget, consumer buckets and the adaptive limit."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
 from dataplane.admission import GO, QUEUED, AdmissionController, AdmissionSettings
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    random.seed(12345)  # probe jitter and partial OCI shedding draw from random: same draws
 
 
 class Clock:
