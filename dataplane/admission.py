@@ -16,11 +16,15 @@ chose.  Per endpoint (one producer address) an ``EndpointGate`` holds:
   gate lets at most 30% of its limit through until ``probe_samples`` answers came, so the
   baseline cannot drift up under a standing overload (what Envoy's min-RTT calculation
   does with a fixed low concurrency).
-* **a bounded wait queue**, ordered by priority then deadline.  Its overload signal is queue
-  *delay*, as in CoDel: while the queue has been empty within the last ``queue_interval_s`` a
-  request may wait up to that interval; once it has stayed non-empty longer (a standing
-  queue), a request of the normal band waits at most ``queue_target_s`` and is then shed
-  with a fast 503.  The top band (priority <= ``top_band``: MPS, emergency) waits until its
+* **a bounded wait queue**, ordered by priority then deadline (one list per priority, kept
+  sorted by deadline, and a bitmask of the non-empty ones: the best and the worst entry are
+  found in O(1)).  Its overload signal is queue *delay*, as in CoDel: while the queue has
+  been empty within the last ``queue_interval_s`` a request may wait up to that interval;
+  once it has stayed non-empty longer (a standing queue), a request of the normal band waits
+  at most ``queue_target_s`` and is then shed with a fast 503.  A standing queue that already
+  holds what the producer drains in ``queue_target_s`` takes a newcomer only in place of a
+  worse entry; otherwise the newcomer is refused at once (the same refusal, without the
+  wait).  The top band (priority <= ``top_band``: MPS, emergency) waits until its
   deadline, goes first, and may use the ``reserved_share`` of the limit that the rest may not.
 * **deadlines**: a request whose deadline is nearer than the producer's no-load response
   time is answered 504 at once and never forwarded (the time left is what the next hop gets:
@@ -54,7 +58,7 @@ unless the endpoint is limited.
 from __future__ import annotations
 
 import asyncio
-import heapq
+import bisect
 import itertools
 import logging
 import math
@@ -109,7 +113,8 @@ class EndpointGate:
     """Admission state of one producer endpoint (see the module doc)."""
 
     __slots__ = (
-        "key", "cluster", "limit", "in_flight", "queue", "queued", "last_empty", "overloaded",
+        "key", "cluster", "limit", "in_flight", "levels", "mask", "queued", "last_empty",
+        "overloaded", "done_n", "drain_rate",
         "rtt_noload", "rtt_sum", "rtt_n", "window_end", "probe_at", "probing", "probe_start",
         "probe_n", "max_in_flight", "failures", "ejections", "ejected_until", "shed_fraction",
         "shed_until", "shed_threshold", "shed_partial", "shed_at", "prio_counts",
@@ -125,8 +130,13 @@ class EndpointGate:
         self.cluster = cluster
         self.limit = float(s.initial_limit)
         self.in_flight = 0
-        self.queue: list = []  # heap of [priority, deadline, seq, enqueued_at, ex]
-        self.queued = 0
+        # per priority: entries [deadline, seq, enqueued_at, ex] sorted by (deadline, seq), the
+        # next to go first; bit p of mask set while levels[p] holds entries (maybe dead ones)
+        self.levels: list[list] = [[] for _ in range(PRIORITIES)]
+        self.mask = 0
+        self.queued = 0  # live entries
+        self.done_n = 0  # answers in the current window
+        self.drain_rate = 0.0  # answers per second (smoothed)
         self.last_empty = now
         self.overloaded = False
         self.rtt_noload = math.inf
@@ -167,6 +177,7 @@ class EndpointGate:
 
     def sample(self, rtt: float, sent_at: float, now: float) -> None:
         """One answered request's response time."""
+        self.done_n += 1
         if rtt < self.rtt_noload and (not self.probing or sent_at >= self.probe_start):
             self.rtt_noload = rtt
         self.rtt_sum += rtt
@@ -198,6 +209,8 @@ class EndpointGate:
         self.rtt_sum = 0.0
         self.rtt_n = 0
         self.max_in_flight = self.in_flight
+        self.drain_rate = 0.7 * self.drain_rate + 0.3 * (self.done_n / s.window_s)
+        self.done_n = 0
         counts = self.prio_counts  # decayed: the priority mix follows the traffic (OCI)
         for p in range(PRIORITIES):
             if counts[p]:
@@ -280,6 +293,7 @@ class AdmissionController:
         self._last_key: object = None
         self._last_gate: EndpointGate | None = None
         self._seq = itertools.count()
+        self.queue_floor = 8  # a standing queue is never cut below this many entries
         self._sweep: asyncio.TimerHandle | None = None
         self.scope_sheds: dict[str, tuple[float, float]] = {}  # scope -> (fraction, until)
         self.in_flight = 0
@@ -361,13 +375,31 @@ class AdmissionController:
         if gate.in_flight < gate.allowed(prio) and (top or not gate.queued):
             self._send(gate, ex, now)
             return GO
-        if gate.queued >= s.queue_max and not self._make_room(gate, prio, deadline):
-            gate.count("queue_full", prio)
-            gate.rejected += 1
-            return (CONGESTION[0], CONGESTION[1], "the producer's queue at the SCP is full")
-        if not gate.queued:
+        deadline = deadline or math.inf
+        if gate.queued:
+            if gate.queued >= s.queue_max:
+                if not self._displace(gate, prio, deadline):
+                    gate.count("queue_full", prio)
+                    gate.rejected += 1
+                    return (CONGESTION[0], CONGESTION[1], "the producer's queue at the SCP is full")
+            elif (not top and gate.overloaded and gate.queued >= max(
+                    self.queue_floor, gate.drain_rate * s.queue_target_s)):
+                # a standing queue holding what the producer drains within the target: this
+                # request would only wait to be refused, unless it outranks a queued one
+                if not self._displace(gate, prio, deadline):
+                    gate.count("queue_delay", prio)
+                    gate.rejected += 1
+                    return (CONGESTION[0], CONGESTION[1], "the producer is overloaded: its "
+                            "queue at the SCP holds more than it answers within the target")
+        else:
             gate.last_empty = now  # a queue forms: its standing time counts from here
-        heapq.heappush(gate.queue, [prio, deadline or math.inf, next(self._seq), now, ex])
+        level = gate.levels[prio]
+        entry = [deadline, next(self._seq), now, ex]
+        if not level or entry >= level[-1]:
+            level.append(entry)
+        else:
+            bisect.insort(level, entry)
+        gate.mask |= 1 << prio
         gate.queued += 1
         ex.gate = gate
         if self._sweep is None:
@@ -399,7 +431,7 @@ class AdmissionController:
         now = self.clock()
         sent_at = ex.sent_at
         if sent_at < 0:  # still queued: the client went away
-            gate.queued -= 1  # the heap entry is dropped when it comes up (ex.done)
+            gate.queued -= 1  # its entry is dropped when it comes up (ex.gate is None)
             return
         gate.in_flight -= 1
         self.in_flight -= 1
@@ -415,19 +447,24 @@ class AdmissionController:
             self._pump(gate, now)
 
     def _pump(self, gate: EndpointGate, now: float) -> None:
-        q = gate.queue
-        while q:
-            prio, deadline, _seq, enq, ex = q[0]
-            if ex.done or ex.gate is not gate:
-                heapq.heappop(q)
+        levels = gate.levels
+        while gate.mask:
+            prio = (gate.mask & -gate.mask).bit_length() - 1  # the best non-empty level
+            level = levels[prio]
+            deadline, _seq, enq, ex = level[0]
+            if ex.done or ex.gate is not gate:  # answered or gone while it waited
+                del level[0]
+                if not level:
+                    gate.mask &= ~(1 << prio)
                 continue
             if gate.in_flight >= gate.allowed(prio):
                 return
-            heapq.heappop(q)
+            del level[0]
+            if not level:
+                gate.mask &= ~(1 << prio)
             gate.queued -= 1
             ex.gate = None
-            wait = now - enq
-            gate.queue_delay_sum += wait
+            gate.queue_delay_sum += now - enq
             gate.queue_delay_n += 1
             if deadline != math.inf and deadline - now < (
                     gate.rtt_noload if gate.rtt_noload != math.inf else 0):
@@ -443,35 +480,45 @@ class AdmissionController:
             gate.overloaded = False
             log.info("producer %s left overload (queue drained)", gate.key)
 
-    def _make_room(self, gate: EndpointGate, prio: int, deadline: float) -> bool:
-        """The queue is full: drop its worst entry when the newcomer outranks it."""
-        q = gate.queue
-        worst_i = max(range(len(q)), key=lambda i: (q[i][0], q[i][1]))
-        worst = q[worst_i]
-        if (worst[0], worst[1]) <= (prio, deadline or math.inf):
-            return False
-        q[worst_i] = q[-1]
-        q.pop()
-        heapq.heapify(q)
-        ex = worst[4]
-        if not ex.done and ex.gate is gate:
+    def _displace(self, gate: EndpointGate, prio: int, deadline: float) -> bool:
+        """Refuse the queue's worst live entry when the newcomer (prio, deadline) outranks it."""
+        levels = gate.levels
+        while gate.mask:
+            worst = gate.mask.bit_length() - 1
+            level = levels[worst]
+            entry = level[-1]
+            ex = entry[3]
+            if ex.done or ex.gate is not gate:
+                level.pop()
+                if not level:
+                    gate.mask &= ~(1 << worst)
+                continue
+            if (worst, entry[0]) <= (prio, deadline):
+                return False
+            level.pop()
+            if not level:
+                gate.mask &= ~(1 << worst)
             gate.queued -= 1
             ex.gate = None
-            gate.count("queue_full", worst[0])
+            gate.count("displaced", worst)
             gate.rejected += 1
             ex.refused(CONGESTION[0], CONGESTION[1], "displaced from the producer's queue "
                        "at the SCP by a request of higher priority")
-        return True
+            return True
+        return False
 
-    # ---- the queue sweep: CoDel-style delay bound and deadlines ---------------------------------
+    # ---- the queue sweep: CoDel-style delay bound ----------------------------------------------
     def _arm_sweep(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._sweep = loop.call_later(self.settings.queue_target_s / 2, self._run_sweep)
+        self._sweep = loop.call_later(self.settings.queue_target_s / 4, self._run_sweep)
 
     def _run_sweep(self) -> None:
+        """Shed the normal-band entries that waited longer than allowed: each level's head
+        (its earliest deadlines, which for one budget are its oldest) while they are over.
+        Deadlines themselves are the proxy's timers' and ``_pump``'s to check."""
         self._sweep = None
         now = self.clock()
         s = self.settings
@@ -485,32 +532,32 @@ class AdmissionController:
                 log.warning("producer %s entered overload: requests have queued at the SCP for "
                             "%.0f ms (limit %d in flight)", gate.key,
                             (now - gate.last_empty) * 1000, gate.limit)
-            max_wait = s.queue_target_s if standing else s.queue_interval_s
-            noload = gate.rtt_noload if gate.rtt_noload != math.inf else 0.0
-            keep = []
-            for entry in gate.queue:
-                prio, deadline, _seq, enq, ex = entry
-                if ex.done or ex.gate is not gate:
-                    continue
-                if deadline != math.inf and deadline - now < noload:
-                    reason, status, detail = "deadline", TIMED_OUT, (
-                        "the request waited for the producer until its deadline was too near")
-                    gate.timed_out += 1
-                elif prio > s.top_band and now - enq > max_wait:
-                    reason, status, detail = "queue_delay", CONGESTION, (
-                        "the producer is overloaded: the request waited "
-                        f"{(now - enq) * 1000:.0f} ms at the SCP")
-                    gate.rejected += 1
-                else:
-                    keep.append(entry)
-                    continue
-                ex.gate = None
-                gate.count(reason, prio)
-                ex.refused(status[0], status[1], detail)
-            heapq.heapify(keep)
-            gate.queue = keep
-            gate.queued = len(keep)
-            if keep:
+            oldest = now - (s.queue_target_s if standing else s.queue_interval_s)
+            prio = s.top_band + 1
+            mask = gate.mask >> prio
+            while mask:
+                if mask & 1:
+                    level = gate.levels[prio]
+                    while level:
+                        _deadline, _seq, enq, ex = level[0]
+                        if ex.done or ex.gate is not gate:
+                            del level[0]
+                            continue
+                        if enq >= oldest:
+                            break
+                        del level[0]
+                        gate.queued -= 1
+                        ex.gate = None
+                        gate.count("queue_delay", prio)
+                        gate.rejected += 1
+                        ex.refused(CONGESTION[0], CONGESTION[1],
+                                   "the producer is overloaded: the request waited at the SCP "
+                                   "longer than the queue delay target")
+                    if not level:
+                        gate.mask &= ~(1 << prio)
+                mask >>= 1
+                prio += 1
+            if gate.queued:
                 pending = True
             else:
                 gate.last_empty = now

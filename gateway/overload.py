@@ -70,9 +70,17 @@ class OverloadProtection:
         answers while the gateway is overloaded itself."""
         ctl = self.controller
         validity = self.section.own_oci_validity_s
+        memo: dict[tuple[int, str, str], LocalResponse] = {}
 
         def respond(status: int, cause: str, detail: str) -> LocalResponse:
-            resp = inner(status, cause, detail)
+            # under overload most answers are the same few refusals: build each once
+            key = (status, cause, detail)
+            resp = memo.get(key)
+            if resp is None:
+                resp = inner(status, cause, detail)
+                if len(memo) >= 256:
+                    memo.clear()
+                memo[key] = resp
             if ctl.self_overloaded:
                 reduction = max(10, min(90, round(ctl.lag / max(ctl.settings.self_lag_target_s,
                                                                 1e-3) * 25)))

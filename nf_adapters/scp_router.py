@@ -525,7 +525,12 @@ class ScpRouter:
                            [(exc.header, exc.reason)])
         if ts_raw is not None:
             try:
-                sent = sh.parse_sender_timestamp(ts_raw).timestamp()
+                sent = _SENT_AT.get(ts_raw)
+                if sent is None:  # consumers send many requests per millisecond: parse once
+                    sent = sh.parse_sender_timestamp(ts_raw).timestamp()
+                    if len(_SENT_AT) >= 512:
+                        _SENT_AT.clear()
+                    _SENT_AT[ts_raw] = sent
             except sh.SbiHeaderError as exc:
                 return problem(400, "OPTIONAL_IE_INCORRECT",
                                f"invalid 3gpp-Sbi-Sender-Timestamp: {exc.reason}",
@@ -535,6 +540,9 @@ class ScpRouter:
             return problem(504, "TIMED_OUT_REQUEST",
                            "the request's 3gpp-Sbi-Max-Rsp-Time has already elapsed")
         return budget
+
+
+_SENT_AT: dict[bytes, float] = {}  # 3gpp-Sbi-Sender-Timestamp values parsed lately
 
 
 def not_found(headers: Headers) -> LocalResponse:

@@ -118,10 +118,11 @@ def test_a_queued_request_whose_deadline_comes_near_is_never_sent() -> None:
     waiting = Ex(2, due=clock.t + 0.050)  # top band: waits until its deadline, not less
     assert ctl.admit(waiting) == QUEUED
     clock.t += 0.045  # 5 ms left < 10 ms response time
-    ctl._run_sweep()
+    ctl._run_sweep()  # the delay bound does not apply to the top band
+    assert waiting.events == []
+    finish(ctl, busy[0])  # a place frees up: too late for it, it is answered, not sent
     assert waiting.events == [(504, "TIMED_OUT_REQUEST")]
-    finish(ctl, busy[0])
-    assert waiting.events == [(504, "TIMED_OUT_REQUEST")]  # not sent after all
+    assert ctl.gates["p1"].in_flight == 1 and ctl.gates["p1"].queued == 0
 
 
 def test_standing_queue_bounds_the_wait_of_the_normal_band_only() -> None:
@@ -153,6 +154,27 @@ def test_top_band_uses_the_reserved_share() -> None:
     assert ctl.admit(Ex(5)) == GO  # the top band goes past the queue into the reserve
     assert ctl.admit(Ex(5)) == GO
     assert ctl.admit(Ex(5)) == QUEUED  # the limit itself holds for everyone
+
+
+def test_standing_queue_refuses_newcomers_at_once_unless_they_outrank_it() -> None:
+    clock = Clock()
+    ctl = controller(clock, queue_target_s=0.01, queue_interval_s=0.1)
+    ctl.queue_floor = 2
+    for _ in range(2):
+        ctl.admit(Ex(16))
+    queued = [Ex(20), Ex(20)]
+    for ex in queued:
+        assert ctl.admit(ex) == QUEUED
+    clock.t += 0.001
+    ctl._run_sweep()
+    gate = ctl.gates["p1"]
+    gate.overloaded = True  # as the sweep finds a queue that stood past the interval
+    late = ctl.admit(Ex(24))
+    assert late[:2] == (503, "NF_CONGESTION")  # refused at once, no wait
+    assert ctl.admit(Ex(16)) == QUEUED  # outranks a queued 20: takes its place
+    assert queued[1].events == [(503, "NF_CONGESTION")] and queued[0].events == []
+    assert ctl.admit(Ex(3)) == QUEUED  # the top band is never refused for the delay bound
+    assert gate.queued == 3
 
 
 def test_full_queue_displaces_the_lowest_priority() -> None:
