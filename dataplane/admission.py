@@ -8,10 +8,12 @@ chose.  Per endpoint (one producer address) an ``EndpointGate`` holds:
 
 * **an adaptive concurrency limit** (a gradient on measured latency, as Envoy's adaptive
   concurrency filter and Netflix's gradient limiter): every ``window_s`` the mean response
-  time of the window is compared with the producer's no-load response time; ``limit =
-  limit * clamp((1 + tolerance) * rtt_noload / rtt_mean, 0.5, 1) + sqrt(limit)``, smoothed.
-  A producer that queues gets fewer requests at once; one that keeps up gets more, up to
-  ``max_limit``, and only while the limit is actually used.  The no-load time is the minimum
+  time of the window is compared with the producer's no-load response time (at least
+  ``rtt_floor_s``): ``gradient = (1 + tolerance) * rtt_noload / rtt_mean``.  Below 1 the
+  limit moves halfway to ``limit * gradient + sqrt(..)`` (at most halving per window): a
+  producer that queues gets fewer requests at once.  At 1 it grows: by half while requests
+  wait at the SCP, by ``sqrt(limit) / 2`` while at least half of it is used, not at all
+  otherwise; up to ``max_limit``.  The no-load time is the minimum
   response time of the requests sent since the last *probe*: every ``probe_interval_s`` the
   gate lets at most 30% of its limit through until ``probe_samples`` answers came, so the
   baseline cannot drift up under a standing overload (what Envoy's min-RTT calculation
@@ -93,6 +95,10 @@ class AdmissionSettings:
     max_limit: int = 1000
     window_s: float = 0.05
     tolerance: float = 0.5  # response times within 1.5x the no-load time count as no queue
+    # the no-load time is taken as at least this: below a few ms, the gateway's own batching
+    # and event-loop turns dominate a response time, and a gradient on them would throttle a
+    # producer that keeps up
+    rtt_floor_s: float = 0.005
     probe_interval_s: float = 5.0
     probe_samples: int = 16
     queue_max: int = 1024
@@ -195,16 +201,27 @@ class EndpointGate:
     def _update(self, now: float) -> None:
         s = self.controller.settings
         self.window_end = now + s.window_s
+        if self.rtt_n and log.isEnabledFor(logging.DEBUG):
+            log.debug("producer %s: limit %.1f, in flight %d (max %d), queued %d, response time "
+                      "%.2f ms (no-load %.2f ms) over %d answers%s", self.key, self.limit,
+                      self.in_flight, self.max_in_flight, self.queued,
+                      self.rtt_sum / self.rtt_n * 1000, self.rtt_noload * 1000, self.rtt_n,
+                      ", probing" if self.probing else "")
         if self.rtt_n and not self.probing:
             mean = self.rtt_sum / self.rtt_n
-            gradient = (1.0 + s.tolerance) * self.rtt_noload / mean if mean > 0 else 1.0
+            noload = self.rtt_noload if self.rtt_noload > s.rtt_floor_s else s.rtt_floor_s
+            gradient = (1.0 + s.tolerance) * noload / mean if mean > 0 else 1.0
             gradient = 1.0 if gradient > 1.0 else (0.5 if gradient < 0.5 else gradient)
-            target = self.limit * gradient
-            if gradient >= 1.0 and self.max_in_flight < self.limit * 0.5:
-                target = self.limit  # not used: no reason to grow
+            if gradient >= 1.0:
+                if self.queued:  # requests wait and the producer keeps up: grow fast
+                    limit = self.limit * 1.5
+                elif self.max_in_flight >= self.limit * 0.5:
+                    limit = self.limit + 0.5 * math.sqrt(self.limit)
+                else:
+                    limit = self.limit  # not used: no reason to grow
             else:
-                target += math.sqrt(target)
-            limit = 0.8 * self.limit + 0.2 * target
+                target = self.limit * gradient
+                limit = 0.5 * self.limit + 0.5 * (target + math.sqrt(target))
             self.limit = min(float(s.max_limit), max(float(s.min_limit), limit))
         self.rtt_sum = 0.0
         self.rtt_n = 0
@@ -294,6 +311,11 @@ class AdmissionController:
         self._last_gate: EndpointGate | None = None
         self._seq = itertools.count()
         self.queue_floor = 8  # a standing queue is never cut below this many entries
+        # the engine's report_completions (dataplane.engine): while requests wait, finished
+        # exchanges are reported at the end of each loop iteration, not at the next quiet
+        # moment, so that a freed place is used at once and response times are not inflated
+        self.report_completions: Callable[[], object] | None = None
+        self._reporting = False
         self._sweep: asyncio.TimerHandle | None = None
         self.scope_sheds: dict[str, tuple[float, float]] = {}  # scope -> (fraction, until)
         self.in_flight = 0
@@ -401,6 +423,8 @@ class AdmissionController:
             bisect.insort(level, entry)
         gate.mask |= 1 << prio
         gate.queued += 1
+        if self.report_completions is not None and not self._reporting:
+            self._schedule_report()
         ex.gate = gate
         if self._sweep is None:
             self._arm_sweep()
@@ -479,6 +503,21 @@ class AdmissionController:
         if gate.overloaded:
             gate.overloaded = False
             log.info("producer %s left overload (queue drained)", gate.key)
+
+    def _schedule_report(self) -> None:
+        try:
+            asyncio.get_running_loop().call_soon(self._report)
+        except RuntimeError:
+            return
+        self._reporting = True
+
+    def _report(self) -> None:
+        self._reporting = False
+        report = self.report_completions
+        if report is not None:
+            report()
+            if any(g.queued for g in self.gates.values()):
+                self._schedule_report()
 
     def _displace(self, gate: EndpointGate, prio: int, deadline: float) -> bool:
         """Refuse the queue's worst live entry when the newcomer (prio, deadline) outranks it."""

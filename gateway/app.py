@@ -190,6 +190,7 @@ class Gateway:
             settings = self.overload.h2_settings(settings)
             responder = self.overload.error_responder(problem_responder)
             proxy_kwargs = self.overload.proxy_kwargs()
+            self.overload.controller.report_completions = self.backend.report_completions
             self.overload.start()
         self.proxy = load_proxy()(self.router_slot, self.pools, error_responder=responder,
                                   stats=self.stats, access_log=access_log, **proxy_kwargs)

@@ -228,6 +228,7 @@ class OverloadLimitSection(msgspec.Struct, **_STRUCT):
     max: PosInt = 1000
     window_s: PosFloat = 0.05
     tolerance: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.5
+    min_rtt_ms: NonNegFloat = 5.0  # the no-load response time is taken as at least this
     probe_interval_s: PosFloat = 5.0
     probe_samples: PosInt = 16
 
@@ -282,7 +283,8 @@ class OverloadSection(msgspec.Struct, **_STRUCT):
             top_band=self.top_band, reserved_share=self.reserved_share,
             initial_limit=self.limit.initial, min_limit=self.limit.min,
             max_limit=self.limit.max, window_s=self.limit.window_s,
-            tolerance=self.limit.tolerance, probe_interval_s=self.limit.probe_interval_s,
+            tolerance=self.limit.tolerance, rtt_floor_s=self.limit.min_rtt_ms / 1000.0,
+            probe_interval_s=self.limit.probe_interval_s,
             probe_samples=self.limit.probe_samples, queue_max=self.queue.max_length,
             queue_target_s=self.queue.target_delay_ms / 1000.0,
             queue_interval_s=self.queue.interval_ms / 1000.0,

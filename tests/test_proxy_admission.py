@@ -196,3 +196,73 @@ async def test_forwarded_request_carries_the_time_left(backend, origin):
     finally:
         client.close()
         await proxy.stop()
+
+
+class OciOrigin:
+    """A producer that puts the given overload/load headers on every answer."""
+
+    def __init__(self, extra: list) -> None:
+        self.extra = extra
+        self.requests = 0
+        self.connections: list = []
+
+    def on_connection_made(self, conn) -> None:
+        self.connections.append(conn)
+
+    def on_request(self, conn, stream_id, headers, end_stream) -> None:
+        self.requests += 1
+        conn.respond(stream_id, 200, list(self.extra), b"{}")
+
+    def on_stream_reset(self, conn, stream_id, error_code) -> None:
+        pass
+
+    def on_connection_lost(self, conn) -> None:
+        pass
+
+
+async def test_producer_oci_is_relayed_and_sheds_lowest_priority_first(backend):
+    from dataplane.listener import serve
+    from gateway.overload import OverloadProtection
+
+    inst = "4947a69a-f61b-4bc1-b9da-47c9c5d14b64"
+    when = dt.datetime.now(dt.UTC)
+    oci = sh.format_oci([sh.OverloadControl(when, 60, 50, sh.ControlScope("NF-Instance", inst))])
+    handler = OciOrigin([(b"3gpp-sbi-oci", oci), (b"3gpp-sbi-lci", b"not an lci")])
+    server = await serve("127.0.0.1", 0, lambda: handler, backend, H2Settings())
+    port = server.sockets[0].getsockname()[1]
+
+    from gateway.config import Config
+    protection = OverloadProtection.from_config(Config())
+    settings = protection.h2_settings(H2Settings())
+    assert settings.tap_response_headers  # the engine taps 3gpp-sbi-oci / -lci
+    from dataplane.routing import Endpoint
+
+    proxy = await start_proxy(backend, PriorityRouter(Endpoint("127.0.0.1", port)), settings,
+                              **protection.proxy_kwargs())
+    conn = await open_client(backend, proxy.port)
+    try:
+        first, _ = send(conn, request(proxy.port, "/x", (b"x-prio", b"16")))
+        status, headers, _body, _t, _e = await asyncio.wait_for(first, 5)
+        assert status == 200
+        assert header(headers, b"3gpp-sbi-oci") == oci  # valid: relayed
+        assert header(headers, b"3gpp-sbi-lci") is None  # malformed: dropped
+        assert protection.responses.malformed["lci"] == 1
+        gate = next(iter(protection.controller.gates.values()))
+        assert gate.shed_fraction == pytest.approx(0.5)
+        results: dict[bytes, list[int]] = {b"2": [], b"16": [], b"28": []}
+        for _ in range(20):
+            for prio in (b"2", b"16", b"16", b"16", b"16", b"16", b"16", b"28", b"28", b"28"):
+                fut, _ = send(conn, request(proxy.port, "/x", (b"x-prio", prio)))
+                results[prio].append((await asyncio.wait_for(fut, 5))[0])
+        assert set(results[b"2"]) == {200}  # the top band untouched
+        assert set(results[b"28"]) == {503}  # lowest first
+        ok16 = results[b"16"].count(200)
+        assert 0 < ok16 < len(results[b"16"])  # the rest of the 50% from the next priority
+        total_ok = sum(r.count(200) for r in results.values())
+        assert 0.35 <= total_ok / 200 <= 0.65
+    finally:
+        conn.close()
+        await proxy.stop()
+        server.close()
+        for c in handler.connections:
+            c.close()
