@@ -89,15 +89,22 @@ def _headers(model_c: bool) -> list[tuple[bytes, bytes]]:
     return h
 
 
-async def _run(requests: int, model_c: bool, log_format: str | None, profile: bool) -> dict:
+async def _run(requests: int, model_c: bool, log_format: str | None, profile: bool,
+               overload: bool = True) -> dict:
     pools = UpstreamPools("h2", H2Settings())
     pool = pools._pools[Endpoint("127.0.0.1", BACKEND_PORT)] = _EndpointPool()
     pool.conns.append(_Upstream())
     sink = io.StringIO()
     access_log = load_access_log()(log_format, out=sink) if log_format else None
     stats = load_request_stats()()
+    kwargs: dict = {}
+    if overload:  # the default config's overload protection (gateway.overload)
+        from gateway.config import Config
+        from gateway.overload import OverloadProtection
+
+        kwargs = OverloadProtection.from_config(Config()).proxy_kwargs()
     proxy = load_proxy()(RouterSlot(ScpRouter.from_config(_config())), pools, stats=stats,
-                  access_log=access_log)
+                         access_log=access_log, **kwargs)
     conn = _Downstream()
     headers = _headers(model_c)
     prof = cProfile.Profile() if profile else None
@@ -126,6 +133,7 @@ async def _run(requests: int, model_c: bool, log_format: str | None, profile: bo
         access_log.flush()
     pools.close()
     result = {"requests": requests, "model_c": model_c, "access_log": log_format or "off",
+              "overload": overload,
               "us_per_request": round(wall / requests * 1e6, 3),
               "cpu_us_per_request": round(cpu / requests * 1e6, 3),
               "counted": stats.total if hasattr(stats, "total") else None}
@@ -138,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--static", action="store_true", help="static route instead of model C")
+    ap.add_argument("--no-overload", action="store_true",
+                    help="without overload protection (the default config has it on)")
     ap.add_argument("--log", choices=("text", "json", "off"), default="text")
     ap.add_argument("--repeats", type=int, default=3, help="best of N runs")
     ap.add_argument("--profile", type=int, metavar="N", default=0,
@@ -150,11 +160,13 @@ def main(argv: list[str] | None = None) -> int:
 
     log_format = None if args.log == "off" else args.log
     if args.profile:
-        res = uvloop.run(_run(args.requests, not args.static, log_format, True))
+        res = uvloop.run(_run(args.requests, not args.static, log_format, True,
+                              not args.no_overload))
         stats = pstats.Stats(res.pop("profile"), stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(args.profile)
         return 0
-    runs = [uvloop.run(_run(args.requests, not args.static, log_format, False))
+    runs = [uvloop.run(_run(args.requests, not args.static, log_format, False,
+                            not args.no_overload))
             for _ in range(max(1, args.repeats))]
     best = min(runs, key=lambda r: r["cpu_us_per_request"])
     best["all_cpu_us_per_request"] = [r["cpu_us_per_request"] for r in runs]
