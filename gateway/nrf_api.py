@@ -14,7 +14,9 @@ Resources:
   ``application/3gppHal+json``);
 * ``/nnrf-nfm/v1/subscriptions``: POST (201 + Location); ``/subscriptions/{id}``: PATCH, DELETE;
 * ``/nnrf-disc/v1/nf-instances?target-nf-type=&requester-nf-type=...``: GET (SearchResult);
-  a query parameter that the Rel-17 yaml does not define is a 400 INVALID_QUERY_PARAM.
+  a query parameter that the Rel-17 yaml does not define is a 400 INVALID_QUERY_PARAM;
+* ``/oauth2/token``: POST (Nnrf_AccessToken), when ``oauth2.issuer`` gives the API a
+  ``token_service`` (``gateway.registry.access_token``).
 
 Discovery answers are cached per query string until the registry changes (its ``version``).
 Errors are TS 29.571 ProblemDetails with the TS 29.500 cause; a store failure is 503.  PATCH
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 NFM = "/nnrf-nfm/v1"
 DISC = "/nnrf-disc/v1"
+TOKEN = "/oauth2/token"  # Nnrf_AccessToken (gateway.registry.access_token)
 JSON = b"application/json"
 HAL_JSON = b"application/3gppHal+json"  # the 3GPP hypermedia type: the UriList answer
 PATCH_MEDIA = "application/json-patch+json"
@@ -123,9 +126,12 @@ def _list_params(query: str) -> dict:
 class NrfApi:
     """NFManagement + NFDiscovery handlers over a ``Registry``."""
 
-    def __init__(self, registry: Registry, *, max_body: int = MAX_BODY) -> None:
+    def __init__(self, registry: Registry, *, max_body: int = MAX_BODY,
+                 token_service: object = None) -> None:
         self.registry = registry
         self.max_body = max_body
+        # Nnrf_AccessToken (gateway.registry.access_token.AccessTokenService), None when off
+        self.token_service = token_service
         self.service = LocalService("nrf", self.handle, max_body=max_body)
         self._disc_cache: dict[str, tuple[int, bytes]] = {}
 
@@ -137,6 +143,10 @@ class NrfApi:
                 return await self._nfm(req, path[len(NFM):], query)
             if path.startswith(DISC + "/"):
                 return self._disc(req, path[len(DISC):], query)
+            if path == TOKEN and self.token_service is not None:
+                if len(req.body) > self.max_body:
+                    return problem(413, "INVALID_MSG_FORMAT", f"body larger than {self.max_body} bytes")
+                return self.token_service.handle(req)
             return problem(404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no NRF resource at {path}")
         except StoreError as exc:
             log.warning("registry store error: %s", exc.detail)
@@ -353,7 +363,8 @@ class NrfRouter:
                 apiroot = v.rstrip(b"/")
         if apiroot is not None and apiroot not in self.own_api_roots:
             return None  # meant for another NRF: model C forwards it
-        if path.startswith(b"/nnrf-nfm/") or path.startswith(b"/nnrf-disc/"):
+        if (path.startswith(b"/nnrf-nfm/") or path.startswith(b"/nnrf-disc/")
+                or path.split(b"?", 1)[0] == b"/oauth2/token"):
             return self.service
         if target_nrf:
             return self.service  # an NRF request to a path we do not serve -> 404 there

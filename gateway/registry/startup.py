@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -66,8 +67,11 @@ class RegistryService:
     api: NrfApi
     nrf_router: NrfRouter
     publisher: RouteSnapshotPublisher | None
+    token_issuer: Any = None  # gateway.registry.access_token.TokenIssuer, when oauth2 is on
 
     async def close(self) -> None:
+        if self.token_issuer is not None:
+            await self.token_issuer.close()
         await self.registry.close()
 
     def collectors(self) -> list[object]:
@@ -174,7 +178,10 @@ async def start_registry(
     notifier = Notifier(sender, via=settings.notify_via, attempts=settings.notify_attempts,
                         max_queue=settings.notify_queue)
     registry = Registry(settings, store or make_store(settings), notifier)
-    api = NrfApi(registry)
+    from gateway.registry.access_token import issuer_from_config  # noqa: PLC0415
+
+    token_issuer = issuer_from_config(config, registry)
+    api = NrfApi(registry, token_service=token_issuer.service if token_issuer else None)
     nrf_router = NrfRouter(api, own_api_roots=(settings.api_root,))
     nrf = nrf_router if settings.nrf_api else None
 
@@ -197,4 +204,6 @@ async def start_registry(
         raise
     if publisher is not None:
         publisher.publish()
-    return RegistryService(settings, registry, api, nrf_router, publisher)
+    if token_issuer is not None:
+        token_issuer.start()
+    return RegistryService(settings, registry, api, nrf_router, publisher, token_issuer)
