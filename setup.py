@@ -41,6 +41,36 @@ class OptionalBuildExt(build_ext):
         print(f"nfmesh: skipping {name} ({exc}); the pure-Python twin is used", file=sys.stderr)
 
 
+# Pure-Python modules that are also compiled, from the same source, under a second name
+# (Cython's pure-Python mode with the .pxd beside them): (compiled module, source .py).
+# The copies go to build/twins/ so that the repository keeps one source per module.
+TWINS = [
+    ("dataplane._admission_fast", "dataplane/admission.py"),
+]
+
+
+def _twin_sources() -> list:
+    import shutil
+
+    out = []
+    for name, src in TWINS:
+        if not os.path.exists(src):
+            continue
+        pkg, mod = name.rsplit(".", 1)
+        dest = os.path.join("build", "twins", *pkg.split("."))
+        os.makedirs(dest, exist_ok=True)
+        for parent in range(1, len(pkg.split(".")) + 1):  # packages: the module's full name
+            init = os.path.join("build", "twins", *pkg.split(".")[:parent], "__init__.py")
+            if not os.path.exists(init):
+                open(init, "w").close()
+        base = src[:-3]
+        shutil.copyfile(src, os.path.join(dest, mod + ".py"))
+        if os.path.exists(base + ".pxd"):
+            shutil.copyfile(base + ".pxd", os.path.join(dest, mod + ".pxd"))
+        out.append((name, os.path.join(dest, mod + ".py")))
+    return out
+
+
 def extensions() -> list:
     if os.environ.get("NFMESH_SKIP_NATIVE") == "1":  # scripts/setup.sh builds them in place itself
         return []
@@ -55,6 +85,7 @@ def extensions() -> list:
         for name, src, libs in NATIVE
         if os.path.exists(src)
     ]
+    exts += [Extension(name, [src], extra_compile_args=["-O2"]) for name, src in _twin_sources()]
     if not exts:
         return []
     return cythonize(exts, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})

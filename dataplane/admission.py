@@ -1,3 +1,4 @@
+# cython: wraparound=True, boundscheck=True
 """Admission control for forwarded requests: what keeps an overloaded producer (and the
 gateway itself) useful instead of buried.
 
@@ -64,6 +65,7 @@ import bisect
 import itertools
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -118,16 +120,6 @@ class AdmissionSettings:
 class EndpointGate:
     """Admission state of one producer endpoint (see the module doc)."""
 
-    __slots__ = (
-        "key", "cluster", "limit", "in_flight", "levels", "mask", "queued", "last_empty",
-        "overloaded", "done_n", "drain_rate",
-        "rtt_noload", "rtt_sum", "rtt_n", "window_end", "probe_at", "probing", "probe_start",
-        "probe_n", "max_in_flight", "failures", "ejections", "ejected_until", "shed_fraction",
-        "shed_until", "shed_threshold", "shed_partial", "shed_at", "prio_counts",
-        "shed_counts", "rejected", "timed_out", "queue_delay_sum", "queue_delay_n",
-        "forwarded", "ejected_total", "controller",
-    )
-
     def __init__(self, controller: AdmissionController, key: object, cluster: str) -> None:
         s = controller.settings
         now = controller.clock()
@@ -135,6 +127,8 @@ class EndpointGate:
         self.key = key
         self.cluster = cluster
         self.limit = float(s.initial_limit)
+        self.cap_top = self.cap_normal = 0.0  # what allowed() answers, kept current
+        self.margin = 0.0  # rtt_noload when known: a deadline nearer than this is hopeless
         self.in_flight = 0
         # per priority: entries [deadline, seq, enqueued_at, ex] sorted by (deadline, seq), the
         # next to go first; bit p of mask set while levels[p] holds entries (maybe dead ones)
@@ -174,24 +168,29 @@ class EndpointGate:
     # ---- the limit ---------------------------------------------------------------------------
     def allowed(self, priority: int) -> float:
         """How many may be in flight for a request of ``priority``."""
+        return self.cap_top if priority <= self.controller.top_band else self.cap_normal
+
+    def caps(self) -> None:
+        """Recompute what ``allowed`` answers (after the limit or the probe changed)."""
         s = self.controller.settings
         if self.probing:
-            return max(float(s.min_limit), self.limit * 0.3)
-        if priority <= s.top_band:
-            return self.limit
-        return max(1.0, self.limit * (1.0 - s.reserved_share))
+            self.cap_top = self.cap_normal = max(float(s.min_limit), self.limit * 0.3)
+        else:
+            self.cap_top = self.limit
+            self.cap_normal = max(1.0, self.limit * (1.0 - s.reserved_share))
 
     def sample(self, rtt: float, sent_at: float, now: float) -> None:
         """One answered request's response time."""
         self.done_n += 1
         if rtt < self.rtt_noload and (not self.probing or sent_at >= self.probe_start):
-            self.rtt_noload = rtt
+            self.rtt_noload = self.margin = rtt
         self.rtt_sum += rtt
         self.rtt_n += 1
         if self.probing and sent_at >= self.probe_start:
             self.probe_n += 1
             if self.probe_n >= self.controller.settings.probe_samples:
                 self.probing = False
+                self.caps()
                 self.window_end = now  # a fresh window from here
                 self.rtt_sum = 0.0
                 self.rtt_n = 0
@@ -223,6 +222,7 @@ class EndpointGate:
                 target = self.limit * gradient
                 limit = 0.5 * self.limit + 0.5 * (target + math.sqrt(target))
             self.limit = min(float(s.max_limit), max(float(s.min_limit), limit))
+            self.caps()
         self.rtt_sum = 0.0
         self.rtt_n = 0
         self.max_in_flight = self.in_flight
@@ -236,8 +236,9 @@ class EndpointGate:
             self.probing = True
             self.probe_start = now
             self.probe_n = 0
-            self.rtt_noload = math.inf
+            self.rtt_noload = math.inf  # (margin keeps the last one meanwhile)
             self.probe_at = now + s.probe_interval_s * (0.75 + 0.5 * random.random())
+            self.caps()
 
     # ---- overload control from the producer (OCI) ----------------------------------------------
     def shed(self, fraction: float, until: float) -> None:
@@ -305,6 +306,7 @@ class AdmissionController:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings or AdmissionSettings()
         self.clock = clock
+        self._knobs()
         self.gates: dict[object, EndpointGate] = {}
         self.clusters: dict[str, set[EndpointGate]] = {}
         self._last_key: object = None
@@ -333,8 +335,17 @@ class AdmissionController:
     def configure(self, settings: AdmissionSettings) -> None:
         """A reload: new knobs, the learned state (limits, queues, ejections) kept."""
         self.settings = settings
+        self._knobs()
         for gate in self.gates.values():
             gate.limit = min(float(settings.max_limit), max(float(settings.min_limit), gate.limit))
+            gate.caps()
+
+    def _knobs(self) -> None:
+        """The settings the request path reads, as plain attributes."""
+        s = self.settings
+        self.top_band = s.top_band
+        self.default_priority = s.default_priority
+        self.consumer_rate = s.consumer_rate_per_s
 
     def gate(self, key: object, cluster: str = "") -> EndpointGate:
         if key is self._last_key:
@@ -344,6 +355,7 @@ class AdmissionController:
             if len(self.gates) >= 4096:
                 self._forget_idle()
             gate = self.gates[key] = EndpointGate(self, key, cluster)
+            gate.caps()
             self.clusters.setdefault(cluster, set()).add(gate)
         self._last_key = key
         self._last_gate = gate
@@ -359,17 +371,20 @@ class AdmissionController:
     # ---- the request path ----------------------------------------------------------------------
     def admit(self, ex) -> int | tuple[int, str, str]:
         """GO, QUEUED, or a refusal (status, cause, detail); see the module doc."""
-        s = self.settings
         now = self.clock()
         prio = ex.priority
         if prio < 0:
-            prio = ex.priority = s.default_priority
-        top = prio <= s.top_band
+            prio = ex.priority = self.default_priority
+        top = prio <= self.top_band
         deadline = ex.due
-        gate = self.gate(ex.endpoint, ex.cluster)
+        key = ex.endpoint
+        if key is self._last_key:
+            gate = self._last_gate
+        else:
+            gate = self.gate(key, ex.cluster)
         ex.gate = None
         gate.prio_counts[prio] += 1
-        if deadline and deadline - now < (gate.rtt_noload if gate.rtt_noload != math.inf else 0):
+        if deadline and deadline - now < gate.margin:
             gate.count("deadline", prio)
             gate.timed_out += 1
             return (TIMED_OUT[0], TIMED_OUT[1],
@@ -379,7 +394,7 @@ class AdmissionController:
                 self.self_shed += 1
                 gate.count("gateway_overload", prio)
                 return (CONGESTION[0], CONGESTION[1], "the SCP is overloaded")
-            if s.consumer_rate_per_s > 0 and ex.consumer is not None \
+            if self.consumer_rate > 0 and ex.consumer is not None \
                     and not self._take_token(ex.consumer, now):
                 gate.count("consumer_rate", prio)
                 return (TOO_MANY[0], TOO_MANY[1],
@@ -394,9 +409,17 @@ class AdmissionController:
                 gate.count("oci", prio)
                 return (CONGESTION[0], CONGESTION[1],
                         "the producer asked for less traffic (3gpp-Sbi-Oci)")
-        if gate.in_flight < gate.allowed(prio) and (top or not gate.queued):
-            self._send(gate, ex, now)
+        if gate.in_flight < (gate.cap_top if top else gate.cap_normal) and (
+                top or not gate.queued):
+            ex.gate = gate  # _send, inlined
+            ex.sent_at = now
+            gate.in_flight += 1
+            gate.forwarded += 1
+            self.in_flight += 1
+            if gate.in_flight > gate.max_in_flight:
+                gate.max_in_flight = gate.in_flight
             return GO
+        s = self.settings
         deadline = deadline or math.inf
         if gate.queued:
             if gate.queued >= s.queue_max:
@@ -490,8 +513,7 @@ class AdmissionController:
             ex.gate = None
             gate.queue_delay_sum += now - enq
             gate.queue_delay_n += 1
-            if deadline != math.inf and deadline - now < (
-                    gate.rtt_noload if gate.rtt_noload != math.inf else 0):
+            if deadline != math.inf and deadline - now < gate.margin:
                 gate.count("deadline", prio)
                 gate.timed_out += 1
                 ex.refused(TIMED_OUT[0], TIMED_OUT[1],
@@ -735,3 +757,39 @@ class AdmissionController:
                 "overloaded": gate.overloaded,
             })
         return out
+
+
+# ---- implementation choice -----------------------------------------------------------------------
+ADMISSIONS = ("cython", "pure")
+
+
+def load_admission(name: str = "auto") -> type:
+    """The ``AdmissionController`` class: ``cython`` (``dataplane._admission_fast``: this very
+    file compiled with ``admission.pxd``, see setup.py's TWINS), ``pure`` (this module's), or
+    ``auto``: the compiled one when built, unless ``NFMESH_ADMISSION`` names one (A/B runs)."""
+    if name == "auto":
+        name = os.environ.get("NFMESH_ADMISSION") or "auto"
+    if name in ("auto", "cython"):
+        try:
+            from dataplane._admission_fast import AdmissionController as fast
+        except ImportError:
+            if name == "cython":
+                raise
+        else:
+            return fast
+    if name in ("auto", "pure"):
+        return AdmissionController
+    raise ValueError(f"unknown admission implementation {name!r}; choose one of auto, "
+                     f"{', '.join(ADMISSIONS)}")
+
+
+def available_admissions() -> list[str]:
+    """Names of the admission implementations that import here."""
+    names = []
+    for name in ADMISSIONS:
+        try:
+            load_admission(name)
+        except ImportError:
+            continue
+        names.append(name)
+    return names

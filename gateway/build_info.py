@@ -16,6 +16,7 @@ HOT_PATHS = [
     ("request stats", "gateway._stats_fast", "gateway.metrics"),
     ("scp model c route", "nf_adapters._scp_fast", "nf_adapters.scp_router"),
     ("access log", "gateway._access_log_fast", "gateway.access_log"),
+    ("admission", "dataplane._admission_fast", "dataplane.admission"),
 ]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from dataplane.admission import AdmissionController
+from dataplane.admission import load_admission
 from dataplane.engine import H2Settings
 from dataplane.routing import LocalResponse
 from nf_adapters.overload_control import TAPPED_HEADERS, OverloadResponses, Restamp, scp_oci
@@ -40,7 +40,7 @@ class OverloadProtection:
     def __init__(self, section: Any, fqdn: str) -> None:
         self.section = section
         self.fqdn = fqdn
-        self.controller = AdmissionController(section.to_settings())
+        self.controller = load_admission()(section.to_settings())  # compiled when built
         self.responses = OverloadResponses(self.controller)
         self.restamp = Restamp()
 

@@ -75,7 +75,9 @@ cdef class _ScpCore:
                         (<tuple>info)[1],
                         _rewrite(headers, (<tuple>info)[2], (<tuple>info)[3], scan[3],
                                  self._hops_value, self._via_value),
-                        self._timeout, scan[0] in _IDEMPOTENT, _consumer_key(peer, scan[10]))
+                        self._timeout, scan[0] in _IDEMPOTENT,
+                        scan[10] if not peer or "nf_identity" not in peer
+                        else _consumer_key(peer, scan[10]))
         return None
 
     def route(self, headers, peer):

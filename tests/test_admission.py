@@ -9,7 +9,15 @@ import random
 
 import pytest
 
-from dataplane.admission import GO, QUEUED, AdmissionController, AdmissionSettings
+from dataplane.admission import GO, QUEUED, AdmissionSettings, available_admissions, load_admission
+
+IMPL = [load_admission("pure")]
+
+
+@pytest.fixture(autouse=True, params=available_admissions())
+def _impl(request) -> None:
+    """Every test on each twin: the pure module and the same file compiled."""
+    IMPL[0] = load_admission(request.param)
 
 
 @pytest.fixture(autouse=True)
@@ -49,14 +57,14 @@ class Ex:
         self.done = True
 
 
-def controller(clock: Clock, **kw) -> AdmissionController:
+def controller(clock: Clock, **kw):
     base = dict(initial_limit=2, min_limit=1, max_limit=2, reserved_share=0.0,
                 consumer_rate_per_s=0.0, probe_interval_s=1e9)
     base.update(kw)
-    return AdmissionController(AdmissionSettings(**base), clock=clock)
+    return IMPL[0](AdmissionSettings(**base), clock=clock)
 
 
-def finish(ctl: AdmissionController, ex: Ex, status: int = 200, failed: bool = False) -> None:
+def finish(ctl, ex: Ex, status: int = 200, failed: bool = False) -> None:
     ex.done = True
     ctl.release(ex, status, failed)
 
@@ -206,7 +214,7 @@ def test_client_gone_while_queued_frees_its_place() -> None:
     assert gone.events == [] and next_one.events == ["go"]
 
 
-def mix(ctl: AdmissionController, clock: Clock, n: int, shares: dict[int, float],
+def mix(ctl, clock: Clock, n: int, shares: dict[int, float],
         endpoint: str = "p1", scopes: tuple = ()) -> dict[int, int]:
     """Send n requests with the priority mix; count the ones let through per priority."""
     passed = {p: 0 for p in shares}
@@ -336,7 +344,7 @@ class Producer:
         return self.s * max(1.0, in_flight / self.c)
 
 
-def drive(ctl: AdmissionController, clock: Clock, producer: Producer, seconds: float,
+def drive(ctl, clock: Clock, producer: Producer, seconds: float,
           endpoint: str = "p1") -> list[float]:
     """Keep the gate full (an overload) for ``seconds``; the limits seen each 10 ms."""
     gate = ctl.gate(endpoint, "c")
