@@ -62,6 +62,7 @@ class Gateway:
         reuse_port: bool = False,
         control_plane: dict | None = None,
         metrics_socket: str | None = None,
+        admin_socket: str | None = None,
     ) -> None:
         self.config = config
         self.worker = worker
@@ -87,6 +88,11 @@ class Gateway:
         self.static_routes: StaticRoutes | None = None
         self.worker_routing: Any = None
         self.overload: Any = None  # gateway.overload.OverloadProtection, when enabled
+        self.admin_socket = admin_socket  # a worker: its supervisor serves the admin port
+        self.admin: Any = None  # gateway.admin.GatewayAdmin
+        self.admin_port: int | None = None
+        self.config_path: str | None = None  # for the admin API's reload
+        self.draining = False
 
     # -- routing ---------------------------------------------------------------------------
     def _static_router(self) -> Router:
@@ -215,7 +221,9 @@ class Gateway:
 
             self.n2 = await start_n2(cfg.ngap)
         mcfg = cfg.metrics
-        if mcfg.enabled or self.metrics_override or self.metrics_socket:
+        # workers of --workers N serve it on a Unix socket; their supervisor has the port
+        admin_on = bool(self.admin_socket) or (cfg.admin.enabled and not self.reuse_port)
+        if mcfg.enabled or self.metrics_override or self.metrics_socket or admin_on:
             collectors: list[object] = [self.stats]
             if self.registry is not None and hasattr(self.registry, "collectors"):
                 collectors.extend(self.registry.collectors())
@@ -225,11 +233,43 @@ class Gateway:
                 collectors.append(self.overload)  # limits, queues, shed, ejections, OCI
             self._metrics = MetricsServer(new_registry(*collectors), ready=lambda: bool(self._servers),
                                           before_scrape=self.report_completions)
-            if self.metrics_socket:  # a worker: its supervisor serves the port and scrapes this
+            if not (mcfg.enabled or self.metrics_override or self.metrics_socket):
+                pass  # only the admin API's /metrics
+            elif self.metrics_socket:  # a worker: its supervisor serves the port and scrapes this
                 await self._metrics.start_unix(self.metrics_socket)
             else:
                 host, port = self.metrics_override or (mcfg.host, mcfg.port)
                 self.metrics_port = await self._metrics.start(host, port)
+        if admin_on:
+            await self._start_admin()
+
+    async def _start_admin(self) -> None:
+        """The admin API (``gateway.admin``); a port already taken is logged, not fatal."""
+        from gateway.admin import GatewayAdmin
+
+        self.admin = GatewayAdmin(self, metrics=self._metrics._body if self._metrics else None)
+        if self.admin_socket:
+            await self.admin.http.start_unix(self.admin_socket)
+            return
+        acfg = self.config.admin
+        try:
+            self.admin_port = await self.admin.http.start(acfg.host, acfg.port)
+        except OSError as exc:
+            log.warning("admin API: cannot listen on %s:%s (%s); serving without it",
+                        acfg.host, acfg.port, exc.strerror or exc)
+            self.admin = None
+
+    async def begin_drain(self) -> None:
+        """Admin ``/drain``: stop accepting, GOAWAY every connection, readiness goes 503;
+        the process keeps running (and answering the admin API) until it is stopped."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining (admin API): listeners closed, GOAWAY sent")
+        for server in self._servers:
+            server.close()
+        if self.proxy is not None:
+            self.proxy.drain()
 
     async def _follow_control_plane(self, static: Router) -> None:
         """Worker mode: route from the snapshots the control plane pushes (see runner)."""
@@ -254,6 +294,8 @@ class Gateway:
         parts = [f"{name}=:{port}" for name, port in self.ports.items()]
         if self.metrics_port:
             parts.append(f"metrics=:{self.metrics_port}")
+        if self.admin_port:
+            parts.append(f"admin=:{self.admin_port}")
         parts.append(f"backend={self.backend.NAME if self.backend else '?'}")
         if self.registry is not None:
             parts.append("registry=on")
@@ -287,6 +329,8 @@ class Gateway:
             await self.snapshots.close()
         if self._metrics is not None:
             await self._metrics.close()
+        if self.admin is not None:
+            await self.admin.http.close()
         self.report_completions()  # the last exchanges reach metrics and the access log
         if getattr(self, "access_log", None) is not None:
             self.access_log.flush()

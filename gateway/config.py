@@ -202,6 +202,16 @@ class MetricsSection(msgspec.Struct, **_STRUCT):
     port: PortOrAny = 9090
 
 
+class AdminSection(msgspec.Struct, **_STRUCT):
+    """The admin API (``gateway.admin``): health, readiness, config, routes, clusters, NF
+    instances, metrics, drain and reload, for probes and ``nfmesh ctl``.  Loopback by default:
+    drain and reload change the gateway, so expose it only where operators can reach it."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: PortOrAny = 9901
+
+
 class LoggingSection(msgspec.Struct, **_STRUCT):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
@@ -313,6 +323,7 @@ class Config(msgspec.Struct, **_STRUCT):
     registry: RegistrySection = msgspec.field(default_factory=RegistrySection)
     ngap: NgapSection = msgspec.field(default_factory=NgapSection)
     metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
+    admin: AdminSection = msgspec.field(default_factory=AdminSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     authz: AuthzSection = msgspec.field(default_factory=AuthzSection)
     overload: OverloadSection = msgspec.field(default_factory=OverloadSection)
@@ -767,6 +778,15 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
             if lst.port == m.port and (lst.host == m.host or "0.0.0.0" in (lst.host, m.host)
                                        or "::" in (lst.host, m.host)):
                 d.issue("metrics.port", f"same address as listeners[{i}] ({lst.name})")
+    a = cfg.admin
+    if a.enabled and a.port and "listeners" not in failed:
+        for i, lst in enumerate(cfg.listeners):
+            if lst.port == a.port and (lst.host == a.host or "0.0.0.0" in (lst.host, a.host)
+                                       or "::" in (lst.host, a.host)):
+                d.issue("admin.port", f"same address as listeners[{i}] ({lst.name})")
+        if m.enabled and m.port == a.port and (m.host == a.host or "0.0.0.0" in (m.host, a.host)
+                                                or "::" in (m.host, a.host)):
+            d.issue("admin.port", "same address as metrics.port")
     if ng.enabled and ng.port and "listeners" not in failed:
         for i, lst in enumerate(cfg.listeners):
             if lst.port == ng.port and lst.host in ng.listen:
@@ -862,6 +882,7 @@ def check_config_file(path: str) -> tuple[bool, str]:
     lines.append(f"  registry: {'on (' + cfg.registry.store + ')' if cfg.registry.enabled else 'off'}")
     lines.append(f"  ngap: {'on, ' + str(len(cfg.ngap.amf_pools)) + ' AMF pool(s)' if cfg.ngap.enabled else 'off'}")
     lines.append(f"  metrics: {'on ' + cfg.metrics.host + ':' + str(cfg.metrics.port) if cfg.metrics.enabled else 'off'}")
+    lines.append(f"  admin: {'on ' + cfg.admin.host + ':' + str(cfg.admin.port) if cfg.admin.enabled else 'off'}")
     return True, "\n".join(lines)
 
 

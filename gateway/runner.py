@@ -84,6 +84,7 @@ async def serve_until_signal(config: Any, opts: dict, worker: int,
     from gateway.app import Gateway
 
     gw = Gateway(config, worker=worker, **opts)
+    gw.config_path = config_path
     try:
         await gw.start()
     except Exception as exc:  # noqa: BLE001 - reported, then a clean exit status
@@ -173,13 +174,30 @@ async def _supervise(config: Any, spec: dict, n: int) -> int:
                 p.send_signal(signal.SIGHUP)
 
     loop.add_signal_handler(signal.SIGHUP, forward_hup)
+    admin = None
+    admin_sockets = [os.path.join(tmp, f"admin-{i}.sock") for i in range(n)]
+    if config.admin.enabled:
+        from gateway.admin import SupervisorAdmin
+
+        admin = SupervisorAdmin(config, spec.get("config_path"), admin_sockets, control,
+                                metrics=metrics_server._body if metrics_server else None,
+                                reload_workers=forward_hup)
+        try:
+            admin.admin_port = await admin.http.start(config.admin.host, config.admin.port)
+        except OSError as exc:
+            log.warning("admin API: cannot listen on %s:%s (%s); serving without it",
+                        config.admin.host, config.admin.port, exc.strerror or exc)
+            admin = None
     restarts: list[float] = []
     status = 0
 
     async def spawn(index: int) -> None:
         if os.path.exists(sockets[index]):
             os.unlink(sockets[index])
-        worker_spec = {**spec, "index": index, "metrics_socket": sockets[index] if metrics_server else None}
+        if os.path.exists(admin_sockets[index]):
+            os.unlink(admin_sockets[index])
+        worker_spec = {**spec, "index": index, "metrics_socket": sockets[index] if metrics_server else None,
+                       "admin_socket": admin_sockets[index] if admin else None}
         env = dict(os.environ, NFMESH_WORKER=json.dumps(worker_spec))
         procs[index] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.worker", env=env)
@@ -224,7 +242,9 @@ async def _supervise(config: Any, spec: dict, n: int) -> int:
         await control.close()
     if metrics_server is not None:
         await metrics_server.close()
-    for path in sockets:
+    if admin is not None:
+        await admin.http.close()
+    for path in sockets + admin_sockets:
         if os.path.exists(path):
             os.unlink(path)
     try:

@@ -30,6 +30,7 @@ def main() -> int:
         "reuse_port": True,
         "control_plane": spec.get("control_plane"),
         "metrics_socket": spec.get("metrics_socket"),
+        "admin_socket": spec.get("admin_socket"),
     }
     return uvloop.run(serve_until_signal(config, opts, int(spec["index"]), path))
 

@@ -167,6 +167,11 @@ class EtcdStore:
         self._watch_task = asyncio.create_task(self._watch(out.revision + 1), name="etcd-registry-watch")
         return out
 
+    async def ping(self) -> None:
+        """One read of the registry's prefix key: raises ``StoreError`` when etcd does not
+        answer (the admin API's readiness check)."""
+        await self._call("ping", self._client.kv.get(self.prefix.encode(), timeout=self.timeout_s))
+
     async def close(self) -> None:
         if self._ka is not None:
             await self._ka.close()
