@@ -46,6 +46,7 @@ class AmfLogic:
     set_id: int = 1
     pointer: int = 1
     capacity: int = 100
+    ssts: tuple[int, ...] = (1,)  # slices it serves (SSTs)
     nas_rounds: int = 2
     id_base: int = 1000
     ues: dict[int, AmfUe] = field(default_factory=dict)
@@ -53,6 +54,8 @@ class AmfLogic:
     completed: int = 0
     errors_received: int = 0
     record: bool = True
+    resets: list = field(default_factory=list)  # NG Resets received: per-UE list or None
+    reset_acks: list = field(default_factory=list)  # NG Reset Acknowledges received
     _next: int = 0
 
     def __post_init__(self) -> None:
@@ -69,7 +72,10 @@ class AmfLogic:
         if self.record:
             self.received.append((pdu, proc, ran, amf, stream, ppid))
         if pdu == c.INITIATING and proc == c.PROC_NG_SETUP:
-            return [(c.ng_setup_response(self.name, [self.guami], self.capacity, [self.plmn]), 0)]
+            return [(c.ng_setup_response(self.name, [self.guami], self.capacity, [self.plmn],
+                                         self.ssts), 0)]
+        if proc == c.PROC_NG_RESET:
+            return self._ng_reset(data, pdu)
         t = self.templates
         if pdu == c.INITIATING and proc == c.PROC_INITIAL_UE_MESSAGE:
             nas = find_nas(data) or c.decode(data).ies[c.IE_NAS_PDU]
@@ -102,6 +108,22 @@ class AmfLogic:
             self.completed += 1
             return []
         return []
+
+    def _ng_reset(self, data: bytes, pdu: int) -> list[tuple[bytes, int]]:
+        """NG Reset from the gateway: drop the listed UEs (by AMF UE id, else RAN UE id; all
+        for a whole reset) and acknowledge with the list as received."""
+        ies = c.decode(data).ies
+        if pdu != c.INITIATING:
+            self.reset_acks.append(c.reset_items(ies.get(c.IE_UE_ASSOCIATED_LIST, [])) or None)
+            return []
+        rtype = ies[c.IE_RESET_TYPE]
+        items = c.reset_items(rtype[1]) if rtype[0] == "partOfNG-Interface" else None
+        self.resets.append(items)
+        for ue in list(self.ues.values()):
+            if items is None or any(a == ue.amf_ue_id or (a is None and r == ue.ran_ue_id)
+                                    for a, r in items):
+                del self.ues[ue.amf_ue_id]
+        return [(c.ng_reset_acknowledge(items), 0)]
 
     def _downlink(self, ue: AmfUe) -> bytes:
         if len(ue.tag) == NAS_LEN:

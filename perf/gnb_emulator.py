@@ -59,6 +59,8 @@ class GnbLogic:
     plmn: bytes = c.plmn_bytes("001", "01")
     streams: int = 16
     s_tmsi_set_id: int | None = None  # give UEs a 5G-S-TMSI naming this AMF set
+    tacs: tuple[int, ...] = (1,)  # the TACs it serves (Supported TA List)
+    ssts: tuple[int, ...] = (1,)  # the slices (SSTs) it supports in each TA
     ues: dict[int, GnbUe] = field(default_factory=dict)
     setup_ok: bool | None = None
     completed: int = 0
@@ -72,13 +74,17 @@ class GnbLogic:
     amf_ids_seen: set[int] = field(default_factory=set)
     done: int = 0  # UEs whose context was released (finished)
     config_updates: int = 0  # AMF Configuration Updates received
+    pagings: int = 0  # Paging messages received
+    resets: list = field(default_factory=list)  # NG Resets received: per-UE list or None
+    reset_acks: list = field(default_factory=list)  # NG Reset Acknowledges: list or None
 
     def __post_init__(self) -> None:
         self.templates = UeTemplates(self.plmn)
 
     def ng_setup(self) -> tuple[bytes, int]:
         self.messages_out += 1
-        return c.ng_setup_request(self.gnb_id, self.plmn, name=f"gnb{self.gnb_id}"), 0
+        return c.ng_setup_request(self.gnb_id, self.plmn, name=f"gnb{self.gnb_id}",
+                                  tacs=self.tacs, ssts=self.ssts), 0
 
     def start_ue(self, ran_ue_id: int, now: float | None = None) -> tuple[bytes, int]:
         now = time.perf_counter() if now is None else now
@@ -120,6 +126,13 @@ class GnbLogic:
         if proc == c.PROC_ERROR_INDICATION:
             self.error_indications += 1
             return []
+        if proc == c.PROC_PAGING:
+            self.pagings += 1
+            return []
+        if proc == c.PROC_RAN_CONFIGURATION_UPDATE:
+            return []
+        if proc == c.PROC_NG_RESET:
+            return self._ng_reset(data, pdu)
         if proc == c.PROC_AMF_CONFIGURATION_UPDATE and pdu == c.INITIATING:
             self.config_updates += 1
             self.messages_out += 1
@@ -164,6 +177,25 @@ class GnbLogic:
             self._violation(f"UE {ran}: unexpected procedure {proc}/{pdu}")
         self.messages_out += len(out)
         return out
+
+    def _ng_reset(self, data: bytes, pdu: int) -> list[tuple[bytes, int]]:
+        """NG Reset from the network: the listed UEs (all for a whole reset) are gone;
+        acknowledged with the list as received.  An acknowledgement is recorded."""
+        ies = c.decode(data).ies
+        if pdu != c.INITIATING:
+            self.reset_acks.append(c.reset_items(ies.get(c.IE_UE_ASSOCIATED_LIST, [])) or None)
+            return []
+        rtype = ies[c.IE_RESET_TYPE]
+        items = c.reset_items(rtype[1]) if rtype[0] == "partOfNG-Interface" else None
+        self.resets.append(items)
+        for ue in list(self.ues.values()):
+            if not ue.done and (items is None or any(
+                    ran == ue.ran_ue_id for _amf, ran in items)):
+                ue.done = True
+                self.done += 1
+                self.released_by_network += 1
+        self.messages_out += 1
+        return [(c.ng_reset_acknowledge(items), 0)]
 
     def finished(self) -> int:
         return self.done

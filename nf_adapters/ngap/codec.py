@@ -20,6 +20,7 @@ _PDU = _NGAP.NGAP_PDU_Descriptions.NGAP_PDU
 
 # procedure codes (TS 38.413 §9.4.7)
 PROC_AMF_CONFIGURATION_UPDATE = 0
+PROC_AMF_STATUS_INDICATION = 1
 PROC_DOWNLINK_NAS_TRANSPORT = 4
 PROC_ERROR_INDICATION = 9
 PROC_INITIAL_CONTEXT_SETUP = 14
@@ -61,6 +62,11 @@ IE_UE_NGAP_IDS = 114
 IE_UE_SECURITY_CAPABILITIES = 119
 IE_USER_LOCATION_INFORMATION = 121
 IE_RESET_TYPE = 88
+IE_PAGING_DRX = 50
+IE_TAI_LIST_FOR_PAGING = 103
+IE_UE_ASSOCIATED_LIST = 111
+IE_UE_PAGING_IDENTITY = 115
+IE_UNAVAILABLE_GUAMI_LIST = 120
 
 # PDU types: the NGAP-PDU CHOICE index
 INITIATING, SUCCESSFUL, UNSUCCESSFUL = 0, 1, 2
@@ -94,6 +100,11 @@ _IE_TYPE = {
     IE_UE_SECURITY_CAPABILITIES: "UESecurityCapabilities",
     IE_USER_LOCATION_INFORMATION: "UserLocationInformation",
     IE_RESET_TYPE: "ResetType",
+    IE_PAGING_DRX: "PagingDRX",
+    IE_TAI_LIST_FOR_PAGING: "TAIListForPaging",
+    IE_UE_ASSOCIATED_LIST: "UE-associatedLogicalNG-connectionList",
+    IE_UE_PAGING_IDENTITY: "UEPagingIdentity",
+    IE_UNAVAILABLE_GUAMI_LIST: "UnavailableGUAMIList",
 }
 
 # (procedure code, pdu type) -> (message type name, procedure criticality)
@@ -101,6 +112,9 @@ _MESSAGES = {
     (PROC_AMF_CONFIGURATION_UPDATE, INITIATING): ("AMFConfigurationUpdate", "reject"),
     (PROC_AMF_CONFIGURATION_UPDATE, SUCCESSFUL): ("AMFConfigurationUpdateAcknowledge", "reject"),
     (PROC_AMF_CONFIGURATION_UPDATE, UNSUCCESSFUL): ("AMFConfigurationUpdateFailure", "reject"),
+    (PROC_AMF_STATUS_INDICATION, INITIATING): ("AMFStatusIndication", "ignore"),
+    (PROC_PAGING, INITIATING): ("Paging", "ignore"),
+    (PROC_RAN_CONFIGURATION_UPDATE, UNSUCCESSFUL): ("RANConfigurationUpdateFailure", "reject"),
     (PROC_DOWNLINK_NAS_TRANSPORT, INITIATING): ("DownlinkNASTransport", "ignore"),
     (PROC_ERROR_INDICATION, INITIATING): ("ErrorIndication", "ignore"),
     (PROC_INITIAL_CONTEXT_SETUP, INITIATING): ("InitialContextSetupRequest", "reject"),
@@ -134,7 +148,8 @@ _IE_CRIT = {
     IE_SERVED_GUAMI_LIST: "reject", IE_RELATIVE_AMF_CAPACITY: "ignore",
     IE_PLMN_SUPPORT_LIST: "reject", IE_TIME_TO_WAIT: "ignore",
     IE_AMF_OVERLOAD_RESPONSE: "reject", IE_AMF_TRAFFIC_LOAD_REDUCTION: "ignore",
-    IE_RESET_TYPE: "reject",
+    IE_RESET_TYPE: "reject", IE_UE_ASSOCIATED_LIST: "ignore", IE_UE_PAGING_IDENTITY: "ignore",
+    IE_TAI_LIST_FOR_PAGING: "ignore", IE_PAGING_DRX: "ignore", IE_UNAVAILABLE_GUAMI_LIST: "reject",
 }
 
 
@@ -219,7 +234,19 @@ def slice_list(plmn: bytes, ssts: tuple[int, ...] = (1,)) -> list[dict]:
 # ---- the messages the gateway and the emulators build --------------------------------------
 
 
-def ng_setup_request(gnb_id: int, plmn: bytes, tac: int = 1, name: str | None = None) -> bytes:
+def supported_ta_list(plmn: bytes, tacs: tuple[int, ...] = (1,),
+                      plmns: tuple[bytes, ...] | None = None,
+                      ssts: tuple[int, ...] = (1,)) -> list[dict]:
+    """SupportedTAList value: each TAC broadcast for each PLMN with the given slices."""
+    return [{"tAC": tac.to_bytes(3, "big"), "broadcastPLMNList": [
+        {"pLMNIdentity": p, "tAISliceSupportList": slice_list(p, ssts)}
+        for p in (plmns or (plmn,))]} for tac in tacs]
+
+
+def ng_setup_request(gnb_id: int, plmn: bytes, tac: int = 1, name: str | None = None,
+                     tacs: tuple[int, ...] | None = None,
+                     plmns: tuple[bytes, ...] | None = None,
+                     ssts: tuple[int, ...] = (1,)) -> bytes:
     ies: list[tuple[int, Any]] = [
         (IE_GLOBAL_RAN_NODE_ID, ("globalGNB-ID", {"pLMNIdentity": plmn,
                                                   "gNB-ID": ("gNB-ID", (gnb_id, 32))})),
@@ -227,11 +254,35 @@ def ng_setup_request(gnb_id: int, plmn: bytes, tac: int = 1, name: str | None = 
     if name:
         ies.append((IE_RAN_NODE_NAME, name))
     ies += [
-        (IE_SUPPORTED_TA_LIST, [{"tAC": tac.to_bytes(3, "big"), "broadcastPLMNList": [
-            {"pLMNIdentity": plmn, "tAISliceSupportList": slice_list(plmn)}]}]),
+        (IE_SUPPORTED_TA_LIST, supported_ta_list(plmn, tacs or (tac,), plmns, ssts)),
         (IE_DEFAULT_PAGING_DRX, "v128"),
     ]
     return encode(INITIATING, PROC_NG_SETUP, ies)
+
+
+def ran_configuration_update(plmn: bytes, tacs: tuple[int, ...],
+                             plmns: tuple[bytes, ...] | None = None,
+                             ssts: tuple[int, ...] = (1,)) -> bytes:
+    """RAN Configuration Update (TS 38.413 §8.7.2) with a new Supported TA List."""
+    return encode(INITIATING, PROC_RAN_CONFIGURATION_UPDATE, [
+        (IE_SUPPORTED_TA_LIST, supported_ta_list(plmn, tacs, plmns, ssts))])
+
+
+def slice_key(item: dict) -> tuple[bytes, bytes | None]:
+    """(SST, SD or None) of a slice list item ({"s-NSSAI": ...})."""
+    s = item["s-NSSAI"]
+    return s["sST"], s.get("sD")
+
+
+def supported_tas(ta_list: list[dict]) -> list[tuple[bytes, int, frozenset]]:
+    """A decoded SupportedTAList -> [(PLMN, TAC, frozenset of (SST, SD)), ...]."""
+    out = []
+    for ta in ta_list:
+        tac = int.from_bytes(ta["tAC"], "big")
+        for b in ta["broadcastPLMNList"]:
+            out.append((b["pLMNIdentity"], tac,
+                        frozenset(slice_key(i) for i in b.get("tAISliceSupportList", []))))
+    return out
 
 
 def ng_setup_response(amf_name: str, guamis: list[Guami], relative_capacity: int,
@@ -287,13 +338,63 @@ def overload_stop() -> bytes:
     return encode(INITIATING, PROC_OVERLOAD_STOP, [])
 
 
-def ng_reset_acknowledge() -> bytes:
-    return encode(SUCCESSFUL, PROC_NG_RESET, [])
+def _reset_items(items: list[tuple[int | None, int | None]]) -> list[dict]:
+    out = []
+    for amf_id, ran_id in items:
+        d: dict[str, int] = {}
+        if amf_id is not None:
+            d["aMF-UE-NGAP-ID"] = amf_id
+        if ran_id is not None:
+            d["rAN-UE-NGAP-ID"] = ran_id
+        out.append(d)
+    return out
+
+
+def reset_items(value: list[dict]) -> list[tuple[int | None, int | None]]:
+    """A decoded UE-associatedLogicalNG-connectionList -> [(AMF UE id, RAN UE id), ...]."""
+    return [(i.get("aMF-UE-NGAP-ID"), i.get("rAN-UE-NGAP-ID")) for i in value]
+
+
+def ng_reset_acknowledge(items: list[tuple[int | None, int | None]] | None = None) -> bytes:
+    """NG Reset Acknowledge; ``items`` = the (AMF UE id, RAN UE id) list of a partial reset."""
+    ies: list[tuple[int, Any]] = []
+    if items:
+        ies.append((IE_UE_ASSOCIATED_LIST, _reset_items(items)))
+    return encode(SUCCESSFUL, PROC_NG_RESET, ies)
 
 
 def ng_reset_all(cause: tuple[str, str] = ("misc", "unspecified")) -> bytes:
     return encode(INITIATING, PROC_NG_RESET, [(IE_CAUSE, cause),
                                               (IE_RESET_TYPE, ("nG-Interface", "reset-all"))])
+
+
+def ng_reset_part(items: list[tuple[int | None, int | None]],
+                  cause: tuple[str, str] = ("misc", "unspecified")) -> bytes:
+    """NG Reset of some UE-associated connections: [(AMF UE id, RAN UE id), ...], either None."""
+    return encode(INITIATING, PROC_NG_RESET, [
+        (IE_CAUSE, cause), (IE_RESET_TYPE, ("partOfNG-Interface", _reset_items(items)))])
+
+
+def paging(s_tmsi: tuple[int, int, int], tais: list[tuple[bytes, int]]) -> bytes:
+    """Paging (TS 38.413 §8.5.1): 5G-S-TMSI (set, pointer, TMSI) and the TAIs to page in."""
+    return encode(INITIATING, PROC_PAGING, [
+        (IE_UE_PAGING_IDENTITY, ("fiveG-S-TMSI", {
+            "aMFSetID": (s_tmsi[0], 10), "aMFPointer": (s_tmsi[1], 6),
+            "fiveG-TMSI": s_tmsi[2].to_bytes(4, "big")})),
+        (IE_TAI_LIST_FOR_PAGING, [{"tAI": {"pLMNIdentity": p, "tAC": t.to_bytes(3, "big")}}
+                                  for p, t in tais]),
+    ])
+
+
+def paging_tais(ies: dict) -> set[tuple[bytes, int]]:
+    return {(i["tAI"]["pLMNIdentity"], int.from_bytes(i["tAI"]["tAC"], "big"))
+            for i in ies.get(IE_TAI_LIST_FOR_PAGING, [])}
+
+
+def amf_status_indication(guamis: list[Guami]) -> bytes:
+    """AMF Status Indication (TS 38.413 §8.7.6): these GUAMIs are unavailable."""
+    return encode(INITIATING, PROC_AMF_STATUS_INDICATION, [
+        (IE_UNAVAILABLE_GUAMI_LIST, [{"gUAMI": g.value()} for g in guamis])])
 
 
 def user_location(plmn: bytes, cell_id: int, tac: int = 1) -> tuple:
@@ -304,8 +405,10 @@ def user_location(plmn: bytes, cell_id: int, tac: int = 1) -> tuple:
 
 def initial_ue_message(ran_ue_id: int, nas: bytes, plmn: bytes, cell_id: int = 1,
                        s_tmsi: tuple[int, int, int] | None = None,
-                       amf_set_id: int | None = None) -> bytes:
-    """InitialUEMessage; ``s_tmsi`` = (AMF set id, AMF pointer, 5G-TMSI)."""
+                       amf_set_id: int | None = None,
+                       allowed_ssts: tuple[int, ...] | None = None) -> bytes:
+    """InitialUEMessage; ``s_tmsi`` = (AMF set id, AMF pointer, 5G-TMSI); ``allowed_ssts``
+    the UE's slices (Allowed NSSAI IE)."""
     ies: list[tuple[int, Any]] = [
         (IE_RAN_UE_NGAP_ID, ran_ue_id), (IE_NAS_PDU, nas),
         (IE_USER_LOCATION_INFORMATION, user_location(plmn, cell_id)),
@@ -317,6 +420,8 @@ def initial_ue_message(ran_ue_id: int, nas: bytes, plmn: bytes, cell_id: int = 1
     if amf_set_id is not None:
         ies.append((IE_AMF_SET_ID, (amf_set_id, 10)))
     ies.append((IE_UE_CONTEXT_REQUEST, "requested"))
+    if allowed_ssts is not None:
+        ies.append((IE_ALLOWED_NSSAI, slice_list(plmn, allowed_ssts)))
     return encode(INITIATING, PROC_INITIAL_UE_MESSAGE, ies)
 
 

@@ -19,9 +19,26 @@ Roles
   allocated by the gateway.  A UE keeps its stream on both sides (the gNB's choice toward the
   gNB; 1 + id mod (streams - 1) toward the AMF); non-UE-associated messages use stream 0.
   UE Context Release Complete removes the entry.
-* AMF selection for a new UE: among AMFs that are up and not overloaded, those serving the
-  AMF set (and pointer) of the 5G-S-TMSI (or the AMFSetID IE) first; then the one with the
-  lowest ``(UEs + 1) / relative capacity`` (weighted by capacity and load, deterministic).
+* NG Setup from a gNB is checked against what the AMFs serve (their PLMN Support Lists with
+  slices, and the TACs configured for their pool): no served PLMN or TAC gives NG Setup
+  Failure misc/unknown-PLMN-or-SNPN, no common slice radioNetwork/slice-not-supported
+  (``check_tas``); RAN Configuration Update is checked the same way and updates the gNB's
+  TAIs, which route Paging: an AMF's Paging goes to the gNBs serving a TAI of its list.
+* AMF selection for a new UE (several AMF sets): among AMFs that are up, not overloaded and
+  with an available GUAMI (AMF Status Indication marks GUAMIs unavailable, AMF Configuration
+  Update lists them again), those serving the AMF set (and pointer) of the 5G-S-TMSI (or the
+  AMFSetID IE) first; without one, those serving the UE's PLMN and requested slices (read by
+  pycrate only when the AMFs' PLMN/slice sets differ); then smooth weighted round robin over
+  relative capacity less the load reduction an AMF's Overload Start asked for, so UEs
+  arriving one at a time spread by capacity too.
+* NG Reset, either way, whole interface or per-UE list: each peer concerned on the other
+  side gets an NG Reset of its own UEs (a partial one: its association carries other
+  peers' UEs too) with the ids it knows, the contexts are dropped at once, and the origin's
+  NG Reset Acknowledge (echoing its list) is sent when all have acknowledged, or after
+  ``reset_timeout_s``.
+* Timers (``sweep``): UE contexts stuck in a release (Release Complete never came after an
+  AMF failure, or the AMF never released after a gNB loss) are dropped after
+  ``ue_release_timeout_s`` (``stats['ue_contexts_expired']``).
 
 AMF failure (the behaviour chosen, TS 23.501 §5.21.2.3 / TS 38.413 §8.3.3)
 -------------------------------------------------------------------------
@@ -61,6 +78,7 @@ counted and dropped.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,6 +86,7 @@ from nf_adapters.ngap import NgapDecodeError, extract, rewrite_ue_ids
 from nf_adapters.ngap import codec as c
 from nf_adapters.ngap.routing_key import (
     AMF_POINTER,
+    AMF_REGION,
     AMF_SET_ID,
     AMF_UE_ID,
     NONE,
@@ -89,6 +108,8 @@ CAUSE_INCONSISTENT_ID = ("radioNetwork", "inconsistent-remote-UE-NGAP-ID")
 CAUSE_OVERLOAD = ("misc", "control-processing-overload")
 CAUSE_AMF_FAILURE = ("misc", "hardware-failure")
 CAUSE_RADIO_LOST = ("radioNetwork", "radio-connection-with-ue-lost")
+CAUSE_UNKNOWN_PLMN = ("misc", "unknown-PLMN-or-SNPN")
+CAUSE_SLICE_NOT_SUPPORTED = ("radioNetwork", "slice-not-supported")
 
 
 class Link(Protocol):
@@ -115,6 +136,8 @@ class GatewayIdentity:
 class Limits:
     max_ues: int = 100_000
     resume_ratio: float = 0.9
+    ue_release_timeout_s: float = 10.0  # a releasing UE context is dropped after this
+    reset_timeout_s: float = 5.0  # an NG Reset is acknowledged after this at the latest
 
 
 @dataclass(eq=False, slots=True)
@@ -131,19 +154,52 @@ class AmfPeer:
     relative_capacity: int = 1
     configured_capacity: int | None = None
     overloaded: bool = False
+    load_reduction: int = 0  # % from Overload Start's Traffic Load Reduction Indication
     ues: int = 0
     messages: int = 0
+    pool: str = ""  # the configured AMF pool (set) it belongs to
+    tacs: frozenset[int] = frozenset()  # TACs the pool serves (empty: any)
+    slices: dict[bytes, frozenset] = field(default_factory=dict)  # PLMN -> {(SST, SD)}
+    unavailable: set[c.Guami] = field(default_factory=set)  # from AMF Status Indication
+    current: float = 0.0  # smooth weighted round robin state
 
     @property
     def capacity(self) -> int:
         return max(1, self.configured_capacity or self.relative_capacity)
 
-    def takes_new_ues(self) -> bool:
-        return self.state == "up" and not self.overloaded
+    @property
+    def weight(self) -> float:
+        """Share of new UEs: relative capacity, less the load reduction the AMF asked for."""
+        return self.capacity * (100 - self.load_reduction) / 100
 
-    def serves_set(self, set_id: int, pointer: int = NONE) -> bool:
+    def available_guamis(self) -> list[c.Guami]:
+        return [g for g in self.guamis if g not in self.unavailable]
+
+    def takes_new_ues(self) -> bool:
+        return (self.state == "up" and not self.overloaded
+                and (not self.guamis or bool(self.available_guamis())))
+
+    def serves_set(self, set_id: int, pointer: int = NONE, region: int = NONE) -> bool:
         return any(g.set_id == set_id and (pointer == NONE or g.pointer == pointer)
-                   for g in self.guamis)
+                   and (region == NONE or g.region_id == region)
+                   for g in self.available_guamis())
+
+    def serves(self, plmn: bytes | None, slices: frozenset) -> bool:
+        """Serves the PLMN (when given) and, for it, at least one of ``slices`` (when any)."""
+        if plmn is not None and self.slices and plmn not in self.slices:
+            return False
+        if not slices:
+            return True
+        offered = (self.slices.get(plmn, frozenset()) if plmn is not None
+                   else frozenset().union(*self.slices.values()) if self.slices else frozenset())
+        return not offered or slices_meet(slices, offered)
+
+
+def slices_meet(wanted: frozenset, offered: frozenset) -> bool:
+    """Some slice of ``wanted`` is in ``offered``; an absent SD on either side matches any SD
+    of the same SST."""
+    return any(w == o or (w[0] == o[0] and (w[1] is None or o[1] is None))
+               for w in wanted for o in offered)
 
 
 @dataclass(eq=False, slots=True)
@@ -157,6 +213,7 @@ class GnbPeer:
     up: bool = True
     ues: int = 0
     messages: int = 0
+    tais: set[tuple[bytes, int]] = field(default_factory=set)  # (PLMN, TAC) it serves
 
 
 @dataclass(eq=False, slots=True)
@@ -170,6 +227,18 @@ class UeContext:
     amf_ue_id: int = NONE
     gw_amf_id: int = NONE
     state: str = "active"  # active | releasing (gateway released it: AMF lost) | gnb_lost
+    since: float = 0.0  # when it entered ``state`` (the release timer)
+
+
+@dataclass(eq=False, slots=True)
+class PendingReset:
+    """An NG Reset the gateway relayed: acknowledged to ``origin`` once every peer in
+    ``waiting`` has acknowledged its part (or at ``deadline``)."""
+
+    origin: object  # GnbPeer | AmfPeer
+    items: list[tuple[int | None, int | None]] | None  # the origin's list; None: whole NG
+    waiting: set = field(default_factory=set)
+    deadline: float = 0.0
 
 
 STAT_NAMES = (
@@ -178,6 +247,9 @@ STAT_NAMES = (
     "error_indications_received", "rejected_overload", "ues_released_amf_failure",
     "overload_starts_sent", "overload_stops_sent", "send_failures", "ng_setups_answered",
     "initial_ue_messages", "ue_context_releases", "amf_configuration_updates_sent",
+    "ng_setup_failures", "ng_resets_from_gnb", "ng_resets_from_amf", "ng_reset_timeouts",
+    "paging_delivered", "paging_unrouted", "amf_status_indications", "ue_contexts_expired",
+    "ran_configuration_updates", "amf_configuration_updates_received",
 )
 
 
@@ -199,13 +271,19 @@ class NgapRouter:
         self._next_amf = 1
         self._next_index = 0
         self._advertised: list[c.Guami] = []
+        self._resets: list[PendingReset] = []
+        self._profiles_differ = False  # AMFs serve different PLMN/slice sets
+        self.clock = time.monotonic
 
     # ---- peers --------------------------------------------------------------------------
 
-    def add_amf(self, link: Link, name: str, relative_capacity: int | None = None) -> AmfPeer:
-        """A new AMF association is up: run the gateway's own NG Setup on it."""
+    def add_amf(self, link: Link, name: str, relative_capacity: int | None = None,
+                pool: str = "", tacs: tuple[int, ...] = ()) -> AmfPeer:
+        """A new AMF association is up: run the gateway's own NG Setup on it.  ``pool``
+        names its configured AMF set, ``tacs`` the TACs that set serves (empty: any)."""
         self._next_index += 1
-        amf = AmfPeer(name, link, self._next_index, configured_capacity=relative_capacity)
+        amf = AmfPeer(name, link, self._next_index, configured_capacity=relative_capacity,
+                      pool=pool, tacs=frozenset(tacs))
         self.amfs.append(amf)
         ident = self.identity
         self._send(link, c.ng_setup_request(ident.gnb_id, ident.plmn, ident.tac,
@@ -226,6 +304,11 @@ class NgapRouter:
         self._release_ues_of_amf(amf)
         if amf in self.amfs:
             self.amfs.remove(amf)
+        for pend in list(self._resets):
+            if pend.origin is amf:
+                self._resets.remove(pend)
+            else:
+                self._reset_part_done(pend, amf)
         self._pool_changed()
         self._update_overload()
 
@@ -234,13 +317,49 @@ class NgapRouter:
         for key in [k for k, ue in self._by_gnb_ran.items() if ue.gnb is gnb]:
             ue = self._by_gnb_ran.pop(key)
             if ue.amf is not None and ue.amf.state == "up" and ue.amf_ue_id != NONE:
-                ue.state = "gnb_lost"
+                self._set_state(ue, "gnb_lost")
                 self._send(ue.amf.link, c.ue_context_release_request(
                     ue.amf_ue_id, ue.gw_ran_id, CAUSE_RADIO_LOST), ue.amf_stream)
             else:
                 self._forget(ue)
         if gnb in self.gnbs:
             self.gnbs.remove(gnb)
+        for pend in list(self._resets):
+            if pend.origin is gnb:
+                self._resets.remove(pend)
+            else:
+                self._reset_part_done(pend, gnb)
+
+    def _set_state(self, ue: UeContext, state: str) -> None:
+        ue.state = state
+        ue.since = self.clock()
+
+    # ---- timers -----------------------------------------------------------------------------
+
+    def sweep(self, now: float | None = None) -> int:
+        """Run the timers (call about once a second): UE contexts stuck in a release (the
+        gateway released them after an AMF failure, or asked the AMF after a gNB loss, and the
+        Release Complete / Command never came) are dropped after ``ue_release_timeout_s``;
+        NG Resets still waiting for a peer are acknowledged after ``reset_timeout_s``.
+        Returns the number of UE contexts dropped (``stats['ue_contexts_expired']``)."""
+        now = self.clock() if now is None else now
+        limit = now - self.limits.ue_release_timeout_s
+        stuck = [ue for ue in self._by_gw_ran.values()
+                 if ue.state != "active" and ue.since <= limit]
+        for ue in stuck:
+            self._forget(ue)
+        self.stats["ue_contexts_expired"] += len(stuck)
+        for pend in [p for p in self._resets if p.deadline <= now]:
+            self.stats["ng_reset_timeouts"] += 1
+            pend.waiting.clear()
+            self._reset_part_done(pend, None)
+        if stuck and self.overloaded:
+            self._update_overload()
+        return len(stuck)
+
+    def releasing_count(self) -> int:
+        """UE contexts waiting for a release to complete (the timer's gauge)."""
+        return sum(1 for ue in self._by_gw_ran.values() if ue.state != "active")
 
     # ---- ids and tables -----------------------------------------------------------------
 
@@ -324,17 +443,41 @@ class NgapRouter:
 
     # ---- selection --------------------------------------------------------------------------
 
-    def select_amf(self, set_id: int = NONE, pointer: int = NONE) -> AmfPeer | None:
+    def select_amf(self, set_id: int = NONE, pointer: int = NONE, region: int = NONE,
+                   plmn: bytes | None = None, slices: frozenset = frozenset()
+                   ) -> AmfPeer | None:
         """The AMF for a new UE (see the module doc); None when none can take it."""
         candidates = [a for a in self.amfs if a.takes_new_ues()]
         if not candidates:
             return None
         if set_id != NONE:
-            exact = [a for a in candidates if a.serves_set(set_id, pointer)]
-            in_set = exact or [a for a in candidates if a.serves_set(set_id)]
+            exact = [a for a in candidates if a.serves_set(set_id, pointer, region)]
+            in_set = exact or [a for a in candidates if a.serves_set(set_id, NONE, region)]
             if in_set:
                 candidates = in_set
-        return min(candidates, key=lambda a: ((a.ues + 1) / a.capacity, a.index))
+        elif plmn is not None or slices:
+            fit = [a for a in candidates if a.serves(plmn, slices)]
+            if fit:
+                candidates = fit
+        return self._weighted_pick(candidates)
+
+    @staticmethod
+    def _weighted_pick(candidates: list[AmfPeer]) -> AmfPeer:
+        """Smooth weighted round robin (nginx's): each candidate gains its weight, the one
+        with the most is chosen and pays the total.  Over any run of picks each AMF gets its
+        share of ``weight`` (relative capacity less its requested load reduction), interleaved,
+        whether UEs arrive together or one at a time."""
+        if len(candidates) == 1:
+            return candidates[0]
+        total = 0.0
+        best = candidates[0]
+        for a in candidates:
+            a.current += a.weight
+            total += a.weight
+            if a.current > best.current:
+                best = a
+        best.current -= total
+        return best
 
     def _routing_key(self, side: str, name: object, link: object, data: bytes, stream: int,
                      ppid: int) -> tuple | None:
@@ -376,12 +519,11 @@ class NgapRouter:
         elif key[AMF_UE_ID] != NONE or key[RAN_UE_ID] != NONE:
             self._uplink(gnb, data, stream, key)
         elif pdu == c.INITIATING and proc == c.PROC_NG_RESET:
-            for k in [k for k, ue in self._by_gnb_ran.items() if ue.gnb is gnb]:
-                ue = self._by_gnb_ran[k]
-                self.gnb_lost_ue(ue)
-            self._send(gnb.link, c.ng_reset_acknowledge(), 0)
+            self._reset_from_gnb(gnb, data)
+        elif pdu == c.SUCCESSFUL and proc == c.PROC_NG_RESET:
+            self._reset_acknowledged(gnb)
         elif pdu == c.INITIATING and proc == c.PROC_RAN_CONFIGURATION_UPDATE:
-            self._send(gnb.link, c.encode(c.SUCCESSFUL, c.PROC_RAN_CONFIGURATION_UPDATE, []), 0)
+            self._ran_configuration_update(gnb, data)
         elif proc == c.PROC_AMF_CONFIGURATION_UPDATE and pdu != c.INITIATING:
             if pdu == c.UNSUCCESSFUL:
                 log.warning("gNB %d refused the AMF Configuration Update", gnb.index)
@@ -393,7 +535,7 @@ class NgapRouter:
         """One UE of a gNB is gone (NG Reset from the gNB): tell its AMF."""
         self._by_gnb_ran.pop((ue.gnb.index, ue.gnb_ran_id), None)
         if ue.amf is not None and ue.amf.state == "up" and ue.amf_ue_id != NONE:
-            ue.state = "gnb_lost"
+            self._set_state(ue, "gnb_lost")
             self._send(ue.amf.link, c.ue_context_release_request(
                 ue.amf_ue_id, ue.gw_ran_id, CAUSE_RADIO_LOST), ue.amf_stream)
         else:
@@ -405,7 +547,7 @@ class NgapRouter:
         guamis: list[c.Guami] = []
         plmns: list[bytes] = []
         for a in up:
-            guamis += [g for g in a.guamis if g not in guamis]
+            guamis += [g for g in a.available_guamis() if g not in guamis]
             plmns += [p for p in a.plmns if p not in plmns]
         if not plmns:
             plmns = [self.identity.plmn]
@@ -415,8 +557,13 @@ class NgapRouter:
         return guamis, plmns, capacity
 
     def _pool_changed(self) -> None:
-        """Tell set-up gNBs when the served GUAMIs change (an AMF came or went): AMF
-        Configuration Update, as the AMF itself would (TS 38.413 §8.7.3)."""
+        """Tell set-up gNBs when the served GUAMIs change (an AMF came or went, or declared
+        GUAMIs unavailable): AMF Configuration Update, as the AMF itself would (TS 38.413
+        §8.7.3)."""
+        up = [a for a in self.amfs if a.state == "up"]
+        self._profiles_differ = len({(frozenset(a.plmns), tuple(sorted(
+            (p, tuple(sorted(v, key=repr))) for p, v in a.slices.items())))
+            for a in up}) > 1
         guamis, plmns, capacity = self._pool_view()
         if not guamis or guamis == self._advertised:
             return
@@ -435,8 +582,20 @@ class NgapRouter:
             self._error(gnb.link, CAUSE_TRANSFER_SYNTAX, 0)
             return
         if not any(a.state == "up" for a in self.amfs):
+            self.stats["ng_setup_failures"] += 1
             self._send(gnb.link, c.ng_setup_failure(("misc", "om-intervention"), "v5s"), 0)
             return
+        try:
+            tas = c.supported_tas(msg.ies.get(c.IE_SUPPORTED_TA_LIST, []))
+        except (KeyError, TypeError, ValueError):
+            tas = []
+        cause = self.check_tas(tas)
+        if cause is not None:
+            self.stats["ng_setup_failures"] += 1
+            log.warning("gNB %d (%s): NG Setup refused, %s", gnb.index, gnb.name, cause[1])
+            self._send(gnb.link, c.ng_setup_failure(cause, None), 0)
+            return
+        gnb.tais = {(p, t) for p, t, _s in tas}
         guamis, plmns, capacity = self._pool_view()
         self._advertised = guamis
         gnb.setup = True
@@ -444,6 +603,69 @@ class NgapRouter:
                                                  plmns), 0)
         if self.overloaded:
             self._send(gnb.link, c.overload_start(), 0)
+
+    def check_tas(self, tas: list[tuple[bytes, int, frozenset]]) -> tuple[str, str] | None:
+        """Whether the pool serves a gNB's Supported TA List [(PLMN, TAC, slices), ...], as
+        an AMF checks NG Setup (TS 38.413 §8.7.1.4; TS 23.501 §5.15): None when some TA
+        is served, else the cause for NG Setup Failure.  No broadcast PLMN the AMFs serve, or
+        none of those TAs in a TAC the pool serves: misc/unknown-PLMN-or-SNPN (TS 38.413 has
+        no TAC cause; Open5GS's AMF answers the same).  No slice in common with the AMFs'
+        for those TAs: radioNetwork/slice-not-supported."""
+        up = [a for a in self.amfs if a.state == "up"]
+        served: dict[bytes, set] = {}
+        for a in up:
+            for p in a.plmns or [self.identity.plmn]:
+                served.setdefault(p, set()).update(a.slices.get(p, ()))
+        in_plmn = [t for t in tas if t[0] in served]
+        if not in_plmn:
+            return CAUSE_UNKNOWN_PLMN
+        in_tac = [t for t in in_plmn
+                  if any(not a.tacs or t[1] in a.tacs for a in up
+                         if t[0] in (a.plmns or [self.identity.plmn]))]
+        if not in_tac:
+            return CAUSE_UNKNOWN_PLMN
+        if not any(not t[2] or not served[t[0]] or slices_meet(t[2], frozenset(served[t[0]]))
+                   for t in in_tac):
+            return CAUSE_SLICE_NOT_SUPPORTED
+        return None
+
+    def _ran_configuration_update(self, gnb: GnbPeer, data: bytes) -> None:
+        """RAN Configuration Update (TS 38.413 §8.7.2): a new Supported TA List is checked as
+        at NG Setup and, when served, replaces the TAs paging is routed by."""
+        self.stats["ran_configuration_updates"] += 1
+        try:
+            ies = c.decode(data).ies
+            tas = c.supported_tas(ies[c.IE_SUPPORTED_TA_LIST]) if (
+                c.IE_SUPPORTED_TA_LIST in ies) else None
+        except (c.NgapCodecError, KeyError, TypeError, ValueError):
+            self.stats["decode_errors"] += 1
+            self._error(gnb.link, CAUSE_TRANSFER_SYNTAX, 0)
+            return
+        if tas is not None:
+            cause = self.check_tas(tas)
+            if cause is not None:
+                self._send(gnb.link, c.encode(c.UNSUCCESSFUL, c.PROC_RAN_CONFIGURATION_UPDATE,
+                                              [(c.IE_CAUSE, cause)]), 0)
+                return
+            gnb.tais = {(p, t) for p, t, _s in tas}
+        self._send(gnb.link, c.encode(c.SUCCESSFUL, c.PROC_RAN_CONFIGURATION_UPDATE, []), 0)
+
+    def _requested(self, data: bytes) -> tuple[bytes | None, frozenset]:
+        """PLMN (of the TAI in the User Location Information) and slices (Allowed NSSAI) of an
+        InitialUEMessage without a 5G-S-TMSI: decoded by pycrate only when the AMFs serve
+        different PLMNs or slices (else the answer would not change the choice)."""
+        if not self._profiles_differ:
+            return None, frozenset()
+        try:
+            ies = c.decode(data).ies
+        except c.NgapCodecError:
+            return None, frozenset()
+        plmn = None
+        uli = ies.get(c.IE_USER_LOCATION_INFORMATION)
+        if uli and isinstance(uli[1], dict) and "tAI" in uli[1]:
+            plmn = uli[1]["tAI"]["pLMNIdentity"]
+        slices = frozenset(c.slice_key(i) for i in ies.get(c.IE_ALLOWED_NSSAI, []))
+        return plmn, slices
 
     def _initial_ue(self, gnb: GnbPeer, data: bytes, stream: int, key: tuple) -> None:
         self.stats["initial_ue_messages"] += 1
@@ -456,7 +678,9 @@ class NgapRouter:
         old = self._by_gnb_ran.get((gnb.index, ran))
         if old is not None:  # the gNB reused the id: its old UE is gone
             self._forget(old)
-        amf = self.select_amf(key[AMF_SET_ID], key[AMF_POINTER])
+        set_id = key[AMF_SET_ID]
+        plmn, slices = self._requested(data) if set_id == NONE else (None, frozenset())
+        amf = self.select_amf(set_id, key[AMF_POINTER], key[AMF_REGION], plmn, slices)
         if amf is None or self.ue_count >= self.limits.max_ues:
             self.stats["rejected_overload"] += 1
             self._error(gnb.link, CAUSE_OVERLOAD, stream, ran_ue_id=ran)
@@ -545,20 +769,21 @@ class NgapRouter:
         elif key[RAN_UE_ID] != NONE or key[AMF_UE_ID] != NONE:
             self._downlink(amf, data, stream, key)
         elif pdu == c.INITIATING and proc == c.PROC_OVERLOAD_START:
-            amf.overloaded = True
-            self._update_overload()
+            self._overload_start(amf, data)
         elif pdu == c.INITIATING and proc == c.PROC_OVERLOAD_STOP:
             amf.overloaded = False
+            amf.load_reduction = 0
             self._update_overload()
         elif pdu == c.INITIATING and proc == c.PROC_NG_RESET:
-            self._release_ues_of_amf(amf)
-            self._send(amf.link, c.ng_reset_acknowledge(), 0)
-        elif pdu == c.INITIATING and proc == c.PROC_AMF_CONFIGURATION_UPDATE:
-            self._send(amf.link, c.encode(c.SUCCESSFUL, c.PROC_AMF_CONFIGURATION_UPDATE, []), 0)
-        elif pdu == c.INITIATING and proc == c.PROC_PAGING:
-            self._broadcast_gnbs(data)
+            self._reset_from_amf(amf, data)
         elif pdu == c.SUCCESSFUL and proc == c.PROC_NG_RESET:
-            pass
+            self._reset_acknowledged(amf)
+        elif pdu == c.INITIATING and proc == c.PROC_AMF_CONFIGURATION_UPDATE:
+            self._amf_configuration_update(amf, data)
+        elif pdu == c.INITIATING and proc == c.PROC_PAGING:
+            self._paging(data)
+        elif pdu == c.INITIATING and proc == c.PROC_AMF_STATUS_INDICATION:
+            self._amf_status_indication(amf, data)
         else:
             self.stats["out_of_sequence"] += 1
             self._error(amf.link, CAUSE_NOT_COMPATIBLE, stream)
@@ -579,11 +804,197 @@ class NgapRouter:
         amf.amf_name = name if isinstance(name, str) else amf.name
         amf.guamis = [c.Guami.from_value(item["gUAMI"])
                       for item in ies.get(c.IE_SERVED_GUAMI_LIST, [])]
-        amf.plmns = [item["pLMNIdentity"] for item in ies.get(c.IE_PLMN_SUPPORT_LIST, [])]
+        self._learn_plmns(amf, ies)
         amf.relative_capacity = int(ies.get(c.IE_RELATIVE_AMF_CAPACITY, 1))
         amf.state = "up"
         self._pool_changed()
         self._update_overload()
+
+    @staticmethod
+    def _learn_plmns(amf: AmfPeer, ies: dict) -> None:
+        items = ies.get(c.IE_PLMN_SUPPORT_LIST, [])
+        amf.plmns = [item["pLMNIdentity"] for item in items]
+        amf.slices = {item["pLMNIdentity"]: frozenset(
+            c.slice_key(i) for i in item.get("sliceSupportList", [])) for item in items}
+
+    def _overload_start(self, amf: AmfPeer, data: bytes) -> None:
+        """Overload Start: with a Traffic Load Reduction Indication the AMF keeps getting new
+        UEs at that much less weight; without one it gets none until Overload Stop."""
+        reduction = None
+        try:
+            reduction = c.decode(data).ies.get(c.IE_AMF_TRAFFIC_LOAD_REDUCTION)
+        except c.NgapCodecError:
+            pass
+        if reduction:
+            amf.overloaded = False
+            amf.load_reduction = max(1, min(99, int(reduction)))
+        else:
+            amf.overloaded = True
+        self._update_overload()
+
+    def _amf_configuration_update(self, amf: AmfPeer, data: bytes) -> None:
+        """AMF Configuration Update (TS 38.413 §8.7.3) from one AMF: its served GUAMIs (which
+        become available again), PLMNs/slices and relative capacity are taken over; the gNBs
+        hear of the pool's change through the gateway's own AMF Configuration Update."""
+        self.stats["amf_configuration_updates_received"] += 1
+        try:
+            ies = c.decode(data).ies
+            if c.IE_SERVED_GUAMI_LIST in ies:
+                amf.guamis = [c.Guami.from_value(i["gUAMI"]) for i in ies[c.IE_SERVED_GUAMI_LIST]]
+                amf.unavailable -= set(amf.guamis)
+            if c.IE_PLMN_SUPPORT_LIST in ies:
+                self._learn_plmns(amf, ies)
+            if c.IE_RELATIVE_AMF_CAPACITY in ies:
+                amf.relative_capacity = int(ies[c.IE_RELATIVE_AMF_CAPACITY])
+        except (c.NgapCodecError, KeyError, TypeError, ValueError):
+            self.stats["decode_errors"] += 1
+            self._error(amf.link, CAUSE_TRANSFER_SYNTAX, 0)
+            return
+        self._send(amf.link, c.encode(c.SUCCESSFUL, c.PROC_AMF_CONFIGURATION_UPDATE, []), 0)
+        self._pool_changed()
+        self._update_overload()
+
+    def _amf_status_indication(self, amf: AmfPeer, data: bytes) -> None:
+        """AMF Status Indication (TS 38.413 §8.7.6, TS 23.501 §5.21.2.2): the listed GUAMIs
+        are unavailable (whichever AMF of the pool serves them).  New UEs, including those
+        whose 5G-S-TMSI names such a GUAMI, go to other AMFs (of the same set first); UEs
+        already there stay until their AMF releases them.  An AMF left without an available
+        GUAMI takes no new UEs; the gNBs get an AMF Configuration Update without them."""
+        self.stats["amf_status_indications"] += 1
+        try:
+            items = c.decode(data).ies.get(c.IE_UNAVAILABLE_GUAMI_LIST, [])
+            gone = {c.Guami.from_value(i["gUAMI"]) for i in items}
+        except (c.NgapCodecError, KeyError, TypeError):
+            self.stats["decode_errors"] += 1
+            self._error(amf.link, CAUSE_TRANSFER_SYNTAX, 0)
+            return
+        for a in self.amfs:
+            a.unavailable |= gone & set(a.guamis)
+        self._pool_changed()
+        self._update_overload()
+
+    def _paging(self, data: bytes) -> None:
+        """Paging (TS 38.413 §8.5.1) goes to the set-up gNBs that serve a TAI of its TAI List
+        for Paging (from their NG Setup / RAN Configuration Update)."""
+        try:
+            tais = c.paging_tais(c.decode(data).ies)
+        except (c.NgapCodecError, KeyError, TypeError):
+            self.stats["decode_errors"] += 1
+            return
+        sent = 0
+        for gnb in self.gnbs:
+            if gnb.setup and gnb.up and gnb.tais & tais:
+                self._send(gnb.link, data, 0)
+                sent += 1
+        self.stats["paging_delivered"] += sent
+        if not sent:
+            self.stats["paging_unrouted"] += 1
+
+    # ---- NG Reset ---------------------------------------------------------------------------
+
+    def _decode_reset(self, link: Link, data: bytes
+                      ) -> tuple[tuple[str, str], list[tuple[int | None, int | None]] | None] | None:
+        """(cause, the per-UE list or None for the whole interface); None when undecodable."""
+        try:
+            ies = c.decode(data).ies
+            rtype = ies[c.IE_RESET_TYPE]
+            cause = ies.get(c.IE_CAUSE, ("misc", "unspecified"))
+            items = c.reset_items(rtype[1]) if rtype[0] == "partOfNG-Interface" else None
+        except (c.NgapCodecError, KeyError, TypeError, IndexError):
+            self.stats["decode_errors"] += 1
+            self._error(link, CAUSE_TRANSFER_SYNTAX, 0)
+            return None
+        return cause, items
+
+    def _reset_from_gnb(self, gnb: GnbPeer, data: bytes) -> None:
+        """NG Reset from a gNB (TS 38.413 §8.7.4.2.2).  Each AMF shares its association with
+        other gNBs, so the gateway sends each AMF concerned an NG Reset of its part only (the
+        UEs' ids as that AMF knows them: its AMF UE id, the gateway's RAN UE id), drops the
+        contexts, and acknowledges to the gNB (with its per-UE list as received) once every
+        AMF concerned has acknowledged."""
+        self.stats["ng_resets_from_gnb"] += 1
+        got = self._decode_reset(gnb.link, data)
+        if got is None:
+            return
+        cause, items = got
+        if items is None:
+            ues = [ue for ue in self._by_gw_ran.values() if ue.gnb is gnb]
+        else:
+            ues = []
+            for amf_id, ran_id in items:
+                ue = self._by_gw_amf.get(amf_id) if amf_id is not None else None
+                if ue is None and ran_id is not None:
+                    ue = self._by_gnb_ran.get((gnb.index, ran_id))
+                if ue is not None and ue.gnb is gnb and ue not in ues:
+                    ues.append(ue)
+        parts: dict[AmfPeer, list[tuple[int | None, int | None]]] = {}
+        for ue in ues:
+            amf = ue.amf
+            if amf is not None and amf.state == "up" and ue.state != "gnb_lost":
+                parts.setdefault(amf, []).append(
+                    (ue.amf_ue_id if ue.amf_ue_id != NONE else None, ue.gw_ran_id))
+            self._forget(ue)
+        for amf, part in parts.items():
+            self._send(amf.link, c.ng_reset_part(part, cause), 0)
+        self._start_reset(gnb, items, set(parts))
+
+    def _reset_from_amf(self, amf: AmfPeer, data: bytes) -> None:
+        """NG Reset from an AMF (TS 38.413 §8.7.4.2.1): whole interface = every UE of that
+        AMF, else its per-UE list (its AMF UE ids, the gateway's RAN UE ids).  Each gNB
+        concerned gets an NG Reset of its UEs (the ids it knows: the gateway's AMF UE id, its
+        RAN UE id); the AMF's acknowledgement waits for theirs."""
+        self.stats["ng_resets_from_amf"] += 1
+        got = self._decode_reset(amf.link, data)
+        if got is None:
+            return
+        cause, items = got
+        if items is None:
+            ues = [ue for ue in self._by_gw_ran.values() if ue.amf is amf]
+        else:
+            ues = []
+            for amf_id, ran_id in items:
+                ue = self._by_amf_ue.get((amf.index, amf_id)) if amf_id is not None else None
+                if ue is None and ran_id is not None:
+                    ue = self._by_gw_ran.get(ran_id)
+                if ue is not None and ue.amf is amf and ue not in ues:
+                    ues.append(ue)
+        parts: dict[GnbPeer, list[tuple[int | None, int | None]]] = {}
+        for ue in ues:
+            if ue.gnb.up and ue.gnb.setup and ue.state == "active":
+                if ue.gw_amf_id == NONE:
+                    part_id = None
+                else:
+                    part_id = ue.gw_amf_id
+                parts.setdefault(ue.gnb, []).append((part_id, ue.gnb_ran_id))
+            self._forget(ue)
+        for gnb, part in parts.items():
+            self._send(gnb.link, c.ng_reset_part(part, cause), 0)
+        self._start_reset(amf, items, set(parts))
+        self._update_overload()
+
+    def _start_reset(self, origin: GnbPeer | AmfPeer, items: list | None, waiting: set) -> None:
+        pend = PendingReset(origin, items, waiting, self.clock() + self.limits.reset_timeout_s)
+        if waiting:
+            self._resets.append(pend)
+        else:
+            self._finish_reset(pend)
+
+    def _reset_acknowledged(self, peer: GnbPeer | AmfPeer) -> None:
+        """A peer's NG Reset Acknowledge: the oldest reset waiting for it."""
+        for pend in self._resets:
+            if peer in pend.waiting:
+                self._reset_part_done(pend, peer)
+                return
+
+    def _reset_part_done(self, pend: PendingReset, peer: object) -> None:
+        pend.waiting.discard(peer)
+        if not pend.waiting and pend in self._resets:
+            self._resets.remove(pend)
+            self._finish_reset(pend)
+
+    def _finish_reset(self, pend: PendingReset) -> None:
+        link = pend.origin.link  # type: ignore[attr-defined]
+        self._send(link, c.ng_reset_acknowledge(pend.items), 0)
 
     def _downlink(self, amf: AmfPeer, data: bytes, stream: int, key: tuple,
                   quiet: bool = False) -> None:
@@ -638,7 +1049,7 @@ class NgapRouter:
             if ue.gw_amf_id == NONE:
                 ue.gw_amf_id = self._alloc_amf()
                 self._by_gw_amf[ue.gw_amf_id] = ue
-            ue.state = "releasing"
+            self._set_state(ue, "releasing")
             self.stats["ues_released_amf_failure"] += 1
             self._send(ue.gnb.link, c.ue_context_release_command(
                 ue.gw_amf_id, ue.gnb_ran_id, CAUSE_AMF_FAILURE), ue.gnb_stream)
