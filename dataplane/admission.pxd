@@ -6,6 +6,7 @@
 
 cdef class EndpointGate:
     cdef public object controller, key, cluster, levels, mask, prio_counts, shed_counts
+    cdef public object by_consumer
     cdef public double limit, cap_top, cap_normal, margin, last_empty, drain_rate
     cdef public double rtt_noload, rtt_sum, window_end, probe_at, probe_start
     cdef public double ejected_until, shed_fraction, shed_until, shed_partial, shed_at

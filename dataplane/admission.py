@@ -113,6 +113,7 @@ class AdmissionSettings:
     retry_budget_share: float = 0.2
     retry_min: int = 3
     consumer_rate_per_s: float = 0.0  # per consumer key and worker; 0: no bucket
+    fair_share: bool = True  # under overload, no consumer holds more than its share of a queue
     consumer_burst: float = 2000.0
     self_lag_target_s: float = 0.05  # event-loop lag above this: the gateway is overloaded
 
@@ -135,6 +136,7 @@ class EndpointGate:
         self.levels: list[list] = [[] for _ in range(PRIORITIES)]
         self.mask = 0
         self.queued = 0  # live entries
+        self.by_consumer: dict = {}  # live entries per consumer key
         self.done_n = 0  # answers in the current window
         self.drain_rate = 0.0  # answers per second (smoothed)
         self.last_empty = now
@@ -294,6 +296,17 @@ class EndpointGate:
     def ejected(self, now: float) -> bool:
         return self.ejected_until > now
 
+    def unqueue(self, ex) -> None:
+        """``ex`` left the queue (sent, refused or gone)."""
+        self.queued -= 1
+        consumer = ex.consumer
+        if consumer is not None:
+            n = self.by_consumer.get(consumer, 0) - 1
+            if n > 0:
+                self.by_consumer[consumer] = n
+            else:
+                self.by_consumer.pop(consumer, None)
+
     def count(self, reason: str, priority: int) -> None:
         key = (reason, priority)
         self.shed_counts[key] = self.shed_counts.get(key, 0) + 1
@@ -438,6 +451,17 @@ class AdmissionController:
                             "queue at the SCP holds more than it answers within the target")
         else:
             gate.last_empty = now  # a queue forms: its standing time counts from here
+        consumer = ex.consumer
+        if (consumer is not None and not top and gate.overloaded and s.fair_share
+                and len(gate.by_consumer) > 1):
+            # under overload each consumer gets its share of the queue: one that floods it
+            # is refused first, so it cannot starve the others
+            mine = gate.by_consumer.get(consumer, 0)
+            if mine >= 2 and mine * len(gate.by_consumer) >= gate.queued:
+                gate.count("consumer_share", prio)
+                gate.rejected += 1
+                return (TOO_MANY[0], TOO_MANY[1], "this consumer holds more than its share of "
+                        "the overloaded producer's queue at the SCP")
         level = gate.levels[prio]
         entry = [deadline, next(self._seq), now, ex]
         if not level or entry >= level[-1]:
@@ -446,6 +470,8 @@ class AdmissionController:
             bisect.insort(level, entry)
         gate.mask |= 1 << prio
         gate.queued += 1
+        if consumer is not None:
+            gate.by_consumer[consumer] = gate.by_consumer.get(consumer, 0) + 1
         if self.report_completions is not None and not self._reporting:
             self._schedule_report()
         ex.gate = gate
@@ -478,7 +504,7 @@ class AdmissionController:
         now = self.clock()
         sent_at = ex.sent_at
         if sent_at < 0:  # still queued: the client went away
-            gate.queued -= 1  # its entry is dropped when it comes up (ex.gate is None)
+            gate.unqueue(ex)  # its entry is dropped when it comes up (ex.gate is None)
             return
         gate.in_flight -= 1
         self.in_flight -= 1
@@ -509,7 +535,7 @@ class AdmissionController:
             del level[0]
             if not level:
                 gate.mask &= ~(1 << prio)
-            gate.queued -= 1
+            gate.unqueue(ex)
             ex.gate = None
             gate.queue_delay_sum += now - enq
             gate.queue_delay_n += 1
@@ -559,7 +585,7 @@ class AdmissionController:
             level.pop()
             if not level:
                 gate.mask &= ~(1 << worst)
-            gate.queued -= 1
+            gate.unqueue(ex)
             ex.gate = None
             gate.count("displaced", worst)
             gate.rejected += 1
@@ -607,7 +633,7 @@ class AdmissionController:
                         if enq >= oldest:
                             break
                         del level[0]
-                        gate.queued -= 1
+                        gate.unqueue(ex)
                         ex.gate = None
                         gate.count("queue_delay", prio)
                         gate.rejected += 1

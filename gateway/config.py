@@ -101,6 +101,8 @@ class Http2Section(msgspec.Struct, **_STRUCT):
     header_table_size: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 4096
     max_resets_per_second: PosInt = 1000
     max_control_frames_per_second: PosInt = 1000
+    max_header_bytes_per_second: PosInt = 8 << 20
+    max_refused_streams_per_second: PosInt = 100
     max_retained_body: NonNegInt = 65536
 
     def to_h2_settings(self) -> H2Settings:
@@ -226,6 +228,39 @@ class AuthzSection(msgspec.Struct, **_STRUCT):
     services: dict[str, list[str]] = msgspec.field(default_factory=dict)  # service -> NF types, "*"
 
 
+class OAuth2IssuerSection(msgspec.Struct, **_STRUCT):
+    """The NRF's ``POST /oauth2/token`` (needs the registry with its NRF API)."""
+
+    enabled: bool = False
+    ca_dir: str | None = None  # the mesh CA directory: it certifies the signing keys
+    algorithm: Literal["ES256", "RS256"] = "ES256"
+    lifetime_s: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 3600  # expires_in of tokens
+    rotate_every_s: NonNegFloat = 86400.0  # a new signing key (kid) this often; 0 = never
+    jwks_file: str | None = None  # where the public keys are published; null: <ca_dir>/nrf-token-keys.jwks
+    instance_id: str | None = None  # iss; null = derived from gateway.name
+
+
+class OAuth2VerifySection(msgspec.Struct, **_STRUCT):
+    """Bearer token checks at the gateway, per SBI service (``nf_adapters.bearer``)."""
+
+    enabled: bool = False
+    default: Literal["required", "off"] = "off"  # for services not listed
+    services: dict[str, Literal["required", "off"]] = msgspec.field(default_factory=dict)
+    ca_file: str | None = None  # the mesh CA certificate: signing keys must chain to it
+    jwks_file: str | None = None  # the issuer's JWKS; null = oauth2.issuer's
+    forward_token: bool = True  # false: the Authorization header is stripped before producers
+    clock_skew_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0
+    cache_size: PosInt = 10000  # verified tokens kept
+    realm: str = "nfmesh"
+
+
+class OAuth2Section(msgspec.Struct, **_STRUCT):
+    """OAuth2 access tokens (TS 29.510 Nnrf_AccessToken, TS 33.501 §13.4.1)."""
+
+    issuer: OAuth2IssuerSection = msgspec.field(default_factory=OAuth2IssuerSection)
+    verify: OAuth2VerifySection = msgspec.field(default_factory=OAuth2VerifySection)
+
+
 Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=31)]
 
@@ -266,6 +301,7 @@ class RetryBudgetSection(msgspec.Struct, **_STRUCT):
 class ConsumerRateSection(msgspec.Struct, **_STRUCT):
     rate_per_s: NonNegFloat = 0.0  # per consumer and worker; 0 = no per-consumer bucket
     burst: PosFloat = 2000.0
+    fair_share: bool = True  # under overload no consumer holds more than its share of a queue
 
 
 class OverloadSection(msgspec.Struct, **_STRUCT):
@@ -304,6 +340,7 @@ class OverloadSection(msgspec.Struct, **_STRUCT):
             max_ejected_share=self.outlier.max_ejected_share,
             retry_budget_share=self.retry_budget.share, retry_min=self.retry_budget.min,
             consumer_rate_per_s=self.consumer.rate_per_s, consumer_burst=self.consumer.burst,
+            fair_share=self.consumer.fair_share,
             self_lag_target_s=self.self_lag_target_ms / 1000.0,
         )
 
@@ -326,6 +363,7 @@ class Config(msgspec.Struct, **_STRUCT):
     admin: AdminSection = msgspec.field(default_factory=AdminSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     authz: AuthzSection = msgspec.field(default_factory=AuthzSection)
+    oauth2: OAuth2Section = msgspec.field(default_factory=OAuth2Section)
     overload: OverloadSection = msgspec.field(default_factory=OverloadSection)
 
     @property
@@ -791,7 +829,49 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
         for i, lst in enumerate(cfg.listeners):
             if lst.port == ng.port and lst.host in ng.listen:
                 d.issue("ngap.port", f"same address as listeners[{i}] ({lst.name})")
-    return msgspec.structs.replace(cfg, listeners=listeners, registry=reg)
+    oauth2 = cfg.oauth2 if "oauth2" not in failed else None
+    if oauth2 is not None:
+        oauth2 = _check_oauth2(cfg, d, base_dir)
+    return msgspec.structs.replace(cfg, listeners=listeners, registry=reg,
+                                   oauth2=oauth2 or cfg.oauth2)
+
+
+def _check_oauth2(cfg: Config, d: _Decoder, base_dir: str) -> OAuth2Section:
+    """oauth2: the issuer needs the registry and a mesh CA directory; the verifier a CA
+    certificate and a JWKS (its own or the issuer's); service names like authz's."""
+    iss, ver = cfg.oauth2.issuer, cfg.oauth2.verify
+    if iss.enabled:
+        if not cfg.registry.enabled:
+            d.issue("oauth2.issuer.enabled", "needs registry.enabled (the NRF API serves /oauth2/token)")
+        if iss.ca_dir is None:
+            d.issue("oauth2.issuer.ca_dir", "needed: the mesh CA directory certifies the signing keys")
+        else:
+            full = _resolve(iss.ca_dir, base_dir)
+            if not os.path.isfile(os.path.join(full, "mesh-ca.key")):
+                d.issue("oauth2.issuer.ca_dir", f"no mesh CA (mesh-ca.key) in {full}")
+            iss = msgspec.structs.replace(iss, ca_dir=full)
+        if iss.instance_id is not None and not re.fullmatch(
+                r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+                iss.instance_id):
+            d.issue("oauth2.issuer.instance_id", "must be a UUID (NfInstanceId)")
+        if iss.jwks_file is not None:
+            iss = msgspec.structs.replace(iss, jwks_file=_resolve(iss.jwks_file, base_dir))
+    if ver.enabled:
+        if ver.ca_file is None:
+            d.issue("oauth2.verify.ca_file", "needed: the mesh CA certificate the signing keys chain to")
+        else:
+            ver = msgspec.structs.replace(
+                ver, ca_file=_check_file(d, "oauth2.verify.ca_file", ver.ca_file, base_dir, "cert"))
+        if ver.jwks_file is not None:
+            ver = msgspec.structs.replace(ver, jwks_file=_resolve(ver.jwks_file, base_dir))
+        elif not iss.enabled:
+            d.issue("oauth2.verify.jwks_file", "needed when oauth2.issuer is off")
+    from nf_adapters.bearer import valid_service_name
+
+    for svc in ver.services:
+        if not valid_service_name(svc):
+            d.issue(f"oauth2.verify.services.{svc}", "not an SBI service name (like nudm-sdm)")
+    return msgspec.structs.replace(cfg.oauth2, issuer=iss, verify=ver)
 
 
 def _is_ip(text: str) -> bool:

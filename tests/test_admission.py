@@ -334,6 +334,23 @@ def test_consumer_buckets_limit_one_consumer_not_the_others() -> None:
     assert [send("AMF-1") == GO for _ in range(6)] == [True] * 5 + [False]
 
 
+def test_under_overload_a_flooding_consumer_gets_only_its_share_of_the_queue() -> None:
+    clock = Clock()
+    ctl = controller(clock, queue_target_s=1.0, queue_interval_s=2.0)
+    for _ in range(2):
+        ctl.admit(Ex(16, consumer="AMF-2"))  # the producer is busy
+    gate = ctl.gates["p1"]
+    assert ctl.admit(Ex(16, consumer="AMF-2")) == QUEUED
+    assert ctl.admit(Ex(16, consumer="AMF-3")) == QUEUED
+    gate.overloaded = True  # the queue has stood
+    verdicts = [ctl.admit(Ex(16, consumer="AMF-1")) for _ in range(10)]
+    assert verdicts[:2] == [QUEUED, QUEUED]
+    assert all(v[:2] == (429, "TOO_MANY_REQUESTS") for v in verdicts[2:])
+    assert ctl.admit(Ex(16, consumer="AMF-3")) == QUEUED  # the others still get in
+    assert ctl.admit(Ex(2, consumer="AMF-1")) == QUEUED  # the top band is never refused for it
+    assert gate.by_consumer == {"AMF-2": 1, "AMF-3": 2, "AMF-1": 3}
+
+
 class Producer:
     """A producer of concurrency c and service time s: response time grows with the excess."""
 
