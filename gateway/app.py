@@ -126,7 +126,9 @@ class Gateway:
 
             policy = NfTypePolicy(authz.services, default_allow=authz.default == "allow")
             router = NfTypeAuthzRouter(router, policy, peer_nf_types)
-        self.router_slot.current = router
+        from gateway.token_checks import wrap  # oauth2.verify: Bearer token checks
+
+        self.router_slot.current = wrap(self, router)
 
     def reload(self, new: Any) -> list[str]:
         """Apply a new, already validated config: static routes, clusters, SCP options and

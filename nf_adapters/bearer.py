@@ -90,16 +90,17 @@ class Claims:
 class KeySet:
     """The NRF's signing keys, read from its JWKS (a file, or a callable returning the dict),
     each accepted only when its ``x5c`` certificate chains to the mesh CA and holds that key.
-    An unknown ``kid`` re-reads the source (at most every ``reread_s``)."""
+    An unknown ``kid`` re-reads the source: a ``stat`` of the file (at most every
+    ``reread_s``), read again only when it was replaced."""
 
     def __init__(self, source: str | Callable[[], dict], ca_cert: x509.Certificate | None,
-                 *, reread_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, reread_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
         self.ca_cert = ca_cert
         self.reread_s = reread_s
         self.clock = clock
         self.keys: dict[str, tuple[str, object, str | None]] = {}  # kid -> (alg, key, issuer id)
-        self._mtime: float | None = None
+        self._mtime: tuple | None = None
         self._last_read = -1e9
         self.rejected: dict[str, str] = {}  # kid -> why its JWK was not accepted
         self.load()
@@ -111,9 +112,10 @@ class KeySet:
             st = os.stat(self.source)
         except OSError:
             return None
-        if st.st_mtime_ns == self._mtime:
+        stamp = (st.st_mtime_ns, st.st_ino, st.st_size)  # the issuer replaces it atomically
+        if stamp == self._mtime:
             return None
-        self._mtime = st.st_mtime_ns
+        self._mtime = stamp
         with open(self.source, "rb") as fh:
             return json.loads(fh.read(1 << 20))
 
@@ -320,6 +322,9 @@ class BearerTokenRouter:
             if service not in claims.scopes:
                 raise TokenError(f"the token's scope does not include {service}", 403,
                                  "insufficient_scope")
+            if claims.aud_type is not None and claims.aud_type != nf_type_of_service(service):
+                raise TokenError(f"the token's audience {claims.aud_type} is not the producer "
+                                 f"of {service}")
             me = self.identity_of(peer)
             if me is None or me != claims.sub:
                 raise TokenError("the token was issued to another NF than the caller's mTLS "
@@ -331,10 +336,7 @@ class BearerTokenRouter:
     def _audience(self, service: str | None, claims: Claims, headers: Headers,
                   decision: Decision) -> LocalResponse | None:
         if claims.aud_type is not None:
-            if claims.aud_type == nf_type_of_service(service):
-                return None
-            return self._deny(TokenError(f"the token's audience {claims.aud_type} is not the "
-                                         f"producer of {service}"), service)
+            return None  # checked before routing
         target = None
         if isinstance(decision, Forward):
             target = _producer_id(decision)
@@ -343,6 +345,17 @@ class BearerTokenRouter:
                 if k == b"3gpp-sbi-discovery-target-nf-instance-id":
                     target = v.strip().lower()
         if target is not None and target.decode("latin-1") in claims.aud_ids:
+            if isinstance(decision, Forward) and decision.alternate_response_headers:
+                # reselection only toward instances the token names
+                keep = [i for i, hs in enumerate(decision.alternate_response_headers)
+                        if any(k == b"3gpp-sbi-producer-id"
+                               and v.split(b";", 1)[0].strip().lower().decode("latin-1")
+                               in claims.aud_ids for k, v in hs)]
+                if len(keep) != len(decision.alternates):
+                    decision.alternates = [decision.alternates[i] for i in keep
+                                           if i < len(decision.alternates)]
+                    decision.alternate_response_headers = [
+                        decision.alternate_response_headers[i] for i in keep]
             return None
         return self._deny(TokenError("the token's audience does not include the producer "
                                      "instance"), service)
