@@ -272,3 +272,30 @@ async def test_producer_oci_is_relayed_and_sheds_lowest_priority_first(backend):
         server.close()
         for c in handler.connections:
             c.close()
+
+
+async def test_failing_producer_is_ejected_and_skipped(backend, origin):
+    from tests.conftest import StaticRouter
+
+    bad = await start_origin(backend, name="bad")
+    bad.handler.reset_all = int(ErrorCode.INTERNAL_ERROR)
+    adm = AdmissionController(AdmissionSettings(consecutive_failures=3, base_ejection_s=60.0,
+                                                max_ejected_share=0.5))
+    router = StaticRouter(bad.endpoint, [origin.endpoint], retryable=True)
+    proxy = await start_proxy(backend, router, admission=adm)
+    client = H2Client(backend.NAME)
+    try:
+        for _ in range(3):  # each reaches the bad producer, then its alternate answers
+            resp = await client.request("GET", f"http://127.0.0.1:{proxy.port}/hello")
+            assert resp.status == 200 and resp.body == b"ok origin"
+        assert len(bad.handler.requests) == 3
+        assert adm.ejected(bad.endpoint)
+        for _ in range(5):  # ejected: the alternate is chosen first
+            resp = await client.request("GET", f"http://127.0.0.1:{proxy.port}/hello")
+            assert resp.status == 200
+        assert len(bad.handler.requests) == 3
+        assert adm.retries_in_flight == 0
+    finally:
+        client.close()
+        await proxy.stop()
+        await bad.stop()
