@@ -52,6 +52,7 @@ class AmfPoolSettings:
     plmn: str = "00101"  # MCC + MNC digits
     amf_set_id: int = 1
     relative_capacity: int = 255
+    tacs: tuple[int, ...] = ()  # TACs the pool serves (NG Setup check); empty: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class N2Settings:
     max_ues: int = 100_000
     gnb_id: int = 1  # the gateway's Global gNB ID toward the AMFs
     reconnect_max_s: float = 10.0
+    ue_release_timeout_s: float = 10.0  # stuck UE contexts (release never completed) dropped
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -87,7 +89,8 @@ def from_config(section: Any) -> N2Settings:
         pools.append(AmfPoolSettings(str(_get(p, "name", "pool")), eps,
                                      str(_get(p, "plmn", "00101")),
                                      int(_get(p, "amf_set_id", 1)),
-                                     int(_get(p, "relative_capacity", 255))))
+                                     int(_get(p, "relative_capacity", 255)),
+                                     tuple(int(t) for t in _get(p, "tacs", ()) or ())))
     return N2Settings(
         enabled=bool(_get(section, "enabled", d.enabled)),
         listen=tuple(_get(section, "listen", d.listen) or d.listen),
@@ -100,6 +103,8 @@ def from_config(section: Any) -> N2Settings:
         rto_max_ms=int(_get(section, "rto_max_ms", d.rto_max_ms)),
         max_ues=int(_get(section, "max_ues", d.max_ues)),
         gnb_id=int(_get(section, "gnb_id", d.gnb_id)),
+        ue_release_timeout_s=float(_get(section, "ue_release_timeout_s",
+                                        d.ue_release_timeout_s)),
     )
 
 
@@ -158,7 +163,8 @@ class N2Service:
             gnb_id=settings.gnb_id,
             pool_name=first.name if first else "nfmesh-amf-pool",
             relative_capacity=first.relative_capacity if first else None)
-        self.router = NgapRouter(self.identity, Limits(max_ues=settings.max_ues))
+        self.router = NgapRouter(self.identity, Limits(
+            max_ues=settings.max_ues, ue_release_timeout_s=settings.ue_release_timeout_s))
         self.params = SctpParams(
             out_streams=settings.streams, in_streams=settings.streams,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
@@ -185,15 +191,25 @@ class N2Service:
         for pool in self.settings.amf_pools:
             for i, ep in enumerate(pool.endpoints):
                 name = f"{pool.name}/{i}"
-                self._tasks.append(asyncio.create_task(self._keep_amf(name, ep)))
+                self._tasks.append(asyncio.create_task(self._keep_amf(name, ep, pool)))
+        self._tasks.append(asyncio.create_task(self._timers()))
         return self
+
+    async def _timers(self) -> None:
+        """The router's timers (stuck UE contexts, unanswered NG Resets), once a second."""
+        while not self._closing:
+            await asyncio.sleep(1.0)
+            expired = self.router.sweep()
+            if expired:
+                log.warning("%d UE context(s) dropped: release never completed", expired)
 
     def _accept(self, assoc: SctpAssociation) -> _GnbSide:
         peer = self.router.add_gnb(assoc)
         self.gnb_assocs[peer.index] = assoc
         return _GnbSide(self, peer)
 
-    async def _keep_amf(self, name: str, ep: AmfEndpointSettings) -> None:
+    async def _keep_amf(self, name: str, ep: AmfEndpointSettings,
+                        pool: AmfPoolSettings | None = None) -> None:
         """Connect to one AMF endpoint, and again after each loss (bounded backoff)."""
         delay = 0.1
         while not self._closing:
@@ -208,7 +224,8 @@ class N2Service:
                 continue
             delay = 0.1
             self.amf_assocs[name] = assoc
-            side.peer = self.router.add_amf(assoc, name)
+            side.peer = self.router.add_amf(assoc, name, pool=pool.name if pool else "",
+                                            tacs=pool.tacs if pool else ())
             await side.lost.wait()
             self.amf_assocs.pop(name, None)
 
@@ -243,6 +260,9 @@ class N2Service:
         yield msgs
         yield GaugeMetricFamily("nfmesh_ngap_ue_contexts", "UE contexts held",
                                 value=self.router.ue_count)
+        yield GaugeMetricFamily("nfmesh_ngap_ue_contexts_releasing", "UE contexts waiting for a "
+                                "release to complete (dropped after ue_release_timeout_s)",
+                                value=self.router.releasing_count())
         yield GaugeMetricFamily("nfmesh_ngap_overloaded", "1 while the gateway asks gNBs to "
                                 "reduce load", value=int(self.router.overloaded))
         amf = GaugeMetricFamily("nfmesh_ngap_amf_up", "AMF association up and set up",

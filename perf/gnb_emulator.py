@@ -61,6 +61,7 @@ class GnbLogic:
     s_tmsi_set_id: int | None = None  # give UEs a 5G-S-TMSI naming this AMF set
     tacs: tuple[int, ...] = (1,)  # the TACs it serves (Supported TA List)
     ssts: tuple[int, ...] = (1,)  # the slices (SSTs) it supports in each TA
+    hold: bool = False  # UEs stop after the first downlink: established and idle (tests)
     ues: dict[int, GnbUe] = field(default_factory=dict)
     setup_ok: bool | None = None
     completed: int = 0
@@ -156,7 +157,8 @@ class GnbLogic:
             self._lat("initial_ue->downlink_nas" if ue.step == "initial"
                       else "uplink_nas->downlink", ue, now)
             ue.step = "nas"
-            out.append((t.uplink_nas.stamp(ran, amf, ue.tag), ue.stream))
+            if not self.hold:
+                out.append((t.uplink_nas.stamp(ran, amf, ue.tag), ue.stream))
         elif pdu == c.INITIATING and proc == c.PROC_INITIAL_CONTEXT_SETUP:
             if find_nas(data) != ue.tag:
                 self._violation(f"UE {ran}: NAS of another UE")

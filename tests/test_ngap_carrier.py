@@ -319,3 +319,12 @@ def test_stuck_contexts_after_amf_failure_expire() -> None:
     assert net.router.releasing_count() == 0 and net.router.ue_count == 5
     assert net.router.stats["ue_contexts_expired"] == 5
     assert Counter(u["amf"] for u in net.router.ue_table()) == {"amf2": 5}
+
+
+def test_settings_carry_pool_tacs_and_the_release_timer() -> None:
+    from gateway.n2 import from_config
+
+    s = from_config({"ue_release_timeout_s": 3, "amf_pools": [
+        {"name": "set-a", "tacs": [1, 2], "endpoints": [{"addresses": ["10.0.0.1"]}]}]})
+    assert s.ue_release_timeout_s == 3.0 and s.amf_pools[0].tacs == (1, 2)
+    assert from_config({}).ue_release_timeout_s == 10.0
