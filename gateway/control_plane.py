@@ -19,10 +19,13 @@ from typing import Any
 
 from dataplane.engine import Headers, load_backend
 from dataplane.routing import Decision, Endpoint, Forward, Router, RouterSlot
+from gateway.identity import peer_identity
 from gateway.metrics import RequestStats
 from gateway.snapshot_channel import SnapshotPublisher
 
 log = logging.getLogger("nfmesh.control_plane")
+# worker -> control plane (loopback only): the verified mTLS NF instance id of the caller
+IDENTITY_HEADER = b"x-nfmesh-client-instance-id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,8 @@ class ControlPlane:
         from nf_adapters.scp_router import ChainRouter
 
         self.service = await start_registry(self.config)
+        if self.service.token_issuer is not None:  # callers' identities come from the workers
+            self.service.token_issuer.service.trusted_identity_header = IDENTITY_HEADER
         registry = self.service.registry
         self.publisher = SnapshotPublisher(
             self.snapshot_socket, lambda: (registry.version, list(registry.instances())))
@@ -115,6 +120,12 @@ class NrfForwardRouter:
     def route(self, headers: Headers, peer: dict) -> Decision | None:
         if self.claims.route(headers, peer) is None:
             return None
+        # the control plane cannot see this connection's certificate: the worker says whose
+        # it is (the NRF's /oauth2/token needs it), and never passes on a caller's own claim
+        headers = [h for h in headers if h[0] != IDENTITY_HEADER]
+        ident = peer_identity(peer)
+        if ident is not None:
+            headers.append((IDENTITY_HEADER, ident.instance_id.encode()))
         return Forward(self.endpoint, headers, cluster="nrf", timeout=10.0)
 
 

@@ -206,3 +206,23 @@ def test_verifier_refuses_keys_the_mesh_ca_did_not_certify(ca, tmp_path) -> None
     with pytest.raises(TokenError, match="unknown kid"):
         verifier.claims(token.encode())
     assert keys.current.kid in verifier.keys.rejected
+
+
+async def test_workers_pass_the_verified_identity_to_the_control_plane(setup, schemas) -> None:
+    """--workers N: a worker forwards /oauth2/token to the control plane over loopback h2c and
+    says whose certificate the connection had; a caller's own header is never passed on."""
+    from gateway.control_plane import IDENTITY_HEADER, ControlPlaneAddress, NrfForwardRouter
+
+    fwd = NrfForwardRouter(ControlPlaneAddress("/nonexistent", "127.0.0.1", 1), ())
+    forged = [(b":method", b"POST"), (b":path", b"/oauth2/token"), (IDENTITY_HEADER, setup.amf.encode())]
+    peer = {"nf_identity": SimpleNamespace(instance_id=setup.who["smf"])}
+    decision = fwd.route(forged, peer)
+    assert [v for k, v in decision.headers if k == IDENTITY_HEADER] == [setup.who["smf"].encode()]
+    assert [v for k, v in fwd.route(forged, {"nf_identity": None}).headers if k == IDENTITY_HEADER] == []
+
+    setup.api.token_service.trusted_identity_header = IDENTITY_HEADER
+    form = urlencode(setup.form()).encode()
+    r = req("POST", "/oauth2/token", form, ctype=FORM, extra=[(IDENTITY_HEADER, setup.amf.encode())])
+    _ok(await setup.api.handle(r), schemas)
+    r = req("POST", "/oauth2/token", form, ctype=FORM)  # no identity from the worker
+    _err(await setup.api.handle(r), schemas, "invalid_client")
