@@ -184,6 +184,9 @@ class AmfPool(msgspec.Struct, **_STRUCT):
     plmn: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{5,6}$")] = "00101"  # MCC+MNC digits
     amf_set_id: Annotated[int, msgspec.Meta(ge=0, le=1023)] = 1
     relative_capacity: Annotated[int, msgspec.Meta(ge=0, le=255)] = 255
+    # TACs this pool serves: a gNB none of whose TAs is served gets NG Setup Failure; [] = any
+    tacs: list[Annotated[int, msgspec.Meta(ge=0, le=2**24 - 1)]] = msgspec.field(
+        default_factory=list)
 
 
 class NgapSection(msgspec.Struct, **_STRUCT):
@@ -196,6 +199,7 @@ class NgapSection(msgspec.Struct, **_STRUCT):
     heartbeat_interval_ms: PosInt = 30000
     rto_min_ms: PosInt = 1000
     rto_max_ms: PosInt = 60000
+    ue_release_timeout_s: PosFloat = 10.0  # a UE context whose release never completes
 
 
 class MetricsSection(msgspec.Struct, **_STRUCT):
