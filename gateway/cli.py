@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)
     ca.add_argument("args", nargs=argparse.REMAINDER)
 
+    for name, helptext in (("ctl", "ask a running gateway: status, routes, clusters, nf, drain, reload"),
+                           ("top", "live view of a running gateway")):
+        sub.add_parser(name, help=helptext, add_help=False).add_argument("args", nargs=argparse.REMAINDER)
+
     perf = sub.add_parser("perf", help="benchmarks and traffic generators")
     perf_sub = perf.add_subparsers(dest="perf_cmd", metavar="TOOL")
     for name, helptext in PERF_TOOLS.items():
@@ -169,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.ca import main as ca_main
 
         return int(ca_main(argv[1:]) or 0)
+    if argv and argv[0] in ("ctl", "top"):  # the admin API's clients (gateway/ctl.py)
+        from gateway import ctl
+
+        try:
+            return (ctl.ctl_main if argv[0] == "ctl" else ctl.top_main)(argv[1:])
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_FAIL
     if len(argv) >= 2 and argv[0] == "perf" and argv[1] in PERF_TOOLS:
         # the tool parses its own options (argparse.REMAINDER would choke on a leading --flag)
         return cmd_perf(argparse.Namespace(perf_cmd=argv[1], args=argv[2:]))

@@ -93,15 +93,44 @@ def _operations(ue: int, udm_root: str) -> list[Operation]:
 
 
 class LiveView:
-    """Prints a table once a second: to the terminal (redrawn) or as plain lines."""
+    """A table once a second: on a terminal updated in place by the component of
+    ``nfmesh top`` (``gateway.ctl.LiveScreen``), else printed as plain lines."""
 
     def __init__(self, out: Any) -> None:
         self.out = out
         self.tty = out.isatty()
         self.last: dict[str, int] = {}
         self.lines = 0
+        self.screen: Any = None
+        if self.tty:
+            from gateway.ctl import LiveScreen
+
+            self.screen = LiveScreen(out, screen=False)
+            self.screen.__enter__()
+
+    def close(self) -> None:
+        if self.screen is not None:
+            self.screen.__exit__(None, None, None)
+            self.screen = None
 
     def show(self, elapsed: float, pairs: dict[str, PairStats], extra: str) -> None:
+        if self.screen is not None:
+            from rich.console import Group
+            from rich.text import Text
+
+            from gateway.ctl import make_table
+
+            rows = []
+            for name, st in sorted(pairs.items()):
+                rps = st.requests - self.last.get(name, 0)
+                self.last[name] = st.requests
+                rows.append([name, rps, st.requests, st.errors,
+                             f"{st.hist.get_value_at_percentile(50) / 1000:.2f}",
+                             f"{st.hist.get_value_at_percentile(99) / 1000:.2f}"])
+            cols = ["pair", "req/s", "total", "errors", "p50 ms", "p99 ms"]
+            self.screen.show(Group(Text(f"nfmesh demo  t={elapsed:5.1f}s   {extra}"),
+                                   make_table(None, cols, rows, tuple(cols[1:]))))
+            return
         rows = [f"nfmesh demo  t={elapsed:5.1f}s   {extra}",
                 f"{'pair':<12}{'req/s':>8}{'total':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}"]
         for name, st in sorted(pairs.items()):
@@ -270,6 +299,7 @@ async def _run(duration: float | None, as_json: bool, rate: float, backend: str)
         await consumer
     finally:
         stop.set()
+        view.close()
         if hb:
             hb.cancel()
         n2 = {"available": False, "reason": "N2 demo not built", "ngap_messages": 0, "ngap_errors": 0}
