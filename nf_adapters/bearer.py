@@ -262,10 +262,19 @@ class TokenPolicy:
         return self.default_required if mode is None else mode == REQUIRED
 
 
-def _producer_id(decision: Forward) -> bytes | None:
-    for k, v in decision.extra_response_headers:
+def _nfinst(value: bytes) -> str | None:
+    """The NF instance id in a ``3gpp-Sbi-Producer-Id`` value (``nfinst=<uuid>; ...``)."""
+    for part in value.split(b";"):
+        name, _, v = part.strip().partition(b"=")
+        if name.lower() == b"nfinst":
+            return v.strip().lower().decode("latin-1")
+    return None
+
+
+def _producer_id(headers: Headers) -> str | None:
+    for k, v in headers:
         if k == b"3gpp-sbi-producer-id":
-            return v.split(b";", 1)[0].strip().lower()
+            return _nfinst(v)
     return None
 
 
@@ -339,18 +348,16 @@ class BearerTokenRouter:
             return None  # checked before routing
         target = None
         if isinstance(decision, Forward):
-            target = _producer_id(decision)
+            target = _producer_id(decision.extra_response_headers)
         if target is None:
             for k, v in headers:
                 if k == b"3gpp-sbi-discovery-target-nf-instance-id":
-                    target = v.strip().lower()
-        if target is not None and target.decode("latin-1") in claims.aud_ids:
+                    target = v.strip().lower().decode("latin-1")
+        if target is not None and target in claims.aud_ids:
             if isinstance(decision, Forward) and decision.alternate_response_headers:
                 # reselection only toward instances the token names
                 keep = [i for i, hs in enumerate(decision.alternate_response_headers)
-                        if any(k == b"3gpp-sbi-producer-id"
-                               and v.split(b";", 1)[0].strip().lower().decode("latin-1")
-                               in claims.aud_ids for k, v in hs)]
+                        if _producer_id(hs) in claims.aud_ids]
                 if len(keep) != len(decision.alternates):
                     decision.alternates = [decision.alternates[i] for i in keep
                                            if i < len(decision.alternates)]

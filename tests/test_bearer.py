@@ -36,6 +36,7 @@ from nf_adapters.bearer import (
 NRF_ID = "5a0f6d2e-1c3b-4d5e-8f90-1a2b3c4d5e6f"
 AMF_ID = "6b2f5a2e-0c1d-4a53-9d3e-8d3a7c1e9f01"
 UDM_ID = "7c3a6b3f-1d2e-4b64-8e4f-9e4b8d2f0a12"
+OTHER_UDM = "8d4b7c4a-2e3f-4c75-9f5a-af5c9e3a1b23"
 PATH = b"/nudm-sdm/v2/imsi-001010000000001/am-data"
 
 
@@ -49,7 +50,9 @@ class Inner:
         self.calls += 1
         hs = list(headers)
         return Forward(Endpoint("127.0.0.1", 1), hs, alternates=[(Endpoint("127.0.0.1", 2), hs)],
-                       extra_response_headers=[(b"3gpp-sbi-producer-id", UDM_ID.encode())])
+                       extra_response_headers=[(b"3gpp-sbi-producer-id", b"nfinst=" + UDM_ID.encode())],
+                       alternate_response_headers=[[(b"3gpp-sbi-producer-id",
+                                                     b"nfinst=" + OTHER_UDM.encode())]])
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +152,10 @@ def test_bad_claims_are_refused(keys, ca, over, status, error) -> None:
 
 def test_instance_audience_matches_the_selected_producer(keys, ca) -> None:
     router, _ = _router(keys, ca)
-    assert isinstance(router.route(_headers(keys.sign(_claims(aud=[UDM_ID]))), ME), Forward)
+    d = router.route(_headers(keys.sign(_claims(aud=[UDM_ID]))), ME)
+    assert isinstance(d, Forward) and d.alternates == []  # the other UDM is not in aud
+    d = router.route(_headers(keys.sign(_claims(aud=[UDM_ID, OTHER_UDM]))), ME)
+    assert isinstance(d, Forward) and len(d.alternates) == 1
 
 
 def test_sub_must_match_the_mtls_identity(keys, ca) -> None:
