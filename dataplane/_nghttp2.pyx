@@ -54,6 +54,8 @@ log = logging.getLogger("nfmesh.dataplane.nghttp2")
 
 _DEFAULT_SETTINGS = H2Settings()
 cdef bytes _DRAIN_PING = b"nfmdrain"
+cdef enum:
+    RST_RING = 32
 cdef double _REFUSE_LINGER_S = 1.0  # an HTTP/1.x client refused with 505 gets this to read it
 cdef uint32_t _MAX_STREAMS_UNKNOWN = 2147483647
 cdef size_t _WRITE_CHUNK = 262144
@@ -1193,12 +1195,20 @@ cdef int _srv_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *
     cdef void *p = _user_stream(conn, s, f.hd.stream_id)
     cdef _Stream st
     cdef nghttp2_vec nb, vb
+    cdef size_t fsize
+    nb = nghttp2_rcbuf_get_buf(name)
+    vb = nghttp2_rcbuf_get_buf(value)
+    fsize = nb.len + vb.len + 32
+    conn.hb_count += fsize
+    if conn.hb_count > conn.max_hbytes and conn._header_budget_spent(fsize):
+        return NGHTTP2_ERR_CALLBACK_FAILURE  # GOAWAY(ENHANCE_YOUR_CALM) is queued
     if p == NULL:
         return 0
     st = <_Stream>p
-    nb = nghttp2_rcbuf_get_buf(name)
-    vb = nghttp2_rcbuf_get_buf(value)
-    st.hsize += nb.len + vb.len + 32
+    st.hsize += fsize
+    if st.hsize > conn.hard_header_list:
+        conn._calm("header block over the hard size limit (HPACK bomb)")
+        return NGHTTP2_ERR_CALLBACK_FAILURE
     if st.hsize > conn.max_header_list:
         if f.headers.cat == NGHTTP2_HCAT_REQUEST:
             st.too_large = 1
@@ -1334,7 +1344,17 @@ cdef int _srv_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t code,
 cdef int _srv_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud) noexcept:
     cdef void *p
     cdef _Stream st
+    cdef ServerConnection conn
     if f.hd.type != NGHTTP2_DATA and f.hd.type != NGHTTP2_HEADERS:
+        if f.hd.type == NGHTTP2_RST_STREAM:
+            conn = <ServerConnection>ud
+            conn.rst_ring[conn.rst_next % RST_RING] = f.hd.stream_id
+            conn.rst_next += 1
+            if f.rst_stream.error_code == NGHTTP2_REFUSED_STREAM:
+                try:
+                    conn._count_refused()
+                except BaseException:
+                    log.exception("nghttp2: refused-stream accounting failed")
         return 0
     p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
     if p == NULL:
@@ -1606,6 +1626,20 @@ cdef class ServerConnection(_Conn):
     cdef bint final_goaway_sent
     cdef object drain_timer
     cdef bint greeted                # the client's first bytes came (our SETTINGS may go)
+    # per-connection budgets (H2Settings): decoded header bytes and refused streams per
+    # one-second window, one block's hard size limit
+    cdef double hb_window, ref_window
+    cdef size_t hb_count, max_hbytes, hard_header_list
+    cdef int ref_count, max_refused
+    # frame-header scan of the client's bytes (_scan): what libnghttp2 does not check with
+    # RFC 7540 priorities off (PRIORITY on stream 0) or cannot (a lower, never-opened id)
+    cdef size_t scan_pre, scan_skip
+    cdef int scan_hn
+    cdef uint8_t scan_hdr[9]
+    cdef int32_t scan_top            # the highest client stream id seen in HEADERS
+    cdef int32_t rst_ring[RST_RING]  # the last stream ids we reset (a late HEADERS is fine)
+    cdef unsigned int rst_next
+    cdef bint scan_dead
     # received header fields as (name, value) tuples, keyed by the HPACK decoder's buffers:
     # a field decoded from the static or dynamic table arrives in the same nghttp2_rcbuf each
     # time, so a repeated header costs no Python allocation (see _header_pair)
@@ -1693,6 +1727,10 @@ cdef class ServerConnection(_Conn):
         self.peer_info = peer_info if peer_info is not None else {}
         self.max_resets = self.settings.max_resets_per_second
         self.max_controls = self.settings.max_control_frames_per_second
+        self.max_hbytes = self.settings.max_header_bytes_per_second
+        self.hard_header_list = self.settings.hard_header_list_size
+        self.max_refused = self.settings.max_refused_streams_per_second
+        self.scan_pre = 24  # the client magic, checked by libnghttp2
         self._set_tap(self.settings.tap_response_headers)
 
     cdef void _set_tap(self, names) except *:
@@ -1740,13 +1778,85 @@ cdef class ServerConnection(_Conn):
         _submit_settings(self.session, self.settings, 1)
 
     def data_received(self, data) -> None:
+        cdef bytes b
+        cdef uint32_t code
+        if self.scan_dead:
+            return
+        b = data if type(data) is bytes else bytes(data)
         if not self.greeted:
             self.greeted = 1
-            reply = http1_refusal(data if type(data) is bytes else bytes(data))
+            reply = http1_refusal(b)
             if reply is not None:
                 self._refuse_http1(reply)
                 return
-        self._feed(data)
+        code = self._scan(<const uint8_t *>PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b))
+        if code:
+            self._connection_error(code)
+            return
+        self._feed(b)
+
+    cdef uint32_t _scan(self, const uint8_t *p, size_t n) except? 0xffffffff:
+        """Walk the frame headers in the client's bytes (a few compares per frame) for the
+        RFC 9113 connection errors libnghttp2 lets through here: PRIORITY on stream 0 (it
+        ignores PRIORITY frames once RFC 7540 priorities are off, so they are counted as
+        control frames here too) and a HEADERS opening a stream id lower than one already
+        used (§5.1.1; libnghttp2 keeps no closed streams).  Returns the error code, 0: none."""
+        cdef size_t k
+        cdef uint8_t t
+        cdef int32_t sid
+        cdef uint8_t *h
+        while n:
+            if self.scan_pre:
+                k = n if n < self.scan_pre else self.scan_pre
+                self.scan_pre -= k
+            elif self.scan_skip:
+                k = n if n < self.scan_skip else self.scan_skip
+                self.scan_skip -= k
+            else:
+                k = <size_t>(9 - self.scan_hn)
+                if k > n:
+                    k = n
+                memcpy(self.scan_hdr + self.scan_hn, p, k)
+                self.scan_hn += <int>k
+                if self.scan_hn == 9:
+                    self.scan_hn = 0
+                    h = self.scan_hdr
+                    self.scan_skip = (<size_t>h[0] << 16) | (<size_t>h[1] << 8) | h[2]
+                    t = h[3]
+                    sid = <int32_t>(((<uint32_t>h[5] & 0x7f) << 24) | (<uint32_t>h[6] << 16)
+                                    | (<uint32_t>h[7] << 8) | h[8])
+                    if t == NGHTTP2_PRIORITY:
+                        if sid == 0:
+                            return NGHTTP2_PROTOCOL_ERROR
+                        self._count_control()
+                        if self.calmed:
+                            return 0
+                    elif t == NGHTTP2_HEADERS and sid & 1:
+                        if sid > self.scan_top:
+                            self.scan_top = sid
+                        elif sid < self.scan_top and not self._known_stream(sid):
+                            return NGHTTP2_PROTOCOL_ERROR
+            p += k
+            n -= k
+        return 0
+
+    cdef bint _known_stream(self, int32_t sid) noexcept:
+        cdef unsigned int i
+        if self.session != NULL and nghttp2_session_get_stream_user_data(self.session, sid) != NULL:
+            return 1
+        for i in range(RST_RING):
+            if self.rst_ring[i] == sid:
+                return 1
+        return 0
+
+    cdef void _connection_error(self, uint32_t code) except *:
+        """GOAWAY(code), then close; nothing more the client sends is read."""
+        self.scan_dead = 1
+        log.info("nghttp2: connection error %d from %s: GOAWAY", code,
+                 self.peer_info.get("peername"))
+        if self.session != NULL:
+            nghttp2_session_terminate_session(self.session, code)
+            self._kick()
 
     cdef void _refuse_http1(self, bytes reply) except *:
         """Answer an HTTP/1.x client in HTTP/1.1 and close (after our FIN, so its request
@@ -2068,6 +2178,29 @@ cdef class ServerConnection(_Conn):
         self.ctl_count += 1
         if self.ctl_count > self.max_controls:
             self._calm("control frame flood")
+
+    cdef bint _header_budget_spent(self, size_t fsize) noexcept:
+        """The decoded-header-bytes count passed its budget: a new window if the last one is
+        over a second old, else GOAWAY(ENHANCE_YOUR_CALM) (returns True)."""
+        cdef double t = _now()
+        if t - self.hb_window >= 1.0:
+            self.hb_window = t
+            self.hb_count = fsize
+            return 0
+        try:
+            self._calm("decoded header bytes over budget (HPACK bomb)")
+        except BaseException:
+            pass
+        return 1
+
+    cdef void _count_refused(self) except *:
+        cdef double t = _now()
+        if t - self.ref_window >= 1.0:
+            self.ref_window = t
+            self.ref_count = 0
+        self.ref_count += 1
+        if self.ref_count > self.max_refused:
+            self._calm("refused streams (stream-limit abuse)")
 
     cdef void _calm(self, str why) except *:
         if self.calmed:

@@ -118,11 +118,25 @@ class H2Settings:
     # one-second window -> GOAWAY(ENHANCE_YOUR_CALM)
     max_resets_per_second: int = 1000
     max_control_frames_per_second: int = 1000
+    # HPACK-bomb budget: header bytes decoded on one connection (RFC 9113 §6.5.2 accounting,
+    # name + value + 32 per field, 431'd blocks included) within a one-second window; over it
+    # -> GOAWAY(ENHANCE_YOUR_CALM).  One header block decoding to more than
+    # ``hard_header_list_size`` (4x max_header_list_size, at least 64 KiB) ends the
+    # connection the same way; blocks between the two limits are answered 431.
+    max_header_bytes_per_second: int = 8 << 20
+    # streams refused (RST_STREAM REFUSED_STREAM: over max_concurrent_streams) within a
+    # one-second window; over it -> GOAWAY(ENHANCE_YOUR_CALM) (stream-limit exhaustion)
+    max_refused_streams_per_second: int = 100
     # a body the engine holds for an un-spliced stream, or retains for a replay
     max_retained_body: int = 65536
     # response header names (lower case, bytes) taken out of the final response HEADERS of
     # spliced streams and handed to ``SpliceObserver.on_response_headers`` (module doc)
     tap_response_headers: tuple[bytes, ...] = ()
+
+    @property
+    def hard_header_list_size(self) -> int:
+        """A header block decoding to more than this ends the connection (not just a 431)."""
+        return max(4 * self.max_header_list_size, 1 << 16)
 
     def __post_init__(self) -> None:
         names = self.tap_response_headers

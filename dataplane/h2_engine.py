@@ -34,7 +34,10 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 from h2.connection import H2Connection
+from h2.frame_buffer import FrameBuffer
+from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from dataplane.engine import ErrorCode, H2Settings, Headers, ResponseCallback, SpliceObserver
@@ -63,6 +66,7 @@ log = logging.getLogger("nfmesh.h2")
 _MAX_STREAMS_UNKNOWN = 2**31 - 1
 _LINGER_S = 1.0  # how long a closing connection keeps discarding input after its GOAWAY
 _DRAIN_PING = b"nfmdrain"
+_PREFACE_LEN = 24 + 9  # the client magic and the first frame's header
 # Connections marked for a flush while a data_received batch runs; written once at its end.
 _batch: list | None = None
 
@@ -76,12 +80,65 @@ _UP_SPLICE = 4
 _UP_REQUEST = 5
 
 
+class _ConnectionError(h2.exceptions.ProtocolError):
+    """A connection error with the code RFC 9113 names (h2 would say PROTOCOL_ERROR)."""
+
+    def __init__(self, msg: str, code: int) -> None:
+        super().__init__(msg)
+        self.error_code = code
+
+
+class _CalmError(h2.exceptions.DenialOfServiceError):
+    """A per-connection budget is spent: GOAWAY(ENHANCE_YOUR_CALM)."""
+
+
+class _FrameBuffer(FrameBuffer):
+    """h2's frame buffer, with the RFC 9113 §6.5 code for a SETTINGS ACK with a payload
+    (FRAME_SIZE_ERROR; hyperframe reports it as invalid data, which h2 makes PROTOCOL_ERROR)."""
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except h2.exceptions.ProtocolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, InvalidDataError) and "ack frame must not have payload" in str(
+                    cause).lower():
+                raise _ConnectionError(str(cause), ErrorCode.FRAME_SIZE_ERROR) from exc
+            raise
+
+
 class _H2(H2Connection):
-    """h2's H2Connection with the three adjustments described in the module docstring."""
+    """h2's H2Connection with the adjustments described in the module docstring, and the
+    per-connection budgets of ``H2Settings`` (decoded header bytes, refused streams)."""
 
     hard_header_list_size: int = 1 << 18
     refused_streams: int = 0
     malformed_requests: int = 0
+    # budgets: set by _new_h2 from H2Settings; counted in one-second windows
+    max_header_bytes: int = 8 << 20
+    max_refused: int = 100
+    _hb_window: float = 0.0
+    _hb_count: int = 0
+    _ref_window: float = 0.0
+    _ref_count: int = 0
+
+    def _charge_headers(self, nbytes: int) -> None:
+        now = time.monotonic()
+        if now - self._hb_window >= 1.0:
+            self._hb_window = now
+            self._hb_count = 0
+        self._hb_count += nbytes
+        if self._hb_count > self.max_header_bytes:
+            raise _CalmError("decoded header bytes over budget (HPACK bomb)")
+
+    def _count_refused(self) -> None:
+        now = time.monotonic()
+        if now - self._ref_window >= 1.0:
+            self._ref_window = now
+            self._ref_count = 0
+        self._ref_count += 1
+        if self._ref_count > self.max_refused:
+            raise _CalmError("refused streams (stream-limit abuse)")
 
     def _receive_goaway_frame(self, frame):  # type: ignore[override]
         # h2 closes its state machine and drops queued output on GOAWAY; in-flight streams
@@ -93,21 +150,50 @@ class _H2(H2Connection):
         return [], [event]
 
     def _receive_headers_frame(self, frame):  # type: ignore[override]
-        existed = frame.stream_id in self.streams
+        sid = frame.stream_id
+        existed = sid in self.streams
+        if (not existed and not self.config.client_side and sid % 2
+                and sid <= self.highest_inbound_stream_id
+                and self._closed_streams.get(sid) is not h2.stream.StreamClosedBy.SEND_RST_STREAM):
+            # a new stream with an id not above every earlier one (RFC 9113 §5.1.1), or a
+            # HEADERS on a stream that ended (§5.1): a connection error.  (A late HEADERS on
+            # a stream we reset is ignored by h2, as the RFC allows.)
+            raise _ConnectionError(f"HEADERS on stream {sid} not above the highest "
+                                   f"({self.highest_inbound_stream_id})",
+                                   ErrorCode.PROTOCOL_ERROR)
+        if existed and not self.config.client_side:
+            stream = self.streams[sid]
+            state = stream.state_machine.state
+            if state is h2.stream.StreamState.HALF_CLOSED_REMOTE or (
+                    state is h2.stream.StreamState.CLOSED
+                    and stream.closed_by is not h2.stream.StreamClosedBy.SEND_RST_STREAM):
+                # a frame after the client's END_STREAM: STREAM_CLOSED (§5.1), a connection
+                # error as libnghttp2 makes it
+                raise _ConnectionError(f"HEADERS on stream {sid} after its END_STREAM",
+                                       ErrorCode.STREAM_CLOSED)
         try:
-            return super()._receive_headers_frame(frame)
+            frames, events = super()._receive_headers_frame(frame)
         except h2.exceptions.TooManyStreamsError:
-            if frame.stream_id <= self.highest_inbound_stream_id or frame.stream_id % 2 == 0:
+            if sid <= self.highest_inbound_stream_id or sid % 2 == 0:
                 raise
             # Decode the block anyway so that the HPACK tables stay in sync, then refuse.
-            h2.connection._decode_headers(self.decoder, frame.data)
-            self.highest_inbound_stream_id = frame.stream_id
-            self._closed_streams[frame.stream_id] = h2.stream.StreamClosedBy.SEND_RST_STREAM
-            rst = RstStreamFrame(frame.stream_id)
+            try:
+                headers = h2.connection._decode_headers(self.decoder, frame.data)
+            except h2.exceptions.ProtocolError as exc:
+                self._compression_error(exc)
+                raise
+            self._charge_headers(sum(len(n) + len(v) + 32 for n, v in headers))
+            self.highest_inbound_stream_id = sid
+            self._closed_streams[sid] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+            rst = RstStreamFrame(sid)
             rst.error_code = ErrorCode.REFUSED_STREAM
             self.refused_streams += 1
+            self._count_refused()
             return [rst], []
-        except h2.exceptions.ProtocolError:
+        except h2.exceptions.DenialOfServiceError:
+            raise
+        except h2.exceptions.ProtocolError as exc:
+            self._compression_error(exc)
             # A malformed request (bad pseudo-headers, uppercase names...) fails validation
             # after HPACK decoding, once its stream exists: a stream error (RFC 9113 §8.1.1),
             # not the whole connection's.  Anything else stays a connection error.
@@ -116,6 +202,19 @@ class _H2(H2Connection):
                 raise
             self.malformed_requests += 1
             return stream.reset_stream(ErrorCode.PROTOCOL_ERROR), []
+        for event in events:
+            headers = getattr(event, "headers", None)
+            if headers:
+                self._charge_headers(sum(len(n) + len(v) + 32 for n, v in headers))
+        return frames, events
+
+    @staticmethod
+    def _compression_error(exc: Exception) -> None:
+        """A header block HPACK cannot decode is a COMPRESSION_ERROR (RFC 9113 §4.3)."""
+        if isinstance(exc.__cause__, (hpack.HPACKError, IndexError, TypeError,
+                                      UnicodeDecodeError)) and not isinstance(
+                exc.__cause__, hpack.OversizedHeaderListError):
+            raise _ConnectionError(str(exc), ErrorCode.COMPRESSION_ERROR) from exc
 
     def _local_settings_acked(self):  # type: ignore[override]
         changes = super()._local_settings_acked()
@@ -166,6 +265,9 @@ def _new_h2(settings: H2Settings, client_side: bool) -> _H2:
         normalize_outbound_headers=False,
     )
     conn = _H2(config)
+    conn.incoming_buffer = _FrameBuffer(server=not client_side)
+    conn.max_header_bytes = settings.max_header_bytes_per_second
+    conn.max_refused = settings.max_refused_streams_per_second
     codes = h2.settings.SettingCodes
     conn.local_settings = h2.settings.Settings(
         client=client_side,
@@ -179,7 +281,7 @@ def _new_h2(settings: H2Settings, client_side: bool) -> _H2:
         },
     )
     conn.max_inbound_frame_size = settings.max_frame_size
-    conn.hard_header_list_size = max(4 * settings.max_header_list_size, 1 << 16)
+    conn.hard_header_list_size = settings.hard_header_list_size
     conn.decoder.max_header_list_size = conn.hard_header_list_size
     conn.decoder.max_allowed_table_size = settings.header_table_size
     conn.initiate_connection()
@@ -258,6 +360,8 @@ class _Connection(asyncio.Protocol):
         self._resets: deque = deque()
         self._control: deque = deque()
         self.calm_goaway = False  # we ended the connection with ENHANCE_YOUR_CALM
+        # a server checks the first 33 bytes: client magic + a SETTINGS frame header
+        self._preface: bytes | None = None if self._client_side else b""
 
     # ---- transport side -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -283,10 +387,17 @@ class _Connection(asyncio.Protocol):
                 if reply is not None:
                     self._refuse_http1(reply)
                     return
+            if self._preface is not None and not self._check_preface(data):
+                return
             try:
                 events = h2c.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
-                log.debug("h2 protocol error from peer: %s", exc)
+                if isinstance(exc, h2.exceptions.DenialOfServiceError):
+                    self.calm_goaway = True
+                    log.warning("HTTP/2 peer %s: %s: GOAWAY ENHANCE_YOUR_CALM",
+                                getattr(self, "peer_info", {}).get("peername"), exc)
+                else:
+                    log.debug("h2 protocol error from peer: %s", exc)
                 self._mark()
                 self._abort_after_flush()
                 return
@@ -308,6 +419,24 @@ class _Connection(asyncio.Protocol):
                 for conn in pending:
                     conn._queued = False
                     conn._flush()
+
+    def _check_preface(self, data: bytes) -> bool:
+        """RFC 9113 §3.4: the client magic is followed by a SETTINGS frame (no ACK, stream
+        0); anything else is an invalid preface, a connection error of type PROTOCOL_ERROR
+        (h2 checks the magic only).  False: the connection is being closed."""
+        head = self._preface + bytes(data[:_PREFACE_LEN - len(self._preface)])
+        if len(head) < _PREFACE_LEN:
+            self._preface = head
+            return True
+        self._preface = None
+        if head[27] == 0x4 and not head[28] & 0x1 and not int.from_bytes(head[29:33], "big"):
+            return True
+        log.info("h2: %s: no SETTINGS after the client magic: GOAWAY PROTOCOL_ERROR",
+                 getattr(self, "peer_info", {}).get("peername"))
+        self._h2.close_connection(ErrorCode.PROTOCOL_ERROR)
+        self._mark()
+        self._abort_after_flush()
+        return False
 
     def pause_writing(self) -> None:
         self._paused = True
