@@ -512,6 +512,8 @@ class AdmissionController:
             gate.failures += 1
             if gate.failures >= self.settings.consecutive_failures:
                 self._eject(gate, now)
+            if status == 504:  # no answer in time: at least that long, and the limit must know
+                gate.sample(now - sent_at, sent_at, now)
         else:
             gate.failures = 0
             if 0 < status < 500:

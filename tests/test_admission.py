@@ -408,6 +408,23 @@ def test_limit_follows_a_producer_that_gets_more_capacity() -> None:
     assert limits[-1] >= 64
 
 
+def test_timeouts_bring_the_limit_down() -> None:
+    clock = Clock()
+    ctl = controller(clock, initial_limit=40, min_limit=2, max_limit=100)
+    warm = Ex(16)
+    ctl.admit(warm)
+    clock.t += 0.005
+    finish(ctl, warm)  # no-load 5 ms
+    for _ in range(20):  # then every answer is our 504 after 500 ms: the producer hangs
+        batch = [Ex(16) for _ in range(10)]
+        for ex in batch:
+            ctl.admit(ex)
+        clock.t += 0.5
+        for ex in batch:
+            finish(ctl, ex, status=504, failed=True)
+    assert ctl.gates["p1"].limit <= 4
+
+
 def test_limit_does_not_grow_when_unused() -> None:
     clock = Clock()
     ctl = controller(clock, initial_limit=16, min_limit=2, max_limit=1000)
