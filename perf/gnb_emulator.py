@@ -99,6 +99,14 @@ class GnbLogic:
             return c.initial_ue_message(ran_ue_id, tag, self.plmn, s_tmsi=s_tmsi), stream
         return self.templates.initial_ue.stamp(ran_ue_id, -1, tag), stream
 
+    def resume_ue(self, ran_ue_id: int, now: float | None = None) -> tuple[bytes, int]:
+        """The next uplink of a UE held after its first downlink (``hold``): an Uplink NAS
+        Transport with the ids it knows; the registration then runs to its end."""
+        ue = self.ues[ran_ue_id]
+        ue.sent_at = time.perf_counter() if now is None else now
+        self.messages_out += 1
+        return self.templates.uplink_nas.stamp(ran_ue_id, ue.amf_ue_id, ue.tag), ue.stream
+
     def _lat(self, step: str, ue: GnbUe, now: float) -> None:
         self.latency.setdefault(step, []).append(now - ue.sent_at)
         ue.sent_at = now

@@ -11,6 +11,7 @@ threads (the gateway calls them from its one event loop).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,6 +273,17 @@ def slice_key(item: dict) -> tuple[bytes, bytes | None]:
     """(SST, SD or None) of a slice list item ({"s-NSSAI": ...})."""
     s = item["s-NSSAI"]
     return s["sST"], s.get("sD")
+
+
+def ran_node_key(value: Any) -> str:
+    """A Global RAN Node ID as a short stable text ("gnb-<PLMN hex>-<id>/<bits>")."""
+    if not value:
+        return ""
+    kind, v = value
+    if kind == "globalGNB-ID" and isinstance(v, dict):
+        gid = v.get("gNB-ID", ("", (0, 0)))[1]
+        return f"gnb-{v['pLMNIdentity'].hex()}-{gid[0]}/{gid[1]}"
+    return f"{kind}-{zlib.crc32(repr(v).encode()):08x}"
 
 
 def supported_tas(ta_list: list[dict]) -> list[tuple[bytes, int, frozenset]]:

@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -214,6 +215,7 @@ class GnbPeer:
     ues: int = 0
     messages: int = 0
     tais: set[tuple[bytes, int]] = field(default_factory=set)  # (PLMN, TAC) it serves
+    global_id: str = ""  # its Global RAN Node ID (from NG Setup): the key of its UEs' records
 
 
 @dataclass(eq=False, slots=True)
@@ -228,6 +230,7 @@ class UeContext:
     gw_amf_id: int = NONE
     state: str = "active"  # active | releasing (gateway released it: AMF lost) | gnb_lost
     since: float = 0.0  # when it entered ``state`` (the release timer)
+    replicated: bool = False  # its record is in the shared UE store
 
 
 @dataclass(eq=False, slots=True)
@@ -249,14 +252,19 @@ STAT_NAMES = (
     "initial_ue_messages", "ue_context_releases", "amf_configuration_updates_sent",
     "ng_setup_failures", "ng_resets_from_gnb", "ng_resets_from_amf", "ng_reset_timeouts",
     "paging_delivered", "paging_unrouted", "amf_status_indications", "ue_contexts_expired",
-    "ran_configuration_updates", "amf_configuration_updates_received",
+    "ran_configuration_updates", "amf_configuration_updates_received", "ues_adopted",
 )
+
+# a replicated UE record: (AMF name, AMF UE NGAP ID, gateway RAN UE id, gateway AMF UE id,
+# gNB stream, AMF stream), stored under "<gNB global id>/<gNB RAN UE NGAP ID>"
+UeRecord = tuple[str, int, int, int, int, int]
 
 
 class NgapRouter:
     """Routes NGAP between gNB links and AMF links (see the module doc)."""
 
-    def __init__(self, identity: GatewayIdentity, limits: Limits = Limits()) -> None:
+    def __init__(self, identity: GatewayIdentity, limits: Limits = Limits(),
+                 replica: int | None = None) -> None:
         self.identity = identity
         self.limits = limits
         self.amfs: list[AmfPeer] = []
@@ -267,8 +275,22 @@ class NgapRouter:
         self._by_gw_ran: dict[int, UeContext] = {}
         self._by_gw_amf: dict[int, UeContext] = {}
         self._by_amf_ue: dict[tuple[int, int], UeContext] = {}
-        self._next_ran = 1
-        self._next_amf = 1
+        # replicas share the AMFs' view of one gNB: each allocates ids in its own range
+        # (replica number in the top 8 bits), so adopted UEs never collide with local ones
+        self.replica = replica
+        if replica is None:
+            self._ran_lo, self._ran_hi, self._amf_lo, self._amf_hi = 1, MAX_RAN_ID, 1, MAX_AMF_ID
+        else:
+            if not 0 <= replica <= 255:
+                raise ValueError("replica must be 0..255")
+            self._ran_lo, self._ran_hi = (replica << 24) | 1, (replica << 24) | 0xFFFFFF
+            self._amf_lo, self._amf_hi = (replica << 32) | 1, (replica << 32) | 0xFFFFFFFF
+        self._next_ran = self._ran_lo
+        self._next_amf = self._amf_lo
+        # replication: ``replicate(key, record or None)`` is called when an established UE's
+        # record appears or goes; ``standby`` holds the other replicas' records by gNB
+        self.replicate: Callable[[str, UeRecord | None], None] | None = None
+        self.standby: dict[str, dict[int, UeRecord]] = {}
         self._next_index = 0
         self._advertised: list[c.Guami] = []
         self._resets: list[PendingReset] = []
@@ -334,6 +356,61 @@ class NgapRouter:
         ue.state = state
         ue.since = self.clock()
 
+    # ---- replication ------------------------------------------------------------------------
+
+    def _publish(self, ue: UeContext) -> None:
+        assert ue.amf is not None and self.replicate is not None
+        ue.replicated = True
+        self.replicate(f"{ue.gnb.global_id}/{ue.gnb_ran_id}",
+                       (ue.amf.name, ue.amf_ue_id, ue.gw_ran_id, ue.gw_amf_id,
+                        ue.gnb_stream, ue.amf_stream))
+
+    def standby_update(self, key: str, record: UeRecord | None) -> None:
+        """Another replica's UE record appeared (``record``) or went (None)."""
+        gnb_id, _, ran = key.rpartition("/")
+        try:
+            ran_id = int(ran)
+        except ValueError:
+            return
+        if record is None:
+            recs = self.standby.get(gnb_id)
+            if recs is not None:
+                recs.pop(ran_id, None)
+                if not recs:
+                    del self.standby[gnb_id]
+        else:
+            self.standby.setdefault(gnb_id, {})[ran_id] = tuple(record)  # type: ignore[assignment]
+
+    def adopt(self, gnb: GnbPeer) -> int:
+        """Take over the established UEs another replica held for this gNB (it reconnected
+        here after that replica died): each goes back into the tables with the ids both sides
+        know, on the AMF of the same name, and its record is now this replica's."""
+        recs = self.standby.pop(gnb.global_id, None)
+        if not recs:
+            return 0
+        by_name = {a.name: a for a in self.amfs if a.state == "up"}
+        adopted = 0
+        for ran, (amf_name, amf_ue_id, gw_ran, gw_amf, g_stream, a_stream) in recs.items():
+            amf = by_name.get(amf_name)
+            if (amf is None or gw_ran in self._by_gw_ran or gw_amf in self._by_gw_amf
+                    or (gnb.index, ran) in self._by_gnb_ran):
+                continue
+            out = amf.link.out_streams
+            ue = UeContext(gnb, ran, g_stream, gw_ran, amf,
+                           a_stream if a_stream < out else 1 + gw_ran % (out - 1) if out > 1
+                           else 0, amf_ue_id, gw_amf)
+            self._by_gnb_ran[(gnb.index, ran)] = ue
+            self._by_gw_ran[gw_ran] = ue
+            self._by_gw_amf[gw_amf] = ue
+            self._by_amf_ue[(amf.index, amf_ue_id)] = ue
+            amf.ues += 1
+            gnb.ues += 1
+            adopted += 1
+            if self.replicate is not None:
+                self._publish(ue)
+        self.stats["ues_adopted"] += adopted
+        return adopted
+
     # ---- timers -----------------------------------------------------------------------------
 
     def sweep(self, now: float | None = None) -> int:
@@ -370,7 +447,7 @@ class NgapRouter:
     def _alloc_ran(self) -> int:
         for _ in range(len(self._by_gw_ran) + 1):
             v = self._next_ran
-            self._next_ran = v + 1 if v < MAX_RAN_ID else 0
+            self._next_ran = v + 1 if v < self._ran_hi else self._ran_lo
             if v not in self._by_gw_ran:
                 return v
         raise RuntimeError("RAN UE NGAP id space exhausted")
@@ -378,12 +455,16 @@ class NgapRouter:
     def _alloc_amf(self) -> int:
         for _ in range(len(self._by_gw_amf) + 1):
             v = self._next_amf
-            self._next_amf = v + 1 if v < MAX_AMF_ID else 0
+            self._next_amf = v + 1 if v < self._amf_hi else self._amf_lo
             if v not in self._by_gw_amf:
                 return v
         raise RuntimeError("AMF UE NGAP id space exhausted")
 
     def _forget(self, ue: UeContext) -> None:
+        if ue.replicated:
+            ue.replicated = False
+            if self.replicate is not None:
+                self.replicate(f"{ue.gnb.global_id}/{ue.gnb_ran_id}", None)
         if self._by_gnb_ran.get((ue.gnb.index, ue.gnb_ran_id)) is ue:
             del self._by_gnb_ran[(ue.gnb.index, ue.gnb_ran_id)]
         self._by_gw_ran.pop(ue.gw_ran_id, None)
@@ -596,9 +677,13 @@ class NgapRouter:
             self._send(gnb.link, c.ng_setup_failure(cause, None), 0)
             return
         gnb.tais = {(p, t) for p, t, _s in tas}
+        gnb.global_id = c.ran_node_key(msg.ies.get(c.IE_GLOBAL_RAN_NODE_ID))
         guamis, plmns, capacity = self._pool_view()
         self._advertised = guamis
         gnb.setup = True
+        if gnb.global_id in self.standby:
+            n = self.adopt(gnb)
+            log.info("gNB %s: %d UE(s) adopted from another replica", gnb.global_id, n)
         self._send(gnb.link, c.ng_setup_response(self.identity.pool_name, guamis, capacity,
                                                  plmns), 0)
         if self.overloaded:
@@ -1013,6 +1098,8 @@ class NgapRouter:
                 ue.gw_amf_id = self._alloc_amf()
                 self._by_amf_ue[(amf.index, amf_id)] = ue
                 self._by_gw_amf[ue.gw_amf_id] = ue
+                if self.replicate is not None and ue.gnb.global_id:
+                    self._publish(ue)
             elif amf_id != ue.amf_ue_id:
                 self.stats["unknown_ue"] += 1
                 if not quiet:
