@@ -189,10 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd is None:
         parser.print_help()
         return EXIT_USAGE
-    if args.cmd == "config" and args.config_cmd is None:
-        parser.parse_args(["config", "--help"])
-    if args.cmd == "perf" and args.perf_cmd is None:
-        parser.parse_args(["perf", "--help"])
+    if (args.cmd == "config" and args.config_cmd is None) or (
+            args.cmd == "perf" and args.perf_cmd is None):
+        try:  # the command's help, then bad usage: an action is needed
+            parser.parse_args([args.cmd, "--help"])
+        except SystemExit:
+            pass
+        return EXIT_USAGE
     handlers = {
         "version": cmd_version, "config": cmd_config_check, "run": cmd_run,
         "demo": cmd_demo, "perf": cmd_perf,

@@ -102,6 +102,9 @@ def test_bad_usage_exits_2() -> None:
     assert nfmesh("run", "--listen", "nonsense").returncode == 2
     assert nfmesh("demo", "--duration", "-1").returncode == 2
     assert nfmesh().returncode == 2
+    for cmd in ("config", "perf"):  # an action is needed: its help, and exit 2 (issue 15)
+        r = nfmesh(cmd)
+        assert r.returncode == 2 and f"usage: nfmesh {cmd}" in r.stdout, (r.stdout, r.stderr)
 
 
 @pytest.mark.interop
