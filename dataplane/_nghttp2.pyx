@@ -44,7 +44,7 @@ import asyncio
 import logging
 import os
 
-from dataplane.engine import ErrorCode, H2Settings
+from dataplane.engine import ErrorCode, H2Settings, engine_problem
 from dataplane.http1_refusal import http1_refusal
 from dataplane.linger import close_after_fin
 
@@ -1900,7 +1900,8 @@ cdef class ServerConnection(_Conn):
 
     cdef void _announce(self, _Stream st) except *:
         if st.too_large:
-            self._respond(st, 431, [], b"", None)
+            problem_headers, body = engine_problem(431, self.max_header_list)
+            self._respond(st, 431, problem_headers, body, None)
             return
         st.announced = 1
         headers = st.headers
@@ -1945,7 +1946,8 @@ cdef class ServerConnection(_Conn):
         cb = st.callback
         st.callback = None
         st.mode = M_HELD
-        self._respond(st, 413, [], b"", None)
+        problem_headers, body = engine_problem(413, st.limit)
+        self._respond(st, 413, problem_headers, body, None)
         if cb is not None:
             cb(None, [])
 

@@ -71,18 +71,44 @@ stream's HEADERS were written, the request is simply never sent.)
     to a local peer wakes it).  ``flush_writes()`` writes it now; the h2 backend holds nothing.
 
 Error codes are the RFC 9113 codes (``ErrorCode`` below).
+
+Answers of the engine's own
+---------------------------
+A request body over ``read_body``'s limit is answered 413 and a header list over
+``max_header_list_size`` 431, with the same ``application/problem+json`` body on both backends
+(``engine_problem``): TS 29.571 ProblemDetails with the TS 29.500 cause ``INVALID_MSG_FORMAT``
+(the table has no cause of its own for either status; the NRF answers its 413 the same way).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 Headers = list[tuple[bytes, bytes]]
+
+PROBLEM_CONTENT_TYPE = b"application/problem+json"
+_PROBLEM_TITLES = {413: "Payload Too Large", 431: "Request Header Fields Too Large"}
+
+
+@functools.lru_cache(maxsize=64)
+def engine_problem(status: int, limit: int) -> tuple[tuple[tuple[bytes, bytes], ...], bytes]:
+    """Headers and body of an answer of the engine's own (module doc): 413 for a body over
+    ``limit`` bytes, 431 for a header list over ``limit`` bytes."""
+    what = "request body" if status == 413 else "request header list"
+    body = json.dumps({
+        "title": _PROBLEM_TITLES.get(status, "Error"),
+        "status": status,
+        "detail": f"{what} larger than {limit} bytes",
+        "cause": "INVALID_MSG_FORMAT",
+    }, separators=(",", ":")).encode()
+    return ((b"content-type", PROBLEM_CONTENT_TYPE),), body
 
 
 class ErrorCode(enum.IntEnum):

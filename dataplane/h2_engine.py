@@ -40,7 +40,14 @@ from h2.frame_buffer import FrameBuffer
 from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
-from dataplane.engine import ErrorCode, H2Settings, Headers, ResponseCallback, SpliceObserver
+from dataplane.engine import (
+    ErrorCode,
+    H2Settings,
+    Headers,
+    ResponseCallback,
+    SpliceObserver,
+    engine_problem,
+)
 from dataplane.http1_refusal import http1_refusal
 from dataplane.linger import close_after_fin
 
@@ -730,7 +737,8 @@ class ServerConnection(_Connection):
         st.req_ended = ended
         self._streams[sid] = st
         if _header_list_size(headers) > self.settings.max_header_list_size:
-            self.respond(sid, 431, [(b"content-type", b"text/plain")], b"header list too large\n")
+            problem_headers, body = engine_problem(431, self.settings.max_header_list_size)
+            self.respond(sid, 431, list(problem_headers), body)
             return
         st.req_headers = headers
         try:
@@ -788,7 +796,8 @@ class ServerConnection(_Connection):
                 st.callback = None
                 st.body.clear()
                 st.body_len = 0
-                self.respond(sid, 413, [(b"content-type", b"text/plain")], b"request body too large\n")
+                problem_headers, body = engine_problem(413, st.limit)
+                self.respond(sid, 413, list(problem_headers), body)
                 if cb is not None:
                     cb(None, [])
                 return
@@ -998,7 +1007,8 @@ class ServerConnection(_Connection):
             st.callback = None
             st.body.clear()
             st.body_len = 0
-            self.respond(stream_id, 413, [(b"content-type", b"text/plain")], b"request body too large\n")
+            problem_headers, body = engine_problem(413, limit)
+            self.respond(stream_id, 413, list(problem_headers), body)
             callback(None, [])
             return
         if st.req_ended:

@@ -139,3 +139,61 @@ async def test_default_budget_keeps_a_busy_legit_connection(origin_with):
         assert await status_of(raw, sid) == 200
     assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in raw.events)
     raw.close()
+
+
+class _SmallBodyHandler:
+    """Reads each request body with a 1,000-byte limit."""
+
+    def __init__(self) -> None:
+        self.bodies: list = []
+
+    def on_request(self, conn, stream_id, headers, end_stream) -> None:
+        def done(body, trailers):
+            self.bodies.append(body)
+            if body is not None:
+                conn.respond(stream_id, 200, [], b"%d" % len(body))
+        conn.read_body(stream_id, 1000, done)
+
+    def on_connection_lost(self, conn) -> None:
+        pass
+
+
+async def _answer(raw: RawH2, sid: int) -> tuple[dict, bytes]:
+    ev = await raw.until(is_(h2.events.ResponseReceived, sid))
+    await raw.until(is_(h2.events.StreamEnded, sid))
+    body = b"".join(e.data for e in raw.events
+                    if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+    return dict(ev.headers), body
+
+
+@pytest.mark.parametrize("status", [413, 431])
+async def test_engine_errors_are_problem_details(backend, status):
+    """413 (body over read_body's limit) and 431 (header list over the limit): the same
+    application/problem+json body with a TS 29.500 cause on both backends."""
+    import json
+
+    from dataplane.engine import engine_problem
+    from dataplane.listener import serve
+
+    handler = _SmallBodyHandler()
+    server = await serve("127.0.0.1", 0, lambda: handler, backend,
+                         H2Settings(max_header_list_size=2048))
+    port = server.sockets[0].getsockname()[1]
+    raw = await RawH2.connect(port)
+    raw.flush()
+    await raw.until(is_(h2.events.RemoteSettingsChanged))
+    if status == 413:
+        sid = raw.request("/up", end_stream=False)
+        raw.h2.send_data(sid, b"x" * 5000, end_stream=True)
+    else:
+        sid = raw.request("/x", [(b"x-big", b"v" * 4000)])
+    raw.flush()
+    headers, body = await _answer(raw, sid)
+    assert headers[b":status"] == str(status).encode()
+    assert headers[b"content-type"] == b"application/problem+json"
+    expected = engine_problem(status, 1000 if status == 413 else 2048)[1]
+    assert body == expected
+    problem = json.loads(body)
+    assert problem["status"] == status and problem["cause"] == "INVALID_MSG_FORMAT"
+    raw.close()
+    server.close()
