@@ -1,0 +1,133 @@
+"""Arrows only point down (DESIGN.md, issue 15): a static read of every module's imports.
+
+    perf         -> anything of ours
+    gateway      -> nf_adapters, dataplane        (never perf)
+    nf_adapters  -> dataplane                     (never gateway, perf)
+    dataplane    -> nothing of ours above it
+
+Python modules are read with ``ast`` (every ``import``/``from`` anywhere in the file, inside
+functions too: a deferred import is still an arrow); Cython files (``.pyx``/``.pxd``/``.pxi``)
+by their ``import``/``cimport`` lines.  Modules loaded by a name in a string
+(``importlib.import_module("perf.compare")``) are not imports and are not counted.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from itertools import permutations
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("gateway", "nf_adapters", "dataplane", "perf")
+ALLOWED: dict[str, set[str]] = {
+    "perf": {"gateway", "nf_adapters", "dataplane"},
+    "gateway": {"nf_adapters", "dataplane"},
+    "nf_adapters": {"dataplane"},
+    "dataplane": set(),
+}
+# Known upward imports, each with the issue that removes it.  Keep this list short and
+# explicit: a new entry needs a reason, and a fixed one must be deleted (the test says so).
+ALLOW_LIST: set[tuple[str, str]] = {
+    # issue 15 item 4: `nfmesh demo` lives in perf/; the CLI moves to a composition root
+    # above gateway and perf (the five `perf` tools it loads by name are strings, not imports)
+    ("gateway/cli.py", "perf.demo"),
+}
+_CYTHON_IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+c?import\b|c?import\s+([\w.]+))")
+
+
+def _python_imports(path: str, module: str) -> list[tuple[int, str]]:
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = module.split(".")
+                is_pkg = path.endswith("__init__.py")
+                base = base[: len(base) - node.level + (1 if is_pkg else 0)]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            out.append((node.lineno, name))
+    return out
+
+
+def _cython_imports(path: str) -> list[tuple[int, str]]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            m = _CYTHON_IMPORT.match(line)
+            if m:
+                out.append((lineno, m.group(1) or m.group(2)))
+    return out
+
+
+def _edges() -> list[tuple[str, str, int, str]]:
+    """(file, importing package, line, imported module) for every import of one of ours."""
+    edges = []
+    for pkg in PACKAGES:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, pkg)):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, ROOT)
+                if name.endswith(".py"):
+                    module = rel[:-3].replace(os.sep, ".").removesuffix(".__init__")
+                    found = _python_imports(path, module)
+                elif name.endswith((".pyx", ".pxd", ".pxi")):
+                    found = _cython_imports(path)
+                else:
+                    continue
+                for lineno, imported in found:
+                    if imported.split(".")[0] in PACKAGES:
+                        edges.append((rel.replace(os.sep, "/"), pkg, lineno, imported))
+    return edges
+
+
+def test_the_reader_sees_the_imports_it_should() -> None:
+    """Guard against a reader that finds nothing (and so passes everything)."""
+    edges = _edges()
+    seen = {(pkg, imported.split(".")[0]) for _f, pkg, _l, imported in edges}
+    assert ("gateway", "nf_adapters") in seen and ("nf_adapters", "dataplane") in seen
+    assert ("perf", "gateway") in seen
+    assert any(f.endswith(".pyx") for f, *_ in edges)  # Cython files are read too
+
+
+def test_no_upward_import() -> None:
+    upward, used = [], set()
+    for rel, pkg, lineno, imported in _edges():
+        target = imported.split(".")[0]
+        if target == pkg or target in ALLOWED[pkg]:
+            continue
+        if (rel, imported) in ALLOW_LIST:
+            used.add((rel, imported))
+            continue
+        upward.append(f"{rel}:{lineno}: {pkg} imports {imported}")
+    assert not upward, "imports pointing up a layer (DESIGN.md):\n" + "\n".join(upward)
+    assert used == ALLOW_LIST, f"fixed, delete from ALLOW_LIST: {sorted(ALLOW_LIST - used)}"
+
+
+def test_no_import_cycle_among_the_packages() -> None:
+    graph: dict[str, set[str]] = {p: set() for p in PACKAGES}
+    for rel, pkg, _lineno, imported in _edges():
+        target = imported.split(".")[0]
+        if target != pkg and (rel, imported) not in ALLOW_LIST:
+            graph[pkg].add(target)
+
+    def reaches(a: str, b: str) -> bool:
+        seen, todo = set(), [a]
+        while todo:
+            for nxt in graph[todo.pop()]:
+                if nxt == b:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    cycles = [f"{a} <-> {b}" for a, b in permutations(PACKAGES, 2)
+              if a < b and reaches(a, b) and reaches(b, a)]
+    assert not cycles, f"import cycles between packages: {cycles}"
