@@ -32,6 +32,10 @@ class Endpoint:
     port: int
     tls: bool = False
     server_name: str | None = None  # SNI / certificate check name when tls
+    # who the TLS peer must prove to be (opaque here: the router that chose the endpoint
+    # knows what it means, and the pools' ``peer_check`` decides); None: the chain and
+    # host name checks alone
+    identity: str | None = None
 
 
 @dataclass(slots=True)

@@ -8,7 +8,9 @@ is opened; at ``max_connections`` requests queue, first come first served, up to
 the constructor's values, unless ``set_endpoint_limits`` gave that endpoint its own (a
 cluster's ``max_connections`` and ``connect_timeout_s``).  After a failed connect the endpoint
 is in back-off (exponential with jitter) during which ``acquire`` fails at once with a clear
-``UpstreamUnavailable``; the first success clears it.  Connections idle longer than
+``UpstreamUnavailable``; the first success clears it.  A TLS endpoint that names an
+``identity`` must pass ``peer_check`` (the gateway's producer identity check) after the
+handshake, or the connect counts as failed.  Connections idle longer than
 ``idle_timeout`` are closed.
 
 The fast path (``get_ready``) reads no clock: it only remembers which connection it handed out
@@ -82,6 +84,7 @@ class UpstreamPools:
         backoff_base: float = 0.05,
         backoff_max: float = 5.0,
         pending_timeout: float | None = None,
+        peer_check: Callable[[Endpoint, object], str | None] | None = None,
     ) -> None:
         self.backend = load_backend(backend) if isinstance(backend, str) else backend
         self.settings = settings
@@ -93,6 +96,9 @@ class UpstreamPools:
         self.backoff_max = backoff_max
         # how long a request may wait for a stream when every allowed connection is full
         self.pending_timeout = connect_timeout if pending_timeout is None else pending_timeout
+        # for a TLS endpoint with an ``identity``: ``peer_check(endpoint, ssl_object)`` after
+        # the handshake, None to accept, else why not (then the connect fails: alternates)
+        self.peer_check = peer_check
         self._pools: dict[Endpoint, _EndpointPool] = {}
         # per-endpoint (max_connections, connect_timeout) overriding the two above
         self._limits: dict[Endpoint, tuple[int, float]] = {}
@@ -281,6 +287,11 @@ class UpstreamPools:
                     if alpn != "h2":
                         transport.close()
                         raise UpstreamUnavailable(f"TLS peer did not negotiate h2 (ALPN {alpn!r})")
+                    if endpoint.identity is not None and self.peer_check is not None:
+                        why = self.peer_check(endpoint, sslobj)
+                        if why is not None:
+                            transport.close()
+                            raise UpstreamUnavailable(f"TLS peer is not {endpoint.identity}: {why}")
                 await conn.ready
         except UpstreamUnavailable as exc:
             self._failed(pool, exc.reason)

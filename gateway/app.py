@@ -188,7 +188,10 @@ class Gateway:
             if publisher is not None and self.overload is not None:
                 publisher.live_loads = self.overload.responses  # Lci steers model D
                 publisher.publish()
-        self.pools = UpstreamPools(self.backend, settings, connect_timeout=2.0)
+        from gateway.upstream_tls import pool_options  # upstream_tls: contexts, producer identity
+
+        self.pools = UpstreamPools(self.backend, settings, connect_timeout=2.0,
+                                   **pool_options(cfg))
         self.pools.set_endpoint_limits(self._endpoint_limits())
         access_log = load_access_log()(cfg.logging.format) if cfg.logging.access_log else None
         self.access_log = access_log

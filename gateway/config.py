@@ -139,6 +139,16 @@ class Route(msgspec.Struct, **_STRUCT):
     timeout_s: PosFloat | None = None
 
 
+class UpstreamTlsSection(msgspec.Struct, **_STRUCT):
+    """TLS toward producers (endpoints with tls: true, model D producers with scheme https)."""
+
+    ca_file: str | None = None  # producers' CA bundle (the mesh CA); null: the system store
+    cert: str | None = None  # the gateway's client certificate (mTLS toward producers)
+    key: str | None = None
+    check_producer_identity: bool = True  # model D: the certificate must be the chosen
+    # instance's (urn:uuid SAN, else a DNS SAN = its FQDN), else the next producer is tried
+
+
 class ScpSection(msgspec.Struct, **_STRUCT):
     model_c: bool = True  # honour 3gpp-Sbi-Target-apiRoot
     max_forward_hops: Annotated[int, msgspec.Meta(ge=1, le=99)] = 8
@@ -362,6 +372,7 @@ class Config(msgspec.Struct, **_STRUCT):
     routes: list[Route] = msgspec.field(default_factory=list)
     scp: ScpSection = msgspec.field(default_factory=ScpSection)
     registry: RegistrySection = msgspec.field(default_factory=RegistrySection)
+    upstream_tls: UpstreamTlsSection = msgspec.field(default_factory=UpstreamTlsSection)
     ngap: NgapSection = msgspec.field(default_factory=NgapSection)
     metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
     admin: AdminSection = msgspec.field(default_factory=AdminSection)
@@ -836,8 +847,17 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
     oauth2 = cfg.oauth2 if "oauth2" not in failed else None
     if oauth2 is not None:
         oauth2 = _check_oauth2(cfg, d, base_dir)
+    up = cfg.upstream_tls
+    if "upstream_tls" not in failed:
+        if (up.cert is None) != (up.key is None):
+            d.issue("upstream_tls.cert" if up.cert is None else "upstream_tls.key",
+                    "cert and key go together")
+        up = msgspec.structs.replace(up, **{
+            name: _check_file(d, f"upstream_tls.{name}", getattr(up, name), base_dir,
+                              "key" if name == "key" else "cert")
+            for name in ("ca_file", "cert", "key") if getattr(up, name) is not None})
     return msgspec.structs.replace(cfg, listeners=listeners, registry=reg,
-                                   oauth2=oauth2 or cfg.oauth2)
+                                   oauth2=oauth2 or cfg.oauth2, upstream_tls=up)
 
 
 def _check_oauth2(cfg: Config, d: _Decoder, base_dir: str) -> OAuth2Section:

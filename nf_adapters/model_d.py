@@ -114,6 +114,8 @@ def _targets(profile: dict, service: dict, scheme: str) -> tuple[Target, ...]:
     prefix_b = prefix.rstrip("/").encode()
     fqdn = service.get("fqdn") or profile.get("fqdn")
     tls = scheme == "https"
+    # over TLS the producer must prove it is this instance (nf_adapters.producer_identity)
+    ident = str(profile.get("nfInstanceId", "")).lower() or None if tls else None
     default_port = _DEFAULT_PORT.get(scheme, 80)
     out: list[Target] = []
     for ep in service.get("ipEndPoints") or ():
@@ -122,12 +124,12 @@ def _targets(profile: dict, service: dict, scheme: str) -> tuple[Target, ...]:
             continue
         port = ep.get("port") or default_port
         auth = _host_authority(fqdn, port, scheme) if fqdn else _host_authority(host, port, scheme)
-        out.append(Target(Endpoint(host, port, tls, fqdn if tls else None), auth, prefix_b))
+        out.append(Target(Endpoint(host, port, tls, fqdn if tls else None, ident), auth, prefix_b))
     if not out:
         hosts = [fqdn] if fqdn else []
         hosts += list(profile.get("ipv4Addresses") or ()) + list(profile.get("ipv6Addresses") or ())
         for host in hosts[:4]:
-            out.append(Target(Endpoint(host, default_port, tls, fqdn if tls else None),
+            out.append(Target(Endpoint(host, default_port, tls, fqdn if tls else None, ident),
                               _host_authority(host, default_port, scheme), prefix_b))
     return tuple(out)
 
