@@ -236,6 +236,9 @@ class Gateway:
                 collectors.append(self.n2)  # N2: associations, UEs, messages, path state
             if self.overload is not None:
                 collectors.append(self.overload)  # limits, queues, shed, ejections, OCI
+            from gateway.cert_expiry import CertificateExpiry
+
+            collectors.append(CertificateExpiry(cfg))  # TLS listeners' certificate expiry
             self._metrics = MetricsServer(new_registry(*collectors), ready=lambda: bool(self._servers),
                                           before_scrape=self.report_completions)
             if not (mcfg.enabled or self.metrics_override or self.metrics_socket):

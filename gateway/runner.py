@@ -141,6 +141,20 @@ def run_gateway(
         return 0
 
 
+class WorkerRestarts:
+    """``nfmesh_worker_restarts_total``: workers the supervisor started again."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily("nfmesh_worker_restarts",
+                                  "Worker processes that exited and were started again",
+                                  value=self.value)
+
+
 async def _supervise(config: Any, spec: dict, n: int) -> int:
     control = None
     tmp = tempfile.mkdtemp(prefix="nfmesh-")
@@ -150,12 +164,14 @@ async def _supervise(config: Any, spec: dict, n: int) -> int:
         control = ControlPlane(config, os.path.join(tmp, "snapshot.sock"))
         spec["control_plane"] = (await control.start()).to_json()
     metrics_server = None
+    restart_count = WorkerRestarts()
     sockets = [os.path.join(tmp, f"metrics-{i}.sock") for i in range(n)]
     mcfg = config.metrics
     if mcfg.enabled or spec["opts"].get("metrics"):
         from gateway.metrics import MetricsServer, WorkerMetricsAggregator, new_registry
 
-        local = new_registry(control.stats, *control.service.collectors()) if control else None
+        local = new_registry(restart_count, *((control.stats, *control.service.collectors())
+                                              if control else ()))
         agg = WorkerMetricsAggregator(sockets, local)
         # ready once every worker is up (a worker opens its metrics socket after its listeners)
         metrics_server = MetricsServer(None, ready=lambda: all(os.path.exists(p) for p in sockets),
@@ -227,6 +243,7 @@ async def _supervise(config: Any, spec: dict, n: int) -> int:
                     stopping.set()
                     break
                 log.warning("worker %d exited with status %s; starting it again", index, code)
+                restart_count.value += 1
                 await spawn(index)
     for p in procs.values():
         if p.returncode is None:

@@ -15,7 +15,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 base_pkgs=(python3-venv python3-dev gcc libnghttp2-dev libc6-dev)
 test_pkgs=(nghttp2-client nghttp2-server nghttp2-proxy haproxy etcd-server curl
-           qemu-system-x86 busybox-static kmod cpio iproute2 util-linux procps)
+           qemu-system-x86 busybox-static kmod cpio iproute2 util-linux procps
+           prometheus)  # promtool + a server for the dashboard and alert tests
 pkgs=("${base_pkgs[@]}")
 [ "$profile" = test ] && pkgs+=("${test_pkgs[@]}")
 
