@@ -271,11 +271,11 @@ cdef class _FastExchange:
                 self._attempt(self.endpoint, self.headers)
                 return
         if reached:
-            self._answer(502, "UPSTREAM_RESET",
+            self._answer(502, "UNSPECIFIED_NF_FAILURE",
                          f"{_endpoint_text(self.endpoint)} reset the request "
                          f"({_code_name(error_code)})", error_code)
         else:
-            self._answer(503, "NF_UNREACHABLE",
+            self._answer(504, "TARGET_NF_NOT_REACHABLE",
                          self.last_error or f"{_endpoint_text(self.endpoint)} refused the request",
                          error_code)
 

@@ -8,7 +8,7 @@ nghttp2 and the h2 backend.  Per request it asks ``router_slot.current.route`` o
   a failure before the request reached the producer (connect refused, REFUSED_STREAM, GOAWAY
   above our stream) moves on to the next of ``alternates`` (each tried once, within the
   deadline); a failure after it reached the producer is retried only when ``retryable`` and the
-  engine still holds the whole body.  Out of options: 503 (unreachable), 502 (upstream reset or
+  engine still holds the whole body.  Out of options: 504 (unreachable), 502 (upstream reset or
   protocol error), 504 (no response headers within ``Forward.timeout``).
 * ``LocalResponse``: answer it.
 * ``LocalService``: read the whole body, await ``handle``, answer.
@@ -259,11 +259,11 @@ class _Exchange:
                 self._attempt(self.endpoint, self.headers)
                 return
         if reached:
-            self._answer(502, "UPSTREAM_RESET",
+            self._answer(502, "UNSPECIFIED_NF_FAILURE",
                          f"{_endpoint_text(self.endpoint)} reset the request "
                          f"({_code_name(error_code)})", error_code)
         else:
-            self._answer(503, "NF_UNREACHABLE",
+            self._answer(504, "TARGET_NF_NOT_REACHABLE",
                          self.last_error or f"{_endpoint_text(self.endpoint)} refused the request",
                          error_code)
 

@@ -144,8 +144,8 @@ async def test_curl_to_origin_through_proxy(proxy_to_origin, tmp_path):
     try:
         rc, out, err = await run(exe, "-sS", "--http2-prior-knowledge", "-D", "-",
                                  f"http://127.0.0.1:{dead.port}/x")
-        assert b"HTTP/2 503" in out and b"application/problem+json" in out
-        assert b'"cause":"NF_UNREACHABLE"' in out
+        assert b"HTTP/2 504" in out and b"application/problem+json" in out
+        assert b'"cause":"TARGET_NF_NOT_REACHABLE"' in out
     finally:
         await dead.stop()
 

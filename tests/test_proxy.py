@@ -171,7 +171,7 @@ async def test_upstream_reset_before_headers_is_502_problem(proxy, client):
     assert resp.status == 502
     assert resp.header("content-type") == "application/problem+json"
     problem = resp.json()
-    assert problem["status"] == 502 and problem["cause"] == "UPSTREAM_RESET"
+    assert problem["status"] == 502 and problem["cause"] == "UNSPECIFIED_NF_FAILURE"
     assert "INTERNAL_ERROR" in problem["detail"]
 
 
@@ -201,23 +201,23 @@ async def test_client_reset_propagates_upstream(proxy, origin):
 
 # ---- failures before the request reached a producer ---------------------------------------------
 
-async def test_unreachable_upstream_is_503_problem(backend, client):
+async def test_unreachable_upstream_is_504_problem(backend, client):
     dead = Endpoint("127.0.0.1", free_port())
     proxy = await start_proxy(backend, StaticRouter(dead))
     try:
         resp = await client.request("GET", url(proxy, "/x"))
-        assert resp.status == 503
+        assert resp.status == 504
         assert resp.header("content-type") == "application/problem+json"
         problem = resp.json()
-        assert problem["cause"] == "NF_UNREACHABLE"
+        assert problem["cause"] == "TARGET_NF_NOT_REACHABLE"
         assert str(dead.port) in problem["detail"]
         # in back-off: fails fast, clear reason, and the connection is still good
         resp2 = await client.request("GET", url(proxy, "/y"))
-        assert resp2.status == 503 and "back-off" in resp2.json()["detail"]
+        assert resp2.status == 504 and "back-off" in resp2.json()["detail"]
         # a big upload gets its answer without being read whole (then RST NO_ERROR stops it)
         resp3 = await client.request("POST", url(proxy, "/z"), body=pattern(3 << 20))
-        assert resp3.status == 503
-        assert (await client.request("GET", url(proxy, "/w"))).status == 503
+        assert resp3.status == 504
+        assert (await client.request("GET", url(proxy, "/w"))).status == 504
     finally:
         await proxy.stop()
 
@@ -248,7 +248,7 @@ async def test_alternate_used_on_refused_stream(backend, client):
         proxy2 = await start_proxy(backend, StaticRouter(first.endpoint))
         try:
             resp = await client.request("POST", url(proxy2, "/echo"), body=b"abc")
-            assert resp.status == 503 and resp.json()["cause"] == "NF_UNREACHABLE"
+            assert resp.status == 504 and resp.json()["cause"] == "TARGET_NF_NOT_REACHABLE"
             assert len(first.handler.requests) == 3
         finally:
             await proxy2.stop()
@@ -271,8 +271,8 @@ async def test_unreplayable_body_on_refused_stream_returns_all_window_credit(bac
         body = pattern(200_000)  # > max_retained_body (64 KiB), < one stream window
         for _ in range(12):  # 2.4 MB in all, over the 1 MiB connection window
             resp = await client.request("POST", url(proxy, "/echo"), body=body, timeout=5)
-            assert resp.status == 503
-            assert resp.json()["cause"] == "NF_UNREACHABLE"
+            assert resp.status == 504
+            assert resp.json()["cause"] == "TARGET_NF_NOT_REACHABLE"
         assert second.handler.requests == []
         # a small body is retained whole: replayed to the alternate
         small = await client.request("POST", url(proxy, "/echo"), body=b"small", timeout=5)
@@ -298,7 +298,7 @@ async def test_reset_after_reaching_producer_retried_only_when_retryable(backend
             assert resp.status == 200 and resp.body == b"idempotent"
             assert len(second.handler.requests) == 1
         else:
-            assert resp.status == 502 and resp.json()["cause"] == "UPSTREAM_RESET"
+            assert resp.status == 502 and resp.json()["cause"] == "UNSPECIFIED_NF_FAILURE"
             assert second.handler.requests == []
     finally:
         await proxy.stop()
@@ -416,7 +416,7 @@ async def test_custom_error_responder(backend, client):
                               error_responder=responder)
     try:
         resp = await client.request("GET", url(proxy, "/x"))
-        assert resp.status == 503 and resp.header("x-cause") == "NF_UNREACHABLE"
+        assert resp.status == 504 and resp.header("x-cause") == "TARGET_NF_NOT_REACHABLE"
     finally:
         await proxy.stop()
 
