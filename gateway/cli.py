@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run", help="run the gateway",
-        description="Run the gateway. Without -c it listens on h2c 127.0.0.1:8080 and routes "
-        "by SCP model C (3gpp-Sbi-Target-apiRoot), so a first try needs no file.",
+        description="Run the gateway. Without -c it listens on h2c 127.0.0.1:8080, routes "
+        "by SCP model C (3gpp-Sbi-Target-apiRoot) and serves the NRF API of an in-memory "
+        "registry (model D on what registers), so a first try needs no file.",
     )
     run.add_argument("-c", "--config", metavar="FILE", help="YAML config file (see config/example.yaml)")
     run.add_argument("--listen", type=_host_port, metavar="HOST:PORT",
@@ -136,11 +137,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, load_config, parse_config
+    from gateway.config import ConfigError, load_config, no_file_config
     from gateway.runner import run_gateway
 
     try:
-        config = load_config(args.config) if args.config else parse_config({})
+        config = load_config(args.config) if args.config else no_file_config()
     except ConfigError as exc:
         print(f"nfmesh: refusing to start, {args.config} is not valid:\n{exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -943,6 +943,16 @@ def parse_config(data: Any, source: str = "<dict>", *, base_dir: str | None = No
     return cfg
 
 
+NO_FILE: dict = {"registry": {"enabled": True}}  # what `nfmesh run` serves without -c
+
+
+def no_file_config() -> Config:
+    """``nfmesh run`` without a file: the defaults (h2c on 127.0.0.1:8080, SCP model C) plus
+    the NRF API of an in-memory registry, so that registering and discovering an NF (and
+    model D on what registered) work on a first try."""
+    return parse_config(NO_FILE, "<no file>")
+
+
 def load_config(path: str) -> Config:
     """Read and validate a YAML file; raises ``ConfigError`` (invalid) or ``OSError``
     (unreadable).  Relative file names inside are relative to the file's directory."""

@@ -15,12 +15,12 @@ import sys
 def main() -> int:
     import uvloop
 
-    from gateway.config import load_config, parse_config
+    from gateway.config import load_config, no_file_config
     from gateway.runner import serve_until_signal, setup_logging
 
     spec = json.loads(os.environ["NFMESH_WORKER"])
     path = spec.get("config_path")
-    config = load_config(path) if path else parse_config({})
+    config = load_config(path) if path else no_file_config()
     setup_logging(spec.get("log_level"), config)
     o = spec.get("opts", {})
     opts = {
