@@ -204,10 +204,17 @@ def _chart_properties() -> dict[str, Any]:
             "labels": _OBJ,
             "namespace": _STR,
         }),
+        "dashboards": _closed({
+            "enabled": _BOOL, "labels": _OBJ, "annotations": _OBJ, "namespace": _STR,
+        }),
+        "prometheusRule": _closed({
+            "enabled": _BOOL, "labels": _OBJ, "namespace": _STR,
+        }),
         "networkPolicy": _closed({
             "enabled": _BOOL,
             "sbiFrom": {"type": "array", "items": _OBJ},
             "metricsFrom": {"type": "array", "items": _OBJ},
+            "adminFrom": {"type": "array", "items": _OBJ},
             "n2From": {"type": "array", "items": _OBJ},
             "egress": {"type": ["array", "null"], "items": _OBJ},
         }),

@@ -38,7 +38,8 @@ from tests.certs import make_pki
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "nfmesh"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
+             ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
 def _load_helm_tools() -> Any:
@@ -111,8 +112,15 @@ def kinds(docs: list[dict]) -> set[str]:
     return {d["kind"] for d in docs}
 
 
+def config_map(docs: list[dict]) -> dict:
+    """The ConfigMap holding nfmesh.yaml (the dashboard has one of its own)."""
+    found = [d for d in docs if d["kind"] == "ConfigMap" and "nfmesh.yaml" in d.get("data", {})]
+    assert len(found) == 1, [d["metadata"]["name"] for d in found]
+    return found[0]
+
+
 def gateway_config_text(docs: list[dict]) -> str:
-    return one(docs, "ConfigMap")["data"]["nfmesh.yaml"]
+    return config_map(docs)["data"]["nfmesh.yaml"]
 
 
 def gateway_config(docs: list[dict]) -> dict:
@@ -131,7 +139,7 @@ def nfmesh_config_check(docs: list[dict], path: Path) -> tuple[int, str, str]:
     nfmesh.yaml written to ``path``: (exit status, stdout, stderr)."""
     from gateway.cli import main
 
-    path.write_text(one(docs, "ConfigMap")["data"]["nfmesh.yaml"])
+    path.write_text(gateway_config_text(docs))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main(["config", "check", str(path)])
@@ -254,11 +262,14 @@ def test_default_render(helm: str, k8s_versions: list[str], tmp_path: Path) -> N
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/etc/nfmesh/nfmesh.yaml"]["subPath"] == "nfmesh.yaml"
     assert "/tmp" in mounts  # the supervisor's socket folder on a read-only root
-    # probes on the metrics port of worker 0
+    # probes on the admin API's port (no Service for it)
     ports = {p["name"]: p for p in c["ports"]}
     assert ports["sbi"]["containerPort"] == 8080 and ports["metrics"]["containerPort"] == 9090
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert ports["admin"]["containerPort"] == 9901
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert not any(p.get("targetPort") == "admin" for s in docs if s["kind"] == "Service"
+                   for p in s["spec"]["ports"])
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
     # graceful drain covered by the grace period
     cfg = gateway_config(docs)
@@ -463,6 +474,11 @@ def test_metrics_off_probes_the_first_listener(helm: str, k8s_versions: list[str
     validate_manifests(docs, k8s_versions)
     config_check(docs, tmp_path)
     c = container(docs)
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    docs = render(helm, "--set", "metrics.enabled=false", "--set", "admin.enabled=false")
+    validate_manifests(docs, k8s_versions)
+    config_check(docs, tmp_path)
+    c = container(docs)
     assert c["livenessProbe"]["tcpSocket"] == {"port": "sbi"}
     assert not any(d["metadata"]["name"].endswith("-metrics") for d in docs)
 
@@ -637,9 +653,10 @@ def _http_get(port: int, path: str) -> tuple[int, bytes]:
                          ids=["1-worker-registry", "2-workers"])
 def test_rendered_pod_runs_answers_probes_and_drains(helm: str, tmp_path: Path, workers: int,
                                                      registry: bool) -> None:
-    sbi_port, metrics_port = _free_port(), _free_port()
+    sbi_port, metrics_port, admin_port = _free_port(), _free_port(), _free_port()
     values = {"listeners": [{"name": "sbi", "host": "0.0.0.0", "port": sbi_port}],
               "metrics": {"port": metrics_port}, "gateway": {"workers": workers},
+              "admin": {"port": admin_port},
               "registry": {"enabled": registry}}
     docs = render(helm, values=values, tmp_path=tmp_path)
     c = container(docs)

@@ -75,7 +75,7 @@ characters (IANA_SVC_NAME) that is not taken by the chart, else sbi-<index>.
 */}}
 {{- define "nfmesh.listenerPortName" -}}
 {{- $n := toString .listener.name -}}
-{{- if and (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $n) (regexMatch "[a-z]" $n) (le (len $n) 15) (not (regexMatch "^(metrics|n2)$" $n)) -}}
+{{- if and (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $n) (regexMatch "[a-z]" $n) (le (len $n) 15) (not (regexMatch "^(metrics|admin|n2)$" $n)) -}}
 {{- $n -}}
 {{- else -}}
 {{- printf "sbi-%d" (int .index) -}}
@@ -107,7 +107,7 @@ of the mounted Secret.
 {{/* nfmesh.yaml: every config section of the values, as they are. */}}
 {{- define "nfmesh.config" -}}
 {{- $cfg := dict -}}
-{{- range $section := list "gateway" "http2" "clusters" "routes" "scp" "registry" "ngap" "metrics" "logging" "authz" "oauth2" "upstream_tls" -}}
+{{- range $section := list "gateway" "http2" "clusters" "routes" "scp" "registry" "ngap" "metrics" "admin" "logging" "authz" "oauth2" "upstream_tls" -}}
 {{- if hasKey $.Values $section -}}
 {{- $_ := set $cfg $section (index $.Values $section) -}}
 {{- end -}}
@@ -135,6 +135,7 @@ process without capabilities can bind it (a "safe" sysctl since Kubernetes 1.22)
 {{- $ports := list -}}
 {{- range .Values.listeners -}}{{- $ports = append $ports (int (default 8080 .port)) -}}{{- end -}}
 {{- if .Values.metrics.enabled -}}{{- $ports = append $ports (int (default 9090 .Values.metrics.port)) -}}{{- end -}}
+{{- if and .Values.admin .Values.admin.enabled -}}{{- $ports = append $ports (int (default 9901 .Values.admin.port)) -}}{{- end -}}
 {{- if .Values.ngap.enabled -}}{{- $ports = append $ports (int (default 38412 .Values.ngap.port)) -}}{{- end -}}
 {{- $min := 1024 -}}
 {{- range $ports -}}{{- if lt . $min -}}{{- $min = . -}}{{- end -}}{{- end -}}
@@ -194,6 +195,17 @@ process without capabilities can bind it (a "safe" sysctl since Kubernetes 1.22)
 {{- if and $v.tls.verifyClients (not $v.tls.existingSecret) (not $v.tls.clientCa) -}}
 {{- fail "tls.verifyClients needs tls.clientCa (PEM) or an existingSecret holding ca.crt" -}}
 {{- end -}}
+{{- end -}}
+{{- if and $v.admin $v.admin.enabled -}}
+{{- if regexMatch "^(127\\.|::1$|localhost$)" (toString (default "127.0.0.1" $v.admin.host)) -}}
+{{- fail (printf "admin.host is %s: the kubelet's probes cannot reach a loopback address; use 0.0.0.0 or ::" (toString (default "127.0.0.1" $v.admin.host))) -}}
+{{- end -}}
+{{- if and (hasKey $v.admin "port") (eq (int $v.admin.port) 0) -}}
+{{- fail "admin.port 0 (any free port) cannot be probed" -}}
+{{- end -}}
+{{- end -}}
+{{- if and $v.prometheusRule $v.prometheusRule.enabled (not $v.metrics.enabled) -}}
+{{- fail "prometheusRule.enabled needs metrics.enabled (the alerts read the gateway's metrics)" -}}
 {{- end -}}
 {{- if $v.metrics.enabled -}}
 {{- if regexMatch "^(127\\.|::1$|localhost$)" (toString (default "127.0.0.1" $v.metrics.host)) -}}
