@@ -70,6 +70,10 @@ class N2Settings:
     gnb_id: int = 1  # the gateway's Global gNB ID toward the AMFs
     reconnect_max_s: float = 10.0
     ue_release_timeout_s: float = 10.0  # stuck UE contexts (release never completed) dropped
+    replica: int | None = None  # this replica's number (0..255: its UE id range); None: alone
+    replication_etcd: tuple[str, ...] = ()  # etcd endpoints sharing established UEs' records
+    replication_prefix: str = "/nfmesh/n2"
+    replication_ttl_s: int = 30  # a dead replica's records outlive it this long
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -82,6 +86,7 @@ def from_config(section: Any) -> N2Settings:
     """N2Settings from the config's ``ngap`` section (a msgspec struct, an object or a dict),
     reading fields by name; missing ones keep N2Settings' defaults."""
     d = N2Settings()
+    rep = _get(section, "replication", None) or {}
     pools = []
     for p in _get(section, "amf_pools", []) or []:
         eps = tuple(AmfEndpointSettings(tuple(_get(e, "addresses", ())), int(_get(e, "port", 38412)))
@@ -105,6 +110,10 @@ def from_config(section: Any) -> N2Settings:
         gnb_id=int(_get(section, "gnb_id", d.gnb_id)),
         ue_release_timeout_s=float(_get(section, "ue_release_timeout_s",
                                         d.ue_release_timeout_s)),
+        replica=None if _get(section, "replica") is None else int(_get(section, "replica")),
+        replication_etcd=tuple(_get(rep, "etcd", ()) or ()),
+        replication_prefix=str(_get(rep, "prefix", d.replication_prefix)),
+        replication_ttl_s=int(_get(rep, "ttl_s", d.replication_ttl_s)),
     )
 
 
@@ -164,7 +173,9 @@ class N2Service:
             pool_name=first.name if first else "nfmesh-amf-pool",
             relative_capacity=first.relative_capacity if first else None)
         self.router = NgapRouter(self.identity, Limits(
-            max_ues=settings.max_ues, ue_release_timeout_s=settings.ue_release_timeout_s))
+            max_ues=settings.max_ues, ue_release_timeout_s=settings.ue_release_timeout_s),
+            replica=settings.replica)
+        self.replication: Any = None  # gateway.n2_replica.EtcdUeReplica when configured
         self.params = SctpParams(
             out_streams=settings.streams, in_streams=settings.streams,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
@@ -186,6 +197,12 @@ class N2Service:
         ok, reason = sctp_available()
         if not ok:
             raise OSError(93, reason)
+        if self.settings.replication_etcd:
+            from gateway.n2_replica import EtcdUeReplica  # noqa: PLC0415 (grpc on demand)
+
+            self.replication = await EtcdUeReplica(
+                self.router, list(self.settings.replication_etcd),
+                self.settings.replication_prefix, ttl_s=self.settings.replication_ttl_s).start()
         self.listener = await listen(list(self.settings.listen), self.settings.port,
                                      self._accept, self.params)
         for pool in self.settings.amf_pools:
@@ -242,6 +259,8 @@ class N2Service:
             assoc.close()
         self.gnb_assocs.clear()
         self.amf_assocs.clear()
+        if self.replication is not None:
+            await self.replication.close()
 
     def snapshot(self) -> dict:
         snap = self.router.snapshot()

@@ -365,6 +365,13 @@ class NgapRouter:
                        (ue.amf.name, ue.amf_ue_id, ue.gw_ran_id, ue.gw_amf_id,
                         ue.gnb_stream, ue.amf_stream))
 
+    def established(self) -> list[tuple[str, UeRecord]]:
+        """(key, record) of every UE this replica publishes (to write them all again)."""
+        return [(f"{ue.gnb.global_id}/{ue.gnb_ran_id}",
+                 (ue.amf.name, ue.amf_ue_id, ue.gw_ran_id, ue.gw_amf_id, ue.gnb_stream,
+                  ue.amf_stream))
+                for ue in self._by_gw_ran.values() if ue.replicated and ue.amf is not None]
+
     def standby_update(self, key: str, record: UeRecord | None) -> None:
         """Another replica's UE record appeared (``record``) or went (None)."""
         gnb_id, _, ran = key.rpartition("/")
