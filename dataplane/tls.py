@@ -44,23 +44,86 @@ def _load_chain(ctx: ssl.SSLContext, cert_file: str, key_file: str | None) -> No
         raise TLSConfigError(f"cannot load certificate {cert_file} / key {key_file}: {exc}") from exc
 
 
+def _load_crl(ctx: ssl.SSLContext, crl_file: str | None) -> None:
+    """Check peer (leaf) certificates against the CRL(s) in ``crl_file`` (PEM)."""
+    if crl_file is None:
+        return
+    _check_file(crl_file, "CRL")
+    try:
+        ctx.load_verify_locations(cafile=crl_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSConfigError(f"cannot load CRL {crl_file}: {exc}") from exc
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
 def server_context(
     cert_file: str,
     key_file: str | None = None,
     ca_file: str | None = None,
     require_client_cert: bool = False,
     min_version: str = "1.2",
+    crl_file: str | None = None,
 ) -> ssl.SSLContext:
     """A listener context.  With ``ca_file`` client certificates are verified against it
-    (required when ``require_client_cert``, else optional: mTLS)."""
+    (required when ``require_client_cert``, else optional: mTLS), and against ``crl_file``
+    when given (a revoked client certificate fails the handshake)."""
     _check_file(ca_file, "CA bundle")
     ctx = _base(ssl.Purpose.CLIENT_AUTH, min_version, cafile=ca_file)
     _load_chain(ctx, cert_file, key_file)
     if ca_file is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+        _load_crl(ctx, crl_file)
     elif require_client_cert:
         raise TLSConfigError("require_client_cert needs a ca_file to verify client certificates")
     return ctx
+
+
+class ReloadableServerContext:
+    """A listener context whose files can change under it without dropping a connection.
+
+    ``context`` is what the listener is created with; ``reload()`` builds a new context from
+    the same files (``build()``) and, from then on, each new handshake switches to it in the
+    ClientHello callback (OpenSSL's servername callback runs with or without SNI), so new
+    handshakes present the new certificate and verify against the new CA bundle and CRL
+    while established connections go on untouched.  ``changed()`` compares the files'
+    stamps (mtime, inode, size: an atomic replace changes the inode).  A reload that fails
+    (half-written file, key not matching) raises and keeps the current context."""
+
+    def __init__(self, build, files) -> None:
+        self.build = build
+        self.files = [f for f in files if f]
+        self.context: ssl.SSLContext = build()
+        self.current = self.context
+        self.generation = 0
+        self._stamps = self._stat()
+        self.context.sni_callback = self._switch
+
+    def _stat(self) -> tuple:
+        out = []
+        for f in self.files:
+            try:
+                st = os.stat(f)
+                out.append((st.st_mtime_ns, st.st_ino, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def _switch(self, sslobj, server_name, ctx) -> None:
+        current = self.current
+        if current is not ctx:
+            sslobj.context = current
+        return None
+
+    def changed(self) -> bool:
+        return self._stat() != self._stamps
+
+    def reload(self) -> None:
+        stamps = self._stat()
+        ctx = self.build()
+        ctx.sni_callback = self._switch
+        self.current = ctx
+        self._stamps = stamps
+        self.generation += 1
 
 
 def client_context(
@@ -69,11 +132,14 @@ def client_context(
     key_file: str | None = None,
     verify: bool = True,
     min_version: str = "1.2",
+    crl_file: str | None = None,
 ) -> ssl.SSLContext:
     """An upstream context: server certificate checked against ``ca_file`` (or the system
-    store); ``cert_file``/``key_file`` present our client certificate (mTLS)."""
+    store) and ``crl_file`` when given; ``cert_file``/``key_file`` present our client
+    certificate (mTLS)."""
     _check_file(ca_file, "CA bundle")
     ctx = _base(ssl.Purpose.SERVER_AUTH, min_version, cafile=ca_file)
+    _load_crl(ctx, crl_file)
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

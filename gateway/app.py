@@ -136,6 +136,9 @@ class Gateway:
         sections that changed but only take effect after a restart."""
         import msgspec
 
+        from gateway.tls_reload import reload_now
+
+        reload_now(self)  # TLS certificates, keys, CA bundles and CRLs read again
         pending = [name for name in type(new).__struct_fields__
                    if name not in HOT_SECTIONS
                    and msgspec.to_builtins(getattr(new, name)) != msgspec.to_builtins(getattr(self.config, name))]
@@ -211,12 +214,10 @@ class Gateway:
             listeners = [_H2cListener("sbi", host, port)]
         for lst in listeners:
             ssl_ctx = None
-            if lst.protocol == "tls":
-                from dataplane.tls import server_context
+            if lst.protocol == "tls":  # files watched: rotation, CRL, revoked peers cut
+                from gateway.tls_reload import listener_context
 
-                tls = lst.tls
-                ssl_ctx = server_context(tls.cert, tls.key, ca_file=tls.client_ca,
-                                         require_client_cert=tls.require_client_cert)
+                ssl_ctx = listener_context(self, lst.tls, lst.name)
             server = await serve(lst.host, lst.port, lambda: self.proxy, self.backend, settings,
                                  ssl_context=ssl_ctx, reuse_port=self.reuse_port)
             self._servers.append(server)

@@ -82,6 +82,11 @@ class ListenerTls(msgspec.Struct, **_STRUCT):
     key: str
     client_ca: str | None = None  # set: client certificates are verified (mTLS)
     require_client_cert: bool = False
+    crl_file: str | None = None  # client certificates are checked against it (mesh-ca.crl)
+    # cert, key, client_ca and crl_file are watched: a change applies to new handshakes
+    # without dropping a connection, and a client certificate the CRL now revokes gets
+    # GOAWAY on its open connections, both within this many seconds (0: only on SIGHUP)
+    reload_interval_s: NonNegFloat = 1.0
 
 
 class Listener(msgspec.Struct, **_STRUCT):
@@ -145,6 +150,8 @@ class UpstreamTlsSection(msgspec.Struct, **_STRUCT):
     ca_file: str | None = None  # producers' CA bundle (the mesh CA); null: the system store
     cert: str | None = None  # the gateway's client certificate (mTLS toward producers)
     key: str | None = None
+    crl_file: str | None = None  # producers' certificates are checked against it
+    reload_interval_s: NonNegFloat = 1.0  # the files are watched (0: only on SIGHUP)
     check_producer_identity: bool = True  # model D: the certificate must be the chosen
     # instance's (urn:uuid SAN, else a DNS SAN = its FQDN), else the next producer is tried
 
@@ -744,8 +751,13 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
                 _check_key_matches(d, f"{p}.tls.key", cert, key)
             if tls.require_client_cert and tls.client_ca is None:
                 d.issue(f"{p}.tls.require_client_cert", "needs tls.client_ca to verify clients")
+            crl = tls.crl_file
+            if crl is not None:
+                if tls.client_ca is None:
+                    d.issue(f"{p}.tls.crl_file", "needs tls.client_ca (CRLs check client certificates)")
+                crl = _check_crl(d, f"{p}.tls.crl_file", crl, base_dir)
             tls = msgspec.structs.replace(tls, cert=cert or tls.cert, key=key or tls.key,
-                                          client_ca=ca or tls.client_ca)
+                                          client_ca=ca or tls.client_ca, crl_file=crl or tls.crl_file)
             lst = msgspec.structs.replace(lst, tls=tls)
         listeners.append(lst)
 
@@ -856,8 +868,30 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
             name: _check_file(d, f"upstream_tls.{name}", getattr(up, name), base_dir,
                               "key" if name == "key" else "cert")
             for name in ("ca_file", "cert", "key") if getattr(up, name) is not None})
+        if up.crl_file is not None:
+            up = msgspec.structs.replace(
+                up, crl_file=_check_crl(d, "upstream_tls.crl_file", up.crl_file, base_dir))
     return msgspec.structs.replace(cfg, listeners=listeners, registry=reg,
                                    oauth2=oauth2 or cfg.oauth2, upstream_tls=up)
+
+
+def _check_crl(d: _Decoder, path: str, value: str, base_dir: str) -> str:
+    """Resolve and check a PEM CRL file; the absolute path ('' when unusable)."""
+    full = _resolve(value, base_dir)
+    try:
+        with open(full, "rb") as fh:
+            data = fh.read(16 << 20)
+    except OSError as exc:
+        d.issue(path, f"file not readable: {full} ({exc.strerror})")
+        return ""
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_crl(data)
+    except ValueError:
+        d.issue(path, f"not a PEM CRL: {full}")
+        return ""
+    return full
 
 
 def _check_oauth2(cfg: Config, d: _Decoder, base_dir: str) -> OAuth2Section:
