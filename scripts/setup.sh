@@ -8,6 +8,9 @@
 # Without root, Debian packages are not installed: the script says what is missing and goes
 # on where it can (no compiler -> the pure-Python twins are used).
 set -euo pipefail
+# NFMESH_SKIP_SETUP=1: nothing to do, the tree is set up (tests/test_readme.py runs the README's
+# `bash scripts/demo.sh ...` inside the test suite that scripts/test.sh has just set up)
+[ "${NFMESH_SKIP_SETUP:-0}" = 1 ] && exit 0
 profile=${1:-demo}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
