@@ -90,6 +90,14 @@ def test_readme_is_short_and_shows_the_two_commands() -> None:
         assert claim not in text
 
 
+def test_readme_config_table_names_every_section() -> None:
+    from gateway.config import Config
+
+    rows = [line for line in README.read_text().splitlines() if line.startswith("| `")]
+    named = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert set(Config.__struct_fields__) <= named, set(Config.__struct_fields__) - named
+
+
 def test_every_readme_command_runs(tmp_path) -> None:
     ports = free_ports(["sbi", "metrics", "admin", "producer"])
     config_dir = str(config_copy(tmp_path, ports))
