@@ -206,6 +206,14 @@ class AmfPool(msgspec.Struct, **_STRUCT):
         default_factory=list)
 
 
+class NgapReplication(msgspec.Struct, **_STRUCT):
+    """Established UEs' records shared by the N2 proxy replicas (gateway/n2_replica.py)."""
+
+    etcd: list[str] = msgspec.field(default_factory=list)  # "host:port"; [] = not replicated
+    prefix: str = "/nfmesh/n2"
+    ttl_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 30  # a dead replica's records last
+
+
 class NgapSection(msgspec.Struct, **_STRUCT):
     enabled: bool = False
     listen: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
@@ -217,6 +225,9 @@ class NgapSection(msgspec.Struct, **_STRUCT):
     rto_min_ms: PosInt = 1000
     rto_max_ms: PosInt = 60000
     ue_release_timeout_s: PosFloat = 10.0  # a UE context whose release never completes
+    # this replica's number (its UE id range, 0..255); null: a single proxy
+    replica: Annotated[int, msgspec.Meta(ge=0, le=255)] | None = None
+    replication: NgapReplication = msgspec.field(default_factory=NgapReplication)
 
 
 class MetricsSection(msgspec.Struct, **_STRUCT):
@@ -836,6 +847,9 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
         d.issue("ngap.amf_pools", "at least one AMF pool needed when ngap is enabled")
     if ng.rto_min_ms > ng.rto_max_ms:
         d.issue("ngap.rto_min_ms", f"must be <= rto_max_ms ({ng.rto_max_ms})")
+    if ng.enabled and ng.replication.etcd and ng.replica is None:
+        d.issue("ngap.replica", "needed with ngap.replication.etcd (each replica its own "
+                "number, 0..255)")
 
     m = cfg.metrics
     if m.enabled and m.port and "listeners" not in failed:

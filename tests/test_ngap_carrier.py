@@ -328,3 +328,35 @@ def test_settings_carry_pool_tacs_and_the_release_timer() -> None:
         {"name": "set-a", "tacs": [1, 2], "endpoints": [{"addresses": ["10.0.0.1"]}]}]})
     assert s.ue_release_timeout_s == 3.0 and s.amf_pools[0].tacs == (1, 2)
     assert from_config({}).ue_release_timeout_s == 10.0
+
+
+def test_perf_ngap_says_plainly_when_kernel_sctp_is_missing(capsys) -> None:
+    import json
+
+    import pytest
+
+    from dataplane.sctp import sctp_available
+    from gateway.cli import main
+
+    if sctp_available()[0]:
+        pytest.skip("the kernel has SCTP (the VM runs the benchmark itself)")
+    assert main(["perf", "ngap", "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["available"] is False
+
+
+def test_config_replication_needs_a_replica_number() -> None:
+    import pytest
+
+    from gateway.config import ConfigError, parse_config
+    from gateway.n2 import from_config
+
+    pools = [{"name": "a", "tacs": [1], "endpoints": [{"addresses": ["10.0.0.1"]}]}]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"ngap": {"enabled": True, "amf_pools": pools,
+                               "replication": {"etcd": ["127.0.0.1:2379"]}}})
+    assert "ngap.replica" in str(info.value)
+    cfg = parse_config({"ngap": {"enabled": True, "amf_pools": pools, "replica": 3,
+                                 "replication": {"etcd": ["127.0.0.1:2379"], "ttl_s": 20}}})
+    s = from_config(cfg.ngap)
+    assert (s.replica, s.replication_etcd, s.replication_ttl_s) == (3, ("127.0.0.1:2379",), 20)
+    assert s.amf_pools[0].tacs == (1,)
