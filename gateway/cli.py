@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=_positive_float, default=200.0, metavar="RPS",
                       help="requests per second the emulated consumers send (default 200)")
     demo.add_argument("--backend", choices=["auto", "nghttp2", "h2"], default="auto")
+    demo.add_argument("--secure", action="store_true",
+                      help="mTLS on every hop (mesh CA) and an OAuth2 access token on every request")
+    demo.add_argument("--rotate-every", type=_positive_float, metavar="S", default=None,
+                      help="with --secure: renew every certificate (and the token key) every S s")
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_cmd", metavar="ACTION")
@@ -157,7 +161,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from perf.demo import run_demo
 
-    return run_demo(duration=args.duration, as_json=args.json, rate=args.rate, backend=args.backend)
+    if args.rotate_every is not None and not args.secure:
+        print("nfmesh demo: --rotate-every needs --secure", file=sys.stderr)
+        return 2
+    return run_demo(duration=args.duration, as_json=args.json, rate=args.rate, backend=args.backend,
+                    secure=args.secure, rotate_every=args.rotate_every)
 
 
 def cmd_perf(args: argparse.Namespace) -> int:

@@ -185,6 +185,7 @@ class TokenVerifier:
         self.clock = clock
         self._cache: dict[bytes, Claims | TokenError] = {}
         self.verified = 0  # full signature checks done
+        self.rejections = 0  # requests refused by the routers using this verifier
 
     def claims(self, token: bytes) -> Claims:
         """The claims of a valid token (exp/nbf checked now); TokenError otherwise."""
@@ -298,6 +299,7 @@ class BearerTokenRouter:
 
     def _deny(self, exc: TokenError, service: str | None) -> LocalResponse:
         self.rejections += 1
+        self.verifier.rejections += 1
         www = f'Bearer realm="{self.realm}"'
         if exc.error:
             desc = exc.detail.replace('"', "'").replace("\\", "/")

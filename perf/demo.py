@@ -252,16 +252,28 @@ def _demo_config(backend: str) -> Any:
     })
 
 
-async def _run(duration: float | None, as_json: bool, rate: float, backend: str) -> dict:
+async def _run(duration: float | None, as_json: bool, rate: float, backend: str,
+               secure: bool = False, rotate_every: float | None = None) -> dict:
     from dataplane.client import H2Client
     from gateway.app import Gateway
 
-    gw = Gateway(_demo_config(backend))
+    sec = None
+    if secure:  # mTLS on every hop, a token on every request (perf/secure_demo.py)
+        from perf.secure_demo import SecureMesh, TokenClient
+
+        sec = SecureMesh(rotate_every)
+    gw = Gateway(sec.config(backend) if sec else _demo_config(backend))
     await gw.start()
-    gw_root = f"http://127.0.0.1:{gw.ports['sbi']}"
+    gw_root = f"{'https' if sec else 'http'}://127.0.0.1:{gw.ports['sbi']}"
     nfs = [EmulatedNF("AUSF", backend=backend), EmulatedNF("UDM", backend=backend),
            EmulatedNF("UDM", backend=backend), EmulatedNF("SMF", backend=backend)]
-    client = H2Client(backend)
+    client = H2Client(backend, ssl_context=sec.client_context() if sec else None)
+    rotation = None
+    if sec:
+        sec.gw = gw
+        for nf in nfs:
+            sec.secure_nf(nf)
+        client = sec.client = TokenClient(client, backend, gw_root, sec.consumer_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -282,6 +294,13 @@ async def _run(duration: float | None, as_json: bool, rate: float, backend: str)
             await nf.start()
             await _register(client, gw_root, nf)
         counts["registered_nfs"] = len(nfs)
+        if sec:  # the consumer registers too: the NRF checks a token requester's profile
+            r = await client.request(
+                "PUT", f"{gw_root}/nnrf-nfm/v1/nf-instances/{sec.consumer_id}",
+                headers=[("content-type", "application/json"), ("user-agent", "AMF-demo-1")],
+                body=json.dumps(sec.consumer_profile()).encode())
+            if r.status not in (200, 201):
+                raise RuntimeError(f"consumer registration failed: {r.status} {r.body[:200]!r}")
         await _snapshot_caught_up(gw)
         udm_root = await _discover_udm(client, gw_root)
         hb = asyncio.create_task(_heartbeats(client, gw_root, nfs, 2.0, counts))
@@ -291,6 +310,8 @@ async def _run(duration: float | None, as_json: bool, rate: float, backend: str)
         if run_n2_demo is not None:
             n2_task = asyncio.create_task(run_n2_demo(duration or 3600.0, gnbs=2, ues=20))
         consumer = asyncio.create_task(_consumer(client, gw_root, udm_root, rate, deadline, pairs, stop))
+        if sec and sec.rotate_every:
+            rotation = asyncio.create_task(sec.rotate_loop())
         while not consumer.done():
             await asyncio.wait({consumer}, timeout=1.0)
             gw_total = gw.stats.total
@@ -302,6 +323,8 @@ async def _run(duration: float | None, as_json: bool, rate: float, backend: str)
         view.close()
         if hb:
             hb.cancel()
+        if rotation is not None:
+            rotation.cancel()
         n2 = {"available": False, "reason": "N2 demo not built", "ngap_messages": 0, "ngap_errors": 0}
         if n2_task is not None:
             if not n2_task.done():
@@ -325,7 +348,11 @@ async def _run(duration: float | None, as_json: bool, rate: float, backend: str)
     elapsed = time.perf_counter() - started
     requests = sum(s.requests for s in pairs.values())
     errors = sum(s.errors for s in pairs.values())
+    secure_summary = sec.summary() if sec else {}
+    if sec:
+        sec.cleanup()
     return {
+        **secure_summary,
         "requests": requests,
         "errors": errors,
         "p50_ms": round(total.get_value_at_percentile(50) / 1000, 3),
@@ -350,12 +377,13 @@ async def _run(duration: float | None, as_json: bool, rate: float, backend: str)
     }
 
 
-def run_demo(duration: float | None, as_json: bool, rate: float = 200.0, backend: str = "auto") -> int:
+def run_demo(duration: float | None, as_json: bool, rate: float = 200.0, backend: str = "auto",
+             secure: bool = False, rotate_every: float | None = None) -> int:
     """Entry point of ``nfmesh demo``; returns the exit status (1 when any request failed)."""
     import uvloop
 
     random.seed(5)
-    summary = uvloop.run(_run(duration, as_json, rate, backend))
+    summary = uvloop.run(_run(duration, as_json, rate, backend, secure, rotate_every))
     if as_json:
         print(json.dumps(summary))
     else:
@@ -363,6 +391,10 @@ def run_demo(duration: float | None, as_json: bool, rate: float = 200.0, backend
               f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms "
               f"({summary['rps']} req/s over {summary['duration_s']} s, backend {summary['http2_backend']})")
         print("producers: " + ", ".join(f"{k} {v}" for k, v in summary["producers"].items()))
+        if summary.get("tls"):
+            print(f"secure: mTLS on every hop, {summary['tokens_issued']} tokens issued, "
+                  f"{summary['requests_with_token']} requests with a token, "
+                  f"{summary['token_rejections']} rejected, {summary['rotations']} rotations")
         print(f"N2: {summary['ngap_messages']} NGAP messages, {summary['ngap_errors']} errors"
               + (f" ({summary['ngap_note']})" if summary.get("ngap_note") else ""))
         for name, p in summary["pairs"].items():

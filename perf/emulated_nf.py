@@ -220,10 +220,16 @@ class EmulatedNF:
         self.instance_id = instance_id or str(uuid.uuid4())
         self.handler: EmulatedNFHandler | None = None
         self._server: asyncio.AbstractServer | None = None
+        self.ssl_context = None  # set before start(): serve TLS (ALPN h2), profile scheme https
+        self.tls = None  # the demo's ReloadableServerContext behind ssl_context, when rotating
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
 
     @property
     def api_root(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -231,7 +237,8 @@ class EmulatedNF:
         # the port is known only after bind; the handler reads api_root lazily
         self.handler = EmulatedNFHandler(self.nf_type, "", self.instance_id)
         self._server = await loop.create_server(
-            lambda: self.backend.ServerConnection(self.handler, settings), self.host, self.port
+            lambda: self.backend.ServerConnection(self.handler, settings), self.host, self.port,
+            ssl=self.ssl_context,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.handler.api_root = self.api_root
@@ -244,7 +251,7 @@ class EmulatedNF:
                 "serviceInstanceId": f"{name}-1",
                 "serviceName": name,
                 "versions": [{"apiVersionInUri": ver, "apiFullVersion": f"{ver[1:]}.0.0"}],
-                "scheme": "http",
+                "scheme": self.scheme,
                 "nfServiceStatus": "REGISTERED",
                 "ipEndPoints": [{"ipv4Address": self.host, "port": self.port}],
                 "allowedNfTypes": ["AMF", "SMF", "AUSF", "UDM", "PCF", "NEF", "SCP"],
