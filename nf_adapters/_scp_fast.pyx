@@ -4,8 +4,8 @@
 ``ScpRouter`` here subclasses the pure one (the reference, and the fallback when this module
 is not built) and puts a fast case in front of ``route`` and ``try_route``.  The fast case is
 a request whose ``3gpp-Sbi-Target-apiRoot`` was parsed before (the router's target cache),
-that carries no ``via``, ``3gpp-Sbi-Max-Forward-Hops``, ``3gpp-Sbi-Max-Rsp-Time`` or
-``3gpp-Sbi-Message-Priority``, has a
+that carries no ``via``, ``3gpp-Sbi-Max-Forward-Hops``, ``3gpp-Sbi-Max-Rsp-Time``,
+``3gpp-Sbi-Message-Priority`` or header the pure class checks (``header_problem``), has a
 ``:path`` and goes to an apiRoot without a prefix: the answer is a ``Forward`` to the cached
 endpoint with the headers rewritten by ``_sbi_fast`` (cimported: called at C level) and the
 default hop count, built without a Python frame.  Every other request (first sight of a
@@ -30,6 +30,8 @@ cdef type _ForwardType = Forward
 cdef frozenset _IDEMPOTENT = _pure.IDEMPOTENT_METHODS
 cdef str _MODEL_C = _pure.MODEL_C_CLUSTER
 cdef object _consumer_key = _pure.consumer_key
+cdef frozenset _CHECKED = frozenset(_pure.sh.CHECKED_REQUEST_HEADERS)
+cdef frozenset _CHECKED_LENGTHS = _pure.sh.CHECKED_REQUEST_HEADER_LENGTHS
 # read now: once this module is imported, ``scp_router.ScpRouter`` names the class below
 _Pure = _pure.ScpRouter
 
@@ -57,6 +59,12 @@ cdef class _ScpCore:
         """The Forward for the fast case, else None (the pure path decides)."""
         target = scan[4]
         if target is not None and self._model_c:
+            # a header the pure path checks (Routing-Binding, Target-Nf-Id,
+            # Originating-Network-Id): that path decides; names are told apart by length first
+            for pair in headers:
+                name = (<tuple>pair)[0]
+                if len(<bytes>name) in _CHECKED_LENGTHS and name in _CHECKED:
+                    return None
             # a Target-apiRoot object seen lately (the decoder's cached field, one per client
             # connection), remembered with its entry: the same answer as the cache (an entry
             # never changes; one dropped by the cache's size bound would be parsed back the same)

@@ -63,6 +63,11 @@ DISCOVERY_HEADER_PREFIX = b"3gpp-sbi-discovery-"
 
 _SD_RE = re.compile(r"^[A-Fa-f0-9]{6}$")
 _TAC_RE = re.compile(r"^([A-Fa-f0-9]{4}|[A-Fa-f0-9]{6})$")
+# TS 29.571: Mcc, Mnc, Nid, AmfId patterns (ASCII digits only)
+_MCC_RE = re.compile(r"[0-9]{3}")
+_MNC_RE = re.compile(r"[0-9]{2,3}")
+_NID_RE = re.compile(r"[A-Fa-f0-9]{11}")
+_AMF_ID_RE = re.compile(r"[A-Fa-f0-9]{6}")
 _ASCII_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also takes "²" or "٣", which int() refuses
 _BIG = 1 << 62  # an integer without a schema maximum: longer values are clamped to this
 
@@ -163,7 +168,9 @@ def parse_discovery_headers(
         head = ua.split("-", 1)[0].strip().upper()
         if head in NF_TYPES:
             multi["requester-nf-type"] = [head]
-    return _build(multi, require_requester=False)
+    query = _build(multi, require_requester=False)
+    _guami(multi)  # model D's headers only: the NRF API accepts the parameters it ignores
+    return query
 
 
 def _one(multi: dict[str, list[str]], name: str) -> str | None:
@@ -177,11 +184,15 @@ def _one(multi: dict[str, list[str]], name: str) -> str | None:
 
 
 def _csv(multi: dict[str, list[str]], name: str) -> tuple[str, ...]:
+    """A form-style array (TS 29.510: minItems 1): comma-separated, no empty item."""
     out: list[str] = []
     for raw in multi.get(name, ()):
         if len(raw) > MAX_PARAM_LEN:
             raise DiscoveryError(name, "value too long")
-        out.extend(p.strip() for p in raw.split(",") if p.strip())
+        items = [p.strip() for p in raw.split(",")]
+        if not all(items):
+            raise DiscoveryError(name, "empty item (an array of at least one name)")
+        out.extend(items)
     if len(out) > MAX_LIST_ITEMS:
         raise DiscoveryError(name, f"more than {MAX_LIST_ITEMS} items")
     return tuple(dict.fromkeys(out))
@@ -230,9 +241,7 @@ def _snssais(multi: dict[str, list[str]], name: str) -> tuple[Snssai, ...]:
     arr = _json(multi, name)
     if arr is None:
         return ()
-    if isinstance(arr, dict):  # some clients send one object
-        arr = [arr]
-    if not isinstance(arr, list) or not arr:
+    if not isinstance(arr, list) or not arr:  # TS 29.510: array of Snssai, minItems 1
         raise DiscoveryError(name, "must be a non-empty JSON array of Snssai")
     if len(arr) > MAX_LIST_ITEMS:
         raise DiscoveryError(name, f"more than {MAX_LIST_ITEMS} items")
@@ -245,12 +254,34 @@ def _plmns(multi: dict[str, list[str]], name: str) -> tuple[tuple[str, str], ...
         return ()
     if not isinstance(arr, list) or not arr or len(arr) > MAX_LIST_ITEMS:
         raise DiscoveryError(name, f"must be a JSON array of 1..{MAX_LIST_ITEMS} PlmnId")
-    out = []
-    for p in arr:
-        if not isinstance(p, dict) or not isinstance(p.get("mcc"), str) or not isinstance(p.get("mnc"), str):
-            raise DiscoveryError(name, "each PlmnId needs mcc and mnc strings")
-        out.append((p["mcc"], p["mnc"]))
-    return tuple(out)
+    return tuple(_plmn_id(p, name) for p in arr)
+
+
+def _plmn_id(p: object, name: str, nid: bool = False) -> tuple[str, str]:
+    """A TS 29.571 PlmnId (PlmnIdNid when ``nid``): mcc 3 digits, mnc 2-3 digits."""
+    if not isinstance(p, dict):
+        raise DiscoveryError(name, "PlmnId must be an object {mcc, mnc}")
+    mcc, mnc = p.get("mcc"), p.get("mnc")
+    if not isinstance(mcc, str) or not _MCC_RE.fullmatch(mcc):
+        raise DiscoveryError(name, "PlmnId mcc must be 3 digits")
+    if not isinstance(mnc, str) or not _MNC_RE.fullmatch(mnc):
+        raise DiscoveryError(name, "PlmnId mnc must be 2 or 3 digits")
+    if nid and "nid" in p and not (isinstance(p["nid"], str) and _NID_RE.fullmatch(p["nid"])):
+        raise DiscoveryError(name, "PlmnIdNid nid must be 11 hex digits")
+    return mcc, mnc
+
+
+def _guami(multi: dict[str, list[str]]) -> None:
+    """TS 29.571 Guami: {plmnId: PlmnIdNid, amfId: 6 hex digits} (checked, not filtered on)."""
+    obj = _json(multi, "guami")
+    if obj is None:
+        return
+    if not isinstance(obj, dict):
+        raise DiscoveryError("guami", "must be a JSON object {plmnId, amfId}")
+    _plmn_id(obj.get("plmnId"), "guami", nid=True)
+    amf_id = obj.get("amfId")
+    if not isinstance(amf_id, str) or not _AMF_ID_RE.fullmatch(amf_id):
+        raise DiscoveryError("guami", "amfId must be 6 hex digits")
 
 
 def _tai(multi: dict[str, list[str]]) -> Tai | None:
@@ -263,9 +294,7 @@ def _tai(multi: dict[str, list[str]]) -> Tai | None:
     tac = obj.get("tac")
     if not isinstance(plmn, dict) or not isinstance(tac, str) or not _TAC_RE.match(tac):
         raise DiscoveryError("tai", "needs plmnId {mcc, mnc} and tac (4 or 6 hex digits)")
-    mcc, mnc = plmn.get("mcc"), plmn.get("mnc")
-    if not isinstance(mcc, str) or not isinstance(mnc, str):
-        raise DiscoveryError("tai", "plmnId needs mcc and mnc strings")
+    mcc, mnc = _plmn_id(plmn, "tai", nid=True)
     return Tai(mcc, mnc, tac.lower())
 
 

@@ -337,7 +337,7 @@ class ModelDRouter:
         method = path = b""
         disc: list[tuple[bytes, bytes]] = []
         binding = rsp_time = sender_ts = prio_raw = ua_raw = None
-        has_target = False
+        has_target = checked = False
         ua = b""
         for k, v in headers:
             if k.startswith(DISCOVERY_HEADER_PREFIX):
@@ -354,6 +354,9 @@ class ModelDRouter:
                 return None
             elif k == b"3gpp-sbi-routing-binding":
                 binding = v
+                checked = True
+            elif k in sh.CHECKED_REQUEST_HEADERS:
+                checked = True
             elif k == b"user-agent":
                 ua = v.split(b"-", 1)[0]
                 ua_raw = v
@@ -365,6 +368,11 @@ class ModelDRouter:
                 sender_ts = v
         if not has_target:
             return None
+        if checked:
+            err = sh.first_invalid_header(headers)
+            if err is not None:  # never forwarded (TS 29.500 ABNF)
+                return problem(400, "OPTIONAL_IE_INCORRECT",
+                               f"invalid {err.header}: {err.reason}", [(err.header, err.reason)])
         timeout = self.timeout
         if rsp_time is not None:
             budget = self._deadline(rsp_time, sender_ts)

@@ -15,7 +15,7 @@ import datetime as dt
 import ipaddress
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import format_datetime, parsedate_to_datetime
 from urllib.parse import quote, unquote
@@ -881,3 +881,68 @@ def format_discovery_value(param: str, value: object) -> bytes:
     else:
         text = str(value)
     return quote(text, safe="-._~:@!$'()*").encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3gpp-Sbi-Originating-Network-Id
+
+_ORIG_NETWORK_RE = re.compile(
+    r"([0-9]{3})-([0-9]{2,3})(?:-([0-9A-Fa-f]{11}))?"
+    r"(?:;[ \t]*src:[ \t]+(SCP|SEPP)-([A-Za-z0-9.\-]{4,}))?")
+
+
+@dataclass(frozen=True, slots=True)
+class OriginatingNetworkId:
+    mcc: str
+    mnc: str
+    nid: str | None = None
+    src_type: str | None = None  # "SCP" / "SEPP"
+    src_fqdn: str | None = None
+
+
+def parse_originating_network_id(value: bytes | str) -> OriginatingNetworkId:
+    """``<mcc>-<mnc>[-<nid: 11 hex>][; src: SCP|SEPP-<fqdn>]`` (TS 29.500 ABNF)."""
+    header = "3gpp-Sbi-Originating-Network-Id"
+    m = _ORIG_NETWORK_RE.fullmatch(_text(header, value))
+    if m is None:
+        raise SbiHeaderError(header, "must be <mcc 3 digits>-<mnc 2-3 digits>[-<nid 11 hex>]"
+                                     "[; src: SCP-<fqdn>|SEPP-<fqdn>]")
+    return OriginatingNetworkId(*m.groups())
+
+
+# ---------------------------------------------------------------------------------------------
+# request headers the routers check before forwarding
+
+# the optional 3gpp-Sbi headers nfmesh interprets or forwards whose value it checks against
+# the ABNF before routing a request (the overload ones are checked where they are read)
+CHECKED_REQUEST_HEADERS: dict[bytes, Callable[[bytes], object]] = {
+    b"3gpp-sbi-routing-binding": parse_routing_binding,
+    b"3gpp-sbi-target-nf-id": parse_target_nf_id,
+    b"3gpp-sbi-originating-network-id": parse_originating_network_id,
+}
+CHECKED_REQUEST_HEADER_LENGTHS = frozenset(len(n) for n in CHECKED_REQUEST_HEADERS)
+
+
+def first_invalid_header(headers: Iterable[tuple[bytes, bytes]]) -> SbiHeaderError | None:
+    """The error of the first ``CHECKED_REQUEST_HEADERS`` field that breaks its ABNF (a
+    repeated one counts as invalid: each is a single-valued header), else None."""
+    seen: set[bytes] = set()
+    for name, value in headers:
+        parse = CHECKED_REQUEST_HEADERS.get(name)
+        if parse is None:
+            continue
+        if name in seen:
+            return SbiHeaderError(_HEADER_CASE.get(name, name.decode()), "header repeated")
+        seen.add(name)
+        try:
+            parse(value)
+        except SbiHeaderError as exc:
+            return exc
+    return None
+
+
+_HEADER_CASE = {
+    b"3gpp-sbi-routing-binding": "3gpp-Sbi-Routing-Binding",
+    b"3gpp-sbi-target-nf-id": "3gpp-Sbi-Target-Nf-Id",
+    b"3gpp-sbi-originating-network-id": "3gpp-Sbi-Originating-Network-Id",
+}

@@ -16,6 +16,11 @@
 4. Otherwise the request is "not mine": ``try_route`` returns None, ``route`` asks the
    ``fallback`` router (model D, NRF API) or answers 404.
 
+Checked headers: ``3gpp-Sbi-Routing-Binding``, ``-Target-Nf-Id`` and ``-Originating-Network-Id``
+are checked against their TS 29.500 ABNF before a request is forwarded (model C and static
+routes; model D does the same): an invalid or repeated one gets 400 ``OPTIONAL_IE_INCORRECT``
+naming it in ``invalidParams`` (``header_problem``).
+
 Deadlines: ``3gpp-Sbi-Max-Rsp-Time`` (with ``3gpp-Sbi-Sender-Timestamp`` when present, TS 29.500
 §6.11) sets ``Forward.timeout``; a request already past its deadline gets 504
 ``TIMED_OUT_REQUEST``.  ``Forward.retryable`` is True for idempotent methods.
@@ -381,6 +386,9 @@ class ScpRouter:
         route = self.table.match(authority, path)
         if route is None:
             return None
+        bad = header_problem(headers)
+        if bad is not None:
+            return bad
         if hops_raw is None and via is None:
             hops = o.max_forward_hops - 1
         else:
@@ -450,6 +458,9 @@ class ScpRouter:
                     self._targets.clear()
                 self._targets[target] = target_info
         root, ep, scheme_b, authority_b = target_info
+        bad = header_problem(headers)
+        if bad is not None:
+            return bad
         if hops_raw is None and via is None:
             hops = o.max_forward_hops - 1
         else:
@@ -543,6 +554,17 @@ class ScpRouter:
 
 
 _SENT_AT: dict[bytes, float] = {}  # 3gpp-Sbi-Sender-Timestamp values parsed lately
+
+
+def header_problem(headers: Headers) -> LocalResponse | None:
+    """400 ``OPTIONAL_IE_INCORRECT`` naming the first ``sh.CHECKED_REQUEST_HEADERS`` field
+    (Routing-Binding, Target-Nf-Id, Originating-Network-Id) that breaks its TS 29.500 ABNF;
+    None when they are absent or valid.  Such a request is never forwarded."""
+    err = sh.first_invalid_header(headers)
+    if err is None:
+        return None
+    return problem(400, "OPTIONAL_IE_INCORRECT", f"invalid {err.header}: {err.reason}",
+                   [(err.header, err.reason)])
 
 
 def not_found(headers: Headers) -> LocalResponse:
