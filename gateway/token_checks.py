@@ -10,12 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from dataplane.routing import Router
+from gateway.identity import peer_identity
+
+_MISSING = object()
 
 
 def _identity(peer_info: dict) -> str | None:
-    from gateway.identity import peer_identity
-
-    ident = peer_identity(peer_info)
+    """The caller's NF instance id (``gateway.identity``, cached per connection)."""
+    ident = peer_info.get("nf_identity", _MISSING)  # peer_identity's per-connection cache
+    if ident is _MISSING:
+        ident = peer_identity(peer_info)
     return ident.instance_id if ident is not None else None
 
 

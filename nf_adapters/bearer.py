@@ -74,7 +74,7 @@ class TokenError(Exception):
 class Claims:
     """What the gateway keeps of a verified token."""
 
-    __slots__ = ("sub", "exp", "nbf", "scopes", "aud_type", "aud_ids", "iss")
+    __slots__ = ("sub", "exp", "nbf", "scopes", "aud_type", "aud_ids", "iss", "per_service")
 
     def __init__(self, payload: dict) -> None:
         self.sub = str(payload["sub"]).lower()
@@ -85,6 +85,25 @@ class Claims:
         aud = payload["aud"]
         self.aud_type = aud if isinstance(aud, str) else None
         self.aud_ids = frozenset(str(a).lower() for a in aud) if isinstance(aud, list) else frozenset()
+        # service -> None (scope and audience type fit) or the TokenError: decided once
+        self.per_service: dict[str | None, TokenError | None] = {}
+
+    def for_service(self, service: str | None) -> TokenError | None:
+        """Whether the token's scope and audience type cover ``service`` (memoised)."""
+        try:
+            return self.per_service[service]
+        except KeyError:
+            pass
+        err = None
+        if service not in self.scopes:
+            err = TokenError(f"the token's scope does not include {service}", 403,
+                             "insufficient_scope")
+        elif self.aud_type is not None and self.aud_type != nf_type_of_service(service):
+            err = TokenError(f"the token's audience {self.aud_type} is not the producer "
+                             f"of {service}")
+        if len(self.per_service) < 64:
+            self.per_service[service] = err
+        return err
 
 
 class KeySet:
@@ -236,6 +255,25 @@ class TokenVerifier:
         return claims
 
 
+_SERVICE_CACHE: dict[bytes, str] = {}
+
+
+def _service(path: bytes) -> str | None:
+    """``service_of(path)``, memoised on the path's first two segments (``/nudm-sdm/v2/``)
+    when they name the service: the regex then runs once per service, not per request."""
+    end = path.find(b"/", path.find(b"/", 1) + 1) + 1
+    if end > 0:
+        hit = _SERVICE_CACHE.get(path[:end])
+        if hit is not None:
+            return hit
+        service = service_of(path[:end])
+        if service is not None:  # the first segment is the service: the same for the path
+            if len(_SERVICE_CACHE) < 4096:
+                _SERVICE_CACHE[path[:end]] = service
+            return service
+    return service_of(path)
+
+
 def _bearer(headers: Headers) -> bytes | None:
     for k, v in headers:
         if k == b"authorization":
@@ -314,28 +352,29 @@ class BearerTokenRouter:
         """(service, claims) when the request may go on (claims None: no token needed), else
         the refusal."""
         path = b""
-        for k, v in headers:
+        auth = None
+        for k, v in headers:  # one pass: :path first (pseudo-headers), authorization later
             if k == b":path":
                 path = v
-                break
-        service = service_of(path)
+            elif k == b"authorization":
+                auth = v
+        service = _service(path)
         if not self.policy.required(service):
             return service, None
-        auth = _bearer(headers)
         try:
             if auth is None:
                 raise TokenError("an access token is required", 401, "")
-            scheme, _, token = auth.partition(b" ")
-            token = token.strip()
-            if scheme.lower() != b"bearer" or not token:
-                raise TokenError("Authorization must be Bearer <token>", 401, "invalid_request")
+            if auth[:7] == b"Bearer ":
+                token = auth[7:]
+            else:
+                scheme, _, token = auth.partition(b" ")
+                token = token.strip()
+                if scheme.lower() != b"bearer" or not token:
+                    raise TokenError("Authorization must be Bearer <token>", 401, "invalid_request")
             claims = self.verifier.claims(token)
-            if service not in claims.scopes:
-                raise TokenError(f"the token's scope does not include {service}", 403,
-                                 "insufficient_scope")
-            if claims.aud_type is not None and claims.aud_type != nf_type_of_service(service):
-                raise TokenError(f"the token's audience {claims.aud_type} is not the producer "
-                                 f"of {service}")
+            err = claims.for_service(service)
+            if err is not None:
+                raise err
             me = self.identity_of(peer)
             if me is None or me != claims.sub:
                 raise TokenError("the token was issued to another NF than the caller's mTLS "
