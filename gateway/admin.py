@@ -19,6 +19,10 @@ path               method  answer
 /reload            POST    read and validate the config file again and apply it (as SIGHUP)
 =================  ======  =====================================================================
 
+``/drain`` and ``/reload`` change the gateway: they are answered only to loopback peers (and on
+the workers' Unix sockets), 403 otherwise.  In a pod that is ``kubectl exec ... nfmesh ctl``
+or ``kubectl port-forward``, while the kubelet's probes reach the read-only paths.
+
 Field names are stable (scripts read them); new fields may be added, none renamed.  Every
 answer is one JSON object except ``/metrics``.
 
@@ -160,8 +164,13 @@ class AdminHttp:
                 await asyncio.wait_for(reader.readexactly(length), 5)  # no handler reads a body
             parts = line.decode("latin-1").split()
             method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("GET", "")
+            path = path.split("?", 1)[0]
             try:
-                status, body = await self.handler(method.upper(), path.split("?", 1)[0])
+                if path in POST_PATHS and not _local_peer(writer.get_extra_info("peername")):
+                    status, body = 403, {"error": f"{path} is answered to loopback peers only "
+                                                  "(kubectl exec, kubectl port-forward)"}
+                else:
+                    status, body = await self.handler(method.upper(), path)
             except Exception as exc:  # noqa: BLE001 - an admin bug must not kill the connection
                 log.exception("admin %s %s failed", method, path)
                 status, body = 500, {"error": f"{type(exc).__name__}: {exc}"}
@@ -171,7 +180,7 @@ class AdminHttp:
             else:
                 ctype = "application/json"
                 data = json.dumps(body, default=str, separators=(",", ":")).encode() + b"\n"
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
+            reason = {200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
                       409: "Conflict", 500: "Internal Server Error",
                       503: "Service Unavailable"}.get(status, "OK")
             writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
@@ -183,6 +192,18 @@ class AdminHttp:
             pass
         finally:
             writer.close()
+
+
+def _local_peer(peer: Any) -> bool:
+    """A Unix-socket peer (no address) or a loopback address."""
+    if not peer or not isinstance(peer, tuple):
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(str(peer[0]).split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 GET_PATHS = ("/healthz", "/readyz", "/status", "/config", "/routes", "/clusters",

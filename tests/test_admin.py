@@ -207,3 +207,48 @@ def test_admin_api_with_two_workers(tmp_path) -> None:
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_changes_only_from_loopback() -> None:
+    from gateway.admin import _local_peer
+
+    assert _local_peer(("127.0.0.1", 5000)) and _local_peer(("::1", 5000, 0, 0))
+    assert _local_peer("") and _local_peer(None)  # a worker's Unix socket
+    assert not _local_peer(("10.1.2.3", 5000)) and not _local_peer(("fe80::1%eth0", 1, 0, 2))
+
+
+async def test_drain_refused_to_a_remote_peer() -> None:
+    from gateway.admin import AdminHttp
+
+    calls = []
+
+    async def handler(method: str, path: str):
+        calls.append(path)
+        return 200, {}
+
+    http = AdminHttp(handler)
+
+    class _Writer:
+        def __init__(self, peer):
+            self.peer, self.data = peer, b""
+
+        def get_extra_info(self, name):
+            return self.peer
+
+        def write(self, b):
+            self.data += b
+
+        async def drain(self):
+            pass
+
+        def close(self):
+            pass
+
+    for peer, want in ((("10.0.0.9", 1), b"403"), (("127.0.0.1", 1), b"200")):
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"POST /drain HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        reader.feed_eof()
+        w = _Writer(peer)
+        await http._serve(reader, w)
+        assert w.data.split(b" ")[1] == want
+    assert calls == ["/drain"]
