@@ -126,9 +126,9 @@ class Gateway:
 
             policy = NfTypePolicy(authz.services, default_allow=authz.default == "allow")
             router = NfTypeAuthzRouter(router, policy, peer_nf_types)
-        from gateway.token_checks import wrap  # oauth2.verify: Bearer token checks
+        from gateway import cert_renewal, token_checks  # mesh_ca.csr_api, oauth2.verify
 
-        self.router_slot.current = wrap(self, router)
+        self.router_slot.current = cert_renewal.wrap(self, token_checks.wrap(self, router))
 
     def reload(self, new: Any) -> list[str]:
         """Apply a new, already validated config: static routes, clusters, SCP options and

@@ -252,6 +252,17 @@ class LoggingSection(msgspec.Struct, **_STRUCT):
     format: Literal["json", "text"] = "text"
 
 
+class MeshCaSection(msgspec.Struct, **_STRUCT):
+    """The mesh CA in the gateway (its directory, with the key): short-lived certificates
+    renewed without operator action (``gateway.cert_renewal``)."""
+
+    dir: str | None = None  # the mesh CA directory (nfmesh ca init); null: none of this
+    csr_api: bool = False  # POST /nfmesh-ca/v1/certificate: an NF renews its certificate,
+    # authenticated by its current one (same identity, the key of its CSR)
+    renew_own: bool = False  # the TLS listeners' certificate is renewed after 2/3 of its lifetime
+    cert_days: PosInt = 1  # validity of the certificates the gateway issues
+
+
 class AuthzSection(msgspec.Struct, **_STRUCT):
     """Which NF type (from the caller's mesh certificate) may call which SBI service."""
 
@@ -396,6 +407,7 @@ class Config(msgspec.Struct, **_STRUCT):
     admin: AdminSection = msgspec.field(default_factory=AdminSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     authz: AuthzSection = msgspec.field(default_factory=AuthzSection)
+    mesh_ca: MeshCaSection = msgspec.field(default_factory=MeshCaSection)
     oauth2: OAuth2Section = msgspec.field(default_factory=OAuth2Section)
     overload: OverloadSection = msgspec.field(default_factory=OverloadSection)
 
@@ -885,8 +897,16 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
         if up.crl_file is not None:
             up = msgspec.structs.replace(
                 up, crl_file=_check_crl(d, "upstream_tls.crl_file", up.crl_file, base_dir))
+    mca = cfg.mesh_ca
+    if "mesh_ca" not in failed:
+        if mca.dir is not None:
+            mca = msgspec.structs.replace(mca, dir=_resolve(mca.dir, base_dir))
+            if not os.path.isfile(os.path.join(mca.dir, "mesh-ca.key")):
+                d.issue("mesh_ca.dir", f"no mesh CA (mesh-ca.key) in {mca.dir}")
+        elif mca.csr_api or mca.renew_own:
+            d.issue("mesh_ca.dir", "needed by csr_api and renew_own")
     return msgspec.structs.replace(cfg, listeners=listeners, registry=reg,
-                                   oauth2=oauth2 or cfg.oauth2, upstream_tls=up)
+                                   oauth2=oauth2 or cfg.oauth2, upstream_tls=up, mesh_ca=mca)
 
 
 def _check_crl(d: _Decoder, path: str, value: str, base_dir: str) -> str:

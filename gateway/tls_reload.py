@@ -194,12 +194,26 @@ class TlsWatcher:
         factory = getattr(pools, "ssl_context_factory", None)
         return getattr(factory, "__self__", None) if factory is not None else None
 
+    def _own_renewal(self) -> Any:
+        section = getattr(getattr(self.gateway, "config", None), "mesh_ca", None)
+        if section is None or not section.renew_own or not section.dir:
+            return None
+        own = getattr(self, "own", None)
+        if own is None:
+            from gateway.cert_renewal import OwnRenewal
+
+            own = self.own = OwnRenewal(section)
+        return own
+
     def _connections(self) -> Any:
         proxy = getattr(self.gateway, "proxy", None)
         return getattr(proxy, "connections", ())
 
     def check(self, force: bool = False) -> None:
         conns = self._connections()
+        own = self._own_renewal()
+        if own is not None:
+            own.check(self.listeners)  # mesh_ca.renew_own: rewrites the files when due
         for lt in self.listeners:
             lt.check(conns, force)
         up = self._upstream()
