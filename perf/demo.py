@@ -270,7 +270,7 @@ async def _run(duration: float | None, as_json: bool, rate: float, backend: str,
     client = H2Client(backend, ssl_context=sec.client_context() if sec else None)
     rotation = None
     if sec:
-        sec.gw = gw
+        sec.gw, sec.backend, sec.gw_root = gw, backend, gw_root
         for nf in nfs:
             sec.secure_nf(nf)
         client = sec.client = TokenClient(client, backend, gw_root, sec.consumer_id)

@@ -49,6 +49,9 @@ class SecureMesh:
         self.nfs: list[Any] = []
         self.gw: Any = None
         self.client: TokenClient | None = None
+        self.backend = "auto"
+        self.gw_root = ""
+        self.renewed_via_api = 0
 
     # ---- certificates ------------------------------------------------------------------------
     def _issue_gateway(self) -> tuple[str, str]:
@@ -74,6 +77,7 @@ class SecureMesh:
         from dataplane.tls import ReloadableServerContext, server_context
 
         files = self._issue(f"nf-{nf.instance_id}", nf.nf_type, nf.instance_id)
+        nf.cert_files = files
         nf.tls = ReloadableServerContext(
             lambda: server_context(*files, ca_file=self.ca.cert_path), list(files))
         nf.ssl_context = nf.tls.context
@@ -97,6 +101,7 @@ class SecureMesh:
                        "verify": {"enabled": True, "ca_file": self.ca.cert_path,
                                   "default": "required",
                                   "services": {"nnrf-nfm": "off", "nnrf-disc": "off"}}},
+            "mesh_ca": {"dir": self.ca.directory, "csr_api": True},
             "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0},
             "logging": {"level": "warning", "access_log": False},
             "admin": {"enabled": False},
@@ -107,15 +112,49 @@ class SecureMesh:
                 "nfStatus": "REGISTERED", "heartBeatTimer": 10, "ipv4Addresses": ["127.0.0.1"]}
 
     # ---- rotation ------------------------------------------------------------------------------
+    async def renew_via_gateway(self, files: tuple[str, str], client: Any = None) -> None:
+        """Renew a certificate through the gateway's CSR API (POST /nfmesh-ca/v1/certificate),
+        authenticated by the current one: a new key, its CSR, the answer written over."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        from dataplane.client import H2Client
+        from dataplane.tls import client_context
+        from gateway.ca import write_pair
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "renewal")]))
+               .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+        own = client is None
+        if own:
+            client = H2Client(self.backend, ssl_context=client_context(self.ca.cert_path, *files))
+        try:
+            r = await client.request("POST", self.gw_root + "/nfmesh-ca/v1/certificate", body=csr,
+                                     headers=[("content-type", "application/pkcs10")])
+        finally:
+            if own:
+                await client.close()
+        if r.status != 201:
+            raise RuntimeError(f"CSR API refused: {r.status} {r.body[:200]!r}")
+        write_pair(files[0][: -len(".crt")], r.body, key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()), force=True)
+        self.renewed_via_api += 1
+
     async def rotate_all(self) -> None:
-        """Renew and load every certificate once (and the token signing key)."""
+        """Renew and load every certificate once (and the token signing key): the gateway's
+        with the mesh CA offline (``nfmesh ca``), every NF's through the gateway's CSR API."""
         from dataplane.client import H2Client
 
         self.gw_files = self._issue_gateway()  # same paths: the gateway's watcher reloads
         for nf in self.nfs:
-            self._issue(f"nf-{nf.instance_id}", nf.nf_type, nf.instance_id)
+            await self.renew_via_gateway(nf.cert_files)
             nf.tls.reload()
-        self.consumer_files = self._issue("consumer", CONSUMER_TYPE, self.consumer_id)
+        await self.renew_via_gateway(self.consumer_files,
+                                     self.client.client if self.client is not None else None)
         if self.client is not None:
             self.client.switch(H2Client(self.client.backend_name, ssl_context=self.client_context()))
         svc = getattr(self.gw, "registry", None)
@@ -144,6 +183,7 @@ class SecureMesh:
             "token_rejections": verifier[1].rejections if verifier else 0,
             "tokens_verified": verifier[1].verified if verifier else 0,
             "rotations": self.rotations,
+            "renewed_via_csr_api": self.renewed_via_api,
             "gateway_tls_reloads": sum(lt.reloads for lt in tls.listeners) if tls else 0,
             "requests_with_token": self.client.with_token if self.client else 0,
         }

@@ -24,6 +24,8 @@ def test_secure_demo_with_rotation_loses_nothing() -> None:
     assert out["requests_with_token"] == out["requests"]
     assert out["tokens_issued"] >= 3 and out["token_rejections"] == 0
     assert out["rotations"] >= 2 and out["gateway_tls_reloads"] >= 2
+    # every NF (4 producers, the consumer) renewed through the gateway's CSR API each round
+    assert out["renewed_via_csr_api"] == 5 * out["rotations"]
 
 
 def test_rotate_every_needs_secure() -> None:
