@@ -99,6 +99,7 @@ class UpstreamPools:
         # for a TLS endpoint with an ``identity``: ``peer_check(endpoint, ssl_object)`` after
         # the handshake, None to accept, else why not (then the connect fails: alternates)
         self.peer_check = peer_check
+        self._tls_peers: dict[int, object] = {}  # id(conn) -> its ssl object (retire_where)
         self._pools: dict[Endpoint, _EndpointPool] = {}
         # per-endpoint (max_connections, connect_timeout) overriding the two above
         self._limits: dict[Endpoint, tuple[int, float]] = {}
@@ -268,6 +269,7 @@ class UpstreamPools:
         factory = self.backend.ClientConnection
         settings = self.settings
         conn = None
+        tls_peer = None
         try:
             async with asyncio.timeout(pool.connect_timeout):
                 transport, conn = await loop.create_connection(
@@ -287,6 +289,7 @@ class UpstreamPools:
                     if alpn != "h2":
                         transport.close()
                         raise UpstreamUnavailable(f"TLS peer did not negotiate h2 (ALPN {alpn!r})")
+                    tls_peer = sslobj
                     if endpoint.identity is not None and self.peer_check is not None:
                         why = self.peer_check(endpoint, sslobj)
                         if why is not None:
@@ -316,6 +319,8 @@ class UpstreamPools:
         pool.failures = 0
         pool.retry_at = 0.0
         pool.conns.append(conn)
+        if tls_peer is not None:
+            self._tls_peers[id(conn)] = tls_peer
         pool.last_used[id(conn)] = time.monotonic()
         self.connects += 1
 
@@ -325,7 +330,28 @@ class UpstreamPools:
         delay = min(self.backoff_max, self.backoff_base * (2 ** (pool.failures - 1)))
         pool.retry_at = time.monotonic() + delay * (0.5 + random.random() / 2)
 
+    def retire_where(self, predicate: Callable[[object], bool], grace: float = 5.0) -> int:
+        """Stop using every TLS connection whose ssl object ``predicate`` picks (a producer
+        whose certificate was revoked): no new streams go to it, it gets GOAWAY, the open
+        streams finish and it is closed at the latest ``grace`` seconds later.  How many."""
+        n = 0
+        loop = asyncio.get_running_loop()
+        for pool in self._pools.values():
+            for conn in list(pool.conns):
+                sslobj = self._tls_peers.get(id(conn))
+                if sslobj is None or not predicate(sslobj):
+                    continue
+                pool.conns.remove(conn)
+                pool.last_used.pop(id(conn), None)
+                if pool.hot is conn:
+                    pool.hot = None
+                conn.drain()
+                loop.call_later(grace, conn.close)
+                n += 1
+        return n
+
     def _on_closed(self, endpoint: Endpoint, conn) -> None:
+        self._tls_peers.pop(id(conn), None)
         pool = self._pools.get(endpoint)
         if pool is not None:
             try:

@@ -164,6 +164,35 @@ class ListenerTls:
         return n
 
 
+def _sslobj_serial(sslobj: Any) -> tuple[bytes, int] | None:
+    try:
+        der = sslobj.getpeercert(True)
+        cert = x509.load_der_x509_certificate(der)
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return cert.issuer.public_bytes(), cert.serial_number
+
+
+def retire_revoked_producers(pools: Any, section: Any) -> int:
+    """After ``upstream_tls`` was reloaded: connections to producers whose certificate its CRL
+    now lists get GOAWAY and are closed once their streams are done (new connections to them
+    fail the handshake)."""
+    crl = getattr(section, "crl_file", None)
+    if not crl or pools is None:
+        return 0
+    try:
+        revoked = revoked_serials(crl, section.ca_file)
+    except (OSError, ValueError) as exc:
+        log.warning("upstream CRL not read: %s", exc)
+        return 0
+    if not revoked:
+        return 0
+    n = pools.retire_where(lambda sslobj: _sslobj_serial(sslobj) in revoked)
+    if n:
+        log.warning("%d producer connection(s) retired: certificate revoked", n)
+    return n
+
+
 def _close(conn: Any) -> None:
     if not getattr(conn, "closed", False):
         conn.close()
@@ -176,6 +205,7 @@ class TlsWatcher:
         self.gateway = gateway
         self.listeners: list[ListenerTls] = []
         self._task: asyncio.Task | None = None
+        self.upstream_retired = 0  # producer connections retired after a CRL change
 
     def add(self, lt: ListenerTls) -> None:
         self.listeners.append(lt)
@@ -217,8 +247,8 @@ class TlsWatcher:
         for lt in self.listeners:
             lt.check(conns, force)
         up = self._upstream()
-        if up is not None and hasattr(up, "check"):
-            up.check(force)
+        if up is not None and hasattr(up, "check") and up.check(force):
+            self.upstream_retired += retire_revoked_producers(self.gateway.pools, up.section)
 
     async def _run(self) -> None:
         servers = self.gateway._servers
@@ -254,8 +284,8 @@ def reload_now(gateway: Any) -> None:
     else:
         factory = getattr(getattr(gateway, "pools", None), "ssl_context_factory", None)
         up = getattr(factory, "__self__", None)
-        if up is not None and hasattr(up, "check"):
-            up.check(True)
+        if up is not None and hasattr(up, "check") and up.check(True):
+            retire_revoked_producers(gateway.pools, up.section)
 
 
 __all__ = ["ListenerTls", "TlsWatcher", "listener_context", "reload_now", "revoked_serials"]

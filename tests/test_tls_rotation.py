@@ -209,3 +209,45 @@ async def test_revoked_client_is_cut_while_connected(mesh) -> None:
     writer.close()
     assert await _curl(mesh.port, mesh.ca.cert_path, pair, mesh.target) == 0  # and stays out
     assert mesh.gw.tls_watcher.listeners[0].cut == 1
+
+
+async def _curl_h2c(port: int, target: str) -> tuple[int, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-s", "--http2-prior-knowledge", "--max-time", "5", "-w", "\n%{http_code}",
+        "-H", f"3gpp-Sbi-Target-apiRoot: {target}", "-H", "User-Agent: AMF-t",
+        f"http://127.0.0.1:{port}/nudm-sdm/v2/x", stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    body, _, code = out.rpartition(b"\n")
+    return int(code or 0), body
+
+
+async def test_revoked_producer_is_retired_and_not_reconnected(tmp_path, backend) -> None:
+    from dataplane.tls import server_context
+    from gateway.tls_reload import reload_now
+
+    ca = MeshCA.create(str(tmp_path / "ca"))
+    gw_pair = write_pair(str(tmp_path / "gw"), *ca.issue_gateway("scp-1", ips=["127.0.0.1"]))
+    udm = write_pair(str(tmp_path / "udm"), *ca.issue("UDM", str(uuid.uuid4()), ips=["127.0.0.1"]))
+    origin = await start_origin(backend, name="udm", ssl_context=server_context(*udm))
+    gw = Gateway(parse_config({
+        "gateway": {"name": "scp-1", "backend": backend.NAME, "workers": 1},
+        "listeners": [{"name": "sbi", "host": "127.0.0.1", "port": 0}],
+        "upstream_tls": {"ca_file": ca.cert_path, "cert": gw_pair[0], "key": gw_pair[1],
+                         "crl_file": ca.crl_path},
+    }))
+    await gw.start()
+    try:
+        port, target = gw.ports["sbi"], f"https://127.0.0.1:{origin.port}"
+        assert await _curl_h2c(port, target) == (200, b"ok udm")
+        assert sum(len(p.conns) for p in gw.pools._pools.values()) == 1
+        with open(udm[0], "rb") as fh:
+            assert ca.revoke(x509.load_pem_x509_certificate(fh.read()))
+        reload_now(gw)  # what SIGHUP / the watcher does
+        assert sum(len(p.conns) for p in gw.pools._pools.values()) == 0
+        seen = len(origin.handler.requests)
+        status, _ = await _curl_h2c(port, target)
+        assert status >= 500  # the new handshake fails the CRL check
+        assert len(origin.handler.requests) == seen
+    finally:
+        await gw.stop(drain=False)
+        origin.server.close()
