@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 PERF_TOOLS: dict[str, tuple[str, str]] = {
     "compare": ("perf.compare", "nfmesh beside HAProxy, nghttpx and Envoy (--quick, --json)"),
     "load": ("perf.loadgen", "the SBI load generator (open or closed loop, scenarios)"),
+    "secure": ("perf.secure_compare", "mTLS + access token checks: nfmesh beside HAProxy (--json)"),
     "ngap": ("perf.ngap_perf", "N2 proxy vs direct, and a replica killed mid-run (VM, --json)"),
     "ngap-decode": ("perf.ngap_decode_bench", "NGAP routing-key extraction: fast path vs pycrate"),
     "snapshot": ("perf.snapshot_bench", "route snapshot: control plane -> worker cost for N profiles"),
