@@ -56,6 +56,7 @@ class AmfLogic:
     record: bool = True
     resets: list = field(default_factory=list)  # NG Resets received: per-UE list or None
     reset_acks: list = field(default_factory=list)  # NG Reset Acknowledges received
+    tas: set = field(default_factory=set)  # (PLMN, TAC) its gNB (the gateway) announced
     _next: int = 0
 
     def __post_init__(self) -> None:
@@ -72,10 +73,18 @@ class AmfLogic:
         if self.record:
             self.received.append((pdu, proc, ran, amf, stream, ppid))
         if pdu == c.INITIATING and proc == c.PROC_NG_SETUP:
+            ies = c.decode(data).ies
+            self.tas = {(p, t) for p, t, _s in c.supported_tas(ies.get(c.IE_SUPPORTED_TA_LIST,
+                                                                        []))}
             return [(c.ng_setup_response(self.name, [self.guami], self.capacity, [self.plmn],
                                          self.ssts), 0)]
         if proc == c.PROC_NG_RESET:
             return self._ng_reset(data, pdu)
+        if proc == c.PROC_RAN_CONFIGURATION_UPDATE and pdu == c.INITIATING:
+            ies = c.decode(data).ies
+            self.tas = {(p, t) for p, t, _s in c.supported_tas(ies.get(c.IE_SUPPORTED_TA_LIST,
+                                                                        []))}
+            return [(c.encode(c.SUCCESSFUL, c.PROC_RAN_CONFIGURATION_UPDATE, []), 0)]
         t = self.templates
         if pdu == c.INITIATING and proc == c.PROC_INITIAL_UE_MESSAGE:
             nas = find_nas(data) or c.decode(data).ies[c.IE_NAS_PDU]

@@ -10,8 +10,9 @@ Two parts in one run:
 2. **replica failure**: etcd, two emulated AMFs and two proxy replicas as separate processes
    (``python -m gateway.n2_replica``), the gNBs establish their UEs through replica A, A is
    killed with SIGKILL, the gNBs reconnect to replica B and every UE sends its next uplink:
-   UEs lost (those whose registration does not complete), replica A's CPU per established UE,
-   and the etcd writes per UE.  Skipped (with the reason) when etcd is not installed.
+   UEs lost (those whose registration does not complete), replica A's CPU per established UE
+   against a third replica without replication (the cost of replication per
+   InitialUEMessage, as a ratio), and the etcd writes per UE.  Skipped (with the reason) when etcd is not installed.
 
 Under the VM's emulated CPU absolute figures mean little: read the ratios.
 """
@@ -92,6 +93,27 @@ class Etcd:
         self.proc.wait(10)
 
 
+async def _establish_cpu(pid: int, port: int, gnbs: int, ues: int, timeout: float) -> float:
+    """CPU ms of process ``pid`` per UE established through it (InitialUEMessage in, first
+    downlink out), gNBs numbered apart from the main run's."""
+    from perf.gnb_emulator import GnbClient, GnbLogic
+
+    logic = [GnbLogic(100 + g, hold=True) for g in range(gnbs)]
+    clients = [GnbClient(lg) for lg in logic]
+    try:
+        for cl in clients:
+            await cl.connect(["127.0.0.1"], port)
+        cpu0 = _cpu_s(pid)
+        for cl in clients:
+            for i in range(1, ues + 1):
+                cl.start_ue(i)
+        await _until(lambda: sum(len(lg.amf_ids_seen) for lg in logic) == gnbs * ues, timeout)
+        return round((_cpu_s(pid) - cpu0) * 1e3 / max(1, gnbs * ues), 3)
+    finally:
+        for cl in clients:
+            cl.close()
+
+
 async def run_replica_failure(gnbs: int, ues: int, timeout: float) -> dict:
     """Part 2 of the module doc; returns its report."""
     from perf.amf_emulator import AmfLogic, AmfServer
@@ -113,10 +135,12 @@ async def run_replica_failure(gnbs: int, ues: int, timeout: float) -> dict:
         if not await _until(etcd.healthy, 60):
             return {"skipped": "etcd did not start"}
         files = []
-        for n in (1, 2):
+        for n in (1, 2, 3):  # 3: the same proxy without replication (the baseline)
             f = f"{tmp}/replica{n}.port"
             cmd = [sys.executable, "-m", "gateway.n2_replica", "--replica", str(n),
-                   "--etcd", f"127.0.0.1:{etcd.port}", "--prefix", "/perf", "--port-file", f]
+                   "--port-file", f]
+            if n != 3:
+                cmd += ["--etcd", f"127.0.0.1:{etcd.port}", "--prefix", "/perf"]
             for a in amfs:
                 cmd += ["--amf", f"127.0.0.1:{a.port}"]
             procs.append(subprocess.Popen(cmd, cwd=ROOT))
@@ -124,6 +148,10 @@ async def run_replica_failure(gnbs: int, ues: int, timeout: float) -> dict:
         if not await _until(lambda: all(os.path.exists(f) for f in files), 120):
             return {"skipped": "the replicas did not start"}
         ports = [int(open(f).read()) for f in files]  # noqa: SIM115
+        report["baseline_cpu_ms_per_established_ue"] = await _establish_cpu(
+            procs[2].pid, ports[2], gnbs, ues, timeout)
+        procs[2].send_signal(signal.SIGKILL)
+        procs[2].wait(10)
         logic = [GnbLogic(g + 1, hold=True) for g in range(gnbs)]
         clients = [GnbClient(lg) for lg in logic]
         for cl in clients:
@@ -137,9 +165,14 @@ async def run_replica_failure(gnbs: int, ues: int, timeout: float) -> dict:
         established = await _until(
             lambda: sum(len(lg.amf_ids_seen) for lg in logic) == total, timeout)
         report["establish_seconds"] = round(time.perf_counter() - t0, 3)
+        await _until(lambda: etcd.count("/perf/ue/") >= total, 30)
+        # CPU up to the records being in etcd: the batched writes are counted too
         report["replica_cpu_ms_per_established_ue"] = round(
             (_cpu_s(procs[0].pid) - cpu0) * 1e3 / max(1, total), 3)
-        await _until(lambda: etcd.count("/perf/ue/") >= total, 30)
+        if report["baseline_cpu_ms_per_established_ue"]:
+            report["replication_cpu_ratio"] = round(
+                report["replica_cpu_ms_per_established_ue"]
+                / report["baseline_cpu_ms_per_established_ue"], 3)
         report["records_in_etcd_before_kill"] = etcd.count("/perf/ue/")
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(10)

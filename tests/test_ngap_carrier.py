@@ -360,3 +360,27 @@ def test_config_replication_needs_a_replica_number() -> None:
     s = from_config(cfg.ngap)
     assert (s.replica, s.replication_etcd, s.replication_ttl_s) == (3, ("127.0.0.1:2379",), 20)
     assert s.amf_pools[0].tacs == (1,)
+
+
+def test_gnbs_tas_are_propagated_to_the_amfs() -> None:
+    a1 = AmfLogic("amf1")
+    net = Net([a1])
+    assert a1.tas == {(PLMN, 1)}  # the gateway's own NG Setup
+    net.add_gnb(GnbLogic(1, tacs=(1, 2)))
+    net.pump()
+    assert a1.tas == {(PLMN, 1), (PLMN, 2)}  # RAN Configuration Update to the AMF
+    sent = net.router.stats["ran_configuration_updates_sent"]
+    net.add_gnb(GnbLogic(2, tacs=(2,)))  # nothing new: no update
+    net.pump()
+    assert net.router.stats["ran_configuration_updates_sent"] == sent
+    _l, _w, peer = net.gnbs[1]
+    net.router.gnb_message(peer, c.ran_configuration_update(PLMN, (3,)), 0, PPID)
+    net.pump()
+    assert (PLMN, 3) in a1.tas
+    # an AMF that comes later hears every TA in the gateway's NG Setup
+    a2 = AmfLogic("amf2")
+    wire = type(net.amfs["amf1"][1])()
+    net.amfs["amf2"] = (a2, wire, net.router.add_amf(wire, "amf2"))
+    net.pump()
+    assert a2.tas == {(PLMN, 1), (PLMN, 2), (PLMN, 3)}
+    assert net.router.stats["out_of_sequence"] == 0 and a1.errors_received == 0

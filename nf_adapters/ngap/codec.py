@@ -247,7 +247,7 @@ def supported_ta_list(plmn: bytes, tacs: tuple[int, ...] = (1,),
 def ng_setup_request(gnb_id: int, plmn: bytes, tac: int = 1, name: str | None = None,
                      tacs: tuple[int, ...] | None = None,
                      plmns: tuple[bytes, ...] | None = None,
-                     ssts: tuple[int, ...] = (1,)) -> bytes:
+                     ssts: tuple[int, ...] = (1,), ta_list: list[dict] | None = None) -> bytes:
     ies: list[tuple[int, Any]] = [
         (IE_GLOBAL_RAN_NODE_ID, ("globalGNB-ID", {"pLMNIdentity": plmn,
                                                   "gNB-ID": ("gNB-ID", (gnb_id, 32))})),
@@ -255,10 +255,20 @@ def ng_setup_request(gnb_id: int, plmn: bytes, tac: int = 1, name: str | None = 
     if name:
         ies.append((IE_RAN_NODE_NAME, name))
     ies += [
-        (IE_SUPPORTED_TA_LIST, supported_ta_list(plmn, tacs or (tac,), plmns, ssts)),
+        (IE_SUPPORTED_TA_LIST, ta_list or supported_ta_list(plmn, tacs or (tac,), plmns, ssts)),
         (IE_DEFAULT_PAGING_DRX, "v128"),
     ]
     return encode(INITIATING, PROC_NG_SETUP, ies)
+
+
+def ta_list_of(tas: dict[tuple[bytes, int], frozenset]) -> list[dict]:
+    """SupportedTAList value from {(PLMN, TAC): {(SST, SD)}} (what a gNB-side node serves)."""
+    by_tac: dict[int, list[dict]] = {}
+    for (plmn, tac), slices in sorted(tas.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        items = [{"s-NSSAI": ({"sST": sst} if sd is None else {"sST": sst, "sD": sd})}
+                 for sst, sd in sorted(slices, key=repr)] or slice_list(plmn)
+        by_tac.setdefault(tac, []).append({"pLMNIdentity": plmn, "tAISliceSupportList": items})
+    return [{"tAC": tac.to_bytes(3, "big"), "broadcastPLMNList": b} for tac, b in by_tac.items()]
 
 
 def ran_configuration_update(plmn: bytes, tacs: tuple[int, ...],

@@ -24,6 +24,8 @@ Roles
   Failure misc/unknown-PLMN-or-SNPN, no common slice radioNetwork/slice-not-supported
   (``check_tas``); RAN Configuration Update is checked the same way and updates the gNB's
   TAIs, which route Paging: an AMF's Paging goes to the gNBs serving a TAI of its list.
+  The TAs the gNBs serve reach the AMFs in the gateway's own NG Setup and, when a gNB adds
+  one, in a RAN Configuration Update (so that the AMFs page there).
 * AMF selection for a new UE (several AMF sets): among AMFs that are up, not overloaded and
   with an available GUAMI (AMF Status Indication marks GUAMIs unavailable, AMF Configuration
   Update lists them again), those serving the AMF set (and pointer) of the 5G-S-TMSI (or the
@@ -253,6 +255,7 @@ STAT_NAMES = (
     "ng_setup_failures", "ng_resets_from_gnb", "ng_resets_from_amf", "ng_reset_timeouts",
     "paging_delivered", "paging_unrouted", "amf_status_indications", "ue_contexts_expired",
     "ran_configuration_updates", "amf_configuration_updates_received", "ues_adopted",
+    "ran_configuration_updates_sent",
 )
 
 # a replicated UE record: (AMF name, AMF UE NGAP ID, gateway RAN UE id, gateway AMF UE id,
@@ -294,6 +297,9 @@ class NgapRouter:
         self._next_index = 0
         self._advertised: list[c.Guami] = []
         self._resets: list[PendingReset] = []
+        # the TAs the gateway announces to the AMFs (as their gNB): its own, then the gNBs'
+        self._tas_to_amfs: dict[tuple[bytes, int], frozenset] = {
+            (identity.plmn, identity.tac): frozenset()}
         self._profiles_differ = False  # AMFs serve different PLMN/slice sets
         self.clock = time.monotonic
 
@@ -309,7 +315,8 @@ class NgapRouter:
         self.amfs.append(amf)
         ident = self.identity
         self._send(link, c.ng_setup_request(ident.gnb_id, ident.plmn, ident.tac,
-                                            ident.ran_node_name), 0)
+                                            ident.ran_node_name,
+                                            ta_list=c.ta_list_of(self._tas_to_amfs)), 0)
         return amf
 
     def add_gnb(self, link: Link) -> GnbPeer:
@@ -684,6 +691,7 @@ class NgapRouter:
             self._send(gnb.link, c.ng_setup_failure(cause, None), 0)
             return
         gnb.tais = {(p, t) for p, t, _s in tas}
+        self._announce_tas(tas)
         gnb.global_id = c.ran_node_key(msg.ies.get(c.IE_GLOBAL_RAN_NODE_ID))
         guamis, plmns, capacity = self._pool_view()
         self._advertised = guamis
@@ -740,7 +748,28 @@ class NgapRouter:
                                               [(c.IE_CAUSE, cause)]), 0)
                 return
             gnb.tais = {(p, t) for p, t, _s in tas}
+            self._announce_tas(tas)
         self._send(gnb.link, c.encode(c.SUCCESSFUL, c.PROC_RAN_CONFIGURATION_UPDATE, []), 0)
+
+    def _announce_tas(self, tas: list[tuple[bytes, int, frozenset]]) -> None:
+        """Propagate to the AMFs the TAs (and slices) the gNBs behind the gateway serve: a RAN
+        Configuration Update (TS 38.413 §8.7.2) when a gNB brings a TA or slice the AMFs have
+        not heard of, so that they page there (TAs are only added: a TA another gNB still
+        serves must stay)."""
+        changed = False
+        for p, t, slices in tas:
+            old = self._tas_to_amfs.get((p, t), frozenset())
+            if (p, t) not in self._tas_to_amfs or not slices <= old:
+                self._tas_to_amfs[(p, t)] = old | slices
+                changed = True
+        if not changed:
+            return
+        msg = c.encode(c.INITIATING, c.PROC_RAN_CONFIGURATION_UPDATE, [
+            (c.IE_SUPPORTED_TA_LIST, c.ta_list_of(self._tas_to_amfs))])
+        for amf in self.amfs:
+            if amf.state == "up":
+                self.stats["ran_configuration_updates_sent"] += 1
+                self._send(amf.link, msg, 0)
 
     def _requested(self, data: bytes) -> tuple[bytes | None, frozenset]:
         """PLMN (of the TAI in the User Location Information) and slices (Allowed NSSAI) of an
@@ -876,6 +905,9 @@ class NgapRouter:
             self._paging(data)
         elif pdu == c.INITIATING and proc == c.PROC_AMF_STATUS_INDICATION:
             self._amf_status_indication(amf, data)
+        elif proc == c.PROC_RAN_CONFIGURATION_UPDATE and pdu != c.INITIATING:
+            if pdu == c.UNSUCCESSFUL:
+                log.warning("AMF %s refused the gateway's RAN Configuration Update", amf.name)
         else:
             self.stats["out_of_sequence"] += 1
             self._error(amf.link, CAUSE_NOT_COMPATIBLE, stream)
