@@ -240,6 +240,9 @@ class Gateway:
             from gateway.cert_expiry import CertificateExpiry
 
             collectors.append(CertificateExpiry(cfg))  # TLS listeners' certificate expiry
+            from gateway.security_metrics import SecurityCollector
+
+            collectors.append(SecurityCollector(self))  # tokens, TLS reloads, revocation
             self._metrics = MetricsServer(new_registry(*collectors), ready=lambda: bool(self._servers),
                                           before_scrape=self.report_completions)
             if not (mcfg.enabled or self.metrics_override or self.metrics_socket):

@@ -294,6 +294,13 @@ async def test_token_from_the_nrf_then_used_through_the_gateway(tmp_path, backen
                                             *target, "-H", f"Authorization: Bearer {token}")
         assert status == 403 and json.loads(body)["cause"] == "ACCESS_TOKEN_DENIED"
         assert len(origin.handler.requests) == seen  # refusals never reach the producer
+        from gateway.security_metrics import SecurityCollector
+
+        samples = {s.name: s.value for fam in SecurityCollector(gw).collect() for s in fam.samples}
+        assert samples["nfmesh_oauth2_tokens_issued_total"] == 1
+        assert samples["nfmesh_oauth2_token_requests_refused_total"] == 1  # the SMF's attempt
+        assert samples["nfmesh_oauth2_token_rejections_total"] == 2
+        assert samples["nfmesh_oauth2_tokens_verified_total"] == 1
     finally:
         await gw.stop(drain=False)
         origin.server.close()

@@ -209,6 +209,11 @@ async def test_revoked_client_is_cut_while_connected(mesh) -> None:
     writer.close()
     assert await _curl(mesh.port, mesh.ca.cert_path, pair, mesh.target) == 0  # and stays out
     assert mesh.gw.tls_watcher.listeners[0].cut == 1
+    from gateway.security_metrics import SecurityCollector
+
+    samples = {s.name: s.value for fam in SecurityCollector(mesh.gw).collect() for s in fam.samples}
+    assert samples["nfmesh_tls_revoked_connections_cut_total"] == 1
+    assert samples["nfmesh_tls_reloads_total"] >= 1
 
 
 async def _curl_h2c(port: int, target: str) -> tuple[int, bytes]:
