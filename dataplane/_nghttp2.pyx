@@ -59,6 +59,8 @@ cdef enum:
 cdef double _REFUSE_LINGER_S = 1.0  # an HTTP/1.x client refused with 505 gets this to read it
 cdef uint32_t _MAX_STREAMS_UNKNOWN = 2147483647
 cdef size_t _WRITE_CHUNK = 262144
+cdef char *_obuf = NULL  # what a flush gathers from nghttp2_session_mem_send (_Conn._out)
+cdef size_t _ocap = 0
 
 
 class StreamError(ConnectionError):
@@ -150,7 +152,8 @@ cdef enum:
     RH_INLINE = 16              # response); a longer block moves to the heap
 
 cdef enum:
-    POOL_CLASSES = 9            # 32 B .. 8 KiB blocks, header included
+    POOL_CLASSES = 7            # 32 B .. 2 KiB blocks, header included (a session's own
+                                # bigger blocks would waste up to half in a power of two)
     POOL_MIN_SHIFT = 5
     POOL_HDR = 16
     POOL_CACHE_BYTES = 1048576  # at most this much idle memory per size class
@@ -835,8 +838,7 @@ cdef class _Conn:
     cdef dict streams
     cdef readonly int open_streams
     cdef object settings
-    cdef char *obuf
-    cdef size_t olen, ocap
+    cdef size_t olen                     # bytes of this flush in _obuf
     cdef size_t max_header_list
     cdef size_t max_retained
     cdef readonly size_t peak_buffered   # largest per-stream engine buffer seen (test hook)
@@ -846,12 +848,10 @@ cdef class _Conn:
 
     def __cinit__(self, *args, **kwargs):
         self.session = NULL
-        self.obuf = NULL
         self.streams = {}
 
     def __dealloc__(self):
         self._del_session()
-        free(self.obuf)
 
     cdef void _del_session(self) noexcept:
         self.cur_st = None
@@ -867,25 +867,28 @@ cdef class _Conn:
         self.max_retained = settings.max_retained_body
 
     cdef int _out(self, const uint8_t *p, size_t n) except -1:
+        # the one output buffer of the module (_obuf): a flush fills it and empties it before
+        # it returns, and flushes never nest, so no connection holds a buffer while idle
+        global _obuf, _ocap
         cdef size_t cap
         cdef char *nb
-        if self.olen + n > self.ocap:
-            cap = self.ocap * 2 if self.ocap else 65536
+        if self.olen + n > _ocap:
+            cap = _ocap * 2 if _ocap else 65536
             while cap < self.olen + n:
                 cap *= 2
-            nb = <char *>realloc(self.obuf, cap)
+            nb = <char *>realloc(_obuf, cap)
             if nb == NULL:
                 raise MemoryError()
-            self.obuf = nb
-            self.ocap = cap
-        memcpy(self.obuf + self.olen, p, n)
+            _obuf = nb
+            _ocap = cap
+        memcpy(_obuf + self.olen, p, n)
         self.olen += n
         return 0
 
     cdef int _write_out(self) except -1:
         cdef bytes b
         if self.olen:
-            b = PyBytes_FromStringAndSize(self.obuf, self.olen)
+            b = PyBytes_FromStringAndSize(_obuf, self.olen)
             self.olen = 0
             if not self.closing:
                 self._write(b)

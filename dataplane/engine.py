@@ -149,7 +149,7 @@ class H2Settings:
     # -> GOAWAY(ENHANCE_YOUR_CALM).  One header block decoding to more than
     # ``hard_header_list_size`` (4x max_header_list_size, at least 64 KiB) ends the
     # connection the same way; blocks between the two limits are answered 431.
-    max_header_bytes_per_second: int = 8 << 20
+    max_header_bytes_per_second: int = 64 << 20
     # streams refused (RST_STREAM REFUSED_STREAM: over max_concurrent_streams) within a
     # one-second window; over it -> GOAWAY(ENHANCE_YOUR_CALM) (stream-limit exhaustion)
     max_refused_streams_per_second: int = 100

@@ -106,7 +106,7 @@ class Http2Section(msgspec.Struct, **_STRUCT):
     header_table_size: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 4096
     max_resets_per_second: PosInt = 1000
     max_control_frames_per_second: PosInt = 1000
-    max_header_bytes_per_second: PosInt = 8 << 20
+    max_header_bytes_per_second: PosInt = 64 << 20
     max_refused_streams_per_second: PosInt = 100
     max_retained_body: NonNegInt = 65536
 
