@@ -19,7 +19,9 @@ AccessTokenReq, answered with AccessTokenRsp (200, ``Cache-Control: no-store``,
   (UUID); either ``targetNfInstanceId`` or ``nfType`` + ``targetNfType``; a parameter given
   twice or unknown to the yaml is ``invalid_request``;
 * the requester is who it says: its mTLS certificate (verified by the listener) carries
-  ``urn:uuid:<nfInstanceId>``, and it is registered here with that ``nfType``
+  ``urn:uuid:<nfInstanceId>``, or a ``3gpp-Sbi-Client-Credentials`` assertion does (signed
+  with the key of a mesh-CA certificate for that instance, ``aud`` NRF, unexpired; when both
+  are there they must agree), and it is registered here with that ``nfType``
   (``invalid_client`` otherwise);
 * the target allows it: the target instance (or, by type, at least one registered instance
   of ``targetNfType``) offers every service of ``scope`` (``invalid_scope``), and its
@@ -47,6 +49,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 import jwt
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -57,6 +60,7 @@ from nf_adapters.discovery import NF_TYPES, services_of
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("ES256", "RS256")
+CCA_HEADER = b"3gpp-sbi-client-credentials"  # TS 29.500: the consumer's credentials assertion
 FORM = "application/x-www-form-urlencoded"
 _SCOPE_RE = re.compile(r"^([a-zA-Z0-9_:-]+)( [a-zA-Z0-9_:-]+)*$")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -247,6 +251,9 @@ class AccessTokenService:
     # set only where requests come from the gateway's own workers (the control plane's
     # loopback listener): the worker puts the caller's verified instance id in this header
     trusted_identity_header: bytes | None = None
+    # the mesh CA certificate: a 3gpp-Sbi-Client-Credentials assertion must be signed with
+    # the key of a certificate it issued (None: such assertions are not accepted)
+    ca_cert: object = None
 
     def handle(self, req: Request) -> LocalResponse:
         if req.method != "POST":
@@ -312,6 +319,50 @@ class AccessTokenService:
                                     "Snssai")
         return form
 
+    def _client_credentials(self, value: bytes, nf_id: str) -> str:
+        """Check a ``3gpp-Sbi-Client-Credentials`` assertion (TS 33.501 §13.3.8, TS 29.500
+        §5.2.3.2.x): a JWS whose header carries the consumer's certificate (``x5c``), signed
+        with its key, the certificate issued by the mesh CA for ``urn:uuid:<sub>``, ``sub`` =
+        ``nfInstanceId``, ``aud`` naming the NRF, not expired.  Returns the instance id."""
+        from cryptography import x509
+
+        if self.ca_cert is None:
+            raise TokenRequestError("invalid_client", "client credentials assertions are not "
+                                    "accepted here")
+        try:
+            token = value.decode("ascii").strip()
+            header = jwt.get_unverified_header(token)
+            chain = header.get("x5c") or []
+            cert = x509.load_der_x509_certificate(base64.b64decode(chain[0]))
+            cert.verify_directly_issued_by(self.ca_cert)
+            now = time.time()
+            if not (cert.not_valid_before_utc.timestamp() <= now
+                    <= cert.not_valid_after_utc.timestamp()):
+                raise ValueError("certificate not valid now")
+            alg = header.get("alg")
+            if alg not in ALGORITHMS:
+                raise ValueError(f"alg {alg!r}")
+            claims = jwt.decode(token, cert.public_key(), algorithms=[alg], audience="NRF",
+                                options={"require": ["sub", "exp", "aud", "iat"]})
+        except (ValueError, TypeError, IndexError, UnicodeDecodeError, jwt.InvalidTokenError,
+                InvalidSignature) as exc:
+            raise TokenRequestError("invalid_client", f"client credentials assertion: "
+                                    f"{exc}") from None
+        sub = str(claims["sub"]).lower()
+        try:
+            uris = cert.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        if f"urn:uuid:{sub}" not in (u.lower() for u in uris):
+            raise TokenRequestError("invalid_client", "client credentials assertion: its "
+                                    "certificate is not for its sub")
+        if sub != nf_id:
+            raise TokenRequestError("invalid_client", "client credentials assertion: sub is "
+                                    "not nfInstanceId")
+        return sub
+
     # ------------------------------------------------------------------ decision
 
     def _issue(self, req: Request) -> LocalResponse:
@@ -324,6 +375,16 @@ class AccessTokenService:
                     ident = _Forwarded(v.decode("latin-1").lower())
         else:
             ident = self.identity_of(req.peer)
+        cca = None
+        for k, v in req.headers:
+            if k == CCA_HEADER:
+                cca = v
+        if cca is not None:
+            asserted = self._client_credentials(cca, nf_id)
+            if ident is not None and ident.instance_id != asserted:
+                raise TokenRequestError("invalid_client", "the client credentials assertion "
+                                        "and the client certificate name different NFs")
+            ident = _Forwarded(asserted)
         if ident is None:
             raise TokenRequestError("invalid_client", "no verified mesh client certificate")
         if getattr(ident, "instance_id", None) != nf_id:
@@ -437,7 +498,8 @@ def issuer_from_config(config: object, registry: object) -> TokenIssuer | None:
     keys = SigningKeys(ca, issuer_id, algorithm=section.algorithm,
                        jwks_file=section.jwks_file or default_jwks_file(section.ca_dir),
                        token_lifetime_s=section.lifetime_s)
-    svc = AccessTokenService(registry, keys, peer_identity, lifetime_s=section.lifetime_s)
+    svc = AccessTokenService(registry, keys, peer_identity, lifetime_s=section.lifetime_s,
+                             ca_cert=ca.cert)
     return TokenIssuer(svc, section.rotate_every_s)
 
 

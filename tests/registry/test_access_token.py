@@ -38,10 +38,10 @@ class Setup:
         self.api, self.keys, self.amf, self.udm, self.who = api, keys, amf, udm, who
 
     async def token(self, form: dict, caller: str | None = "amf", body: bytes | None = None,
-                    ctype: str = FORM):
+                    ctype: str = FORM, extra: list | None = None):
         peer = {"id": self.who.get(caller)} if caller else {}
         data = body if body is not None else urlencode(form).encode()
-        r = req("POST", "/oauth2/token", data, ctype=ctype)
+        r = req("POST", "/oauth2/token", data, ctype=ctype, extra=extra)
         return await self.api.handle(Request(r.method, r.path, r.headers, r.body, peer))
 
     def form(self, **over) -> dict:
@@ -226,3 +226,44 @@ async def test_workers_pass_the_verified_identity_to_the_control_plane(setup, sc
     _ok(await setup.api.handle(r), schemas)
     r = req("POST", "/oauth2/token", form, ctype=FORM)  # no identity from the worker
     _err(await setup.api.handle(r), schemas, "invalid_client")
+
+
+def _cca(ca: MeshCA, nf_id: str, *, nf_type: str = "AMF", sub: str | None = None,
+         exp_in: int = 60, aud: object = ("NRF",)) -> bytes:
+    """A 3gpp-Sbi-Client-Credentials assertion: signed with the key of the NF's certificate,
+    which rides in x5c."""
+    import base64
+    import time
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert_pem, key_pem = ca.issue(nf_type, nf_id)
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    key = serialization.load_pem_private_key(key_pem, None)
+    now = int(time.time())
+    return jwt.encode({"sub": sub or nf_id, "aud": list(aud), "iat": now, "exp": now + exp_in},
+                      key, algorithm="ES256",
+                      headers={"x5c": [base64.b64encode(der).decode()]}).encode()
+
+
+async def test_client_credentials_assertion_authenticates_the_requester(setup, schemas, ca,
+                                                                        tmp_path) -> None:
+    h = b"3gpp-sbi-client-credentials"
+    svc = setup.api.token_service
+    good = _cca(ca, setup.amf)
+    # not accepted until the service knows the mesh CA
+    _err(await setup.token(setup.form(), caller=None, extra=[(h, good)]), schemas, "invalid_client")
+    svc.ca_cert = ca.cert
+    # no client certificate (another SCP terminated TLS): the assertion alone authenticates
+    _ok(await setup.token(setup.form(), caller=None, extra=[(h, good)]), schemas)
+    _ok(await setup.token(setup.form(), caller="amf", extra=[(h, good)]), schemas)
+    other_ca = MeshCA.create(str(tmp_path / "other"))
+    for bad, caller in ((good, "smf"),                                   # names another NF than mTLS
+                        (_cca(ca, setup.amf, exp_in=-120), None),        # expired
+                        (_cca(other_ca, setup.amf), None),               # not the mesh CA's
+                        (_cca(ca, setup.amf, aud=("UDM",)), None),       # not for the NRF
+                        (_cca(ca, setup.who["smf"], nf_type="SMF"), None),  # sub is not nfInstanceId
+                        (good[:-4] + b"AAAA", None)):                    # forged signature
+        _err(await setup.token(setup.form(), caller=caller, extra=[(h, bad)]), schemas,
+             "invalid_client")
