@@ -45,7 +45,7 @@ class StaticRoutes:
 
 
 # config sections a reload applies at once; the others need a restart (listeners, engine, ...)
-HOT_SECTIONS = ("clusters", "routes", "scp", "authz", "overload")
+HOT_SECTIONS = ("clusters", "routes", "scp", "authz", "overload", "tracing")
 
 
 class Gateway:
@@ -128,6 +128,11 @@ class Gateway:
             router = NfTypeAuthzRouter(router, policy, peer_nf_types)
         from gateway import cert_renewal, token_checks  # mesh_ca.csr_api, oauth2.verify
 
+        tracing = self.config.tracing
+        if tracing.enabled:  # W3C traceparent of this hop on every forwarded request
+            from gateway.tracing import TraceContextRouter
+
+            router = TraceContextRouter(router, tracing.sample_ratio)
         self.router_slot.current = cert_renewal.wrap(self, token_checks.wrap(self, router))
 
     def reload(self, new: Any) -> list[str]:

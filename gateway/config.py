@@ -246,6 +246,13 @@ class AdminSection(msgspec.Struct, **_STRUCT):
     port: PortOrAny = 9901
 
 
+class TracingSection(msgspec.Struct, **_STRUCT):
+    """W3C Trace Context on forwarded requests (``gateway.tracing``)."""
+
+    enabled: bool = False
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0  # new traces sampled (flag 01)
+
+
 class LoggingSection(msgspec.Struct, **_STRUCT):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
@@ -405,6 +412,7 @@ class Config(msgspec.Struct, **_STRUCT):
     ngap: NgapSection = msgspec.field(default_factory=NgapSection)
     metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
     admin: AdminSection = msgspec.field(default_factory=AdminSection)
+    tracing: TracingSection = msgspec.field(default_factory=TracingSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     authz: AuthzSection = msgspec.field(default_factory=AuthzSection)
     mesh_ca: MeshCaSection = msgspec.field(default_factory=MeshCaSection)

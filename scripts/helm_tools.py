@@ -116,7 +116,7 @@ def ensure_helm(cache: Path = HELM_CACHE) -> str:
 # values.schema.json
 
 _CONFIG_SECTIONS = ("gateway", "listeners", "http2", "clusters", "routes", "scp", "registry",
-                    "ngap", "metrics", "admin", "logging", "authz", "oauth2", "upstream_tls",
+                    "ngap", "metrics", "admin", "tracing", "logging", "authz", "oauth2", "upstream_tls",
                     "mesh_ca")
 
 _STR = {"type": "string"}

@@ -107,7 +107,7 @@ of the mounted Secret.
 {{/* nfmesh.yaml: every config section of the values, as they are. */}}
 {{- define "nfmesh.config" -}}
 {{- $cfg := dict -}}
-{{- range $section := list "gateway" "http2" "clusters" "routes" "scp" "registry" "ngap" "metrics" "admin" "logging" "authz" "oauth2" "upstream_tls" "mesh_ca" -}}
+{{- range $section := list "gateway" "http2" "clusters" "routes" "scp" "registry" "ngap" "metrics" "admin" "tracing" "logging" "authz" "oauth2" "upstream_tls" "mesh_ca" -}}
 {{- if hasKey $.Values $section -}}
 {{- $_ := set $cfg $section (index $.Values $section) -}}
 {{- end -}}
