@@ -113,3 +113,28 @@ def test_ran_node_key_is_stable() -> None:
     v = ("globalGNB-ID", {"pLMNIdentity": PLMN, "gNB-ID": ("gNB-ID", (7, 32))})
     assert c.ran_node_key(v) == "gnb-00f110-7/32"
     assert c.ran_node_key(None) == ""
+
+
+def test_records_arriving_after_the_gnb_reconnected_are_adopted() -> None:
+    a1 = AmfLogic("amf1")
+    ra, rb = Replica(1, [a1]), Replica(2, [a1])
+    pending: list[tuple] = []  # the watch is late: records reach B only later
+    ra.router.replicate = lambda key, rec: pending.append((key, rec))
+    pump([ra, rb])
+    g = GnbLogic(1, hold=True)
+    ra.connect(g)
+    for i in range(1, 6):
+        ra.router.gnb_message(ra.peer_of(g), *g.start_ue(i), PPID)
+    pump([ra, rb])
+    ra.alive = False
+    rb.connect(g)
+    pump([rb])
+    assert rb.router.ue_count == 0
+    for key, rec in pending:
+        rb.router.standby_update(key, rec)
+    assert rb.router.ue_count == 5 and rb.router.stats["ues_adopted"] == 5
+    g.hold = False
+    for i in range(1, 6):
+        rb.router.gnb_message(rb.peer_of(g), *g.resume_ue(i), PPID)
+    pump([rb])
+    assert g.completed == 5 and g.violations == []

@@ -294,6 +294,7 @@ class NgapRouter:
         # record appears or goes; ``standby`` holds the other replicas' records by gNB
         self.replicate: Callable[[str, UeRecord | None], None] | None = None
         self.standby: dict[str, dict[int, UeRecord]] = {}
+        self._gnb_by_global: dict[str, GnbPeer] = {}  # set-up gNBs by Global RAN Node ID
         self._next_index = 0
         self._advertised: list[c.Guami] = []
         self._resets: list[PendingReset] = []
@@ -353,6 +354,8 @@ class NgapRouter:
                 self._forget(ue)
         if gnb in self.gnbs:
             self.gnbs.remove(gnb)
+        if self._gnb_by_global.get(gnb.global_id) is gnb:
+            del self._gnb_by_global[gnb.global_id]
         for pend in list(self._resets):
             if pend.origin is gnb:
                 self._resets.remove(pend)
@@ -394,6 +397,9 @@ class NgapRouter:
                     del self.standby[gnb_id]
         else:
             self.standby.setdefault(gnb_id, {})[ran_id] = tuple(record)  # type: ignore[assignment]
+            gnb = self._gnb_by_global.get(gnb_id)
+            if gnb is not None and gnb.up and gnb.setup:  # it reconnected before the record
+                self.adopt(gnb)                           # arrived: adopt it now
 
     def adopt(self, gnb: GnbPeer) -> int:
         """Take over the established UEs another replica held for this gNB (it reconnected
@@ -693,6 +699,8 @@ class NgapRouter:
         gnb.tais = {(p, t) for p, t, _s in tas}
         self._announce_tas(tas)
         gnb.global_id = c.ran_node_key(msg.ies.get(c.IE_GLOBAL_RAN_NODE_ID))
+        if gnb.global_id:
+            self._gnb_by_global[gnb.global_id] = gnb
         guamis, plmns, capacity = self._pool_view()
         self._advertised = guamis
         gnb.setup = True
