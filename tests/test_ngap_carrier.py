@@ -384,3 +384,21 @@ def test_gnbs_tas_are_propagated_to_the_amfs() -> None:
     net.pump()
     assert a2.tas == {(PLMN, 1), (PLMN, 2), (PLMN, 3)}
     assert net.router.stats["out_of_sequence"] == 0 and a1.errors_received == 0
+
+
+def test_amf_status_indication_backup_amf_takes_the_guamis_ues() -> None:
+    a1 = AmfLogic("amf1", set_id=1, pointer=1)
+    a2 = AmfLogic("amf2", set_id=1, pointer=2)
+    a3 = AmfLogic("amf3", set_id=1, pointer=3)
+    net = Net([a1, a2, a3])
+    net.add_gnb(GnbLogic(1, s_tmsi_set_id=1))  # S-TMSIs name set 1, pointer 1
+    _l, _w, p1 = net.amfs["amf1"]
+    net.router.amf_message(p1, c.amf_status_indication([a1.guami], backup="amf3"), 0, PPID)
+    net.start_ues(0, range(1, 7))
+    net.pump()
+    assert (a1.completed, a2.completed, a3.completed) == (0, 0, 6)  # the backup, not SWRR
+    g2 = GnbLogic(2)  # UEs without a 5G-S-TMSI still spread over the available AMFs
+    net.add_gnb(g2)
+    net.start_ues(1, range(1, 5))
+    net.pump()
+    assert a2.completed == 2 and a3.completed == 8

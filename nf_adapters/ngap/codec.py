@@ -413,10 +413,16 @@ def paging_tais(ies: dict) -> set[tuple[bytes, int]]:
             for i in ies.get(IE_TAI_LIST_FOR_PAGING, [])}
 
 
-def amf_status_indication(guamis: list[Guami]) -> bytes:
-    """AMF Status Indication (TS 38.413 §8.7.6): these GUAMIs are unavailable."""
-    return encode(INITIATING, PROC_AMF_STATUS_INDICATION, [
-        (IE_UNAVAILABLE_GUAMI_LIST, [{"gUAMI": g.value()} for g in guamis])])
+def amf_status_indication(guamis: list[Guami], backup: str | None = None) -> bytes:
+    """AMF Status Indication (TS 38.413 §8.7.6): these GUAMIs are unavailable; ``backup``
+    names the AMF to take their UEs (Backup AMF Name)."""
+    items = []
+    for g in guamis:
+        item: dict[str, Any] = {"gUAMI": g.value()}
+        if backup:
+            item["backupAMFName"] = backup
+        items.append(item)
+    return encode(INITIATING, PROC_AMF_STATUS_INDICATION, [(IE_UNAVAILABLE_GUAMI_LIST, items)])
 
 
 def user_location(plmn: bytes, cell_id: int, tac: int = 1) -> tuple:

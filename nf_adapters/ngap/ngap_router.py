@@ -28,7 +28,8 @@ Roles
   one, in a RAN Configuration Update (so that the AMFs page there).
 * AMF selection for a new UE (several AMF sets): among AMFs that are up, not overloaded and
   with an available GUAMI (AMF Status Indication marks GUAMIs unavailable, AMF Configuration
-  Update lists them again), those serving the AMF set (and pointer) of the 5G-S-TMSI (or the
+  Update lists them again; a UE whose 5G-S-TMSI names an unavailable GUAMI goes to the Backup
+  AMF the indication named, when it can take it), those serving the AMF set (and pointer) of the 5G-S-TMSI (or the
   AMFSetID IE) first; without one, those serving the UE's PLMN and requested slices (read by
   pycrate only when the AMFs' PLMN/slice sets differ); then smooth weighted round robin over
   relative capacity less the load reduction an AMF's Overload Start asked for, so UEs
@@ -298,6 +299,7 @@ class NgapRouter:
         self._next_index = 0
         self._advertised: list[c.Guami] = []
         self._resets: list[PendingReset] = []
+        self._backup: dict[c.Guami, str] = {}  # unavailable GUAMI -> Backup AMF Name
         # the TAs the gateway announces to the AMFs (as their gNB): its own, then the gNBs'
         self._tas_to_amfs: dict[tuple[bytes, int], frozenset] = {
             (identity.plmn, identity.tac): frozenset()}
@@ -552,6 +554,9 @@ class NgapRouter:
         if not candidates:
             return None
         if set_id != NONE:
+            backup = self._backup_for(candidates, set_id, pointer, region)
+            if backup is not None:
+                return backup
             exact = [a for a in candidates if a.serves_set(set_id, pointer, region)]
             in_set = exact or [a for a in candidates if a.serves_set(set_id, NONE, region)]
             if in_set:
@@ -561,6 +566,19 @@ class NgapRouter:
             if fit:
                 candidates = fit
         return self._weighted_pick(candidates)
+
+    def _backup_for(self, candidates: list[AmfPeer], set_id: int, pointer: int,
+                     region: int) -> AmfPeer | None:
+        """The Backup AMF an AMF Status Indication named for the UE's (unavailable) GUAMI,
+        when it can take the UE and no AMF still serves that GUAMI."""
+        if not self._backup or pointer == NONE:
+            return None
+        for g, name in self._backup.items():
+            if g.set_id == set_id and g.pointer == pointer and region in (NONE, g.region_id):
+                if any(a.serves_set(set_id, pointer, region) for a in candidates):
+                    return None
+                return next((a for a in candidates if a.amf_name == name), None)
+        return None
 
     @staticmethod
     def _weighted_pick(candidates: list[AmfPeer]) -> AmfPeer:
@@ -974,6 +992,8 @@ class NgapRouter:
             if c.IE_SERVED_GUAMI_LIST in ies:
                 amf.guamis = [c.Guami.from_value(i["gUAMI"]) for i in ies[c.IE_SERVED_GUAMI_LIST]]
                 amf.unavailable -= set(amf.guamis)
+                for g in amf.guamis:
+                    self._backup.pop(g, None)
             if c.IE_PLMN_SUPPORT_LIST in ies:
                 self._learn_plmns(amf, ies)
             if c.IE_RELATIVE_AMF_CAPACITY in ies:
@@ -996,6 +1016,9 @@ class NgapRouter:
         try:
             items = c.decode(data).ies.get(c.IE_UNAVAILABLE_GUAMI_LIST, [])
             gone = {c.Guami.from_value(i["gUAMI"]) for i in items}
+            for i in items:
+                if i.get("backupAMFName"):
+                    self._backup[c.Guami.from_value(i["gUAMI"])] = i["backupAMFName"]
         except (c.NgapCodecError, KeyError, TypeError):
             self.stats["decode_errors"] += 1
             self._error(amf.link, CAUSE_TRANSFER_SYNTAX, 0)
