@@ -1905,6 +1905,7 @@ cdef class ServerConnection(_Conn):
         if st.too_large:
             problem_headers, body = engine_problem(431, self.max_header_list)
             self._respond(st, 431, problem_headers, body, None)
+            self._count_refused()  # a 431 counts as a refused stream (HPACK bomb)
             return
         st.announced = 1
         headers = st.headers

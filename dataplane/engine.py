@@ -150,8 +150,9 @@ class H2Settings:
     # ``hard_header_list_size`` (4x max_header_list_size, at least 64 KiB) ends the
     # connection the same way; blocks between the two limits are answered 431.
     max_header_bytes_per_second: int = 64 << 20
-    # streams refused (RST_STREAM REFUSED_STREAM: over max_concurrent_streams) within a
-    # one-second window; over it -> GOAWAY(ENHANCE_YOUR_CALM) (stream-limit exhaustion)
+    # streams refused (RST_STREAM REFUSED_STREAM: over max_concurrent_streams; or answered 431:
+    # a header block over max_header_list_size) within a one-second window; over it ->
+    # GOAWAY(ENHANCE_YOUR_CALM) (stream-limit exhaustion, a stream of oversized blocks)
     max_refused_streams_per_second: int = 100
     # a body the engine holds for an un-spliced stream, or retains for a replay
     max_retained_body: int = 65536

@@ -138,14 +138,15 @@ class _H2(H2Connection):
         if self._hb_count > self.max_header_bytes:
             raise _CalmError("decoded header bytes over budget (HPACK bomb)")
 
-    def _count_refused(self) -> None:
+    def refused_over(self) -> bool:
+        """Count a refused stream (REFUSED_STREAM, or a 431 for an oversized header block);
+        True once more than ``max_refused`` came within a one-second window."""
         now = time.monotonic()
         if now - self._ref_window >= 1.0:
             self._ref_window = now
             self._ref_count = 0
         self._ref_count += 1
-        if self._ref_count > self.max_refused:
-            raise _CalmError("refused streams (stream-limit abuse)")
+        return self._ref_count > self.max_refused
 
     def _receive_goaway_frame(self, frame):  # type: ignore[override]
         # h2 closes its state machine and drops queued output on GOAWAY; in-flight streams
@@ -195,7 +196,8 @@ class _H2(H2Connection):
             rst = RstStreamFrame(sid)
             rst.error_code = ErrorCode.REFUSED_STREAM
             self.refused_streams += 1
-            self._count_refused()
+            if self.refused_over():
+                raise _CalmError("refused streams (stream-limit abuse)") from None
             return [rst], []
         except h2.exceptions.DenialOfServiceError:
             raise
@@ -212,7 +214,13 @@ class _H2(H2Connection):
         for event in events:
             headers = getattr(event, "headers", None)
             if headers:
-                self._charge_headers(sum(len(n) + len(v) + 32 for n, v in headers))
+                size = sum(len(n) + len(v) + 32 for n, v in headers)
+                self._charge_headers(size)
+                # a block the server will answer 431 counts as a refused stream, here and not
+                # when the event is handled, so that a read full of them is not decoded whole
+                if (size > self.local_settings.max_header_list_size
+                        and not self.config.client_side and self.refused_over()):
+                    raise _CalmError("oversized header blocks (HPACK bomb)")
         return frames, events
 
     @staticmethod
@@ -506,15 +514,20 @@ class _Connection(asyncio.Protocol):
         while window and now - window[0] > 1.0:
             window.popleft()
         if len(window) > limit:
-            log.warning("HTTP/2 peer over a rate limit (%d/s): GOAWAY ENHANCE_YOUR_CALM", limit)
-            self.calm_goaway = True
-            try:
-                self._h2.close_connection(ErrorCode.ENHANCE_YOUR_CALM)
-            except h2.exceptions.ProtocolError:
-                pass
-            self._abort_after_flush()
+            self._calm(f"over a rate limit ({limit}/s)")
             return True
         return False
+
+    def _calm(self, why: str) -> None:
+        """GOAWAY(ENHANCE_YOUR_CALM) and close; nothing more the peer sends is processed."""
+        log.warning("HTTP/2 peer %s %s: GOAWAY ENHANCE_YOUR_CALM",
+                    getattr(self, "peer_info", {}).get("peername"), why)
+        self.calm_goaway = True
+        try:
+            self._h2.close_connection(ErrorCode.ENHANCE_YOUR_CALM)
+        except h2.exceptions.ProtocolError:
+            pass
+        self._abort_after_flush()
 
     # ---- sending DATA under flow control ----------------------------------------------------
     def _pump(self, st: _Stream) -> None:
@@ -738,7 +751,7 @@ class ServerConnection(_Connection):
         self._streams[sid] = st
         if _header_list_size(headers) > self.settings.max_header_list_size:
             problem_headers, body = engine_problem(431, self.settings.max_header_list_size)
-            self.respond(sid, 431, list(problem_headers), body)
+            self.respond(sid, 431, list(problem_headers), body)  # counted by _H2 (refused)
             return
         st.req_headers = headers
         try:

@@ -197,3 +197,22 @@ async def test_engine_errors_are_problem_details(backend, status):
     assert problem["status"] == status and problem["cause"] == "INVALID_MSG_FORMAT"
     raw.close()
     server.close()
+
+
+async def test_a_stream_of_oversized_blocks_ends_the_connection(origin_with):
+    """Each block is over the list limit (431) but under the hard one: after
+    max_refused_streams_per_second of them the connection is cut, on both backends."""
+    origin = await origin_with(H2Settings(max_header_list_size=4096,
+                                          max_refused_streams_per_second=10))
+    raw = await RawH2.connect(origin.port)
+    raw.flush()
+    await raw.until(is_(h2.events.RemoteSettingsChanged))
+    for _ in range(30):
+        raw.request("/x", [(b"x-big", b"o" * 6000)])
+    raw.flush()
+    await _calmed(raw)
+    answered = [e for e in raw.events if isinstance(e, h2.events.ResponseReceived)]
+    assert all(dict(e.headers)[b":status"] == b"431" for e in answered)
+    assert len(answered) <= 11
+    assert origin.handler.requests == []
+    await _legit_still_served(origin.port)
