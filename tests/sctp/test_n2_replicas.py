@@ -7,32 +7,23 @@ and its registration completes).
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import pytest
 
 from perf.amf_emulator import AmfLogic, AmfServer
 from perf.gnb_emulator import GnbClient, GnbLogic
+from perf.ngap_perf import Etcd
 
 pytestmark = pytest.mark.sctp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_for(pred, timeout: float = 60.0) -> None:
@@ -41,33 +32,6 @@ async def wait_for(pred, timeout: float = 60.0) -> None:
         if time.monotonic() > end:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
-
-
-class Etcd:
-    def __init__(self, tmp: str) -> None:
-        self.port, peer = _free_port(), _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [shutil.which("etcd") or "etcd", "--name", "t", "--data-dir", f"{tmp}/etcd",
-             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-             "--initial-cluster", f"t=http://127.0.0.1:{peer}", "--log-level", "error"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def healthy(self) -> bool:
-        try:
-            return b"true" in urllib.request.urlopen(f"{self.url}/health", timeout=1).read()
-        except OSError:
-            return False
-
-    def count(self, prefix: str) -> int:
-        body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
-                           "range_end": base64.b64encode(prefix[:-1].encode() + b"0").decode(),
-                           "count_only": True}).encode()
-        req = urllib.request.Request(f"{self.url}/v3/kv/range", body,
-                                     {"Content-Type": "application/json"})
-        return int(json.loads(urllib.request.urlopen(req, timeout=5).read()).get("count", 0))
 
 
 def _replica(n: int, amfs: list[AmfServer], etcd: Etcd, tmp: str) -> tuple:
@@ -133,6 +97,5 @@ async def test_two_replicas_sigkill_one_no_ue_lost() -> None:
                 p.wait(10)
         for a in amfs:
             a.stop()
-        etcd.proc.kill()
-        etcd.proc.wait(10)
+        etcd.stop()
         shutil.rmtree(tmp, ignore_errors=True)
