@@ -24,10 +24,11 @@ chose.  Per endpoint (one producer address) an ``EndpointGate`` holds:
   found in O(1)).  Its overload signal is queue *delay*, as in CoDel: while the queue has
   been empty within the last ``queue_interval_s`` a request may wait up to that interval;
   once it has stayed non-empty longer (a standing queue), a request of the normal band waits
-  at most ``queue_target_s`` and is then shed with a fast 503.  A standing queue that already
-  holds what the producer drains in ``queue_target_s`` takes a newcomer only in place of a
-  worse entry; otherwise the newcomer is refused at once (the same refusal, without the
-  wait).  The top band (priority <= ``top_band``: MPS, emergency) waits until its
+  at most ``queue_wait_share`` of its own budget (at least ``queue_target_s``, at most
+  ``queue_max_wait_s``: 50 ms for a 500 ms Max-Rsp-Time) and is then shed with a fast 503.
+  A standing queue that already holds what the producer drains in that time takes a
+  newcomer only in place of a worse entry; otherwise the newcomer is refused at once (the
+  same refusal, without the wait).  The top band (priority <= ``top_band``: MPS, emergency) waits until its
   deadline, goes first, and may use the ``reserved_share`` of the limit that the rest may not.
 * **deadlines**: a request whose deadline is nearer than the producer's no-load response
   time is answered 504 at once and never forwarded (the time left is what the next hop gets:
@@ -106,6 +107,11 @@ class AdmissionSettings:
     queue_max: int = 1024
     queue_target_s: float = 0.05
     queue_interval_s: float = 0.1
+    # ... the wait a standing queue allows grows with the request's own budget: this share of
+    # it, at least queue_target_s and at most queue_max_wait_s (a request with 30 s to live
+    # may wait longer than one with 500 ms)
+    queue_wait_share: float = 0.1
+    queue_max_wait_s: float = 1.0
     consecutive_failures: int = 5
     base_ejection_s: float = 2.0
     max_ejection_s: float = 60.0
@@ -131,7 +137,8 @@ class EndpointGate:
         self.cap_top = self.cap_normal = 0.0  # what allowed() answers, kept current
         self.margin = 0.0  # rtt_noload when known: a deadline nearer than this is hopeless
         self.in_flight = 0
-        # per priority: entries [deadline, seq, enqueued_at, ex] sorted by (deadline, seq), the
+        # per priority: entries [deadline, seq, enqueued_at, ex, wait cap] sorted by (deadline,
+        # seq), the
         # next to go first; bit p of mask set while levels[p] holds entries (maybe dead ones)
         self.levels: list[list] = [[] for _ in range(PRIORITIES)]
         self.mask = 0
@@ -434,6 +441,10 @@ class AdmissionController:
             return GO
         s = self.settings
         deadline = deadline or math.inf
+        # how long this request may wait once the queue stands: its share of its budget
+        cap = (deadline - now) * s.queue_wait_share
+        cap = s.queue_target_s if cap < s.queue_target_s else (
+            s.queue_max_wait_s if cap > s.queue_max_wait_s else cap)
         if gate.queued:
             if gate.queued >= s.queue_max:
                 if not self._displace(gate, prio, deadline):
@@ -441,7 +452,7 @@ class AdmissionController:
                     gate.rejected += 1
                     return (CONGESTION[0], CONGESTION[1], "the producer's queue at the SCP is full")
             elif (not top and gate.overloaded and gate.queued >= max(
-                    self.queue_floor, gate.drain_rate * s.queue_target_s)):
+                    self.queue_floor, gate.drain_rate * cap)):
                 # a standing queue holding what the producer drains within the target: this
                 # request would only wait to be refused, unless it outranks a queued one
                 if not self._displace(gate, prio, deadline):
@@ -463,7 +474,7 @@ class AdmissionController:
                 return (TOO_MANY[0], TOO_MANY[1], "this consumer holds more than its share of "
                         "the overloaded producer's queue at the SCP")
         level = gate.levels[prio]
-        entry = [deadline, next(self._seq), now, ex]
+        entry = [deadline, next(self._seq), now, ex, cap]
         if not level or entry >= level[-1]:
             level.append(entry)
         else:
@@ -526,7 +537,7 @@ class AdmissionController:
         while gate.mask:
             prio = (gate.mask & -gate.mask).bit_length() - 1  # the best non-empty level
             level = levels[prio]
-            deadline, _seq, enq, ex = level[0]
+            deadline, _seq, enq, ex, _cap = level[0]
             if ex.done or ex.gate is not gate:  # answered or gone while it waited
                 del level[0]
                 if not level:
@@ -576,7 +587,7 @@ class AdmissionController:
             worst = gate.mask.bit_length() - 1
             level = levels[worst]
             entry = level[-1]
-            ex = entry[3]
+            ex = entry[3]  # [deadline, seq, enqueued_at, ex, wait cap]
             if ex.done or ex.gate is not gate:
                 level.pop()
                 if not level:
@@ -621,18 +632,18 @@ class AdmissionController:
                 log.warning("producer %s entered overload: requests have queued at the SCP for "
                             "%.0f ms (limit %d in flight)", gate.key,
                             (now - gate.last_empty) * 1000, gate.limit)
-            oldest = now - (s.queue_target_s if standing else s.queue_interval_s)
+            interval = s.queue_interval_s
             prio = s.top_band + 1
             mask = gate.mask >> prio
             while mask:
                 if mask & 1:
                     level = gate.levels[prio]
                     while level:
-                        _deadline, _seq, enq, ex = level[0]
+                        _deadline, _seq, enq, ex, cap = level[0]
                         if ex.done or ex.gate is not gate:
                             del level[0]
                             continue
-                        if enq >= oldest:
+                        if now - enq <= (cap if standing or cap > interval else interval):
                             break
                         del level[0]
                         gate.unqueue(ex)

@@ -332,7 +332,9 @@ class OverloadQueueSection(msgspec.Struct, **_STRUCT):
     """The wait queue per producer: priority then deadline; queue delay is the signal."""
 
     max_length: PosInt = 1024
-    target_delay_ms: PosFloat = 50.0
+    target_delay_ms: PosFloat = 50.0  # the least a request may wait in a standing queue
+    wait_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.1  # ... or this share of its
+    max_wait_ms: PosFloat = 1000.0  # budget (deadline), up to this
     interval_ms: PosFloat = 100.0
 
 
@@ -384,6 +386,8 @@ class OverloadSection(msgspec.Struct, **_STRUCT):
             probe_samples=self.limit.probe_samples, queue_max=self.queue.max_length,
             queue_target_s=self.queue.target_delay_ms / 1000.0,
             queue_interval_s=self.queue.interval_ms / 1000.0,
+            queue_wait_share=self.queue.wait_share,
+            queue_max_wait_s=self.queue.max_wait_ms / 1000.0,
             consecutive_failures=self.outlier.consecutive_failures,
             base_ejection_s=self.outlier.base_ejection_s,
             max_ejection_s=self.outlier.max_ejection_s,
@@ -811,6 +815,9 @@ def _cross_check(cfg: Config, d: _Decoder, base_dir: str, failed: set[str]) -> C
     if not ov.limit.min <= ov.limit.initial <= ov.limit.max:
         d.issue("overload.limit.initial",
                 f"must be within overload.limit.min..max ({ov.limit.min}..{ov.limit.max})")
+    if ov.queue.target_delay_ms > ov.queue.max_wait_ms:
+        d.issue("overload.queue.target_delay_ms",
+                f"must not exceed overload.queue.max_wait_ms ({ov.queue.max_wait_ms:g})")
     if ov.queue.target_delay_ms > ov.queue.interval_ms:
         d.issue("overload.queue.target_delay_ms",
                 f"must not exceed overload.queue.interval_ms ({ov.queue.interval_ms:g})")

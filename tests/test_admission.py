@@ -135,7 +135,7 @@ def test_a_queued_request_whose_deadline_comes_near_is_never_sent() -> None:
 
 def test_standing_queue_bounds_the_wait_of_the_normal_band_only() -> None:
     clock = Clock()
-    ctl = controller(clock, queue_target_s=0.01, queue_interval_s=0.1)
+    ctl = controller(clock, queue_target_s=0.01, queue_interval_s=0.1, queue_max_wait_s=0.01)
     busy = [Ex(16), Ex(16)]
     for ex in busy:
         ctl.admit(ex)
@@ -153,6 +153,27 @@ def test_standing_queue_bounds_the_wait_of_the_normal_band_only() -> None:
     assert top.events == ["go"]
 
 
+def test_a_standing_queue_lets_a_longer_budget_wait_longer() -> None:
+    clock = Clock()
+    ctl = controller(clock, queue_target_s=0.05, queue_interval_s=0.1, queue_wait_share=0.1,
+                     queue_max_wait_s=1.0)
+    busy = [Ex(16), Ex(16)]
+    for ex in busy:
+        ctl.admit(ex)
+    short = Ex(16, due=clock.t + 0.5)  # 500 ms to live: may wait 50 ms once the queue stands
+    long = Ex(16, due=clock.t + 30.0)  # 30 s: 1 s at most
+    none = Ex(16)  # no deadline: 1 s
+    for ex in (short, long, none):
+        assert ctl.admit(ex) == QUEUED
+    clock.t += 0.2  # the queue has stood 200 ms
+    ctl._run_sweep()
+    assert short.events == [(503, "NF_CONGESTION")]
+    assert long.events == [] and none.events == []
+    clock.t += 0.85
+    ctl._run_sweep()
+    assert long.events == [(503, "NF_CONGESTION")] and none.events == [(503, "NF_CONGESTION")]
+
+
 def test_top_band_uses_the_reserved_share() -> None:
     clock = Clock()
     ctl = controller(clock, initial_limit=10, max_limit=10, reserved_share=0.2)
@@ -166,7 +187,7 @@ def test_top_band_uses_the_reserved_share() -> None:
 
 def test_standing_queue_refuses_newcomers_at_once_unless_they_outrank_it() -> None:
     clock = Clock()
-    ctl = controller(clock, queue_target_s=0.01, queue_interval_s=0.1)
+    ctl = controller(clock, queue_target_s=0.01, queue_interval_s=0.1, queue_max_wait_s=0.01)
     ctl.queue_floor = 2
     for _ in range(2):
         ctl.admit(Ex(16))
