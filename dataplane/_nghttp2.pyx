@@ -949,6 +949,13 @@ cdef class _Conn:
         finally:
             _busy -= 1
             _last_finished = None  # early flushes are per upstream read
+        if rv < 0 and self.session != NULL:
+            # a fatal error of the session (a CONTINUATION or other flood, a bad preface...):
+            # GOAWAY with a code before the close below (a no-op when one is queued already)
+            nghttp2_session_terminate_session(
+                self.session, NGHTTP2_ENHANCE_YOUR_CALM if rv == -904 or rv == -905  # FLOODED,
+                else NGHTTP2_INTERNAL_ERROR if rv == NGHTTP2_ERR_CALLBACK_FAILURE  # CONTINUATIONS
+                else NGHTTP2_PROTOCOL_ERROR)
         _mark(self)
         if self.upstream or _busy:
             _run()

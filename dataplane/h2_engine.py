@@ -101,7 +101,8 @@ class _CalmError(h2.exceptions.DenialOfServiceError):
 
 class _FrameBuffer(FrameBuffer):
     """h2's frame buffer, with the RFC 9113 §6.5 code for a SETTINGS ACK with a payload
-    (FRAME_SIZE_ERROR; hyperframe reports it as invalid data, which h2 makes PROTOCOL_ERROR)."""
+    (FRAME_SIZE_ERROR; hyperframe reports it as invalid data, which h2 makes PROTOCOL_ERROR)
+    and ENHANCE_YOUR_CALM for a header block in more than 64 CONTINUATION frames."""
 
     def __next__(self):
         try:
@@ -111,6 +112,9 @@ class _FrameBuffer(FrameBuffer):
             if isinstance(cause, InvalidDataError) and "ack frame must not have payload" in str(
                     cause).lower():
                 raise _ConnectionError(str(cause), ErrorCode.FRAME_SIZE_ERROR) from exc
+            if "too many continuation frames" in str(exc).lower():
+                # a CONTINUATION flood: ENHANCE_YOUR_CALM, as libnghttp2 answers it
+                raise _CalmError(str(exc)) from exc
             raise
 
 

@@ -6,6 +6,7 @@ on.  Event-driven: every wait is for a frame or a close, never a fixed time."""
 from __future__ import annotations
 
 import h2.events
+import hpack
 import pytest
 
 from dataplane.engine import ErrorCode, H2Settings
@@ -214,5 +215,20 @@ async def test_a_stream_of_oversized_blocks_ends_the_connection(origin_with):
     answered = [e for e in raw.events if isinstance(e, h2.events.ResponseReceived)]
     assert all(dict(e.headers)[b":status"] == b"431" for e in answered)
     assert len(answered) <= 11
+    assert origin.handler.requests == []
+    await _legit_still_served(origin.port)
+
+
+async def test_continuation_flood_is_cut(origin_with):
+    """A header block that never ends (empty CONTINUATION frames): GOAWAY(ENHANCE_YOUR_CALM)
+    on both backends (libnghttp2's CONTINUATION limit, h2's backlog of 64)."""
+    origin = await origin_with(H2Settings())
+    raw = await RawH2.connect(origin.port)
+    raw.flush()
+    await raw.until(is_(h2.events.RemoteSettingsChanged))
+    block = hpack.Encoder().encode([(b":method", b"GET"), (b":scheme", b"http"),
+                                    (b":authority", b"t"), (b":path", b"/x")])
+    raw.writer.write(frame(1, 0x1, 1, block) + frame(9, 0, 1, b"") * 1000)
+    await _calmed(raw)
     assert origin.handler.requests == []
     await _legit_still_served(origin.port)
