@@ -75,6 +75,17 @@ def test_http2_section_maps_to_engine_settings() -> None:
     assert s.initial_window_size == H2Settings().initial_window_size
 
 
+def test_http2_abuse_budgets_map_and_are_checked() -> None:
+    cfg = parse_config({"http2": {"max_header_bytes_per_second": 1 << 20,
+                                  "max_refused_streams_per_second": 5}})
+    s = cfg.http2.to_h2_settings()
+    assert (s.max_header_bytes_per_second, s.max_refused_streams_per_second) == (1 << 20, 5)
+    assert s.hard_header_list_size == 4 * s.max_header_list_size
+    assert [p for p, _ in issues({"http2": {"max_refused_streams_per_second": 0,
+                                            "max_header_bytes_per_second": -1}})] == [
+        "http2.max_header_bytes_per_second", "http2.max_refused_streams_per_second"]
+
+
 # --------------------------------------------------------------------------- the example
 
 def test_example_validates_with_its_certificates(tmp_path) -> None:
