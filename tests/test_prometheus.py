@@ -120,7 +120,7 @@ def _query(prom: int, expr: str, at: float | None = None) -> dict:
 
 async def _load(port: int, seconds: float, rate: float) -> dict[int, int]:
     """Open-loop mix at ``rate`` req/s for ``seconds``: the good cluster, the dead one (5xx,
-    ejection), requests whose deadline cannot be met (shed), and an NF registration."""
+    ejection), a consumer past its rate (shed), and an NF registration."""
     statuses: dict[int, int] = {}
     client = H2Client("h2")
     base = f"http://127.0.0.1:{port}"
@@ -130,15 +130,15 @@ async def _load(port: int, seconds: float, rate: float) -> dict[int, int]:
                              headers=[("user-agent", "UDM-1"), ("content-type", "application/json")],
                              body=json.dumps(profile).encode(), timeout=5)
     statuses[r.status] = statuses.get(r.status, 0) + 1
-    kinds = [("/nausf-auth/v1/ue-authentications", []), ("/nausf-auth/v1/ue-authentications", []),
-             ("/nudm-sdm/v2/imsi-001010000000001/am-data", []),
-             ("/nausf-auth/v1/ue-authentications", [("3gpp-sbi-max-rsp-time", "1")])]
+    top = [("user-agent", "AMF-1"), ("3gpp-sbi-message-priority", "0")]  # exempt from the bucket
+    kinds = [("/nausf-auth/v1/ue-authentications", top), ("/nausf-auth/v1/ue-authentications", top),
+             ("/nudm-sdm/v2/imsi-001010000000001/am-data", top),
+             ("/nausf-auth/v1/ue-authentications", [("user-agent", "AMF-greedy")])]
     tasks: set[asyncio.Task] = set()
 
     async def one(path: str, extra: list) -> None:
         try:
-            resp = await client.request("POST", base + path, body=b"{}", timeout=5,
-                                        headers=[("user-agent", "AMF-1"), *extra])
+            resp = await client.request("POST", base + path, body=b"{}", timeout=5, headers=extra)
             statuses[resp.status] = statuses.get(resp.status, 0) + 1
         except Exception:  # noqa: BLE001 - counted, the metrics tell the rest
             statuses[0] = statuses.get(0, 0) + 1
@@ -183,6 +183,9 @@ async def test_dashboard_and_alert_expressions_return_data(tmp_path: Path) -> No
                      "sweep_interval_s": 0.2},
         "metrics": {"enabled": True, "port": metrics_port},
         "admin": {"port": admin_port},
+        # a per-consumer bucket of 2/s: most of AMF-greedy's 10/s at the normal priority are
+        # shed (reason consumer_rate); AMF-1 sends in the top band, which the bucket exempts
+        "overload": {"consumer": {"rate_per_s": 2, "burst": 2}},
     }
     (tmp_path / "gw.yaml").write_text(json.dumps(cfg))
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
