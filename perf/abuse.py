@@ -256,10 +256,15 @@ async def _case(backend: str, port: int, pid: int, case: str, duration: float,
     tasks = [asyncio.ensure_future(_legit(engine, port, stop, concurrency))]
     if case == "idle_connections":
         for _ in range(idle):
-            r, w = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+            except OSError as exc:  # out of descriptors (ulimit -n)
+                got["error"] = f"{len(held)} idle connections opened: {exc}"
+                break
             w.write(PREFACE + _settings() + _settings(flags=1))
             held.append(w)
-        got["connections"] = idle
+        got["connections"] = len(held)
+        idle = len(held)
     elif case != "baseline":
         tasks.append(asyncio.ensure_future(_attacker(port, case, stop, got)))
     end = time.monotonic() + duration
@@ -300,6 +305,16 @@ async def _run_backend(backend: str, cases: list[str], duration: float, concurre
         proc.wait()
 
 
+def _raise_fd_limit(need: int) -> None:
+    """Idle connections need descriptors here and in the responder (which inherits this)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        top = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nfmesh perf abuse", description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -317,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         p.error(f"unknown case(s): {', '.join(unknown)}")
+    _raise_fd_limit(2 * idle + 256)
     out = {"duration_s": duration, "backends": []}
     for backend in [b for b in args.backends.split(",") if b]:
         out["backends"].append(asyncio.run(_run_backend(backend, cases, duration,
