@@ -2549,6 +2549,16 @@ cdef class ClientConnection(_Conn):
         self._kick()
         return cid
 
+    def reset_stream(self, int stream_id, int error_code=ErrorCode.CANCEL) -> None:
+        """Cancel one of our own requests (its callback is not called), as the h2 backend's
+        ``reset_stream``: RST_STREAM with ``error_code``."""
+        st = self.streams.get(stream_id)
+        if st is None or self.session == NULL:
+            return
+        (<_Stream>st).callback = None
+        nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, stream_id, error_code)
+        self._kick()
+
     def ping(self) -> None:
         """Send a PING (liveness of pooled connections)."""
         if self.session != NULL:

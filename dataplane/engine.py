@@ -332,6 +332,10 @@ class ClientConnection(Protocol):
         """Send a whole request of our own; the whole response goes to ``callback``.
         Returns the stream id."""
 
+    def reset_stream(self, stream_id: int, error_code: int = ErrorCode.CANCEL) -> None:
+        """Cancel one of our own requests (``request``) with RST_STREAM; its callback is not
+        called."""
+
     def ping(self) -> None:
         """Send a PING (liveness of pooled connections)."""
 
