@@ -33,6 +33,8 @@ log = logging.getLogger("nfmesh.proxy")
 cdef dict _METHODS = _pure._METHODS
 cdef object _endpoint_text = _pure._endpoint_text
 cdef object _code_name = _pure._code_name
+cdef object _skip_ejected = _pure.skip_ejected
+cdef object _release_admission = _pure.release_admission
 cdef type _ForwardType = Forward
 cdef type _PoolType = _EndpointPool
 cdef object _INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR
@@ -171,16 +173,7 @@ cdef class _FastExchange:
         self.admitted()
 
     def _skip_ejected(self, adm) -> None:
-        """The chosen endpoint is ejected (outlier detection): take the first alternate that
-        is not, when there is one."""
-        fwd = self.fwd
-        for i, (endpoint, headers) in enumerate(fwd.alternates):
-            if not adm.ejected(endpoint):
-                self.endpoint, self.headers = endpoint, headers
-                if i < len(fwd.alternate_response_headers):
-                    self.extra = fwd.alternate_response_headers[i]
-                self.next_alt = i + 1
-                return
+        _skip_ejected(self, adm)
 
     def refused(self, status, cause, detail) -> None:
         """Admission refused it after it waited (the controller calls this)."""
@@ -345,13 +338,7 @@ cdef class _FastExchange:
                       _monotonic() - self.t0, error_code, self.endpoint, self.conn)
 
     def _release(self, status, error_code) -> None:
-        adm = self.proxy.admission
-        if self.retrying:
-            self.retrying = False
-            adm.retry_done()
-        if self.gate is not None:
-            adm.release(self, status, status >= 500 or (
-                status == 0 and error_code != 0 and error_code != _CANCEL))
+        _release_admission(self, status, error_code)
 
     def on_response_headers(self, stream_id, status, fields):
         """The engine's response tap (overload/load control headers from the producer)."""

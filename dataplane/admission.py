@@ -66,7 +66,6 @@ import bisect
 import itertools
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -799,36 +798,18 @@ class AdmissionController:
 
 
 # ---- implementation choice -----------------------------------------------------------------------
-ADMISSIONS = ("cython", "pure")
-
-
 def load_admission(name: str = "auto") -> type:
     """The ``AdmissionController`` class: ``cython`` (``dataplane._admission_fast``: this very
     file compiled with ``admission.pxd``, see setup.py's TWINS), ``pure`` (this module's), or
     ``auto``: the compiled one when built, unless ``NFMESH_ADMISSION`` names one (A/B runs)."""
-    if name == "auto":
-        name = os.environ.get("NFMESH_ADMISSION") or "auto"
-    if name in ("auto", "cython"):
-        try:
-            from dataplane._admission_fast import AdmissionController as fast
-        except ImportError:
-            if name == "cython":
-                raise
-        else:
-            return fast
-    if name in ("auto", "pure"):
-        return AdmissionController
-    raise ValueError(f"unknown admission implementation {name!r}; choose one of auto, "
-                     f"{', '.join(ADMISSIONS)}")
+    from dataplane.twins import load_twin
+
+    return load_twin(name, ("dataplane._admission_fast", "AdmissionController"),
+                     AdmissionController, "NFMESH_ADMISSION", "admission")  # type: ignore
 
 
 def available_admissions() -> list[str]:
     """Names of the admission implementations that import here."""
-    names = []
-    for name in ADMISSIONS:
-        try:
-            load_admission(name)
-        except ImportError:
-            continue
-        names.append(name)
-    return names
+    from dataplane.twins import available_twins
+
+    return available_twins(load_admission)

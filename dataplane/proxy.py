@@ -43,7 +43,6 @@ import asyncio
 import http
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -58,6 +57,7 @@ from dataplane.routing import (
     Request,
     RouterSlot,
 )
+from dataplane.twins import TWINS, available_twins, load_twin
 from dataplane.upstream_pool import UpstreamPools, UpstreamUnavailable
 
 log = logging.getLogger("nfmesh.proxy")
@@ -95,6 +95,33 @@ def default_problem(status: int, cause: str, detail: str) -> LocalResponse:
 def _endpoint_text(endpoint: Endpoint) -> str:
     host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
     return f"{host}:{endpoint.port}"
+
+
+# ---- admission, shared by both exchange classes (this module's and dataplane._proxy_fast's) ------
+
+def skip_ejected(ex, adm) -> None:
+    """``ex``'s chosen endpoint is ejected (outlier detection): take the first alternate that
+    is not, when there is one."""
+    fwd = ex.fwd
+    for i, (endpoint, headers) in enumerate(fwd.alternates):
+        if not adm.ejected(endpoint):
+            ex.endpoint, ex.headers = endpoint, headers
+            if i < len(fwd.alternate_response_headers):
+                ex.extra = fwd.alternate_response_headers[i]
+            ex.next_alt = i + 1
+            return
+
+
+def release_admission(ex, status: int, error_code: int) -> None:
+    """``ex`` ended: its retry-budget share and its admission slot go back; a failure of the
+    producer (5xx, or no status and an error other than the client's CANCEL) is counted."""
+    adm = ex.proxy.admission
+    if ex.retrying:
+        ex.retrying = False
+        adm.retry_done()
+    if ex.gate is not None:
+        adm.release(ex, status, status >= 500 or (
+            status == 0 and error_code != 0 and error_code != ErrorCode.CANCEL))
 
 
 class _Exchange:
@@ -158,16 +185,7 @@ class _Exchange:
         self.admitted()
 
     def _skip_ejected(self, adm) -> None:
-        """The chosen endpoint is ejected (outlier detection): take the first alternate that
-        is not, when there is one."""
-        fwd = self.fwd
-        for i, (endpoint, headers) in enumerate(fwd.alternates):
-            if not adm.ejected(endpoint):
-                self.endpoint, self.headers = endpoint, headers
-                if i < len(fwd.alternate_response_headers):
-                    self.extra = fwd.alternate_response_headers[i]
-                self.next_alt = i + 1
-                return
+        skip_ejected(self, adm)
 
     def refused(self, status: int, cause: str, detail: str) -> None:
         """Admission refused it after it waited (the controller calls this)."""
@@ -334,13 +352,7 @@ class _Exchange:
                       _monotonic() - self.t0, error_code, self.endpoint, self.conn)
 
     def _release(self, status: int, error_code: int) -> None:
-        adm = self.proxy.admission
-        if self.retrying:
-            self.retrying = False
-            adm.retry_done()
-        if self.gate is not None:
-            adm.release(self, status, status >= 500 or (
-                status == 0 and error_code != 0 and error_code != ErrorCode.CANCEL))
+        release_admission(self, status, error_code)
 
     def on_response_headers(self, stream_id: int, status: int, fields: Headers) -> Headers | None:
         """The engine's response tap (overload/load control headers from the producer)."""
@@ -605,36 +617,17 @@ def _code_name(code: int) -> str:
 
 
 # ---- implementation choice -----------------------------------------------------------------------
-PROXIES = ("cython", "pure")
+PROXIES = TWINS
 
 
 def load_proxy(name: str = "auto") -> type[Proxy]:
     """Return the ``Proxy`` class: ``cython`` (``dataplane._proxy_fast``, the per-request path
     compiled, same API), ``pure`` (this module's), or ``auto``: the compiled one when built,
     unless the environment variable ``NFMESH_PROXY`` names one (A/B measurements)."""
-    if name == "auto":
-        name = os.environ.get("NFMESH_PROXY") or "auto"
-    if name in ("auto", "cython"):
-        try:
-            from dataplane._proxy_fast import Proxy as fast
-        except ImportError:
-            if name == "cython":
-                raise
-        else:
-            return fast
-    if name in ("auto", "pure"):
-        return Proxy
-    raise ValueError(f"unknown proxy implementation {name!r}; choose one of auto, "
-                     f"{', '.join(PROXIES)}")
+    return load_twin(name, ("dataplane._proxy_fast", "Proxy"), Proxy, "NFMESH_PROXY",
+                     "proxy")  # type: ignore[return-value]
 
 
 def available_proxies() -> list[str]:
     """Names of the proxy implementations that import here."""
-    names = []
-    for name in PROXIES:
-        try:
-            load_proxy(name)
-        except ImportError:
-            continue
-        names.append(name)
-    return names
+    return available_twins(load_proxy)
