@@ -12,7 +12,7 @@ cdef class EndpointGate:
     cdef public double ejected_until, shed_fraction, shed_until, shed_partial, shed_at
     cdef public double queue_delay_sum
     cdef public long in_flight, queued, done_n, rtt_n, probe_n, max_in_flight, failures
-    cdef public long ejections, shed_threshold, rejected, timed_out, queue_delay_n
+    cdef public long ejections, shed_threshold, queue_delay_n
     cdef public long forwarded, ejected_total
     cdef public bint overloaded, probing
 

@@ -166,8 +166,6 @@ class EndpointGate:
         self.shed_at = 0.0
         self.prio_counts = [0] * PRIORITIES
         self.shed_counts: dict[tuple[str, int], int] = {}  # (reason, priority) -> count
-        self.rejected = 0
-        self.timed_out = 0
         self.queue_delay_sum = 0.0
         self.queue_delay_n = 0
         self.forwarded = 0
@@ -299,9 +297,6 @@ class EndpointGate:
         return False
 
     # ---- outliers -----------------------------------------------------------------------------
-    def ejected(self, now: float) -> bool:
-        return self.ejected_until > now
-
     def unqueue(self, ex) -> None:
         """``ex`` left the queue (sent, refused or gone)."""
         self.queued -= 1
@@ -405,7 +400,6 @@ class AdmissionController:
         gate.prio_counts[prio] += 1
         if deadline and deadline - now < gate.margin:
             gate.count("deadline", prio)
-            gate.timed_out += 1
             return (TIMED_OUT[0], TIMED_OUT[1],
                     "the request's deadline is nearer than the producer's response time")
         if not top:
@@ -448,7 +442,6 @@ class AdmissionController:
             if gate.queued >= s.queue_max:
                 if not self._displace(gate, prio, deadline):
                     gate.count("queue_full", prio)
-                    gate.rejected += 1
                     return (CONGESTION[0], CONGESTION[1], "the producer's queue at the SCP is full")
             elif (not top and gate.overloaded and gate.queued >= max(
                     self.queue_floor, gate.drain_rate * cap)):
@@ -456,7 +449,6 @@ class AdmissionController:
                 # request would only wait to be refused, unless it outranks a queued one
                 if not self._displace(gate, prio, deadline):
                     gate.count("queue_delay", prio)
-                    gate.rejected += 1
                     return (CONGESTION[0], CONGESTION[1], "the producer is overloaded: its "
                             "queue at the SCP holds more than it answers within the target")
         else:
@@ -469,7 +461,6 @@ class AdmissionController:
             mine = gate.by_consumer.get(consumer, 0)
             if mine >= 2 and mine * len(gate.by_consumer) >= gate.queued:
                 gate.count("consumer_share", prio)
-                gate.rejected += 1
                 return (TOO_MANY[0], TOO_MANY[1], "this consumer holds more than its share of "
                         "the overloaded producer's queue at the SCP")
         level = gate.levels[prio]
@@ -553,7 +544,6 @@ class AdmissionController:
             gate.queue_delay_n += 1
             if deadline != math.inf and deadline - now < gate.margin:
                 gate.count("deadline", prio)
-                gate.timed_out += 1
                 ex.refused(TIMED_OUT[0], TIMED_OUT[1],
                            "the request waited for the producer until its deadline was too near")
                 continue
@@ -600,7 +590,6 @@ class AdmissionController:
             gate.unqueue(ex)
             ex.gate = None
             gate.count("displaced", worst)
-            gate.rejected += 1
             ex.refused(CONGESTION[0], CONGESTION[1], "displaced from the producer's queue "
                        "at the SCP by a request of higher priority")
             return True
@@ -648,7 +637,6 @@ class AdmissionController:
                         gate.unqueue(ex)
                         ex.gate = None
                         gate.count("queue_delay", prio)
-                        gate.rejected += 1
                         ex.refused(CONGESTION[0], CONGESTION[1],
                                    "the producer is overloaded: the request waited at the SCP "
                                    "longer than the queue delay target")

@@ -34,6 +34,33 @@ def _band(priority: int, top_band: int) -> str:
     return "high" if priority <= top_band else ("normal" if priority <= 23 else "low")
 
 
+# per producer endpoint (labels endpoint, cluster): (family, name, help, value from a snapshot)
+_ENDPOINT_METRICS = [
+    (GaugeMetricFamily, "nfmesh_producer_concurrency_limit",
+     "Adaptive concurrency limit per producer endpoint", lambda g: g["limit"]),
+    (GaugeMetricFamily, "nfmesh_producer_in_flight",
+     "Requests in flight to the producer endpoint", lambda g: g["in_flight"]),
+    (GaugeMetricFamily, "nfmesh_producer_queued",
+     "Requests waiting at the SCP for the producer endpoint", lambda g: g["queued"]),
+    (CounterMetricFamily, "nfmesh_producer_queue_delay_seconds",
+     "Time requests waited at the SCP before being sent (sum; _count in "
+     "nfmesh_producer_dequeued)", lambda g: g["queue_delay_s_sum"]),
+    (CounterMetricFamily, "nfmesh_producer_dequeued",
+     "Requests taken from the SCP's wait queue", lambda g: g["queue_delay_n"]),
+    (GaugeMetricFamily, "nfmesh_producer_ejected",
+     "1 while outlier detection has the endpoint ejected",
+     lambda g: 1.0 if g["ejected"] else 0.0),
+    (CounterMetricFamily, "nfmesh_producer_ejections",
+     "Times outlier detection ejected the endpoint", lambda g: g["ejections"]),
+    (GaugeMetricFamily, "nfmesh_producer_oci_reduction_ratio",
+     "Share of traffic refused toward the endpoint for a 3gpp-Sbi-Oci (0: none active)",
+     lambda g: g["oci_reduction"]),
+    (GaugeMetricFamily, "nfmesh_producer_overloaded",
+     "1 while requests to the endpoint queue at the SCP longer than the queue interval",
+     lambda g: 1.0 if g["overloaded"] else 0.0),
+]
+
+
 class OverloadProtection:
     """The pieces for one worker (see the module doc)."""
 
@@ -109,57 +136,23 @@ class OverloadProtection:
     def collect(self) -> Iterable:
         ctl = self.controller
         top = ctl.settings.top_band
-        limit = GaugeMetricFamily("nfmesh_producer_concurrency_limit",
-                                  "Adaptive concurrency limit per producer endpoint",
-                                  labels=["endpoint", "cluster"])
-        inflight = GaugeMetricFamily("nfmesh_producer_in_flight",
-                                     "Requests in flight to the producer endpoint",
-                                     labels=["endpoint", "cluster"])
-        queued = GaugeMetricFamily("nfmesh_producer_queued",
-                                   "Requests waiting at the SCP for the producer endpoint",
-                                   labels=["endpoint", "cluster"])
-        delay = CounterMetricFamily("nfmesh_producer_queue_delay_seconds",
-                                    "Time requests waited at the SCP before being sent "
-                                    "(sum; _count in nfmesh_producer_dequeued)",
-                                    labels=["endpoint", "cluster"])
-        dequeued = CounterMetricFamily("nfmesh_producer_dequeued",
-                                       "Requests taken from the SCP's wait queue",
-                                       labels=["endpoint", "cluster"])
+        families = [(kind(name, doc, labels=["endpoint", "cluster"]), read)
+                    for kind, name, doc, read in _ENDPOINT_METRICS]
         shed = CounterMetricFamily("nfmesh_requests_shed",
                                    "Requests refused by overload protection, by reason and "
                                    "priority band", labels=["endpoint", "reason", "band"])
-        ejected = GaugeMetricFamily("nfmesh_producer_ejected",
-                                    "1 while outlier detection has the endpoint ejected",
-                                    labels=["endpoint", "cluster"])
-        ejections = CounterMetricFamily("nfmesh_producer_ejections",
-                                        "Times outlier detection ejected the endpoint",
-                                        labels=["endpoint", "cluster"])
-        oci = GaugeMetricFamily("nfmesh_producer_oci_reduction_ratio",
-                                "Share of traffic refused toward the endpoint for a "
-                                "3gpp-Sbi-Oci (0: none active)", labels=["endpoint", "cluster"])
-        overloaded = GaugeMetricFamily("nfmesh_producer_overloaded",
-                                       "1 while requests to the endpoint queue at the SCP "
-                                       "longer than the queue interval",
-                                       labels=["endpoint", "cluster"])
         for g in ctl.snapshot():
             lab = [_endpoint_label(g["endpoint"]), g["cluster"]]
-            limit.add_metric(lab, g["limit"])
-            inflight.add_metric(lab, g["in_flight"])
-            queued.add_metric(lab, g["queued"])
-            delay.add_metric(lab, g["queue_delay_s_sum"])
-            dequeued.add_metric(lab, g["queue_delay_n"])
-            ejected.add_metric(lab, 1.0 if g["ejected"] else 0.0)
-            ejections.add_metric(lab, g["ejections"])
-            oci.add_metric(lab, g["oci_reduction"])
-            overloaded.add_metric(lab, 1.0 if g["overloaded"] else 0.0)
+            for family, read in families:
+                family.add_metric(lab, read(g))
             bands: dict[tuple[str, str], int] = {}
             for (reason, prio), n in g["shed"].items():
                 k = (reason, _band(prio, top))
                 bands[k] = bands.get(k, 0) + n
             for (reason, band), n in sorted(bands.items()):
                 shed.add_metric([lab[0], reason, band], n)
-        yield from (limit, inflight, queued, delay, dequeued, shed, ejected, ejections, oci,
-                    overloaded)
+        yield from (family for family, _ in families)
+        yield shed
         malformed = CounterMetricFamily("nfmesh_overload_headers_malformed",
                                         "3gpp-Sbi-Oci/-Lci from producers that did not parse "
                                         "(dropped, not relayed)", labels=["header"])
