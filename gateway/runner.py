@@ -88,7 +88,9 @@ async def serve_until_signal(config: Any, opts: dict, worker: int,
     try:
         await gw.start()
     except Exception as exc:  # noqa: BLE001 - reported, then a clean exit status
-        log.error("cannot start: %s", exc)
+        # an OSError (a port in use, a missing file) says it all; anything else is a bug:
+        # its traceback goes to the log
+        log.error("cannot start: %s", exc, exc_info=not isinstance(exc, OSError))
         await gw.stop(drain=False)
         return 1
     stop = asyncio.Event()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import uuid
 
 import pytest
@@ -71,9 +72,17 @@ def test_local_yaml_runs_as_written(tmp_path) -> None:
         instance = str(uuid.uuid4())
         _register_and_discover(ports["sbi"], instance, ports["producer"])
         base = f"http://127.0.0.1:{ports['sbi']}"
-        model_d = curl("--http2-prior-knowledge", "-i", "-H", "3gpp-Sbi-Discovery-target-nf-type: AUSF",
-                       "-H", "User-Agent: AMF-1", "-H", "content-type: application/json",
-                       f"{base}/nausf-auth/v1/ue-authentications", "-d", "{}")
+        # the registry answers discovery at once; the workers' model D snapshots follow it
+        # (pushed by the control plane): wait for that, bounded (a hang guard, not a speed check)
+        give_up = time.monotonic() + 15.0
+        while True:
+            model_d = curl("--http2-prior-knowledge", "-i", "-H",
+                           "3gpp-Sbi-Discovery-target-nf-type: AUSF", "-H", "User-Agent: AMF-1",
+                           "-H", "content-type: application/json",
+                           f"{base}/nausf-auth/v1/ue-authentications", "-d", "{}")
+            if model_d.stdout.startswith("HTTP/2 200") or time.monotonic() > give_up:
+                break
+            time.sleep(0.1)
         assert model_d.stdout.startswith("HTTP/2 200"), (model_d.stdout, model_d.stderr)
         assert f"3gpp-sbi-producer-id: nfinst={instance}" in model_d.stdout.lower()
         model_c = curl("--http2-prior-knowledge", "-i", "-H",

@@ -74,14 +74,16 @@ async def test_register_on_a_discover_and_route_on_b(etcd, tmp_path) -> None:
             status, _, body = await curl(b, "GET", "/nnrf-disc/v1/nf-instances?target-nf-type=UDM&requester-nf-type=AMF")
             if status == 200 and json.loads(body)["nfInstances"]:
                 break
-            assert time.monotonic() - t0 < 1.0, "B did not see A's registration within 1 s"
+            # a hang guard, not a speed check (the machine is shared): B sees it eventually
+            assert time.monotonic() - t0 < 15.0, "B did not see A's registration within 15 s"
             await asyncio.sleep(0.02)
         while True:  # model D through B
             status, hdrs, body = await curl(b, "GET", "/nudm-sdm/v2/imsi-1/am-data", headers={
                 "3gpp-sbi-discovery-target-nf-type": "UDM", "user-agent": "AMF-test"})
             if status == 200:
                 break
-            assert time.monotonic() - t0 < 1.0, f"B did not route by model D within 1 s: {status} {body[:200]}"
+            assert time.monotonic() - t0 < 15.0, \
+                f"B did not route by model D within 15 s: {status} {body[:200]}"
             await asyncio.sleep(0.02)
         assert body == b"ok udm-b"
         assert hdrs["3gpp-sbi-producer-id"].startswith(f"nfinst={p['nfInstanceId']}")
