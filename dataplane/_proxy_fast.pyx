@@ -35,6 +35,7 @@ cdef object _endpoint_text = _pure._endpoint_text
 cdef object _code_name = _pure._code_name
 cdef object _skip_ejected = _pure.skip_ejected
 cdef object _release_admission = _pure.release_admission
+cdef object _tell_done = _pure.tell_done
 cdef type _ForwardType = Forward
 cdef type _PoolType = _EndpointPool
 cdef object _INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR
@@ -336,6 +337,8 @@ cdef class _FastExchange:
             self._release(status, error_code)
         proxy._record(self.fwd.cluster, self.method, self.path, status,
                       _monotonic() - self.t0, error_code, self.endpoint, self.conn)
+        if self.fwd.on_done is not None:
+            _tell_done(self, status, error_code)
 
     def _release(self, status, error_code) -> None:
         _release_admission(self, status, error_code)
@@ -391,6 +394,8 @@ cdef class _FastExchange:
         elif proxy.access_log is not None:
             proxy._record_kw(cluster, self.method, self.path, status, duration, error_code,
                              self.endpoint, self.conn)
+        if fwd.on_done is not None:
+            _tell_done(self, status, error_code)
 
 
 cdef class _ProxyCore:

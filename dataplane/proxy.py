@@ -112,6 +112,15 @@ def skip_ejected(ex, adm) -> None:
             return
 
 
+def tell_done(ex, status: int, error_code: int) -> None:
+    """Call the decision's ``on_done`` (a failing hook is logged, never raised into the
+    engine)."""
+    try:
+        ex.fwd.on_done(status, int(error_code), ex.endpoint, ex.next_alt)
+    except Exception:
+        log.exception("on_done hook failed")
+
+
 def release_admission(ex, status: int, error_code: int) -> None:
     """``ex`` ended: its retry-budget share and its admission slot go back; a failure of the
     producer (5xx, or no status and an error other than the client's CANCEL) is counted."""
@@ -350,6 +359,8 @@ class _Exchange:
             self._release(status, error_code)
         proxy._record(self.fwd.cluster, self.method, self.path, status,
                       _monotonic() - self.t0, error_code, self.endpoint, self.conn)
+        if self.fwd.on_done is not None:
+            tell_done(self, status, error_code)
 
     def _release(self, status: int, error_code: int) -> None:
         release_admission(self, status, error_code)
@@ -401,6 +412,8 @@ class _Exchange:
         elif proxy.access_log is not None:
             proxy._record_kw(cluster, self.method, self.path, status, duration, error_code,
                              self.endpoint, self.conn)
+        if self.fwd.on_done is not None:
+            tell_done(self, status, error_code)
 
 
 class Proxy:

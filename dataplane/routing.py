@@ -62,6 +62,10 @@ class Forward:
     consumer: object = None
     restamp: bool = False
     scopes: tuple = ()
+    # told once when the exchange ends: ``on_done(status, error_code, endpoint, reselections)``
+    # (status 0 when no response came; the endpoint last tried; how many other endpoints were
+    # tried after the first), e.g. to end a trace span; None (the default) costs nothing
+    on_done: Callable[[int, int, Endpoint, int], None] | None = None
 
 
 @dataclass(slots=True)
