@@ -220,7 +220,7 @@ def prepare_target(name: str, spec: TargetSpec, s: OverloadSettings) -> Target:
 
 def nfmesh_config_refused(path: Path) -> str | None:
     """None when ``nfmesh config check`` accepts the file, else its complaint."""
-    argv = [sys.executable, "-m", "gateway.cli", "config", "check", str(path)]
+    argv = [sys.executable, "-m", "nfmesh_cli", "config", "check", str(path)]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=child_env())
     except subprocess.TimeoutExpired:

@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> dict:
                 argv = [str(ROOT / ".venv" / "bin" / "nfmesh"), "run", "-c",
                         str(_nfmesh_config(work, m, port)), "--workers", "1"]
                 if not Path(argv[0]).exists():
-                    argv = [sys.executable, "-m", "gateway.cli", *argv[1:]]
+                    argv = [sys.executable, "-m", "nfmesh_cli", *argv[1:]]
             elif name == "envoy":
                 from perf.peers.envoy import find_envoy
 

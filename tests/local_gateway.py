@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NFMESH = [sys.executable, "-m", "gateway.cli"]
+NFMESH = [sys.executable, "-m", "nfmesh_cli"]
 # the ports config/local.yaml and the README use, and what each one is
 PORTS = {"sbi": 8080, "metrics": 9090, "admin": 9901, "producer": 9000}
 

@@ -179,7 +179,7 @@ def test_admin_api_with_two_workers(tmp_path) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text(json.dumps(cfg))
     log = open(tmp_path / "log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(path),
+    proc = subprocess.Popen([sys.executable, "-m", "nfmesh_cli", "run", "-c", str(path),
                              "--workers", "2"], cwd=ROOT, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 30

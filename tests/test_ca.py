@@ -1,6 +1,6 @@
 """The mesh CA (gateway/ca.py) and NF identities (gateway/identity.py): files and modes, the
 certificate profile, chain verification by independent verifiers (cryptography's RFC 5280
-verifier, ``openssl verify``, Python's own certificate decoder), bad input, the CLI's exit codes,
+verifier, ``openssl verify``, Python's own certificate decoder), bad input, the CLI's exit codes (nfmesh_cli/ca.py),
 and ``ca example`` making ``config check config/example.yaml`` pass."""
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from gateway.identity import (
     peer_identity,
     rfc9310_nf_types,
 )
+from nfmesh_cli import ca as ca_cli
 
 AMF_ID = "6b2f5a2e-0c1d-4a53-9d3e-8d3a7c1e9f01"
 SMF_ID = "0c5f3b7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
@@ -60,7 +61,7 @@ def ext(cert: x509.Certificate, cls):
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    rc = ca_mod.main(argv)
+    rc = ca_cli.main(argv)
     out, err = capsys.readouterr()
     return rc, out, err
 

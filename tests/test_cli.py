@@ -20,7 +20,7 @@ from dataplane.engine import available_backends
 from tests.conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NFMESH = [sys.executable, "-m", "gateway.cli"]
+NFMESH = [sys.executable, "-m", "nfmesh_cli"]
 
 
 def nfmesh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ NF_ID = "5a7bc8a4-0000-4000-8000-0000000000aa"
 
 
 def _nfmesh(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "nfmesh_cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, COLUMNS="200"))
 
@@ -39,7 +39,7 @@ def gateway(tmp_path_factory):
     path = tmp / "gw.yaml"
     path.write_text(json.dumps(cfg))
     log = open(tmp / "log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(path),
+    proc = subprocess.Popen([sys.executable, "-m", "nfmesh_cli", "run", "-c", str(path),
                              "--workers", "1"], cwd=ROOT, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{admin}"
     deadline = time.monotonic() + 20
@@ -110,7 +110,7 @@ def test_unreachable_and_usage() -> None:
 
 def test_top_renders_in_a_pseudo_terminal(gateway) -> None:
     pexpect = pytest.importorskip("pexpect")
-    child = pexpect.spawn(sys.executable, ["-m", "gateway.cli", "top", "--admin", gateway["url"],
+    child = pexpect.spawn(sys.executable, ["-m", "nfmesh_cli", "top", "--admin", gateway["url"],
                                            "--interval", "0.3"], cwd=ROOT, timeout=15,
                           dimensions=(50, 160), env=dict(os.environ, TERM="xterm-256color"),
                           encoding="utf-8")

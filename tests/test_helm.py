@@ -137,7 +137,7 @@ def config_check(docs: list[dict], tmp_path: Path) -> str:
 def nfmesh_config_check(docs: list[dict], path: Path) -> tuple[int, str, str]:
     """``nfmesh config check`` (the CLI's entry point, in this process) on the ConfigMap's
     nfmesh.yaml written to ``path``: (exit status, stdout, stderr)."""
-    from gateway.cli import main
+    from nfmesh_cli.main import main
 
     path.write_text(gateway_config_text(docs))
     out, err = io.StringIO(), io.StringIO()
@@ -666,7 +666,7 @@ def test_rendered_pod_runs_answers_probes_and_drains(helm: str, tmp_path: Path, 
     config_file.write_text(gateway_config_text(docs).replace("0.0.0.0", "127.0.0.1"))
     args = [str(config_file) if a == "/etc/nfmesh/nfmesh.yaml" else a for a in c["args"]]
     exe = shutil.which(c["command"][0], path=os.path.dirname(sys.executable))
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "gateway.cli", *args]
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "nfmesh_cli", *args]
     env = {**os.environ, **{e["name"]: e["value"] for e in c["env"] if "value" in e}}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
 

@@ -1,7 +1,7 @@
 """``config/local.yaml`` runs as written, and ``nfmesh run`` without a file serves the NRF API
 (issue 15, item 2).
 
-The gateway is the real program (``python -m gateway.cli run``); the only change made to
+The gateway is the real program (``python -m nfmesh_cli run``); the only change made to
 ``config/local.yaml`` is its port numbers (free ones, so that tests can run side by side);
 requests go through curl (an HTTP/2 client nobody here wrote).
 """

@@ -336,7 +336,7 @@ def test_perf_ngap_says_plainly_when_kernel_sctp_is_missing(capsys) -> None:
     import pytest
 
     from dataplane.sctp import sctp_available
-    from gateway.cli import main
+    from nfmesh_cli.main import main
 
     if sctp_available()[0]:
         pytest.skip("the kernel has SCTP (the VM runs the benchmark itself)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from dataplane.engine import available_backends
-from gateway.cli import PERF_TOOLS
+from nfmesh_cli.main import PERF_TOOLS
 from perf import abuse
 
 

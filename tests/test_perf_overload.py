@@ -419,8 +419,8 @@ def test_oci_scenario_shape(tmp_path: Path) -> None:
 
 
 def test_perf_overload_is_a_cli_tool() -> None:
-    from gateway.cli import PERF_TOOLS
-    from gateway.cli import main as cli_main
+    from nfmesh_cli.main import PERF_TOOLS
+    from nfmesh_cli.main import main as cli_main
 
     assert PERF_TOOLS["overload"][0] == "perf.overload"
     with pytest.raises(SystemExit) as exc, redirect_stdout(io.StringIO()) as out:

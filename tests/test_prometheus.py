@@ -194,7 +194,7 @@ async def test_dashboard_and_alert_expressions_return_data(tmp_path: Path) -> No
                             "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}],
     }))
     gw_log = open(tmp_path / "gw.log", "w+")
-    gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(tmp_path / "gw.yaml"),
+    gw = subprocess.Popen([sys.executable, "-m", "nfmesh_cli", "run", "-c", str(tmp_path / "gw.yaml"),
                            "--workers", "2"], cwd=ROOT, stdout=gw_log, stderr=gw_log)
     prom_log = open(tmp_path / "prom.log", "w+")
     prom = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",

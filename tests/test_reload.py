@@ -67,7 +67,7 @@ async def test_sighup_applies_a_good_config_and_refuses_a_bad_one(tmp_path, work
     path = tmp_path / "gw.yaml"
     path.write_text(_config(port, a.port, workers_registry=registry))
     log = open(tmp_path / "log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(path),
+    proc = subprocess.Popen([sys.executable, "-m", "nfmesh_cli", "run", "-c", str(path),
                              "--workers", str(workers)], cwd=ROOT, stdout=log, stderr=log)
     try:
         await _until(port, b"ok ausf-a", proc)

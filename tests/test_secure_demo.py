@@ -15,7 +15,7 @@ import pytest
 def test_secure_demo_with_rotation_loses_nothing() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "demo", "--secure", "--rotate-every", "0.5",
+        [sys.executable, "-m", "nfmesh_cli", "demo", "--secure", "--rotate-every", "0.5",
          "--duration", "3", "--rate", "50", "--json"],
         cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -29,6 +29,6 @@ def test_secure_demo_with_rotation_loses_nothing() -> None:
 
 
 def test_rotate_every_needs_secure() -> None:
-    from gateway.cli import main
+    from nfmesh_cli.main import main
 
     assert main(["demo", "--rotate-every", "1", "--duration", "1"]) == 2

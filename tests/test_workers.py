@@ -83,7 +83,7 @@ async def gateway_tree(tmp_path):
         "logging": {"level": "warning", "access_log": False},
     }))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg), "--workers", "2"],
+        [sys.executable, "-m", "nfmesh_cli", "run", "-c", str(cfg), "--workers", "2"],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )

@@ -6,7 +6,7 @@ cluster, Prometheus metrics on, access logging on.  The load also carries
 ``3gpp-sbi-target-apiroot`` toward the same backend, so SCP model C routing reaches it too.
 
 The command is a template so the harness can measure any build or variant: ``{nfmesh}`` (the
-venv's ``nfmesh`` script, or ``python -m gateway.cli`` from this checkout when the package is
+venv's ``nfmesh`` script, or ``python -m nfmesh_cli`` from this checkout when the package is
 not installed), ``{python}``, ``{config}`` (the generated file), ``{host}``, ``{port}``,
 ``{backend_port}``, ``{workdir}``, and for TLS runs ``{cert}``, ``{key}``.  Config fields can
 be changed per run with ``set_fields`` (``--nfmesh-set logging.access_log=false``), to measure
@@ -33,15 +33,15 @@ ENV_TLS_ARGS = "NFMESH_PERF_TLS_ARGS"
 
 def find_nfmesh() -> str | None:
     """The ``nfmesh`` script beside the running interpreter (the venv), else on PATH, else
-    ``python -m gateway.cli`` when this checkout has it (run with the checkout on PYTHONPATH)."""
+    ``python -m nfmesh_cli`` when this checkout has it (run with the checkout on PYTHONPATH)."""
     beside = Path(sys.executable).with_name("nfmesh")
     if beside.exists():
         return shlex.quote(str(beside))
     found = shutil.which("nfmesh")
     if found:
         return shlex.quote(found)
-    if (REPO_ROOT / "gateway" / "cli.py").exists():
-        return f"{shlex.quote(sys.executable)} -m gateway.cli"
+    if (REPO_ROOT / "nfmesh_cli" / "main.py").exists():
+        return f"{shlex.quote(sys.executable)} -m nfmesh_cli"
     return None
 
 
@@ -108,7 +108,7 @@ class Nfmesh:
 
     def unavailable(self, tls: bool) -> str | None:
         if "{nfmesh}" in self.cmd and self.binary is None:
-            return "neither an nfmesh script nor gateway/cli.py found (pip install -e .)"
+            return "neither an nfmesh script nor nfmesh_cli/main.py found (pip install -e .)"
         return None
 
     def run_info(self, log_text: str) -> dict:

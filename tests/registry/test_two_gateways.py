@@ -56,7 +56,7 @@ async def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -
 async def test_register_on_a_discover_and_route_on_b(etcd, tmp_path) -> None:
     cfg = _config(tmp_path, etcd.endpoint)
     ports = [free_port(), free_port()]
-    procs = [subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", cfg, "--listen",
+    procs = [subprocess.Popen([sys.executable, "-m", "nfmesh_cli", "run", "-c", cfg, "--listen",
                                f"127.0.0.1:{port}", "--workers", "1", "--log-level", "warning"],
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for port in ports]

@@ -1,5 +1,10 @@
 """The ``nfmesh`` command line: run the gateway, the demo, config checks, version, perf tools.
 
+This package is the composition root: it sits above ``gateway`` and ``perf`` and may import
+both (``nfmesh demo`` starts ``perf.demo``; ``nfmesh perf TOOL`` loads a ``perf`` module), so
+neither of them imports the other's way up.  ``python -m nfmesh_cli`` is the same program as the
+``nfmesh`` script.
+
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config (the errors are printed
 with the config path of each field and the reason).
 """
@@ -182,7 +187,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "ca":
-        from gateway.ca import main as ca_main
+        from nfmesh_cli.ca import main as ca_main
 
         return int(ca_main(argv[1:]) or 0)
     if argv and argv[0] in ("ctl", "top"):  # the admin API's clients (gateway/ctl.py)
