@@ -1,11 +1,12 @@
-"""ProblemDetails bodies: field by field, and against the official TS 29.571 schema."""
+"""ProblemDetails bodies: field by field, and against the official TS 29.571 schema (the
+repository's copy in specs/3gpp)."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
+from jsonschema import Draft7Validator
 
 from dataplane.routing import LocalResponse
 from nf_adapters.problem_details import (
@@ -18,11 +19,7 @@ from nf_adapters.problem_details import (
     problem_responder,
     status_for,
 )
-
-SCHEMA_FILE = "/work/shared/3gpp/TS29571_CommonData.yaml"
-if not os.path.exists(SCHEMA_FILE):  # the repo's sibling copy, when run from a checkout
-    SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "3gpp",
-                               "TS29571_CommonData.yaml")
+from tests.spec_files import COMMON, schema_checker
 
 
 def _header(resp: LocalResponse, name: bytes) -> bytes | None:
@@ -101,27 +98,9 @@ def test_problem_responder_signature_and_body() -> None:
                                                 "connect refused 10.0.0.1:80")
 
 
-def _schema_validator():
-    yaml = pytest.importorskip("yaml")
-    jsonschema = pytest.importorskip("jsonschema")
-    if not os.path.exists(SCHEMA_FILE):
-        pytest.skip(f"3GPP schema folder absent ({SCHEMA_FILE}); conformance check skipped")
-    with open(SCHEMA_FILE, encoding="utf-8") as fh:
-        doc = yaml.safe_load(fh)
-
-    def local_refs(node):  # references into other 3GPP files are not needed here: allow any
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and not ref.startswith("#"):
-                return {}
-            return {k: local_refs(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [local_refs(v) for v in node]
-        return node
-
-    root = {"components": local_refs(doc["components"]),
-            "$ref": "#/components/schemas/ProblemDetails"}
-    return jsonschema.Draft4Validator(root)
+def _schema_validator() -> Draft7Validator:
+    """ProblemDetails of the vendored TS 29.571 file, its $refs into other files resolved."""
+    return schema_checker().validator(COMMON, "ProblemDetails")
 
 
 def test_bodies_validate_against_ts29571_schema() -> None:

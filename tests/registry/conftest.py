@@ -1,11 +1,11 @@
 """Fixtures of the registry tests: NF profiles, registries on each store, the official 3GPP
-schemas, a real HTTP/2 notification sink (python-hyper ``h2``), and a real etcd."""
+schemas (the repository's copy, see tests/spec_files.py), a real HTTP/2 notification sink
+(python-hyper ``h2``), and a real etcd."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import shutil
 import socket
@@ -24,82 +24,16 @@ from gateway.registry.memory_store import MemoryStore
 from gateway.registry.notifier import Notifier
 from gateway.registry.registry import Registry
 from gateway.registry.settings import RegistrySettings
+from tests.spec_files import COMMON, DISC, NFM, SchemaChecker, schema_checker  # noqa: F401 (the registry tests import the file names from here)
 
 # ---------------------------------------------------------------- 3GPP schemas
 
 
-REPO_SPECS = Path(__file__).resolve().parents[2] / "specs" / "3gpp"
-
-
-def find_3gpp_dir() -> Path | None:
-    """NFMESH_3GPP_DIR, else the repository's own copy (specs/3gpp, see its SOURCE.md), else a
-    ``shared/3gpp`` beside one of the repo's parent folders."""
-    env = os.environ.get("NFMESH_3GPP_DIR")
-    if env:
-        return Path(env) if Path(env, "TS29510_Nnrf_NFManagement.yaml").exists() else None
-    if (REPO_SPECS / "TS29510_Nnrf_NFManagement.yaml").exists():
-        return REPO_SPECS
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "shared" / "3gpp"
-        if (cand / "TS29510_Nnrf_NFManagement.yaml").exists():
-            return cand
-    return None
-
-
-class SchemaChecker:
-    """Validates JSON against components of the official OpenAPI files, cross-file $refs
-    resolved through a ``referencing`` registry."""
-
-    BASE = "https://3gpp.invalid/"
-
-    def __init__(self, folder: Path) -> None:
-        import yaml
-        from referencing import Registry, Resource
-        from referencing.jsonschema import DRAFT7
-
-        resources = []
-        for name in ("TS29510_Nnrf_NFManagement.yaml", "TS29510_Nnrf_NFDiscovery.yaml",
-                     "TS29571_CommonData.yaml", "TS29510_Nnrf_AccessToken.yaml"):
-            path = folder / name
-            if not path.exists():
-                continue
-            with open(path, encoding="utf-8") as fh:
-                doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-            resources.append((self.BASE + name, Resource.from_contents(doc, default_specification=DRAFT7)))
-        self.registry = Registry().with_resources(resources)
-
-    @functools.lru_cache(maxsize=64)  # noqa: B019 (one checker per session)
-    def _validator(self, file: str, component: str):
-        from jsonschema import Draft7Validator
-
-        schema = {"$ref": f"{self.BASE}{file}#/components/schemas/{component}"}
-        return Draft7Validator(schema, registry=self.registry)
-
-    def errors(self, obj: object, file: str, component: str) -> list:
-        """The validation errors (jsonschema ``ValidationError``), sorted."""
-        return sorted(self._validator(file, component).iter_errors(obj), key=str)
-
-    def check(self, obj: object, file: str, component: str) -> None:
-        errors = self.errors(obj, file, component)
-        assert not errors, f"{component} does not validate: {errors[0].message} at {list(errors[0].absolute_path)}"
-
-    def document(self, file: str) -> dict:
-        """One of the OpenAPI files, as loaded."""
-        return self.registry[self.BASE + file].contents
-
-
 @pytest.fixture(scope="session")
 def schemas() -> SchemaChecker:
-    folder = find_3gpp_dir()
-    if folder is None:
-        pytest.skip("official 3GPP OpenAPI files not found (set NFMESH_3GPP_DIR or put shared/3gpp beside the repo)")
-    return SchemaChecker(folder)
+    """The vendored official OpenAPI files (specs/3gpp), ready to validate against."""
+    return schema_checker()
 
-
-NFM = "TS29510_Nnrf_NFManagement.yaml"
-DISC = "TS29510_Nnrf_NFDiscovery.yaml"
-COMMON = "TS29571_CommonData.yaml"
 
 # ---------------------------------------------------------------- profiles
 
