@@ -121,5 +121,7 @@ umoci gc --layout "$layout"
 archive="$out/nfmesh-$version.oci.tar"
 rm -f "$archive"
 skopeo copy --quiet "oci:$layout:$version" "oci-archive:$archive:$ref"
+# what it was built from: scripts/test.sh rebuilds when this is not the commit checked out
+if [ "$source" = head ]; then git rev-parse HEAD >"$archive.source"; else echo worktree >"$archive.source"; fi
 size=$(du -m "$archive" | cut -f1)
 say "wrote $archive ($ref, ${size} MB) in $(( $(date +%s) - start )) s"

@@ -10,6 +10,15 @@ export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}  # the same examples every r
 if [ "$(id -u)" = 0 ]; then export NFMESH_REQUIRE_NATIVE=${NFMESH_REQUIRE_NATIVE:-1}; fi
 bash scripts/setup.sh test
 .venv/bin/nfmesh version
+# the container image (tests/test_image.py runs it in a chroot): built as root when the archive
+# is missing or was built from another commit; NFMESH_IMAGE=skip leaves it out (that test skips)
+if [ "$(id -u)" = 0 ] && [ "${NFMESH_IMAGE:-build}" != skip ]; then
+  version=$(.venv/bin/python -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')
+  if [ "$(cat "dist/nfmesh-$version.oci.tar.source" 2>/dev/null)" != "$(git rev-parse HEAD 2>/dev/null)" ]; then
+    echo "== container image (scripts/image.sh)"
+    bash scripts/image.sh
+  fi
+fi
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== host suite"

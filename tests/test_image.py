@@ -1,9 +1,10 @@
 """The OCI archive that scripts/image.sh builds (dist/nfmesh-<version>.oci.tar), unpacked by
 hand from its index, manifest and layer, and run in a chroot: `nfmesh version` (compiled hot
 paths present), then a short demo, as user 10001 on a read-only root filesystem with a tmpfs
-/tmp (as the chart runs it).  The build takes minutes and needs a Debian mirror and PyPI, so CI
-does not run it: this test skips when the archive is absent (run `bash scripts/image.sh` as root
-first), or when not root (chroot, mounts)."""
+/tmp (as the chart runs it).  The build takes about two minutes and needs a Debian mirror and PyPI;
+scripts/test.sh (the README's test command, and CI) builds it first when run as root. This
+test skips when the archive is absent (run `bash scripts/image.sh` as root first, or the test
+command without NFMESH_IMAGE=skip), or when not root (chroot, mounts)."""
 
 from __future__ import annotations
 
