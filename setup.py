@@ -16,7 +16,7 @@ NATIVE = [
     ("nf_adapters._ngap_fast", "nf_adapters/_ngap_fast.pyx", []),
     ("nf_adapters._sbi_fast", "nf_adapters/_sbi_fast.pyx", []),
     ("dataplane._proxy_fast", "dataplane/_proxy_fast.pyx", []),
-    ("gateway._access_log_fast", "gateway/_access_log_fast.pyx", []),
+    ("gateway._access_log_batch", "gateway/_access_log_batch.pyx", []),
     ("gateway._stats_fast", "gateway/_stats_fast.pyx", []),
     ("nf_adapters._scp_fast", "nf_adapters/_scp_fast.pyx", []),
 ]
@@ -46,6 +46,7 @@ class OptionalBuildExt(build_ext):
 # The copies go to build/twins/ so that the repository keeps one source per module.
 TWINS = [
     ("dataplane._admission_fast", "dataplane/admission.py"),
+    ("gateway._access_log_fast", "gateway/access_log.py"),
 ]
 
 

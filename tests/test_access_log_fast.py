@@ -1,5 +1,6 @@
-"""The compiled access log (``gateway._access_log_fast``) against its pure twin
-(``gateway.access_log``), which is the reference.
+"""The compiled access log (``gateway._access_log_fast``: ``gateway/access_log.py`` compiled a
+second time, its batches formatted by ``gateway._access_log_batch``) against the same file run
+as plain Python, which is the reference.
 
 Differential: randomized batches (methods, latin-1 and other unicode paths, statuses, clusters,
 IPv4/IPv6/hostname endpoints or None, durations including ties, negatives, huge and non-finite
@@ -120,7 +121,7 @@ def batches(draw) -> list:
 def _keyword_line(fmt: str, fields: dict) -> str:
     # what __call__ stores (the same code in both classes)
     log = Pure(fmt, out=io.StringIO())
-    log._add = lambda line, size: log._rows.append(line)  # keep it, no flush/timer
+    log._after_add = lambda: 0  # keep it, no flush/timer
     log(**fields)
     return log._rows[0]
 
@@ -154,6 +155,15 @@ def test_selector_and_environment(monkeypatch) -> None:
     assert load_access_log("cython") is fast_mod.AccessLog  # an explicit name wins
     monkeypatch.setenv("NFMESH_ACCESS_LOG", "cython")
     assert load_access_log() is fast_mod.AccessLog
+
+
+@needs_fast
+def test_the_compiled_twin_is_the_same_source_compiled() -> None:
+    assert fast_mod.COMPILED and not pure_mod.COMPILED
+    assert fast_mod.__file__.endswith(".so") and pure_mod.__file__.endswith("access_log.py")
+    for name in ("record", "_format", "pending"):
+        assert getattr(fast_mod.AccessLog, name).__doc__ == getattr(Pure, name).__doc__
+    assert fast_mod._LOG_TEXT == pure_mod._LOG_TEXT
 
 
 def test_gateway_app_still_exports_the_pure_class() -> None:
