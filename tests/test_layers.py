@@ -11,6 +11,9 @@ functions too: a deferred import is still an arrow); Cython files (``.pyx``/``.p
 by their ``import``/``cimport`` lines.  Modules loaded by a name in a string
 (``importlib.import_module("perf.compare")``) are not imports and are not counted.  There is
 no allow-list: an upward import or a cycle between the packages fails.
+
+The same reading keeps files small enough to carry: a tracked source file (``.py``, ``.pyx``,
+``.pxi``, ``.pxd``, ``.sh``) over ``MAX_LINES`` lines fails too.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ from __future__ import annotations
 import ast
 import os
 import re
+import subprocess
+import warnings
 from itertools import permutations
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("nfmesh_cli", "gateway", "nf_adapters", "dataplane", "perf")
@@ -28,6 +35,17 @@ ALLOWED: dict[str, set[str]] = {
     "gateway": {"nf_adapters", "dataplane"},
     "nf_adapters": {"dataplane"},
     "dataplane": set(),
+}
+MAX_LINES = 1000
+SOURCE_SUFFIXES = (".py", ".pyx", ".pxi", ".pxd", ".sh")
+# TEMPORARY (issue 15): files over MAX_LINES that are being split right now.  The coordinator
+# empties this list once their splits land; an entry whose file is back under the limit (or
+# gone) only warns, so that a finished split does not break the suite meanwhile.  Nothing is
+# ever added here: a new long file is split instead.
+LONG_FILES_BEING_SPLIT: set[str] = {
+    "dataplane/_nghttp2.pyx",
+    "dataplane/h2_engine.py",
+    "tests/test_nghttp2_backend.py",
 }
 _CYTHON_IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+c?import\b|c?import\s+([\w.]+))")
 
@@ -140,3 +158,41 @@ def test_no_import_cycle_among_the_packages() -> None:
     arrows = sorted(v for (a, b), v in where.items() if a in members and b in members)
     assert not cycles, (f"import cycles between packages: {cycles}; arrows involved:\n"
                         + "\n".join(arrows))
+
+
+def _tracked_sources() -> list[str]:
+    """Tracked source files (paths relative to the repository), from ``git ls-files``."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True, timeout=60).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: no list of tracked files")
+    return [p for p in out.decode().split("\0") if p.endswith(SOURCE_SUFFIXES)]
+
+
+def _line_count(rel: str) -> int | None:
+    try:
+        with open(os.path.join(ROOT, rel), "rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:  # deleted in the working tree, not yet committed
+        return None
+
+
+def test_the_file_lister_sees_the_sources() -> None:
+    """Guard against a lister that finds nothing (and so passes everything)."""
+    files = _tracked_sources()
+    assert "tests/test_layers.py" in files and "gateway/config.py" in files
+    assert any(f.endswith(".pyx") for f in files) and any(f.endswith(".sh") for f in files)
+    assert (_line_count("tests/test_layers.py") or 0) > 100
+
+
+def test_no_source_file_over_max_lines() -> None:
+    counts = {rel: _line_count(rel) for rel in _tracked_sources()}
+    long = sorted(f"{rel}: {n} lines" for rel, n in counts.items()
+                  if n is not None and n > MAX_LINES and rel not in LONG_FILES_BEING_SPLIT)
+    assert not long, (f"source files over {MAX_LINES} lines (split them by concern):\n"
+                      + "\n".join(long))
+    done = sorted(rel for rel in LONG_FILES_BEING_SPLIT
+                  if counts.get(rel) is None or counts[rel] <= MAX_LINES)
+    if done:
+        warnings.warn(f"split, delete from LONG_FILES_BEING_SPLIT: {done}", stacklevel=1)
