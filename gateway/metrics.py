@@ -293,7 +293,8 @@ def label_samples(text: bytes, label: bytes) -> list[bytes]:
     The label goes first, right after the metric name, so the rest of a sample line (its own
     labels, whatever their values hold: ``}``, ``"``, ``\\`` escapes) is copied without being
     read.  Lines split at ``\\n`` only: the format escapes newlines in label values but not a
-    ``\\r``.  (prometheus_client's own parser would do the same job at ten times the cost.)"""
+    ``\\r``.  (prometheus_client's parser, re-emitted, did the same for a 4-worker scrape at
+    25-35 times the cost.)"""
     out = []
     for line in text.split(b"\n"):
         if not line:
