@@ -93,6 +93,8 @@ class Gateway:
         self.admin_port: int | None = None
         self.config_path: str | None = None  # for the admin API's reload
         self.draining = False
+        self.span_export: Any = None  # gateway.span_batcher.SpanBatcher with tracing.otlp_endpoint
+        self.started_tracing = config.tracing  # the tracing section the span export started with
 
     # -- routing ---------------------------------------------------------------------------
     def _static_router(self) -> Router:
@@ -132,7 +134,8 @@ class Gateway:
         if tracing.enabled:  # W3C traceparent of this hop on every forwarded request
             from gateway.tracing import TraceContextRouter
 
-            router = TraceContextRouter(router, tracing.sample_ratio)
+            spans = self.span_export.submit if self.span_export is not None else None
+            router = TraceContextRouter(router, tracing.sample_ratio, spans=spans)
         self.router_slot.current = cert_renewal.wrap(self, token_checks.wrap(self, router))
 
     def reload(self, new: Any) -> list[str]:
@@ -147,6 +150,8 @@ class Gateway:
         pending = [name for name in type(new).__struct_fields__
                    if name not in HOT_SECTIONS
                    and msgspec.to_builtins(getattr(new, name)) != msgspec.to_builtins(getattr(self.config, name))]
+        if _span_export_settings(new.tracing) != _span_export_settings(self.started_tracing):
+            pending.append("tracing")  # the OTLP export settings: read at start only
         self.config = msgspec.structs.replace(self.config, **{k: getattr(new, k) for k in HOT_SECTIONS})
         static = self._static_router()
         if self.pools is not None:
@@ -182,6 +187,11 @@ class Gateway:
         self.overload = OverloadProtection.from_config(cfg)
         static: Any = self._static_router()
         self.router_slot = RouterSlot(static)
+        if cfg.tracing.otlp_endpoint:  # hop spans, exported by a thread (gateway.otlp_export)
+            from gateway.otlp_export import start_span_export
+
+            self.span_export = start_span_export(
+                cfg.tracing, instance=f"{cfg.gateway.name}-{self.worker}")
         if cfg.registry.enabled:
             static = self.static_routes = StaticRoutes(static)
         self.publish_router(static)
@@ -248,6 +258,10 @@ class Gateway:
             from gateway.security_metrics import SecurityCollector
 
             collectors.append(SecurityCollector(self))  # tokens, TLS reloads, revocation
+            if self.span_export is not None:
+                from gateway.otlp_export import SpanExportCollector
+
+                collectors.append(SpanExportCollector(self.span_export))
             self._metrics = MetricsServer(new_registry(*collectors), ready=lambda: bool(self._servers),
                                           before_scrape=self.report_completions)
             if not (mcfg.enabled or self.metrics_override or self.metrics_socket):
@@ -351,12 +365,20 @@ class Gateway:
         self.report_completions()  # the last exchanges reach metrics and the access log
         if getattr(self, "access_log", None) is not None:
             self.access_log.flush()
+        if self.span_export is not None:  # the last spans go out (in a thread: it may wait)
+            await asyncio.to_thread(self.span_export.close, 5.0)
 
     def report_completions(self) -> None:
         """Let the HTTP/2 engine tell the proxy now of every exchange that has finished
         (it otherwise waits for a quiet moment of the loop: ``dataplane.engine``)."""
         if self.backend is not None:
             self.backend.report_completions()
+
+
+def _span_export_settings(tracing: Any) -> tuple:
+    """The tracing fields the span export reads when the gateway starts (not on a reload)."""
+    return (tracing.otlp_endpoint, tracing.otlp_timeout_s, tracing.service_name,
+            tracing.otlp_queue_size, tracing.otlp_batch_size, tracing.otlp_flush_interval_ms)
 
 
 class _H2cListener:

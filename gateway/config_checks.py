@@ -109,6 +109,11 @@ def cross_check(cfg: Config, d: Decoder, base_dir: str, failed: set[str]) -> Con
         d.issue("gateway.name", "must be a token (letters, digits, -._~ and the like)")
     if "scp" not in failed and cfg.scp.via_name is not None and not _TOKEN_RE.match(cfg.scp.via_name):
         d.issue("scp.via_name", "must be a token (letters, digits, -._~ and the like)")
+    if "tracing" not in failed:
+        from gateway.otlp_export import config_problems
+
+        for path, reason in config_problems(cfg.tracing):
+            d.issue(path, reason)
     if "scp" not in failed:
         from nf_adapters.scp_router import TargetPolicy
 

