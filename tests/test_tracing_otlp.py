@@ -12,6 +12,7 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import msgspec
 import pytest
 
 from dataplane.client import H2Client
@@ -124,7 +125,8 @@ def forwarded_ids(headers) -> tuple[str, str, str]:
 
 async def test_model_c_spans_carry_the_forwarded_ids_and_attributes(backend, receiver) -> None:
     origin = await start_origin(backend, name="udm")
-    gw = Gateway(parse_config(_config(receiver)), backend=backend.NAME)
+    cfg = parse_config(_config(receiver))
+    gw = Gateway(cfg, backend=backend.NAME)
     await gw.start()
     client = H2Client(backend.NAME)
     base = f"http://127.0.0.1:{gw.ports['sbi']}"
@@ -147,6 +149,10 @@ async def test_model_c_spans_carry_the_forwarded_ids_and_attributes(backend, rec
             ("3gpp-sbi-target-apiroot", f"http://127.0.0.1:{origin.port}")])
         assert r.status == 200
         await wait_spans(gw, receiver, 3)
+        # the export settings are read at start: a reload changing them says so
+        assert "tracing" not in gw.reload(cfg)
+        moved = msgspec.structs.replace(cfg.tracing, otlp_endpoint="http://127.0.0.1:1/v1/traces")
+        assert "tracing" in gw.reload(msgspec.structs.replace(cfg, tracing=moved))
     finally:
         await client.close()
         await gw.stop(drain=False)  # flushes what is queued
@@ -277,6 +283,15 @@ def test_batcher_drops_and_counts_when_full_and_never_blocks() -> None:
     assert sorted(exported) == [0, 1, 2, 3, 4, 5]  # the newest were refused, none lost
     assert (b.exported, b.failed) == (6, 0)
     assert not b.submit(99) and b.dropped == 5  # closed: refused and counted
+    from prometheus_client import generate_latest
+
+    from gateway.metrics import new_registry
+    from gateway.otlp_export import SpanExportCollector
+
+    text = generate_latest(new_registry(SpanExportCollector(b))).decode()
+    assert 'nfmesh_trace_spans_total{outcome="exported"} 6.0' in text
+    assert 'nfmesh_trace_spans_total{outcome="dropped"} 5.0' in text
+    assert "nfmesh_trace_span_queue 0.0" in text
 
 
 def test_a_receiver_that_is_down_counts_failed_spans() -> None:
