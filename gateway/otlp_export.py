@@ -352,7 +352,10 @@ class OtlpSpanExport:
 
 def start_span_export(tracing: Any, *, instance: str = "") -> SpanBatcher:
     """A running ``SpanBatcher`` exporting to ``tracing.otlp_endpoint`` (the config was
-    checked: ``config_problems``)."""
+    checked: ``config_problems``; a ``Config`` made in code was not, hence the check here)."""
+    missing = otlp_missing()
+    if missing:
+        raise RuntimeError(f"tracing.otlp_endpoint: {missing}")
     resource = {"service.name": tracing.service_name}
     if instance:
         resource["service.instance.id"] = instance
