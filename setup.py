@@ -17,7 +17,6 @@ NATIVE = [
     ("nf_adapters._sbi_fast", "nf_adapters/_sbi_fast.pyx", []),
     ("dataplane._proxy_fast", "dataplane/_proxy_fast.pyx", []),
     ("gateway._access_log_batch", "gateway/_access_log_batch.pyx", []),
-    ("gateway._stats_fast", "gateway/_stats_fast.pyx", []),
     ("nf_adapters._scp_fast", "nf_adapters/_scp_fast.pyx", []),
 ]
 
@@ -47,6 +46,7 @@ class OptionalBuildExt(build_ext):
 TWINS = [
     ("dataplane._admission_fast", "dataplane/admission.py"),
     ("gateway._access_log_fast", "gateway/access_log.py"),
+    ("gateway._stats_fast", "gateway/stats_core.py"),
 ]
 
 

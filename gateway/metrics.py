@@ -1,10 +1,10 @@
 """Prometheus metrics: cheap per-request accounting on the data plane, exported at scrape time.
 
-The proxy calls ``RequestStats.on_request_done`` once per request.  That call only bumps
-plain integers in dicts (no locks, no label lookups through prometheus_client); the
-``prometheus_client`` collector turns them into metric families when ``/metrics`` is scraped.
-``load_request_stats()`` gives the compiled twin (``gateway._stats_fast``: the counting in C,
-the same export code) when it is built, this module's class otherwise.
+The proxy calls ``RequestStats.on_request_done`` (``gateway.stats_core``) once per request.
+That call only bumps counters in a cell (no locks, no label lookups through
+prometheus_client); the ``prometheus_client`` collector turns them into metric families when
+``/metrics`` is scraped.  ``load_request_stats()`` gives the compiled twin
+(``gateway._stats_fast``: stats_core.py compiled) when it is built, the pure class otherwise.
 Other parts of the gateway (registry, N2) register their own collectors on the same registry.
 
 ``MetricsServer`` serves ``GET /metrics`` (and ``/healthz``, ``/readyz``) over HTTP/1.1 on the
@@ -14,184 +14,33 @@ event loop, so scraping never needs a thread.
 from __future__ import annotations
 
 import asyncio
-import bisect
-import os
 import re
 from collections.abc import Awaitable, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-# Latency buckets in seconds: SBI answers are expected in milliseconds.
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-# Label values stay bounded whatever peers send: a request method outside these counts as
-# OTHER_METHOD (OpenTelemetry's convention for http.request.method), and an HTTP/2 error code
-# beyond the ones RFC 9113 defines (0x0-0xd) as INTERNAL_ERROR, which RFC 9113 section 7
-# allows for unknown codes.
-METHOD_LABELS = frozenset(
-    ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE"))
-OTHER_METHOD = "_OTHER"
-MAX_ERROR_CODE = 0xD
-UNKNOWN_ERROR_CODE = 0x2  # INTERNAL_ERROR
-
-_NB = len(BUCKETS) + 1  # bucket cells (the last one: above every bound)
-_SUM = _NB  # a cell's last entry: the sum of the durations
-
-
-class _Histogram:
-    """One cluster's latency histogram (built at scrape time from the request cells)."""
-
-    __slots__ = ("counts", "total", "n")
-
-    def __init__(self) -> None:
-        self.counts = [0] * _NB
-        self.total = 0.0
-        self.n = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
-        self.total += value
-        self.n += 1
-
-
-class RequestStatsExport:
-    """The views and the Prometheus export of per-request stats, computed from ``cells`` and
-    ``resets`` at scrape time.  Shared by the pure ``RequestStats`` and the compiled one
-    (``gateway._stats_fast``): whichever counted, the same cells give the same output."""
-
-    __slots__ = ()
-    cells: dict[tuple[str, str, int], list]
-    resets: dict[tuple[str, int], int]
-
-    @property
-    def requests(self) -> dict[tuple[str, str, str], int]:
-        """Requests by (cluster, method, status as text)."""
-        out: dict[tuple[str, str, str], int] = {}
-        for (cluster, method, status), cell in self.cells.items():
-            key = (cluster, method, str(status))
-            out[key] = out.get(key, 0) + sum(cell[:_NB])
-        return out
-
-    @property
-    def latency(self) -> dict[str, _Histogram]:
-        """Latency histogram per cluster."""
-        out: dict[str, _Histogram] = {}
-        for (cluster, _method, _status), cell in self.cells.items():
-            hist = out.get(cluster)
-            if hist is None:
-                hist = out[cluster] = _Histogram()
-            for i in range(_NB):
-                hist.counts[i] += cell[i]
-            hist.n += sum(cell[:_NB])
-            hist.total += cell[_SUM]
-        return out
-
-    @property
-    def total(self) -> int:
-        return sum(sum(cell[:_NB]) for cell in self.cells.values())
-
-    def collect(self) -> Iterable:
-        c = CounterMetricFamily(
-            "nfmesh_requests", "Requests proxied or answered, by cluster, method and status",
-            labels=["cluster", "method", "status"],
-        )
-        for (cluster, method, status), n in sorted(self.requests.items()):
-            c.add_metric([cluster, method, status], n)
-        yield c
-        r = CounterMetricFamily(
-            "nfmesh_stream_errors", "Requests that ended with an HTTP/2 error code",
-            labels=["cluster", "error_code"],
-        )
-        for (cluster, code), n in sorted(self.resets.items()):
-            r.add_metric([cluster, str(code)], n)
-        yield r
-        h = HistogramMetricFamily(
-            "nfmesh_request_duration_seconds", "Time from request headers to the end of the response",
-            labels=["cluster"],
-        )
-        for cluster, hist in sorted(self.latency.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip((*BUCKETS, float("inf")), hist.counts, strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            h.add_metric([cluster], buckets, hist.total)
-        yield h
-
-
-class RequestStats(RequestStatsExport):
-    """Implements ``dataplane.proxy.ProxyStats`` and exports what it counted (the pure-Python
-    reference; ``load_request_stats`` picks the compiled twin when it is built).
-
-    Per request: one dict lookup by ``(cluster, method, status)`` and two increments in that
-    key's cell (its latency bucket and duration sum); request counts and per-cluster histograms
-    are summed from the cells when scraped.  Methods and error codes are folded into bounded
-    label values (``METHOD_LABELS``, ``MAX_ERROR_CODE``).  A duration that is not a real
-    number raises (``TypeError``, ``OverflowError``) before anything is counted."""
-
-    __slots__ = ("cells", "resets")
-
-    def __init__(self) -> None:
-        # (cluster, method, status) -> [bucket counts..., duration sum]
-        self.cells: dict[tuple[str, str, int], list] = {}
-        self.resets: dict[tuple[str, int], int] = {}
-
-    def on_request_done(
-        self, cluster: str, method: str, status: int, duration_s: float, error_code: int
-    ) -> None:
-        i = bisect.bisect_left(BUCKETS, duration_s)  # TypeError for a non-number: nothing counted
-        cell = self.cells.get((cluster, method, status))
-        if cell is None:
-            cell = self._new_key(cluster, method, status, duration_s)
-        cell[_SUM] += duration_s
-        cell[i] += 1
-        if error_code:
-            code = int(error_code)
-            if not 0 < code <= MAX_ERROR_CODE:
-                code = UNKNOWN_ERROR_CODE
-            rkey = (cluster, code)
-            self.resets[rkey] = self.resets.get(rkey, 0) + 1
-
-    def _new_key(self, cluster: str, method: str, status: int, duration_s: float) -> list:
-        """The cell of a key not seen as such: the method folded into its label value, the
-        cell created unless that key exists (an int duration beyond a float raises first)."""
-        float(duration_s)
-        if method not in METHOD_LABELS:
-            method = OTHER_METHOD
-        key = (cluster, method, status)
-        cell = self.cells.get(key)
-        if cell is None:
-            cell = self.cells[key] = [0] * _NB + [0.0]
-        return cell
-
+from gateway.stats_core import (  # noqa: F401 (BUCKETS and the label bounds: re-exported)
+    BUCKETS,
+    MAX_ERROR_CODE,
+    METHOD_LABELS,
+    OTHER_METHOD,
+    UNKNOWN_ERROR_CODE,
+    RequestStats,
+)
 
 STATS = ("cython", "pure")
 
 
 def load_request_stats(name: str = "auto") -> type:
-    """Return the ``RequestStats`` class: ``cython`` (``gateway._stats_fast``, the per-request
-    accounting compiled, same API and output), ``pure`` (this module's), or ``auto``: the
-    compiled one when built, unless the environment variable ``NFMESH_STATS`` names one."""
-    if name == "auto":
-        name = os.environ.get("NFMESH_STATS") or "auto"
-    if name in ("auto", "cython"):
-        try:
-            from gateway._stats_fast import RequestStats as fast
-        except ImportError:
-            if name == "cython":
-                raise
-        else:
-            return fast
-    if name in ("auto", "pure"):
-        return RequestStats
-    raise ValueError(f"unknown request stats implementation {name!r}; choose one of auto, "
-                     f"{', '.join(STATS)}")
+    """Return the ``RequestStats`` class: ``cython`` (``gateway._stats_fast``: gateway/stats_core.py
+    compiled with stats_core.pxd, see setup.py's TWINS), ``pure`` (``gateway.stats_core``'s),
+    or ``auto``: the compiled one when built, unless ``NFMESH_STATS`` names one (A/B runs)."""
+    from dataplane.twins import load_twin
+
+    return load_twin(name, ("gateway._stats_fast", "RequestStats"), RequestStats,  # type: ignore
+                     "NFMESH_STATS", "request stats")
 
 
 class GaugeCallback:

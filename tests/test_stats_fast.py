@@ -1,7 +1,7 @@
-"""The compiled request stats (``gateway._stats_fast``) against the pure reference
-(``gateway.metrics.RequestStats``): random call sequences must leave identical cells, views
-and Prometheus text; the loader's choice and fallback; the C entry point; a real proxy feeding
-each implementation.
+"""The compiled request stats (``gateway._stats_fast``: ``gateway/stats_core.py`` compiled a
+second time) against the same file run as plain Python (``gateway.metrics.RequestStats``, the
+reference): random call sequences must leave identical cells, views and Prometheus text; the
+loader's choice and fallback; a real proxy feeding each implementation.
 
 Tests of the compiled class skip with a reason when it is not built."""
 
@@ -20,7 +20,7 @@ from prometheus_client import generate_latest
 
 from dataplane.client import H2Client
 from dataplane.engine import ErrorCode
-from gateway import build_info
+from gateway import build_info, stats_core
 from gateway.metrics import BUCKETS, RequestStats, load_request_stats, new_registry
 from tests.conftest import StaticRouter, start_origin, start_proxy
 
@@ -243,6 +243,15 @@ def test_label_values_stay_bounded_whatever_peers_send(cls) -> None:
     assert len(stats.cells) == 3
     text = generate_latest(new_registry(stats)).decode()
     assert 'nfmesh_requests_total{cluster="udm",method="_OTHER",status="200"} 3000.0' in text
+
+
+@needs_fast
+def test_the_compiled_twin_is_stats_core_compiled() -> None:
+    assert RequestStats is stats_core.RequestStats
+    assert _stats_fast.__file__.endswith(".so") and stats_core.__file__.endswith(".py")
+    assert _stats_fast.BUCKETS == stats_core.BUCKETS
+    assert _stats_fast.RequestStats.__doc__ == RequestStats.__doc__
+    assert _stats_fast.RequestStats.cells.__doc__ == RequestStats.cells.__doc__
 
 
 # ---- loader -----------------------------------------------------------------------------------
