@@ -121,7 +121,7 @@ PERF_TOOLS: dict[str, tuple[str, str]] = {
     "snapshot": ("perf.snapshot_bench", "route snapshot: control plane -> worker cost for N profiles"),
     "registry": ("perf.registry_bench", "NRF registry: registrations, heartbeats, discoveries per second"),
     "overload": ("perf.overload", "overload protection beside HAProxy and Envoy (--quick, --json)"),
-    "abuse": ("perf.abuse", "HTTP/2 abuse cases beside a legit client, both engines (--quick, --json)"),
+    "abuse": ("perf.abuse", "HTTP/2 abuse beside a legit client: nfmesh, HAProxy, nghttpx (--quick, --json)"),
 }
 
 
