@@ -15,7 +15,6 @@ NATIVE = [
     ("dataplane._nghttp2", "dataplane/_nghttp2.pyx", ["nghttp2"]),
     ("nf_adapters._ngap_fast", "nf_adapters/_ngap_fast.pyx", []),
     ("nf_adapters._sbi_fast", "nf_adapters/_sbi_fast.pyx", []),
-    ("dataplane._proxy_fast", "dataplane/_proxy_fast.pyx", []),
     ("gateway._access_log_batch", "gateway/_access_log_batch.pyx", []),
     ("nf_adapters._scp_fast", "nf_adapters/_scp_fast.pyx", []),
 ]
@@ -45,6 +44,7 @@ class OptionalBuildExt(build_ext):
 # The copies go to build/twins/ so that the repository keeps one source per module.
 TWINS = [
     ("dataplane._admission_fast", "dataplane/admission.py"),
+    ("dataplane._proxy_fast", "dataplane/proxy.py"),
     ("gateway._access_log_fast", "gateway/access_log.py"),
     ("gateway._stats_fast", "gateway/stats_core.py"),
 ]

@@ -35,6 +35,13 @@ response tap (``response_tap(exchange, status, fields)``, with the engine settin
 ``H2Settings.tap_response_headers``) sees the producer's overload/load headers first.
 
 One bad request costs only its stream: router or service exceptions become a 500 problem.
+
+One source, two twins: this file runs as plain Python (``dataplane.proxy``) and is also
+compiled with ``proxy.pxd`` beside it as ``dataplane._proxy_fast`` (setup.py's TWINS), where
+the exchange and ``_ProxyCore`` are extension types with C fields, the exchange's steps are C
+calls, the clock is read without a Python call, and ``Forward`` and pool fields are read in
+place (``dataplane._slots``).  What only the compiled twin does sits behind
+``cython.compiled``, or in the stand-ins it replaces; ``load_proxy`` picks the twin.
 """
 
 from __future__ import annotations
@@ -43,9 +50,13 @@ import asyncio
 import http
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Protocol
+
+try:
+    import cython
+except ImportError:  # Cython is not installed: this module runs as plain Python
+    from dataplane import _no_cython as cython
 
 from dataplane.admission import AdmissionController
 from dataplane.engine import ErrorCode, Headers
@@ -58,17 +69,46 @@ from dataplane.routing import (
     RouterSlot,
 )
 from dataplane.twins import TWINS, available_twins, load_twin
-from dataplane.upstream_pool import UpstreamPools, UpstreamUnavailable
+from dataplane.upstream_pool import UpstreamPools, UpstreamUnavailable, _EndpointPool
 
 log = logging.getLogger("nfmesh.proxy")
 
 _PROBLEM_JSON = b"application/problem+json"
 COARSE_TIMEOUT_S = 2.0  # deadlines at least this far out are checked by the periodic sweep
 SWEEP_PERIOD_S = 0.05  # how often the sweep runs while deadlines are pending
-_monotonic = time.monotonic
 # the usual methods as str without decoding them per request
 _METHODS = {m.encode(): m for m in (
     "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE")}
+
+if not cython.compiled:
+    # Uncompiled stand-ins for what proxy.pxd gives the compiled twin as C helpers: the same
+    # clock; no direct slot reads (slot_offsets answers None, so slot_get is never reached);
+    # the method memo is used only where ``cython.compiled``.
+    from time import monotonic as _now
+
+    def slot_offsets(cls: type, names: tuple) -> None:
+        return None
+
+    slot_get = memo_get = memo_new = memo_put = None
+
+NAME = "cython" if cython.compiled else "pure"
+
+# Compiled: where the per-request fields of Forward and of an upstream pool sit in those slots
+# classes (dataplane._slots), read in place after a ``type(obj) is Cls`` check; a class no
+# longer built that way switches the direct reads off (the attribute lookups remain).
+_FWD_SLOTS = _POOL_SLOTS = False
+F_ENDPOINT = F_HEADERS = F_EXTRA = F_TIMEOUT = F_CLUSTER = F_ON_DONE = 0
+P_WAITERS = P_RESERVED = P_CONNS = P_HOT = 0
+_offsets = slot_offsets(Forward, ("endpoint", "headers", "extra_response_headers", "timeout",
+                                  "cluster", "on_done"))
+if _offsets is not None:
+    F_ENDPOINT, F_HEADERS, F_EXTRA, F_TIMEOUT, F_CLUSTER, F_ON_DONE = _offsets
+    _FWD_SLOTS = True
+_offsets = slot_offsets(_EndpointPool, ("waiters", "reserved", "conns", "hot"))
+if _offsets is not None:
+    P_WAITERS, P_RESERVED, P_CONNS, P_HOT = _offsets
+    _POOL_SLOTS = True
+DIRECT_SLOTS = (_FWD_SLOTS, _POOL_SLOTS)  # tests read it
 
 
 class ProxyStats(Protocol):
@@ -97,40 +137,50 @@ def _endpoint_text(endpoint: Endpoint) -> str:
     return f"{host}:{endpoint.port}"
 
 
-# ---- admission, shared by both exchange classes (this module's and dataplane._proxy_fast's) ------
-
-def skip_ejected(ex, adm) -> None:
-    """``ex``'s chosen endpoint is ejected (outlier detection): take the first alternate that
-    is not, when there is one."""
-    fwd = ex.fwd
-    for i, (endpoint, headers) in enumerate(fwd.alternates):
-        if not adm.ejected(endpoint):
-            ex.endpoint, ex.headers = endpoint, headers
-            if i < len(fwd.alternate_response_headers):
-                ex.extra = fwd.alternate_response_headers[i]
-            ex.next_alt = i + 1
-            return
-
-
-def tell_done(ex, status: int, error_code: int) -> None:
-    """Call the decision's ``on_done`` (a failing hook is logged, never raised into the
-    engine)."""
-    try:
-        ex.fwd.on_done(status, int(error_code), ex.endpoint, ex.next_alt)
-    except Exception:
-        log.exception("on_done hook failed")
+def ready_connection(pools, endpoint):
+    """``pools.get_ready(endpoint)``; compiled, its common case is read in place: the endpoint
+    asked last, no queue, and its first connection, the one handed out last, has room.
+    Everything else is the pure method's (same answer and bookkeeping; a test compares them)."""
+    if _POOL_SLOTS and endpoint is pools._last_endpoint:
+        pool = pools._last_pool
+        if type(pool) is _EndpointPool:
+            if slot_get(pool, P_WAITERS) or slot_get(pool, P_RESERVED):
+                return None
+            conns = slot_get(pool, P_CONNS)
+            if conns:
+                conn = conns[0]
+                if conn is slot_get(pool, P_HOT) and conn.available:
+                    return conn
+    return pools.get_ready(endpoint)
 
 
-def release_admission(ex, status: int, error_code: int) -> None:
-    """``ex`` ended: its retry-budget share and its admission slot go back; a failure of the
-    producer (5xx, or no status and an error other than the client's CANCEL) is counted."""
-    adm = ex.proxy.admission
-    if ex.retrying:
-        ex.retrying = False
-        adm.retry_done()
-    if ex.gate is not None:
-        adm.release(ex, status, status >= 500 or (
-            status == 0 and error_code != 0 and error_code != ErrorCode.CANCEL))
+def _new_exchange(proxy, conn, sid, fwd, method, path, t0):
+    """Start an exchange for ``fwd`` (compiled: no Python ``__init__`` call per request)."""
+    ex = _Exchange.__new__(_Exchange)
+    ex._begin(proxy, conn, sid, fwd, method, path, t0)
+    return ex
+
+
+def _record(proxy, cluster, method, path, status, duration, error_code, endpoint, conn):
+    """One finished request: ``stats.on_request_done`` and the access log (its ``record``
+    form, else keyword arguments); a failing hook is logged, never raised into the engine."""
+    if type(error_code) is not int:
+        error_code = int(error_code)  # plain int, never an enum member (metric labels)
+    stats = proxy.stats
+    if stats is not None:
+        try:
+            stats.on_request_done(cluster, method, status, duration, error_code)
+        except Exception:
+            log.exception("stats hook failed")
+    record = proxy._log_record
+    if record is not None:
+        try:
+            record(method, path, status, cluster, endpoint, duration, error_code,
+                   conn.peer_info)
+        except Exception:
+            log.exception("access log hook failed")
+    elif proxy.access_log is not None:
+        proxy._record_kw(cluster, method, path, status, duration, error_code, endpoint, conn)
 
 
 class _Exchange:
@@ -142,8 +192,8 @@ class _Exchange:
         "priority", "due", "consumer", "cluster", "scopes", "gate", "sent_at", "retrying",
     )
 
-    def __init__(self, proxy: Proxy, conn, sid: int, fwd: Forward, method: str, path: str,
-                 t0: float) -> None:
+    def _begin(self, proxy, conn, sid, fwd, method, path, t0):
+        """Fill the exchange and start it: watch its deadline, admit it, send it."""
         self.proxy = proxy
         self.conn = conn
         self.sid = sid
@@ -152,24 +202,29 @@ class _Exchange:
         self.path = path
         self.t0 = t0
         self.deadline = 0.0  # > 0 while watched by the proxy's sweep
-        self.timer: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task | None = None
+        self.timer = None
+        self.task = None
         self.done = False
         self.last_error = ""
-        self.endpoint = fwd.endpoint
-        self.headers = fwd.headers
-        self.extra: Headers = fwd.extra_response_headers
+        if _FWD_SLOTS and type(fwd) is Forward:
+            self.endpoint = slot_get(fwd, F_ENDPOINT)
+            self.headers = slot_get(fwd, F_HEADERS)
+            self.extra = slot_get(fwd, F_EXTRA)
+            timeout = slot_get(fwd, F_TIMEOUT)
+        else:
+            self.endpoint = fwd.endpoint
+            self.headers = fwd.headers
+            self.extra = fwd.extra_response_headers
+            timeout = fwd.timeout
         self.retried_same = False
         self.next_alt = 0  # index of the next of fwd.alternates to try
         self.gate = None  # admission: the endpoint gate holding (or queueing) this request
         self.sent_at = -1.0
         self.retrying = False
-        # start at once (one call less per request than a separate start())
-        timeout = fwd.timeout
         self.due = 0.0
         if timeout is not None:
             self.due = t0 + timeout
-            if timeout >= COARSE_TIMEOUT_S:
+            if timeout >= proxy._coarse_timeout:
                 self.deadline = t0 + timeout
                 proxy._deadlines[self] = None
                 if proxy._sweep_timer is None:
@@ -193,8 +248,17 @@ class _Exchange:
                 return
         self.admitted()
 
-    def _skip_ejected(self, adm) -> None:
-        skip_ejected(self, adm)
+    def _skip_ejected(self, adm):
+        """The chosen endpoint is ejected (outlier detection): take the first alternate that
+        is not, when there is one."""
+        fwd = self.fwd
+        for i, (endpoint, headers) in enumerate(fwd.alternates):
+            if not adm.ejected(endpoint):
+                self.endpoint, self.headers = endpoint, headers
+                if i < len(fwd.alternate_response_headers):
+                    self.extra = fwd.alternate_response_headers[i]
+                self.next_alt = i + 1
+                return
 
     def refused(self, status: int, cause: str, detail: str) -> None:
         """Admission refused it after it waited (the controller calls this)."""
@@ -208,35 +272,29 @@ class _Exchange:
         proxy = self.proxy
         if self.sent_at >= 0 and proxy._connecting:  # it waited in the queue
             proxy._connecting.pop((id(self.conn), self.sid), None)
-        fwd = self.fwd
-        if fwd.restamp and proxy.restamp is not None and self.due:
-            self.headers = proxy.restamp(self.headers, self.due - _monotonic())
-        upstream = proxy.pools.get_ready(self.endpoint)
+        if self.due and proxy.restamp is not None and self.fwd.restamp:
+            self.headers = proxy.restamp(self.headers, self.due - _now())
+        upstream = ready_connection(proxy.pools, self.endpoint)
         if upstream is None:
             self._attempt(self.endpoint, self.headers)
-            return
-        try:  # _splice, inlined
-            self.conn.splice(self.sid, upstream, self.headers, self, self.extra, True)
-        except Exception as exc:  # an engine refusing the splice must not cost the connection
-            log.exception("splice failed on stream %d", self.sid)
-            self._answer(502, "UPSTREAM_ERROR", f"splice failed: {exc}", ErrorCode.INTERNAL_ERROR)
+        else:
+            self._splice(upstream, self.headers)
 
-    def _attempt(self, endpoint: Endpoint, headers: Headers) -> None:
+    def _attempt(self, endpoint, headers):
+        proxy = self.proxy
         if endpoint is not self.endpoint:
-            proxy = self.proxy
-            if self.fwd.restamp and proxy.restamp is not None and self.due:
-                headers = proxy.restamp(headers, self.due - _monotonic())
+            if self.due and proxy.restamp is not None and self.fwd.restamp:
+                headers = proxy.restamp(headers, self.due - _now())
             if self.gate is not None:
                 proxy.admission.move(self, endpoint)
         self.endpoint = endpoint
         self.headers = headers
-        pools = self.proxy.pools
-        upstream = pools.get_ready(endpoint)
+        upstream = proxy.pools.get_ready(endpoint)
         if upstream is not None:
             self._splice(upstream, headers)
             return
         self.task = asyncio.get_running_loop().create_task(self._connect(endpoint, headers))
-        self.proxy._connecting[(id(self.conn), self.sid)] = self
+        proxy._connecting[(id(self.conn), self.sid)] = self
 
     async def _connect(self, endpoint: Endpoint, headers: Headers) -> None:
         try:
@@ -247,7 +305,7 @@ class _Exchange:
             if self.done:
                 return
             self.last_error = f"{_endpoint_text(endpoint)}: {exc.reason}"
-            self._next_or_fail(reached=False, error_code=ErrorCode.CONNECT_ERROR)
+            self._next_or_fail(False, ErrorCode.CONNECT_ERROR)
             return
         except asyncio.CancelledError:
             return
@@ -256,22 +314,21 @@ class _Exchange:
         if not self.done:
             self._splice(upstream, headers)
 
-    def _splice(self, upstream, headers: Headers) -> None:
+    def _splice(self, upstream, headers):
         try:
             self.conn.splice(self.sid, upstream, headers, self, self.extra, True)
         except Exception as exc:  # an engine refusing the splice must not cost the connection
             log.exception("splice failed on stream %d", self.sid)
             self._answer(502, "UPSTREAM_ERROR", f"splice failed: {exc}", ErrorCode.INTERNAL_ERROR)
 
-    def _next_or_fail(self, reached: bool, error_code: int) -> None:
-        conn = self.conn
-        replayable = conn.can_replay(self.sid)
+    def _next_or_fail(self, reached, error_code):
+        replayable = self.conn.can_replay(self.sid)
+        fwd = self.fwd
         adm = self.proxy.admission
-        if (not reached or self.fwd.retryable) and replayable and (
+        if (not reached or fwd.retryable) and replayable and (
                 adm is None or self.retrying or adm.retry_allowed()):
             if adm is not None:
                 self.retrying = True
-            fwd = self.fwd
             i = self.next_alt
             if i < len(fwd.alternates):
                 self.next_alt = i + 1
@@ -294,7 +351,7 @@ class _Exchange:
                          self.last_error or f"{_endpoint_text(self.endpoint)} refused the request",
                          error_code)
 
-    def _answer(self, status: int, cause: str, detail: str, error_code: int = 0) -> None:
+    def _answer(self, status, cause, detail, error_code=0):
         if self.done:
             return
         try:
@@ -338,14 +395,16 @@ class _Exchange:
         except RuntimeError:
             pass
 
-    def cancel(self, error_code: int) -> None:
+    def cancel(self, error_code) -> None:
         """The downstream stream or connection went away while we were connecting."""
         if self.task is not None:
             self.task.cancel()
             self.task = None
         self._finish(0, error_code)
 
-    def _finish(self, status: int, error_code: int) -> None:
+    def _finish(self, status, error_code):
+        """The exchange ended (once): stop watching its deadline, give admission back, record
+        it, and tell the decision's ``on_done`` hook."""
         if self.done:
             return
         self.done = True
@@ -355,23 +414,42 @@ class _Exchange:
         elif self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        duration = _now() - self.t0
         if proxy.admission is not None:
             self._release(status, error_code)
-        proxy._record(self.fwd.cluster, self.method, self.path, status,
-                      _monotonic() - self.t0, error_code, self.endpoint, self.conn)
-        if self.fwd.on_done is not None:
-            tell_done(self, status, error_code)
+        fwd = self.fwd
+        if _FWD_SLOTS and type(fwd) is Forward:
+            cluster = slot_get(fwd, F_CLUSTER)
+            on_done = slot_get(fwd, F_ON_DONE)
+        else:
+            cluster = fwd.cluster
+            on_done = fwd.on_done
+        _record(proxy, cluster, self.method, self.path, status, duration, error_code,
+                self.endpoint, self.conn)
+        if on_done is not None:
+            try:
+                on_done(status, int(error_code), self.endpoint, self.next_alt)
+            except Exception:
+                log.exception("on_done hook failed")
 
-    def _release(self, status: int, error_code: int) -> None:
-        release_admission(self, status, error_code)
+    def _release(self, status, error_code):
+        """Admission: the retry-budget share and the admission slot go back; a failure of the
+        producer (5xx, or no status and an error other than the client's CANCEL) is counted."""
+        adm = self.proxy.admission
+        if self.retrying:
+            self.retrying = False
+            adm.retry_done()
+        if self.gate is not None:
+            adm.release(self, status, status >= 500 or (
+                status == 0 and error_code != 0 and error_code != ErrorCode.CANCEL))
 
-    def on_response_headers(self, stream_id: int, status: int, fields: Headers) -> Headers | None:
+    def on_response_headers(self, stream_id, status, fields):
         """The engine's response tap (overload/load control headers from the producer)."""
         tap = self.proxy.response_tap
         return fields if tap is None else tap(self, status, fields)
 
     # ---- SpliceObserver ----------------------------------------------------------------------
-    def on_upstream_failed(self, stream_id: int, error_code: int, reached: bool) -> None:
+    def on_upstream_failed(self, stream_id, error_code, reached) -> None:
         if self.done:
             return
         self.last_error = (
@@ -380,43 +458,80 @@ class _Exchange:
         )
         self._next_or_fail(reached, error_code)
 
-    def on_complete(self, stream_id: int, status: int, error_code: int) -> None:
-        # _finish, inlined: this runs once per forwarded request
-        if self.done:
+    def on_complete(self, stream_id, status, error_code) -> None:
+        self._finish(status, error_code)
+
+
+class _ProxyCore:
+    """The proxy state the per-request path touches (compiled: C fields, which
+    ``Proxy.__init__`` fills) and that path: ``on_request``."""
+
+    def on_request(self, conn, stream_id, headers, end_stream) -> None:
+        t0: cython.double = _now()
+        i: cython.Py_ssize_t
+        n: cython.Py_ssize_t
+        self.requests += 1
+        if conn not in self.connections:
+            self.connections.add(conn)
+        if self.idle_timeout:
+            activity = self._activity
+            activity[conn] = activity.get(conn, 0) + 1
+        # :method and :path as text ("" when missing).  Pseudo-headers come first and a request
+        # has at most five (RFC 9113 §8.3.1, RFC 8441), which the engines enforce: look at the
+        # first five, the last wins
+        method = path = None
+        n = min(len(headers), 5)
+        for i in range(n):
+            name, value = headers[i]
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+        if method is None:
+            method = ""
+        else:
+            # compiled: the decoder's cached field is the same object request after request
+            # (one per client connection), remembered with its text
+            m = memo_get(self._method_memo, method) if cython.compiled else None
+            if m is None:
+                m = _METHODS.get(method)
+                if m is None:
+                    m = method.decode("latin-1")
+                if cython.compiled:
+                    if self._method_memo is None:  # first request: the memo's (empty) slots
+                        self._method_memo = memo_new()
+                    memo_put(self._method_memo, method, m)
+            method = m
+        if path is None:
+            path = ""
+        elif cython.compiled and type(path) is bytes:
+            path = cython.cast(bytes, path).decode("latin-1")
+        else:
+            path = path.decode("latin-1")
+        try:
+            router = self.router_slot.current
+            if router is not self._router:  # a new route snapshot: look its method up once
+                self._route = router.route
+                self._router = router
+            decision = self._route(headers, conn.peer_info)
+        except Exception as exc:
+            log.exception("router failed for %s %s", method, path)
+            self._local(conn, stream_id, self.error_responder(
+                500, "SYSTEM_FAILURE", f"routing failed: {type(exc).__name__}"), method, path, t0)
             return
-        self.done = True
-        proxy = self.proxy
-        if self.deadline:
-            proxy._deadlines.pop(self, None)
-        elif self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        duration = _monotonic() - self.t0
-        if type(error_code) is not int:
-            error_code = int(error_code)  # plain int, never an enum member (metric labels)
-        if proxy.admission is not None:
-            self._release(status, error_code)
-        # Proxy._record, inlined
-        cluster = self.fwd.cluster
-        if proxy.stats is not None:
-            try:
-                proxy.stats.on_request_done(cluster, self.method, status, duration, error_code)
-            except Exception:
-                log.exception("stats hook failed")
-        if proxy._log_record is not None:
-            try:
-                proxy._log_record(self.method, self.path, status, cluster, self.endpoint,
-                                  duration, error_code, self.conn.peer_info)
-            except Exception:
-                log.exception("access log hook failed")
-        elif proxy.access_log is not None:
-            proxy._record_kw(cluster, self.method, self.path, status, duration, error_code,
-                             self.endpoint, self.conn)
-        if self.fwd.on_done is not None:
-            tell_done(self, status, error_code)
+        if type(decision) is Forward or isinstance(decision, Forward):
+            _new_exchange(self, conn, stream_id, decision, method, path, t0)  # starts it
+        elif isinstance(decision, LocalResponse):
+            self._local(conn, stream_id, decision, method, path, t0)
+        elif isinstance(decision, LocalService):
+            self._service(conn, stream_id, headers, decision, method, path, t0)
+        else:
+            self._local(conn, stream_id, self.error_responder(
+                500, "SYSTEM_FAILURE", f"router returned {type(decision).__name__}"),
+                method, path, t0)
 
 
-class Proxy:
+class Proxy(_ProxyCore):
     """The ServerHandler of the SBI listener (see the module docstring)."""
 
     def __init__(
@@ -438,19 +553,22 @@ class Proxy:
         # downstream connections with no request for this long (and none open) are drained;
         # this also bounds what a peer that connects and then sends nothing can hold
         self.idle_timeout = idle_timeout
-        self._activity: dict = {}
+        self._activity = {}
         self.pools = pools
         self.error_responder = error_responder
         self.stats = stats
         self.access_log = access_log
-        self.connections: set = set()
-        self._connecting: dict[tuple[int, int], _Exchange] = {}
+        self.connections = set()
+        self._connecting = {}  # (id(conn), stream id) -> _Exchange waiting to be sent
         self._services: set[asyncio.Task] = set()
         self.requests = 0
-        # exchanges whose (long) deadline the sweep watches, and the sweep's timer
-        self._deadlines: dict[_Exchange, None] = {}
-        self._sweep_timer: asyncio.TimerHandle | None = None
+        # exchanges whose (long) deadline the sweep watches, and the sweep's timer; the
+        # module's threshold is read once (tests shorten it before building a proxy)
+        self._deadlines = {}
+        self._sweep_timer = None
+        self._coarse_timeout = COARSE_TIMEOUT_S
         self._log_record = getattr(access_log, "record", None)
+        self._router = self._route = None  # on_request's bound route of the current router
 
     # ---- ServerHandler -----------------------------------------------------------------------
     def on_connection_made(self, conn) -> None:
@@ -477,39 +595,6 @@ class Proxy:
         if conn in self.connections and not conn.open_streams:
             conn.close()
 
-    def on_request(self, conn, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        t0 = _monotonic()
-        self.requests += 1
-        if conn not in self.connections:
-            self.connections.add(conn)
-        if self.idle_timeout:
-            self._activity[conn] = self._activity.get(conn, 0) + 1
-        # :method and :path as text ("" when missing).  Pseudo-headers come first and a request
-        # has at most five (RFC 9113 §8.3.1, RFC 8441), which the engines enforce, so a dict of
-        # the first five holds them (built in C: cheaper than a Python loop over the list)
-        first = dict(headers[:5])
-        method = first.get(b":method")
-        method = "" if method is None else (_METHODS.get(method) or method.decode("latin-1"))
-        path = first.get(b":path")
-        path = "" if path is None else path.decode("latin-1")
-        try:
-            decision = self.router_slot.current.route(headers, conn.peer_info)
-        except Exception as exc:
-            log.exception("router failed for %s %s", method, path)
-            self._local(conn, stream_id, self.error_responder(
-                500, "SYSTEM_FAILURE", f"routing failed: {type(exc).__name__}"), method, path, t0)
-            return
-        if type(decision) is Forward or isinstance(decision, Forward):
-            _Exchange(self, conn, stream_id, decision, method, path, t0)  # starts it
-        elif isinstance(decision, LocalResponse):
-            self._local(conn, stream_id, decision, method, path, t0)
-        elif isinstance(decision, LocalService):
-            self._service(conn, stream_id, headers, decision, method, path, t0)
-        else:
-            self._local(conn, stream_id, self.error_responder(
-                500, "SYSTEM_FAILURE", f"router returned {type(decision).__name__}"),
-                method, path, t0)
-
     def on_stream_reset(self, conn, stream_id: int, error_code: int) -> None:
         ex = self._connecting.pop((id(conn), stream_id), None)
         if ex is not None:
@@ -526,13 +611,13 @@ class Proxy:
     def _local(self, conn, sid: int, resp: LocalResponse, method: str, path: str,
                t0: float, cluster: str = "") -> None:
         conn.respond(sid, resp.status, resp.headers, resp.body)
-        self._record(cluster, method, path, resp.status, time.monotonic() - t0, 0, None, conn)
+        _record(self, cluster, method, path, resp.status, _now() - t0, 0, None, conn)
 
     def _service(self, conn, sid: int, headers: Headers, svc: LocalService, method: str,
                  path: str, t0: float) -> None:
         def on_body(body: bytes | None, trailers: Headers) -> None:
             if body is None:  # over the limit (engine answered 413) or reset
-                self._record(svc.name, method, path, 413, time.monotonic() - t0, 0, None, conn)
+                _record(self, svc.name, method, path, 413, _now() - t0, 0, None, conn)
                 return
             req = Request(method, path, headers, body, conn.peer_info)
             task = asyncio.get_running_loop().create_task(self._run_service(conn, sid, svc, req, t0))
@@ -552,23 +637,6 @@ class Proxy:
         self._local(conn, sid, resp, req.method, req.path, t0, svc.name)
 
     # ---- bookkeeping -------------------------------------------------------------------------
-    def _record(self, cluster: str, method: str, path: str, status: int, duration: float,
-                error_code: int, endpoint: Endpoint | None, conn) -> None:
-        error_code = int(error_code)  # plain int, never an enum member (metric labels)
-        if self.stats is not None:
-            try:
-                self.stats.on_request_done(cluster, method, status, duration, error_code)
-            except Exception:
-                log.exception("stats hook failed")
-        if self._log_record is not None:
-            try:
-                self._log_record(method, path, status, cluster, endpoint, duration, error_code,
-                                 conn.peer_info)
-            except Exception:
-                log.exception("access log hook failed")
-        elif self.access_log is not None:
-            self._record_kw(cluster, method, path, status, duration, error_code, endpoint, conn)
-
     def _record_kw(self, cluster: str, method: str, path: str, status: int, duration: float,
                    error_code: int, endpoint: Endpoint | None, conn) -> None:
         """The access log call for a plain callable (keyword arguments)."""
@@ -593,7 +661,7 @@ class Proxy:
         pending = self._deadlines
         if not pending:
             return
-        now = _monotonic()
+        now = _now()
         expired = [ex for ex in pending if ex.deadline <= now]
         for ex in expired:
             pending.pop(ex, None)
@@ -634,10 +702,13 @@ PROXIES = TWINS
 
 
 def load_proxy(name: str = "auto") -> type[Proxy]:
-    """Return the ``Proxy`` class: ``cython`` (``dataplane._proxy_fast``, the per-request path
-    compiled, same API), ``pure`` (this module's), or ``auto``: the compiled one when built,
-    unless the environment variable ``NFMESH_PROXY`` names one (A/B measurements)."""
-    return load_twin(name, ("dataplane._proxy_fast", "Proxy"), Proxy, "NFMESH_PROXY",
+    """Return the ``Proxy`` class: ``cython`` (``dataplane._proxy_fast``: this very file
+    compiled with ``proxy.pxd``, see setup.py's TWINS), ``pure`` (``dataplane.proxy``'s), or
+    ``auto``: the compiled one when built, unless the environment variable ``NFMESH_PROXY``
+    names one (A/B measurements)."""
+    from dataplane import proxy as pure  # this module, also when called from the compiled one
+
+    return load_twin(name, ("dataplane._proxy_fast", "Proxy"), pure.Proxy, "NFMESH_PROXY",
                      "proxy")  # type: ignore[return-value]
 
 

@@ -1,4 +1,5 @@
-"""The compiled proxy (``dataplane._proxy_fast``) against its pure twin (``dataplane.proxy``).
+"""The compiled proxy (``dataplane._proxy_fast``: ``dataplane/proxy.py`` compiled with
+``proxy.pxd``) against its pure twin (``dataplane.proxy``, the same file uncompiled).
 
 Every test using ``start_proxy`` already runs on both classes (``proxy_impl`` in conftest);
 here: the selector, and a differential test: randomized mixes of requests (forwarded, failed
@@ -39,7 +40,7 @@ def test_selector_picks_the_compiled_class_when_built(monkeypatch) -> None:
     assert pure_mod.load_proxy("pure") is pure_mod.Proxy
     assert pure_mod.load_proxy("cython") is fast_mod.Proxy
     assert pure_mod.load_proxy() is fast_mod.Proxy  # auto prefers the compiled one
-    assert issubclass(fast_mod.Proxy, pure_mod.Proxy)
+    assert fast_mod.load_proxy("pure") is pure_mod.Proxy  # the same answer from either twin
     assert pure_mod.available_proxies() == ["cython", "pure"]
     with pytest.raises(ValueError, match="unknown proxy implementation"):
         pure_mod.load_proxy("rust")
@@ -52,6 +53,28 @@ def test_build_info_reports_the_proxy_exchange_compiled() -> None:
     from gateway.build_info import info
 
     assert info()["hot_paths"]["proxy exchange"] == "compiled"
+
+
+def test_the_twins_are_one_source_compiled_once() -> None:
+    """``_proxy_fast`` is ``proxy.py`` compiled (setup.py's TWINS), not a second copy: the
+    same public names, its exchange and proxy core extension types, and nothing of the pure
+    module's inside it."""
+    assert fast_mod.NAME == "cython" and pure_mod.NAME == "pure"
+    assert fast_mod.__file__.endswith(".so") and pure_mod.__file__.endswith("proxy.py")
+    ex = fast_mod._Exchange.__new__(fast_mod._Exchange)
+    assert not hasattr(ex, "__dict__") and ex.sent_at == 0.0 and ex.proxy is None  # C fields
+    for name in ("Proxy", "ProxyStats", "default_problem", "load_proxy", "available_proxies",
+                 "PROXIES", "COARSE_TIMEOUT_S", "SWEEP_PERIOD_S", "ready_connection",
+                 "DIRECT_SLOTS"):
+        assert hasattr(pure_mod, name) and hasattr(fast_mod, name), name
+    for cls in ("Proxy", "_Exchange", "_ProxyCore"):
+        mine = {n for n in vars(getattr(pure_mod, cls)) if not n.startswith("__")}
+        assert mine <= set(dir(getattr(fast_mod, cls))) | {
+            # the exchange's internal steps are C methods of the compiled twin
+            "_begin", "_skip_ejected", "_attempt", "_splice", "_next_or_fail", "_answer",
+            "_finish", "_release"}, cls
+    assert fast_mod.Proxy is not pure_mod.Proxy
+    assert not issubclass(fast_mod.Proxy, pure_mod.Proxy)  # no pure code on the compiled path
 
 
 def test_compiled_proxy_reads_forward_and_pool_slots_directly() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sys
 
 import pytest
 from prometheus_client import generate_latest
@@ -19,7 +20,7 @@ from dataplane.engine import ErrorCode
 from dataplane.routing import Endpoint
 from gateway.app import AccessLog
 from gateway.metrics import BUCKETS, RequestStats, new_registry
-from tests.conftest import StaticRouter, start_origin, start_proxy
+from tests.conftest import StaticRouter, free_port, start_origin, start_proxy
 
 
 @pytest.fixture
@@ -43,10 +44,12 @@ def url(running, path: str) -> str:
 # ---- deadlines --------------------------------------------------------------------------------
 
 async def test_long_deadline_is_swept_504_without_a_timer_per_request(
-        backend, origin, client, monkeypatch):
-    # make 0.3 s a "long" deadline so the sweep watches it
-    monkeypatch.setattr(proxy_mod, "COARSE_TIMEOUT_S", 0.25)
-    monkeypatch.setattr(proxy_mod, "SWEEP_PERIOD_S", 0.02)
+        backend, origin, client, monkeypatch, proxy_impl):
+    # make 0.3 s a "long" deadline so the sweep watches it (in the module of the twin in use:
+    # the compiled one has its own copy of the settings)
+    twin = sys.modules[proxy_mod.load_proxy(proxy_impl).__module__]
+    monkeypatch.setattr(twin, "COARSE_TIMEOUT_S", 0.25)
+    monkeypatch.setattr(twin, "SWEEP_PERIOD_S", 0.02)
     proxy = await start_proxy(backend, StaticRouter(origin.endpoint, timeout=0.3))
     try:
         resp = await client.request("GET", url(proxy, "/hold"), timeout=3.0)
@@ -151,6 +154,78 @@ async def test_access_log_mixes_keyword_lines_and_records_in_order() -> None:
     assert [e["path"] for e in entries] == ["/a", "/b", "/\u00e9"]
     assert entries[0]["peer"] == ["::1", 1, 0, 0] and entries[1]["extra"] == "yes"
     assert entries[2]["peer"] is None and entries[2]["error_code"] == 8
+
+
+# ---- Forward.on_done ---------------------------------------------------------------------------
+
+class _DoneRouter(StaticRouter):
+    """A StaticRouter whose decisions ask to be told when their exchange ends."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.told: list[tuple] = []
+        self.fail = False
+
+    def on_done(self, status, error_code, endpoint, reselections) -> None:
+        self.told.append((status, error_code, type(error_code), endpoint, reselections))
+        if self.fail:
+            raise RuntimeError("hook bug (on purpose)")
+
+    def route(self, headers, peer):
+        fwd = super().route(headers, peer)
+        fwd.on_done = self.on_done
+        return fwd
+
+
+async def _told(router: _DoneRouter, n: int) -> list[tuple]:
+    for _ in range(200):  # the engine reports the end right around the last frame
+        if len(router.told) >= n:
+            break
+        await asyncio.sleep(0.01)
+    return router.told
+
+
+async def test_on_done_is_told_once_with_the_outcome(backend, origin, client, caplog):
+    """Each exchange tells its decision's ``on_done`` once: the status (0: none sent), the
+    error code as a plain int, the endpoint last tried and how many others were tried after
+    the first; a failing hook is logged and costs nothing else."""
+    dead = Endpoint("127.0.0.1", free_port())
+    router = _DoneRouter(origin.endpoint)
+    proxy = await start_proxy(backend, router)
+    try:
+        assert (await client.request("GET", url(proxy, "/echo"))).status == 200
+        assert await _told(router, 1) == [(200, 0, int, origin.endpoint, 0)]
+        router.endpoint, router.alternates = dead, [origin.endpoint]  # refused: the alternate
+        assert (await client.request("GET", url(proxy, "/echo"))).status == 200
+        assert (await _told(router, 2))[1:] == [(200, 0, int, origin.endpoint, 1)]
+        router.endpoint, router.alternates = origin.endpoint, []
+        assert (await client.request("GET", url(proxy, "/reset?code=2"))).status == 502
+        assert (await _told(router, 3))[2:] == [
+            (502, ErrorCode.INTERNAL_ERROR, int, origin.endpoint, 0)]
+        router.fail = True
+        assert (await client.request("GET", url(proxy, "/echo"))).status == 200
+        assert len(await _told(router, 4)) == 4 and "on_done hook failed" in caplog.text
+        assert [d[2] for d in proxy.extra["stats"].done] == [200, 200, 502, 200]
+    finally:
+        await proxy.stop()
+
+
+# ---- the pure twin where Cython is not installed -------------------------------------------------
+
+def test_pure_proxy_imports_without_cython() -> None:
+    """``dataplane/proxy.py`` is also the compiled twin's source, so it reads
+    ``cython.compiled``; without the Cython package it must still import, as plain Python."""
+    import subprocess
+
+    code = ("import sys; sys.modules['cython'] = None\n"  # import cython raises ImportError
+            "from dataplane import proxy\n"
+            "assert proxy.NAME == 'pure' and proxy.load_proxy('pure') is proxy.Proxy\n"
+            "assert proxy.DIRECT_SLOTS == (False, False)\n"
+            "print(proxy.cython.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "dataplane._no_cython"
 
 
 # ---- RequestStats ------------------------------------------------------------------------------
