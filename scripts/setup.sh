@@ -68,11 +68,15 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-# The Cython hot paths: rebuilt when a .pyx is newer than its module.
+# The Cython hot paths: rebuilt when a .pyx, or a part it includes (NAME_*.pxi), is newer
+# than its module.
 need_build=0
 for pyx in $(git ls-files '*.pyx' 2>/dev/null || ls */*.pyx 2>/dev/null); do
   mod=$(ls "${pyx%.pyx}".*.so 2>/dev/null | head -n1 || true)
   if [ -z "$mod" ] || [ "$pyx" -nt "$mod" ]; then need_build=1; fi
+  for pxi in "${pyx%.pyx}"_*.pxi; do
+    if [ -n "$mod" ] && [ -e "$pxi" ] && [ "$pxi" -nt "$mod" ]; then need_build=1; fi
+  done
 done
 if [ $need_build = 1 ]; then
   say "building the Cython hot paths"
