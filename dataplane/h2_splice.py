@@ -1,0 +1,422 @@
+"""The shared core of the pure engine's connections (``dataplane.h2_engine``): per-stream
+state, flow-controlled relaying, write batching, abuse limits.
+
+``H2Stream`` is one stream on either side of a splice; ``BaseConnection`` (the asyncio Protocol
+both ``ServerConnection`` and ``ClientConnection`` extend) holds the h2 session and relays DATA
+between joined streams without calling the proxy:
+
+* a received DATA byte is acknowledged (WINDOW_UPDATE) to its sender only once the other
+  connection's session took it (sent into its flow-control window), so a slow reader slows the
+  writer and the bytes held per stream stay below the stream window;
+* a connection whose transport is paused (``pause_writing``) takes nothing more until
+  ``resume_writing``;
+* all the frames produced while handling one ``data_received`` batch (on this and the other
+  connections touched) are written with one ``transport.write`` per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from dataplane.engine import ErrorCode, H2Settings, Headers, SpliceObserver
+from dataplane.h2_session import H2Session, new_session
+from dataplane.http1_refusal import http1_refusal
+from dataplane.linger import close_after_fin
+
+log = logging.getLogger("nfmesh.h2")
+
+MAX_STREAMS_UNKNOWN = 2**31 - 1
+LINGER_S = 1.0  # how long a closing connection keeps discarding input after its GOAWAY
+_PREFACE_LEN = 24 + 9  # the client magic and the first frame's header
+# Connections marked for a flush while a data_received batch runs; written once at its end.
+_batch: list | None = None
+
+
+class H2Stream:
+    """Per-stream state, on either side.  ``out`` holds DATA waiting for this stream's send
+    window (or a paused transport); ``out_end`` is what closes it afterwards (True: END_STREAM,
+    a list: trailers).  ``peer`` is the joined stream on the other connection."""
+
+    __slots__ = (
+        "sid", "mode", "peer", "out", "out_len", "out_end", "relay_ack", "sent",
+        "rx", "acked", "body", "body_len", "body_whole", "req_ended", "trailers",
+        "local_closed", "remote_closed", "status", "observer", "extra", "retain",
+        "callback", "limit", "got_headers", "headers", "req_headers", "conn",
+    )
+
+    def __init__(self, sid: int, mode: int, conn: BaseConnection) -> None:
+        self.sid = sid
+        self.mode = mode
+        self.conn = conn
+        self.peer: H2Stream | None = None
+        self.out: deque = deque()
+        self.out_len = 0
+        self.out_end: bool | Headers | None = None
+        self.relay_ack = False  # bytes sent from out are acknowledged to peer's connection
+        self.sent = 0  # request bytes sent on an upstream stream (for replay acks)
+        self.rx = 0  # request (or response) body bytes received
+        self.acked = 0  # of which acknowledged to the sender
+        self.body: list[bytes] = []
+        self.body_len = 0
+        self.body_whole = True
+        self.req_ended = False
+        self.trailers: Headers = []
+        self.local_closed = False
+        self.remote_closed = False
+        self.status = 0
+        self.observer: SpliceObserver | None = None
+        self.extra: Headers = []
+        self.retain = False
+        self.callback = None
+        self.limit = 0
+        self.got_headers = False
+        self.headers: Headers = []
+        self.req_headers: Headers = []
+
+
+class BaseConnection(asyncio.Protocol):
+    """What both sides share: the h2 session, batching of writes, flow-controlled pumping."""
+
+    _client_side = False
+
+    def __init__(self, settings: H2Settings) -> None:
+        self.settings = settings
+        self._h2: H2Session | None = None
+        self._transport: asyncio.Transport | None = None
+        self._streams: dict[int, H2Stream] = {}
+        self._waiting: set[H2Stream] = set()  # streams with DATA waiting for window/transport
+        self._paused = False
+        self._queued = False
+        self._lost = False
+        self._goaway_sent = False
+        self._goaway_last = 0
+        self._close_when_idle = False
+        self._lingering = False
+        self._greeted = False  # the peer's first bytes came
+        self._goaway_received = False
+        self._resets: deque = deque()
+        self._control: deque = deque()
+        self.calm_goaway = False  # we ended the connection with ENHANCE_YOUR_CALM
+        # a server checks the first 33 bytes: client magic + a SETTINGS frame header
+        self._preface: bytes | None = None if self._client_side else b""
+
+    # ---- transport side -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._h2 = new_session(self.settings, self._client_side)
+        if self._client_side:
+            self._mark()
+        # a server's SETTINGS wait for the client's first bytes, so that an HTTP/1.x client
+        # can be told 505 in its own protocol (dataplane.http1_refusal)
+
+    def data_received(self, data: bytes) -> None:
+        global _batch
+        outer = _batch is None
+        if outer:
+            _batch = []
+        try:
+            h2c = self._h2
+            if h2c is None or self._lost or self._lingering:
+                return
+            if not self._greeted:
+                self._greeted = True
+                reply = None if self._client_side else http1_refusal(bytes(data))
+                if reply is not None:
+                    self._refuse_http1(reply)
+                    return
+            if self._preface is not None and not self._check_preface(data):
+                return
+            try:
+                events = h2c.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                if isinstance(exc, h2.exceptions.DenialOfServiceError):
+                    self.calm_goaway = True
+                    log.warning("HTTP/2 peer %s: %s: GOAWAY ENHANCE_YOUR_CALM",
+                                getattr(self, "peer_info", {}).get("peername"), exc)
+                else:
+                    log.debug("h2 protocol error from peer: %s", exc)
+                self._mark()
+                self._abort_after_flush()
+                return
+            for event in events:
+                try:
+                    self._on_event(event)
+                except Exception:
+                    # a bug in a callback costs its stream, never the connection's others
+                    log.exception("failed handling %r", event)
+                    st = self._streams.get(getattr(event, "stream_id", 0) or 0)
+                    if st is not None:
+                        self._reset_stream(st, ErrorCode.INTERNAL_ERROR)
+                if self._lost:
+                    break
+            self._mark()
+        finally:
+            if outer:
+                pending, _batch = _batch, None
+                for conn in pending:
+                    conn._queued = False
+                    conn._flush()
+
+    def _check_preface(self, data: bytes) -> bool:
+        """RFC 9113 §3.4: the client magic is followed by a SETTINGS frame (no ACK, stream
+        0); anything else is an invalid preface, a connection error of type PROTOCOL_ERROR
+        (h2 checks the magic only).  False: the connection is being closed."""
+        head = self._preface + bytes(data[:_PREFACE_LEN - len(self._preface)])
+        if len(head) < _PREFACE_LEN:
+            self._preface = head
+            return True
+        self._preface = None
+        if head[27] == 0x4 and not head[28] & 0x1 and not int.from_bytes(head[29:33], "big"):
+            return True
+        log.info("h2: %s: no SETTINGS after the client magic: GOAWAY PROTOCOL_ERROR",
+                 getattr(self, "peer_info", {}).get("peername"))
+        self._h2.close_connection(ErrorCode.PROTOCOL_ERROR)
+        self._mark()
+        self._abort_after_flush()
+        return False
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._pump_all()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._transport = None
+        self._on_lost(exc)
+
+    def _mark(self) -> None:
+        """Ask for a flush: now outside a batch, at the end of the batch inside one."""
+        if _batch is None:
+            self._flush()
+        elif not self._queued:
+            self._queued = True
+            _batch.append(self)
+
+    def _flush(self) -> None:
+        h2c = self._h2
+        if h2c is None:
+            return
+        data = h2c.data_to_send()
+        transport = self._transport
+        if data and transport is not None:
+            transport.write(data)
+        if self._close_when_idle and transport is not None and not self._streams:
+            self._linger_close()
+
+    def _abort_after_flush(self) -> None:
+        self._flush()
+        self._lost = True  # process nothing more
+        self._linger_close()
+
+    def _refuse_http1(self, reply: bytes) -> None:
+        """Answer an HTTP/1.x client in HTTP/1.1 and close, our HTTP/2 SETTINGS unsent."""
+        log.info("h2: HTTP/1.x request from %s on an HTTP/2 listener: 505",
+                 getattr(self, "peer_info", {}).get("peername"))
+        if self._transport is not None:
+            self._transport.write(reply)
+        self._linger_close()
+
+    def _linger_close(self) -> None:
+        """Close after a GOAWAY without losing it: send FIN, discard what the peer still had in
+        flight, close when it closes (at most ``LINGER_S`` later).  Closing with unread input
+        makes the kernel answer RST, which can destroy the GOAWAY before the peer reads it."""
+        transport = self._transport
+        if transport is None or self._lingering:
+            return
+        self._lingering = True
+        close_after_fin(transport, LINGER_S)
+
+    # ---- abuse limits ---------------------------------------------------------------------
+    def _over_rate(self, window: deque, limit: int) -> bool:
+        now = time.monotonic()
+        window.append(now)
+        while window and now - window[0] > 1.0:
+            window.popleft()
+        if len(window) > limit:
+            self._calm(f"over a rate limit ({limit}/s)")
+            return True
+        return False
+
+    def _calm(self, why: str) -> None:
+        """GOAWAY(ENHANCE_YOUR_CALM) and close; nothing more the peer sends is processed."""
+        log.warning("HTTP/2 peer %s %s: GOAWAY ENHANCE_YOUR_CALM",
+                    getattr(self, "peer_info", {}).get("peername"), why)
+        self.calm_goaway = True
+        try:
+            self._h2.close_connection(ErrorCode.ENHANCE_YOUR_CALM)
+        except h2.exceptions.ProtocolError:
+            pass
+        self._abort_after_flush()
+
+    # ---- sending DATA under flow control ----------------------------------------------------
+    def _pump(self, st: H2Stream) -> None:
+        """Send what ``st.out`` holds as far as the send window and the transport allow."""
+        if self._lost or st.local_closed:
+            return
+        h2c = self._h2
+        out = st.out
+        if out and not self._paused:
+            sid = st.sid
+            try:
+                while out:
+                    window = h2c.local_flow_control_window(sid)
+                    if window <= 0:
+                        break
+                    chunk = out[0]
+                    n = min(len(chunk), window, h2c.max_outbound_frame_size)
+                    if n == len(chunk):
+                        out.popleft()
+                        h2c.send_data(sid, chunk)
+                    else:
+                        h2c.send_data(sid, chunk[:n])
+                        out[0] = chunk[n:]
+                    st.out_len -= n
+                    if st.relay_ack:
+                        self._ack_relayed(st, n)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                out.clear()
+                st.out_len = 0
+                st.out_end = None
+        if out:
+            self._waiting.add(st)
+        else:
+            self._waiting.discard(st)
+            if st.out_end is not None:
+                end, st.out_end = st.out_end, None
+                self._send_end(st, end)
+        self._mark()
+
+    def _ack_relayed(self, st: H2Stream, n: int) -> None:
+        """``n`` relayed bytes were taken here: hand the window back to their sender."""
+        src = st.peer
+        if src is None:
+            return
+        st.sent += n
+        if st.sent > src.acked:
+            grant = st.sent - src.acked
+            src.acked = st.sent
+            conn = src.conn
+            if not conn._lost:
+                try:
+                    conn._h2.acknowledge_received_data(grant, src.sid)
+                except h2.exceptions.ProtocolError:
+                    return
+                conn._mark()
+
+    def _send_end(self, st: H2Stream, end: bool | Headers) -> None:
+        try:
+            if end is True:
+                self._h2.end_stream(st.sid)
+            else:
+                self._h2.send_headers(st.sid, end, end_stream=True)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return
+        st.local_closed = True
+        self._after_local_end(st)
+        self._mark()
+
+    def _after_local_end(self, st: H2Stream) -> None:
+        self._maybe_forget(st)
+
+    def _pump_all(self) -> None:
+        for st in list(self._waiting):
+            self._pump(st)
+
+    def _on_window(self, stream_id: int) -> None:
+        if stream_id == 0:
+            self._pump_all()
+        else:
+            st = self._streams.get(stream_id)
+            if st is not None and st in self._waiting:
+                self._pump(st)
+
+    def _discard_unacked(self, st: H2Stream) -> None:
+        """The stream's received body will not be consumed: release its flow-control credit."""
+        owed = st.rx - st.acked
+        st.acked = st.rx
+        if owed > 0 and not self._lost:
+            try:
+                self._h2.acknowledge_received_data(owed, st.sid)
+            except h2.exceptions.ProtocolError:
+                pass
+            self._mark()
+
+    def _reset_stream(self, st: H2Stream, error_code: int) -> None:
+        if not self._lost:
+            try:
+                self._h2.reset_stream(st.sid, error_code)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                pass
+            self._mark()
+        self._discard_unacked(st)
+        st.local_closed = st.remote_closed = True
+        st.out.clear()
+        st.out_len = 0
+        st.out_end = None
+        self._waiting.discard(st)
+        self._forget(st)
+
+    def _maybe_forget(self, st: H2Stream) -> None:
+        if st.local_closed and st.remote_closed:
+            self._forget(st)
+
+    def _forget(self, st: H2Stream) -> None:
+        if self._streams.pop(st.sid, None) is not None:
+            if self._h2 is not None:
+                self._h2.forget_stream(st.sid)
+            self._waiting.discard(st)
+            self._on_forgotten(st)
+        if self._close_when_idle and not self._streams:
+            self._mark()
+
+    def _on_forgotten(self, st: H2Stream) -> None:
+        pass
+
+    # ---- events -----------------------------------------------------------------------------
+    def _on_event(self, event) -> None:
+        raise NotImplementedError
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        raise NotImplementedError
+
+    def _common_event(self, event) -> None:
+        """Handle the events both sides treat alike (others are ignored)."""
+        if isinstance(event, h2.events.WindowUpdated):
+            self._on_window(event.stream_id)
+        elif isinstance(event, h2.events.PingReceived):
+            self._over_rate(self._control, self.settings.max_control_frames_per_second)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            if not self._over_rate(self._control, self.settings.max_control_frames_per_second):
+                self._on_remote_settings(event)
+        elif isinstance(event, h2.events.PriorityUpdated):
+            self._over_rate(self._control, self.settings.max_control_frames_per_second)
+
+    def _on_remote_settings(self, event) -> None:
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._pump_all()
+
+    # ---- shared public surface -------------------------------------------------------------
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Body bytes this connection holds right now (held, retained, or waiting to be sent):
+        what tests use to check that nothing is buffered whole."""
+        return sum(st.out_len + st.body_len for st in self._streams.values())
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._lost = True
