@@ -190,18 +190,6 @@ class OriginHandler:
         pass
 
 
-async def eventually(predicate, timeout: float = 1.0) -> bool:
-    """Whether ``predicate()`` turns true within ``timeout`` seconds of the loop running (for
-    what a connection does on its own time, like closing); polled every 10 ms."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
-
-
 def pattern(size: int) -> bytes:
     block = bytes(i % 251 for i in range(251 * 64))
     reps, rest = divmod(size, len(block))

@@ -5,13 +5,13 @@ and, once built, the compiled ``gateway._access_log_fast.AccessLog``)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 
 import pytest
 
 from gateway.access_log import available_access_logs, load_access_log
+from tests.waiting import wait_until
 
 
 @pytest.fixture(params=available_access_logs())
@@ -25,7 +25,7 @@ async def test_lines_are_batched_and_flushed(AccessLog) -> None:
     for i in range(3):
         log(method="GET", path=f"/nudm-sdm/v2/imsi-{i}/am-data", status=200, duration_s=0.001)
     assert out.getvalue() == ""  # nothing written per request
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: out.getvalue().count("\n") == 3)  # the 0.05 s timer flushed them
     lines = out.getvalue().splitlines()
     assert [json.loads(x)["path"] for x in lines] == [f"/nudm-sdm/v2/imsi-{i}/am-data" for i in range(3)]
 

@@ -8,6 +8,7 @@ import asyncio
 from dataplane.client import H2Client
 from dataplane.engine import load_backend
 from tests.conftest import StaticRouter, start_origin, start_proxy
+from tests.waiting import wait_until
 
 H2 = load_backend("h2")
 
@@ -23,10 +24,12 @@ async def test_stream_tables_are_emptied_after_traffic():
                 client.request("POST", base + "/echo", body=b"x" * 100) for _ in range(100)])
             assert all(r.status == 200 for r in results)
         await client.request("GET", base + "/reset?code=2")  # a reset stream, too
-        await asyncio.sleep(0.05)
         downstream = list(proxy.handler.connections)
         upstream = proxy.extra["pools"].connections(origin.endpoint)
         assert len(downstream) == 1 and len(upstream) == 1
+        # the reset reaches the far side on its own time: wait for every table to settle
+        await wait_until(lambda: all(c.open_streams == 0 and not c._h2.streams
+                                     for c in downstream + upstream + origin.handler.connections))
         for conn in downstream + upstream + origin.handler.connections:
             assert conn.open_streams == 0
             assert len(conn._h2.streams) == 0

@@ -12,6 +12,7 @@ import pytest
 
 from dataplane.engine import ErrorCode, H2Settings
 from tests.conftest import start_origin
+from tests.waiting import wait_until
 
 
 class _KeepOpenH2(h2.connection.H2Connection):
@@ -199,10 +200,7 @@ async def test_graceful_drain_finishes_in_flight_and_refuses_new(origin_with):
     first = raw.request("/hold")
     raw.flush()
     await raw.until(is_(h2.events.RemoteSettingsChanged))
-    for _ in range(100):
-        if origin.handler.held:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: origin.handler.held)
     conn, held_sid = origin.handler.held[0]
     conn.drain()
     # a two-step drain first announces 2**31-1; wait for the GOAWAY that names the last stream
@@ -283,10 +281,7 @@ async def test_stream_racing_the_first_goaway_is_still_served(origin_with):
     raw = await RawH2.connect(origin.port)
     raw.flush()
     await raw.until(is_(h2.events.RemoteSettingsChanged))
-    for _ in range(100):
-        if origin.handler.connections:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: origin.handler.connections)
     origin.handler.connections[0].drain()
     while True:  # read until the drain PING arrived, without sending its ACK yet
         data = await asyncio.wait_for(raw.reader.read(65536), 3)

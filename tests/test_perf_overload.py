@@ -47,6 +47,7 @@ from perf.overload_client import (
 )
 from perf.peers import TargetSpec
 from perf.peers.envoy import find_envoy
+from tests.waiting import wait_until
 
 # --- an independent HTTP/2 client (the h2 library) that can reset its streams --------------
 
@@ -103,15 +104,6 @@ class H2Client:
         self.writer.close()
 
 
-async def until(cond, what: str, bound_s: float = 10.0) -> None:
-    """Wait (bounded) until ``cond()`` holds; the bound only guards against a hang."""
-    deadline = time.monotonic() + bound_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        await asyncio.sleep(0.005)
-
-
 async def producer_and_client(backend, concurrency: int, service_ms: float):
     producer = CapacityProducer(concurrency, service_ms)
     server = await serve(producer, "127.0.0.1", 0, backend.NAME)
@@ -126,11 +118,11 @@ async def test_capacity_one_serves_in_arrival_order(backend) -> None:
     producer, server, client = await producer_and_client(backend, 1, 20.0)
     try:
         first = client.get("/work")
-        await until(lambda: producer.in_service == 1, "first request in service")
+        await wait_until(lambda: producer.in_service == 1, what="first request in service")
         second = client.get("/work")
-        await until(lambda: producer.steps["t"].arrived == 2, "second request arrived")
+        await wait_until(lambda: producer.steps["t"].arrived == 2, what="second request arrived")
         assert producer.in_service == 1 and producer.queued in (0, 1)
-        await until(lambda: len(client.order) == 2, "both answered")
+        await wait_until(lambda: len(client.order) == 2, what="both answered")
         assert client.order == [first, second]
         for sid in (first, second):
             assert client.responses[sid]["headers"][b":status"] == b"200"
@@ -147,17 +139,17 @@ async def test_reset_queued_request_is_never_worked_on(backend) -> None:
     producer, server, client = await producer_and_client(backend, 1, 60_000.0)
     try:
         busy = client.get("/work")
-        await until(lambda: producer.in_service == 1, "first request in service")
+        await wait_until(lambda: producer.in_service == 1, what="first request in service")
         queued = client.get("/work")
-        await until(lambda: producer.queued == 1, "second request queued")
+        await wait_until(lambda: producer.queued == 1, what="second request queued")
         client.reset(queued)
-        await until(lambda: producer.steps["t"].dropped_queued == 1, "queued request dropped")
+        await wait_until(lambda: producer.steps["t"].dropped_queued == 1, what="queued request dropped")
         c = producer.steps["t"]
         assert (c.completed, c.aborted, c.partial_work_ms) == (0, 0, 0.0)
         assert producer.in_service == 1 and producer.queued == 0
         # the request in service stops when reset: its work so far counts as partial
         client.reset(busy)
-        await until(lambda: producer.steps["t"].aborted == 1, "served request aborted")
+        await wait_until(lambda: producer.steps["t"].aborted == 1, what="served request aborted")
         assert producer.in_service == 0 and c.completed == 0 and c.partial_work_ms > 0
     finally:
         await client.close()
@@ -168,11 +160,11 @@ async def test_reset_in_service_starts_the_next_queued(backend) -> None:
     producer, server, client = await producer_and_client(backend, 1, 60_000.0)
     try:
         busy = client.get("/work")
-        await until(lambda: producer.in_service == 1, "first in service")
+        await wait_until(lambda: producer.in_service == 1, what="first in service")
         client.get("/work")
-        await until(lambda: producer.queued == 1, "second queued")
+        await wait_until(lambda: producer.queued == 1, what="second queued")
         client.reset(busy)
-        await until(lambda: producer.steps["t"].aborted == 1, "first aborted")
+        await wait_until(lambda: producer.steps["t"].aborted == 1, what="first aborted")
         assert producer.in_service == 1 and producer.queued == 0
     finally:
         await client.close()
@@ -183,22 +175,22 @@ async def test_oci_on_demand_and_stats(backend) -> None:
     producer, server, client = await producer_and_client(backend, 2, 1.0)
     try:
         plain = client.get("/work")
-        await until(lambda: plain in client.order, "plain answer")
+        await wait_until(lambda: plain in client.order, what="plain answer")
         assert b"3gpp-sbi-oci" not in client.responses[plain]["headers"]
         ctl = client.get("/control?oci=50&validity=3&for=60")
-        await until(lambda: ctl in client.order, "control answer")
+        await wait_until(lambda: ctl in client.order, what="control answer")
         with_oci = client.get("/work", priority=2)
-        await until(lambda: with_oci in client.order, "answer with OCI")
+        await wait_until(lambda: with_oci in client.order, what="answer with OCI")
         (oci,) = parse_oci(client.responses[with_oci]["headers"][b"3gpp-sbi-oci"])
         assert (oci.reduction_pct, oci.validity_s) == (50, 3)
         assert (oci.scope.kind, oci.scope.value) == ("NF-Instance", producer.nf_instance)
         stop = client.get("/control?oci=0")
-        await until(lambda: stop in client.order, "stop answer")
+        await wait_until(lambda: stop in client.order, what="stop answer")
         after = client.get("/work")
-        await until(lambda: after in client.order, "answer after the OCI")
+        await wait_until(lambda: after in client.order, what="answer after the OCI")
         assert b"3gpp-sbi-oci" not in client.responses[after]["headers"]
         st = client.get("/stats")
-        await until(lambda: st in client.order, "stats answer")
+        await wait_until(lambda: st in client.order, what="stats answer")
         stats = json.loads(client.responses[st]["body"])
         assert stats["steps"]["t"]["completed"] == 3 and stats["total"]["arrived"] == 3
         assert stats["oci"][0]["sent"] == 1 and stats["capacity_rps"] == 2000.0

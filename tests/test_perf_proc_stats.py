@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -42,12 +41,13 @@ def test_snapshot_of_missing_process() -> None:
 
 def test_busy_child_cpu_is_counted() -> None:
     """A child burning 0.4 s of CPU: the meter sees about that much, from both clocks."""
-    code = "import sys, time\nsys.stdin.readline()\n" + BUSY.format(s=0.4) + (
-        "print('done', flush=True)\ntime.sleep(30)\n")
+    code = "import sys, time\nprint('ready', flush=True)\nsys.stdin.readline()\n" + BUSY.format(
+        s=0.4) + "print('done', flush=True)\ntime.sleep(30)\n"
     child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.2)  # interpreter start-up happens before the meter starts
+        # interpreter start-up happens before the meter starts
+        assert child.stdout.readline().strip() == "ready"
         meter = TreeMeter(child.pid)
         meter.start()
         before = snapshot(child.pid)
@@ -68,6 +68,7 @@ def test_grandchildren_are_counted() -> None:
     """A parent that forks two busy children and waits: their CPU is the tree's."""
     code = (
         "import os, sys, time\n"
+        "print('ready', flush=True)\n"
         "sys.stdin.read()\n"
         "pids = []\n"
         "for _ in range(2):\n"
@@ -85,7 +86,7 @@ def test_grandchildren_are_counted() -> None:
     parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.2)
+        assert parent.stdout.readline().strip() == "ready"
         meter = TreeMeter(parent.pid)
         meter.start()
         parent.stdin.close()

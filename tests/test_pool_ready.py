@@ -18,7 +18,8 @@ from dataplane import upstream_pool
 from dataplane.engine import H2Settings
 from dataplane.routing import Endpoint
 from dataplane.upstream_pool import UpstreamPools, _EndpointPool
-from tests.conftest import eventually, start_origin
+from tests.conftest import start_origin
+from tests.waiting import wait_until
 
 
 class _Clock:
@@ -64,7 +65,7 @@ async def test_get_ready_hands_the_first_free_connection_and_idles_it_out(origin
     clock.now += 0.5
     assert pools.close_idle(60.0) == 1  # 60 s after the sweep that saw it used
     assert pools.get_ready(origin.endpoint) is None
-    assert await eventually(lambda: conn.closed)
+    await wait_until(lambda: conn.closed)
     assert pools.connections(origin.endpoint) == []
 
 
@@ -86,7 +87,7 @@ async def test_closed_hot_connection_is_forgotten(origin_pools):
     pool = pools._pools[origin.endpoint]
     assert pool.hot is conn
     conn.close()
-    assert await eventually(lambda: pool.hot is None)
+    await wait_until(lambda: pool.hot is None)
     assert id(conn) not in pool.last_used
     conn2 = await pools.acquire(origin.endpoint)  # a new connection
     assert conn2 is not conn and pools.get_ready(origin.endpoint) is conn2

@@ -21,6 +21,7 @@ from gateway.config import parse_config
 from nf_adapters.producer_identity import check_certificate
 from tests.conftest import start_origin
 from tests.registry.conftest import make_profile
+from tests.waiting import wait_until
 
 A, B, C, X = (str(uuid.UUID(int=i)) for i in (0xA1, 0xB2, 0xC3, 0xD4))
 
@@ -77,11 +78,8 @@ async def test_a_producer_with_another_instances_certificate_is_not_used(tmp_pat
             await reg.registry.register(nf_id, p)
 
         async def published(n: int) -> None:
-            for _ in range(500):
-                if len(reg.publisher.snapshot.by_type.get("UDM", ())) == n:
-                    return
-                await asyncio.sleep(0.01)
-            raise AssertionError(f"snapshot never held {n} UDMs")
+            await wait_until(lambda: len(reg.publisher.snapshot.by_type.get("UDM", ())) == n,
+                             what=f"the snapshot holds {n} UDMs")
 
         await register(A, "udm-a", 1)  # preferred, but its certificate is X's
         await register(B, "udm-b", 2)

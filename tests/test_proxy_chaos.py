@@ -12,6 +12,7 @@ import pytest
 from dataplane.client import H2Client, H2ClientError
 from dataplane.engine import H2Settings
 from tests.conftest import StaticRouter, pattern, start_origin, start_proxy
+from tests.waiting import wait_until
 
 SETTINGS = H2Settings(initial_window_size=128 << 10, connection_window_size=512 << 10)
 
@@ -56,13 +57,13 @@ async def test_mixed_traffic_leaves_nothing_behind(backend, seed):
         failures = [r for r in results if isinstance(r, BaseException)]
         assert not failures, failures[:3]
         # let resets and cancels settle, then nothing may be left open or buffered
-        for _ in range(200):
+        def settled():
             conns = (list(proxy.handler.connections)
                      + proxy.extra["pools"].connections(origin.endpoint)
                      + list(origin.handler.connections))
-            if all(c.open_streams == 0 for c in conns if not getattr(c, "closed", False)):
-                break
-            await asyncio.sleep(0.01)
+            return all(c.open_streams == 0 for c in conns if not getattr(c, "closed", False)) and conns
+
+        conns = await wait_until(settled)
         for conn in conns:
             if getattr(conn, "closed", False):
                 continue

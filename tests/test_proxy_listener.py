@@ -12,6 +12,7 @@ from dataplane.client import H2Client
 from dataplane.listener import serve
 from tests.conftest import OriginHandler, free_port
 from tests.test_engine_limits import RawH2, is_
+from tests.waiting import wait_until
 
 
 async def test_peer_info_nodelay_and_connection_hook(backend):
@@ -74,10 +75,7 @@ async def test_proxy_drain_reaches_idle_connections(backend):
     # a connection that never sent a request (the raw h2 client answers PINGs and SETTINGS)
     raw = await RawH2.connect(port)
     raw.flush()
-    for _ in range(100):
-        if proxy.connections:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: proxy.connections)
     assert len(proxy.connections) == 1
     server.close()
     proxy.drain()
@@ -86,7 +84,7 @@ async def test_proxy_drain_reaches_idle_connections(backend):
     assert goaway.error_code == 0 and goaway.last_stream_id == 0
     await raw.wait_closed()
     assert not raw.reset_seen  # a clean close (FIN), not a reset that could eat the GOAWAY
-    assert await proxy.wait_drained(3.0)
+    assert await proxy.wait_drained(30.0)  # a hang guard
     raw.close()
 
 
@@ -107,18 +105,14 @@ async def test_idle_connections_are_drained_busy_ones_kept(backend):
     idle.flush()
     busy = H2Client(backend.NAME)
     try:
-        for _ in range(12):  # a request every 0.1 s for 1.2 s
+        for _ in range(12):  # a request every 0.1 s for 1.2 s (time passing is the test)
             assert (await busy.request("GET", f"http://127.0.0.1:{port}/x")).status == 200
             await asyncio.sleep(0.1)
-        goaway = await idle.until(is_(h2.events.ConnectionTerminated), timeout=3)
+        goaway = await idle.until(is_(h2.events.ConnectionTerminated), timeout=30)  # a hang guard
         assert goaway.error_code == 0
         await idle.wait_closed()
         idle.close()
-        for _ in range(300):
-            if len(proxy.connections) == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert len(proxy.connections) == 1  # the busy one is still there
+        await wait_until(lambda: len(proxy.connections) == 1)  # the busy one is still there
     finally:
         idle.close()
         busy.close()

@@ -11,7 +11,8 @@ from dataplane.client import H2Client
 from dataplane.engine import H2Settings
 from dataplane.routing import Endpoint
 from dataplane.upstream_pool import UpstreamPools, UpstreamUnavailable
-from tests.conftest import StaticRouter, eventually, free_port, start_origin, start_proxy
+from tests.conftest import StaticRouter, free_port, start_origin, start_proxy
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -66,14 +67,13 @@ async def test_backoff_fails_fast_then_recovers(backend, pools):
     handler = OriginHandler()
     server = await serve("127.0.0.1", port, lambda: handler, backend)
     try:
-        for _ in range(50):
+        async def connected():
             try:
-                conn = await pools.acquire(endpoint)
-                break
+                return await pools.acquire(endpoint)
             except UpstreamUnavailable:
-                await asyncio.sleep(0.05)
-        else:
-            pytest.fail("pool never recovered")
+                return None
+
+        conn = await wait_until(connected, what="the pool reconnects after its back-off")
         assert conn.available
     finally:
         server.close()
@@ -83,7 +83,7 @@ async def test_backoff_fails_fast_then_recovers(backend, pools):
 
 async def test_connect_timeout_when_peer_never_speaks_h2(backend, pools):
     async def silent(reader, writer):
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # the behaviour under test: a peer that accepts and says nothing
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -101,7 +101,7 @@ async def test_endpoint_limits_cap_connections_and_bound_connects(backend, pools
     origin = await start_origin(backend, settings=H2Settings(max_concurrent_streams=2))
 
     async def silent(reader, writer):
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # a peer that accepts and says nothing
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     quiet = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
@@ -120,6 +120,7 @@ async def test_endpoint_limits_cap_connections_and_bound_connects(backend, pools
                                     None, lambda *a: None) for _ in range(2)]
         assert len(streams) == 2
         waiting = asyncio.ensure_future(pools.acquire(origin.endpoint))
+        # an absence cannot be awaited: a window in which a wrong second connect would show
         await asyncio.sleep(0.05)
         assert not waiting.done() and pools.connects == 1  # queued, no second connection
         assert (await waiting) is conns[0]  # a stream freed on the same connection
@@ -187,7 +188,7 @@ async def test_idle_connections_are_closed(backend, pools):
         assert pools.close_idle(60.0) == 0  # recently used
         assert pools.close_idle(0.0) == 1
         assert pools.get_ready(origin.endpoint) is None
-        assert await eventually(lambda: conn.closed)
+        await wait_until(lambda: conn.closed)
         # the next acquire connects again
         conn2 = await pools.acquire(origin.endpoint)
         assert conn2 is not conn and conn2.available
@@ -204,10 +205,7 @@ async def test_producer_goaway_moves_traffic_to_a_new_connection(backend):
         assert (await client.request("GET", url + "/a")).status == 200
         first = origin.handler.connections[0]
         first.drain()
-        for _ in range(100):
-            if not proxy.extra["pools"].connections(origin.endpoint):
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: not proxy.extra["pools"].connections(origin.endpoint))
         resp = await client.request("GET", url + "/b")
         assert resp.status == 200
         assert len(origin.handler.connections) == 2

@@ -15,6 +15,7 @@ from gateway.registry.startup import start_registry
 from nf_adapters.scp_router import ChainRouter
 from tests.conftest import StaticRouter, free_port, start_origin, start_proxy
 from tests.registry.conftest import DISC, NFM, H2Sink, make_profile
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -65,11 +66,8 @@ async def mesh(backend):
 async def _published(svc, nf_type: str, n: int) -> None:
     """Wait until the data plane's snapshot holds ``n`` producers of ``nf_type`` (rebuilds are
     spaced by ``min_interval_s``)."""
-    for _ in range(200):
-        if len(svc.publisher.snapshot.by_type.get(nf_type, ())) == n:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"snapshot never held {n} {nf_type}")
+    await wait_until(lambda: len(svc.publisher.snapshot.by_type.get(nf_type, ())) == n,
+                     what=f"the snapshot holds {n} {nf_type}")
 
 
 async def _register(port: int, p: dict, extra: dict | None = None) -> tuple[int, dict[str, str], bytes]:

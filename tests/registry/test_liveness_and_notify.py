@@ -17,13 +17,7 @@ from gateway.route_snapshot import RouteSnapshotPublisher
 from nf_adapters.discovery import parse_query
 from nf_adapters.model_d import ModelDRouter, build_snapshot
 from tests.registry.conftest import NFM, H2Sink, curl_sender, make_profile, req
-
-
-async def _wait(cond, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
+from tests.waiting import wait_until
 
 
 async def test_missed_heartbeats_suspend_then_heartbeat_resumes(api: NrfApi, registry: Registry, sender) -> None:
@@ -38,7 +32,8 @@ async def test_missed_heartbeats_suspend_then_heartbeat_resumes(api: NrfApi, reg
     model_d = [(b":method", b"POST"), (b":path", b"/nausf-auth/v1/ue-authentications"),
                (b"3gpp-sbi-discovery-target-nf-type", b"AUSF"), (b"user-agent", b"AMF")]
     assert isinstance(slot.current.route(model_d, {}), Forward)
-    # heartBeatTimer 2 s + grace 0.3 s; heartbeats every 0.5 s keep it REGISTERED
+    # heartBeatTimer 2 s + grace 0.3 s; heartbeats every 0.5 s keep it REGISTERED (time
+    # passing under heartbeats is the behaviour under test, hence the clock and the sleeps)
     hb = json.dumps([{"op": "replace", "path": "/nfStatus", "value": "REGISTERED"}]).encode()
     path = f"/nnrf-nfm/v1/nf-instances/{p['nfInstanceId']}"
     t_end = time.monotonic() + 2.6
@@ -48,12 +43,11 @@ async def test_missed_heartbeats_suspend_then_heartbeat_resumes(api: NrfApi, reg
         assert registry.status_of(p["nfInstanceId"]) == "REGISTERED"
         await asyncio.sleep(0.5)
     # silence: SUSPENDED, not discovered, subscribers told
-    await _wait(lambda: registry.status_of(p["nfInstanceId"]) == "SUSPENDED", 4)
+    await wait_until(lambda: registry.status_of(p["nfInstanceId"]) == "SUSPENDED")
     assert registry.discover(q) == []
     assert registry.get(p["nfInstanceId"])["nfStatus"] == "SUSPENDED"
-    await asyncio.sleep(0.01)
-    assert isinstance(slot.current.route(model_d, {}), LocalResponse)  # no longer selected
-    await _wait(lambda: any(json.loads(b).get("profileChanges") for _, b in sender.sent))
+    await wait_until(lambda: isinstance(slot.current.route(model_d, {}), LocalResponse))  # not selected
+    await wait_until(lambda: any(json.loads(b).get("profileChanges") for _, b in sender.sent))
     change = next(json.loads(b) for _, b in sender.sent if json.loads(b).get("profileChanges"))
     assert change["event"] == "NF_PROFILE_CHANGED"
     assert change["profileChanges"] == [{"op": "REPLACE", "path": "/nfStatus", "origValue": "REGISTERED",
@@ -64,7 +58,7 @@ async def test_missed_heartbeats_suspend_then_heartbeat_resumes(api: NrfApi, reg
     assert r.status == 204
     assert registry.status_of(p["nfInstanceId"]) == "REGISTERED"
     assert registry.discover(q) == [p["nfInstanceId"]]
-    await _wait(lambda: len(sender.sent) > n_before)
+    await wait_until(lambda: len(sender.sent) > n_before)
     assert json.loads(sender.sent[-1][1])["nfProfile"]["nfStatus"] == "REGISTERED"
 
 
@@ -77,8 +71,8 @@ async def test_suspended_instances_are_removed_by_policy(sender) -> None:
         await reg.subscribe({"nfStatusNotificationUri": "http://127.0.0.1:9/n"})
         p = make_profile("SMF", services=("nsmf-pdusession",))
         await reg.register(p["nfInstanceId"], p)
-        await _wait(lambda: len(reg) == 0, 5)
-        await _wait(lambda: any(json.loads(b)["event"] == "NF_DEREGISTERED" for _, b in sender.sent))
+        await wait_until(lambda: len(reg) == 0)
+        await wait_until(lambda: any(json.loads(b)["event"] == "NF_DEREGISTERED" for _, b in sender.sent))
     finally:
         await reg.close()
 
@@ -88,7 +82,7 @@ async def test_expired_subscriptions_are_dropped(registry: Registry) -> None:
                                      "validityTime": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                    time.gmtime(time.time() + 1.2))})
     assert registry.get_subscription(data["subscriptionId"])
-    await _wait(lambda: data["subscriptionId"] not in registry._subs, 5)
+    await wait_until(lambda: data["subscriptionId"] not in registry._subs)
 
 
 async def test_notifications_over_http2_with_retry(h2sink: H2Sink, schemas) -> None:
@@ -111,7 +105,7 @@ async def test_notifications_over_http2_with_retry(h2sink: H2Sink, schemas) -> N
         data = json.loads(body)
         schemas.check(data, NFM, "NotificationData")
         assert data["event"] == "NF_REGISTERED" and data["nfProfile"]["nfInstanceId"] == p["nfInstanceId"]
-        await _wait(lambda: notifier.sent == 1)
+        await wait_until(lambda: notifier.sent == 1)
         assert len(h2sink.received) == 1  # the AUSF does not match the subscription's serviceName
     finally:
         await reg.close()
@@ -129,7 +123,7 @@ async def test_notifications_through_the_mesh_carry_target_apiroot(h2sink: H2Sin
     n.start()
     try:
         n.post("http://udm.example.com:8080/cb/x?y=1", b"{}")
-        await _wait(lambda: seen)
+        await wait_until(lambda: seen)
         url, headers = seen[0]
         assert url == "http://127.0.0.1:7777/cb/x?y=1"
         assert headers["3gpp-sbi-target-apiroot"] == "http://udm.example.com:8080"
@@ -151,7 +145,7 @@ async def test_notifier_queue_is_bounded_and_gives_up() -> None:
     assert n.pending == 5 and n.dropped == 3
     n.start()
     try:
-        await _wait(lambda: n.failed == 5, 5)
+        await wait_until(lambda: n.failed == 5)
         assert calls == 15  # 5 notifications x 3 attempts
     finally:
         await n.close()

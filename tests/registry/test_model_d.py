@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from collections import Counter
@@ -12,6 +11,7 @@ from gateway.registry.registry import Registry
 from gateway.route_snapshot import RouteSnapshotPublisher
 from nf_adapters.model_d import ModelDRouter, build_snapshot, parse_routing_binding
 from tests.registry.conftest import make_profile
+from tests.waiting import wait_until
 
 
 def _req(path: bytes = b"/nudm-sdm/v2/imsi-001010000000001/am-data", method: bytes = b"GET",
@@ -170,18 +170,13 @@ async def test_snapshot_follows_the_registry(registry: Registry) -> None:
     assert isinstance(first.route(_req(target_nf_type="UDM"), {}), LocalResponse)
     p = make_profile("UDM", ip="10.9.9.9")
     await registry.register(p["nfInstanceId"], p)
-    await asyncio.sleep(0)  # one loop turn: the publisher coalesces changes
-    assert slot.current is not first
+    await wait_until(lambda: slot.current is not first)  # the publisher coalesces changes
     assert slot.current.route(_req(target_nf_type="UDM"), {}).endpoint.host == "10.9.9.9"
     # the old router object is untouched: a request already routing on it is unaffected
     assert isinstance(first.route(_req(target_nf_type="UDM"), {}), LocalResponse)
     await registry.deregister(p["nfInstanceId"])
-    # rebuilds are spaced by min_interval_s (50 ms): the next one comes shortly
-    for _ in range(100):
-        if isinstance(slot.current.route(_req(target_nf_type="UDM"), {}), LocalResponse):
-            break
-        await asyncio.sleep(0.01)
-    assert isinstance(slot.current.route(_req(target_nf_type="UDM"), {}), LocalResponse)
+    # rebuilds are spaced by min_interval_s (50 ms): the next one comes after that
+    await wait_until(lambda: isinstance(slot.current.route(_req(target_nf_type="UDM"), {}), LocalResponse))
 
 
 def test_deadline_from_max_rsp_time_and_sender_timestamp() -> None:

@@ -3,7 +3,6 @@ metrics collectors, and the bench's main() (small sizes, memory store)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from prometheus_client import generate_latest
@@ -15,6 +14,7 @@ from gateway.registry import start_registry
 from gateway.registry.settings import RegistrySettings
 from gateway.registry.startup import settings_of
 from tests.registry.conftest import make_profile
+from tests.waiting import wait_until
 
 
 class _Static:
@@ -47,13 +47,13 @@ async def test_start_registry_as_gateway_app_calls_it() -> None:
         assert isinstance(other, LocalResponse) and other.status == 299  # the static router's
         p = make_profile("UDM", ip="10.1.1.1")
         await svc.registry.register(p["nfInstanceId"], p)
-        for _ in range(100):
+        def routed() -> Forward | None:  # the newest published router forwards it
             d = published[-1].route([(b":method", b"GET"), (b":path", b"/nudm-sdm/v2/x"),
                                      (b"3gpp-sbi-discovery-target-nf-type", b"UDM")], {})
-            if isinstance(d, Forward):
-                break
-            await asyncio.sleep(0.01)
-        assert isinstance(d, Forward) and d.endpoint.host == "10.1.1.1"
+            return d if isinstance(d, Forward) else None
+
+        d = await wait_until(routed)
+        assert d.endpoint.host == "10.1.1.1"
         text = generate_latest(new_registry(*svc.collectors())).decode()
         assert 'nfmesh_registry_nf_instances{nf_type="UDM",status="REGISTERED"} 1.0' in text
     finally:
