@@ -31,15 +31,16 @@ proxy's case, not the router's).
 
 ``ChainRouter([r1, r2, ...])`` composes routers where each may decline (None).
 
-``ScpRouter`` is the compiled twin (``nf_adapters/_scp_fast.pyx``: model C's common case in C,
-everything else this class's code) when it is built, unless ``NFMESH_SCP_ROUTER=pure``;
-``PureScpRouter`` is always this module's class.
+``ScpRouter`` is this class on the compiled base (``nf_adapters._scp_fast``: scp_model_c.py
+compiled, model C's common case in C in front of everything else, which is this class's code)
+when it is built, unless ``NFMESH_SCP_ROUTER=pure``; ``PureScpRouter`` is always the class on
+the pure base, and ``load_scp_router`` gives either.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from dataplane.routing import Decision, Endpoint, Forward, LocalResponse, Router
 from nf_adapters import sbi_headers as sh
 from nf_adapters.overload_control import consumer_key, message_priority
 from nf_adapters.problem_details import problem
+from nf_adapters.scp_model_c import IDEMPOTENT_METHODS, MODEL_C_CLUSTER, ModelCFastCase
 
 try:  # the Cython twin when built (setup.py build_ext), else the pure one
     from nf_adapters._sbi_fast import rewrite_headers, scan_request
@@ -60,9 +62,7 @@ except ImportError:  # pragma: no cover - depends on the build
 
     FAST_REWRITE = False
 
-IDEMPOTENT_METHODS = frozenset((b"GET", b"PUT", b"DELETE", b"HEAD", b"OPTIONS"))
 LB_POLICIES = ("round_robin", "weighted")
-MODEL_C_CLUSTER = "scp-model-c"
 MAX_ALTERNATES = 8
 TARGET_CACHE_SIZE = 4096  # parsed apiRoots kept (cleared whole when full)
 TARGET_CACHE_VALUE_MAX = 256  # longer values are parsed every time, never kept
@@ -303,8 +303,9 @@ class _Options:
     hops_values: list[bytes] = field(default_factory=list)
 
 
-class ScpRouter:
-    """SCP model C + static routes over one ``RouteTable`` (see the module doc)."""
+class ScpRouter(ModelCFastCase):
+    """SCP model C + static routes over one ``RouteTable`` (see the module doc); ``route`` and
+    ``try_route`` come from its base (``nf_adapters.scp_model_c``)."""
 
     def __init__(
         self,
@@ -336,6 +337,7 @@ class ScpRouter:
         self._pickers = {name: _Picker(spec) for name, spec in self.table.clusters.items()}
         # parsed Target-apiRoot values: NFs talk to few producers, so most requests hit
         self._targets: dict[bytes, tuple] = {}
+        self._prime()
 
     @classmethod
     def from_config(cls, config: object, fallback: Router | None = None) -> ScpRouter:
@@ -351,10 +353,6 @@ class ScpRouter:
 
     # -- the Router protocol -----------------------------------------------------------------
 
-    def route(self, headers: Headers, peer: dict) -> Decision:
-        # try_route with the model C case first: the fewest calls on the hot path
-        return self._route_scanned(headers, peer, scan_request(headers))
-
     def _route_scanned(self, headers: Headers, peer: dict, scan: tuple) -> Decision:
         if scan[4] is not None and self._o.model_c:
             return self._model_c(headers, scan, peer)
@@ -362,10 +360,6 @@ class ScpRouter:
         if decision is None and self._fallback_call is not None:
             decision = self._fallback_call(headers, peer)
         return decision if decision is not None else not_found(headers)
-
-    def try_route(self, headers: Headers, peer: dict) -> Decision | None:
-        """The decision for requests this router (or its fallback) owns; None otherwise."""
-        return self._try_route_scanned(headers, peer, scan_request(headers))
 
     def _try_route_scanned(self, headers: Headers, peer: dict, scan: tuple) -> Decision | None:
         decision = self._own(headers, peer, scan)
@@ -612,16 +606,31 @@ def _decline_call(router: object | None) -> Callable[[Headers, dict], Decision |
     return getattr(router, "try_route", None) or router.route  # type: ignore[attr-defined]
 
 
-# the compiled twin (``nf_adapters/_scp_fast.pyx``: model C's common case in C) when built,
-# unless NFMESH_SCP_ROUTER=pure; ``PureScpRouter`` is always this module's class
+# ``PureScpRouter`` is always the class on the pure base; ``ScpRouter`` the one
+# ``load_scp_router()`` gives (compiled when built, unless NFMESH_SCP_ROUTER=pure)
 PureScpRouter = ScpRouter
-SCP_ROUTER_IMPL = "pure"
-if os.environ.get("NFMESH_SCP_ROUTER", "auto") != "pure":
-    try:
-        from nf_adapters._scp_fast import ScpRouter  # noqa: F811
-    except ImportError:  # pragma: no cover - depends on the build
-        if os.environ.get("NFMESH_SCP_ROUTER") == "cython":
-            raise
-    else:
-        SCP_ROUTER_IMPL = "cython"
 
+
+def load_scp_router(name: str = "auto") -> type:
+    """The ``ScpRouter`` class: ``cython`` (this module's class on ``nf_adapters._scp_fast``'s
+    ``ModelCFastCase``: scp_model_c.py compiled, see setup.py's TWINS), ``pure``
+    (``PureScpRouter``), or ``auto``: the compiled one when built, unless
+    ``NFMESH_SCP_ROUTER`` names one (A/B runs)."""
+    from dataplane.twins import load_twin
+
+    base = load_twin(name, ("nf_adapters._scp_fast", "ModelCFastCase"), ModelCFastCase,
+                     "NFMESH_SCP_ROUTER", "SCP router")
+    return PureScpRouter if base is ModelCFastCase else _on_base(base)  # type: ignore[arg-type]
+
+
+@functools.cache
+def _on_base(base: type) -> type:
+    """``PureScpRouter``'s code on the compiled base (made once): its ``route``/``try_route``
+    and C fields come first in the MRO, everything else is ``PureScpRouter``'s."""
+    return type("ScpRouter", (base, PureScpRouter), {
+        "__doc__": PureScpRouter.__doc__, "__module__": __name__,
+        "__qualname__": "ScpRouter"})
+
+
+ScpRouter = load_scp_router()  # type: ignore[misc]
+SCP_ROUTER_IMPL = "pure" if ScpRouter is PureScpRouter else "cython"

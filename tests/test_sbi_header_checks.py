@@ -13,11 +13,17 @@ import pytest
 from dataplane.routing import Endpoint, Forward, LocalResponse
 from nf_adapters import sbi_headers as sh
 from nf_adapters.model_d import ModelDRouter, build_snapshot
-from nf_adapters.scp_router import ClusterSpec, PureScpRouter, RouteSpec, RouteTable
+from nf_adapters.scp_router import (
+    ClusterSpec,
+    PureScpRouter,
+    RouteSpec,
+    RouteTable,
+    load_scp_router,
+)
 from tests.registry.conftest import make_profile
 
-try:
-    from nf_adapters._scp_fast import ScpRouter as FastScpRouter
+try:  # the router on the compiled base (nf_adapters._scp_fast: scp_model_c.py compiled)
+    FastScpRouter = load_scp_router("cython")
 except ImportError:  # pragma: no cover - depends on the build
     FastScpRouter = None
 

@@ -1,8 +1,9 @@
 """SCP router: model C rewriting, loop protection, deadlines, static routes and selection,
 composition; plus the pure and Cython header passes compared on random inputs.
 
-Every test runs on the pure ``ScpRouter`` and, when built, the compiled one
-(``nf_adapters/_scp_fast.pyx``), and a differential test feeds both the same random requests."""
+Every test runs on the pure ``ScpRouter`` and, when built, the one on the compiled base
+(``nf_adapters._scp_fast``: ``nf_adapters/scp_model_c.py`` compiled, model C's common case in
+C), and a differential test feeds both the same random requests."""
 
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from nf_adapters.scp_router import (
     RouteSpec,
     RouteTable,
     ScpRouter,
+    load_scp_router,
 )
 
-try:
-    from nf_adapters._scp_fast import ScpRouter as FastScpRouter
+try:  # the router on the compiled base (nf_adapters._scp_fast: scp_model_c.py compiled)
+    FastScpRouter = load_scp_router("cython")
 except ImportError:  # pragma: no cover - depends on the build
     FastScpRouter = None
 
@@ -786,7 +788,7 @@ def test_compiled_router_fills_forward_slots_directly_without_leaks() -> None:
         pytest.skip("nf_adapters._scp_fast is not built (setup.py build_ext --inplace)")
     from nf_adapters import _scp_fast
 
-    assert _scp_fast.DIRECT_SLOTS  # else: update _scp_fast._FIELDS to routing.Forward
+    assert _scp_fast.DIRECT_SLOTS  # else: update scp_model_c._FIELDS to routing.Forward
     r = FastScpRouter(via_name="scp1.5gc", default_timeout=2.5)
     headers = req(extra=[(b"3gpp-sbi-target-apiroot", b"http://10.0.0.1:8080")])
     ep = r.route(headers, {}).endpoint
@@ -801,3 +803,27 @@ def test_compiled_router_fills_forward_slots_directly_without_leaks() -> None:
     gc.collect()
     assert (sys.getrefcount(ep), sys.getrefcount(timeout),
             sys.getrefcount(MODEL_C_CLUSTER)) == before
+
+
+def test_load_scp_router_choices_and_one_source(monkeypatch) -> None:
+    """``pure`` is the class on the pure base; ``cython`` the same class on the compiled base
+    (scp_model_c.py compiled, made once), ``auto`` that one unless NFMESH_SCP_ROUTER says."""
+    from nf_adapters import scp_model_c
+
+    monkeypatch.delenv("NFMESH_SCP_ROUTER", raising=False)
+    assert load_scp_router("pure") is PureScpRouter
+    assert PureScpRouter.route is scp_model_c.ModelCFastCase.route
+    with pytest.raises(ValueError, match="unknown SCP router implementation"):
+        load_scp_router("rust")
+    if FastScpRouter is None:
+        assert load_scp_router() is PureScpRouter and ScpRouter is PureScpRouter
+        return
+    from nf_adapters import _scp_fast
+
+    assert load_scp_router("cython") is FastScpRouter is ScpRouter
+    assert FastScpRouter.__mro__[1:3] == (_scp_fast.ModelCFastCase, PureScpRouter)
+    assert _scp_fast.ModelCFastCase.try_route.__doc__ == scp_model_c.ModelCFastCase.try_route.__doc__
+    assert _scp_fast._FIELDS == scp_model_c._FIELDS
+    monkeypatch.setenv("NFMESH_SCP_ROUTER", "pure")
+    assert load_scp_router() is PureScpRouter
+    assert load_scp_router("cython") is FastScpRouter
