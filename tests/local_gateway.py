@@ -11,8 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.waiting import HANG_GUARD_S, wait_until_blocking
 
 ROOT = Path(__file__).resolve().parent.parent
 NFMESH = [sys.executable, "-m", "nfmesh_cli"]
@@ -52,18 +53,18 @@ def config_copy(tmp: Path, ports: dict[str, int]) -> Path:
     return dst
 
 
-def wait_port(port: int, proc: subprocess.Popen, seconds: float = 20.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen, seconds: float = HANG_GUARD_S) -> None:
     """Return once something accepts on 127.0.0.1:port; fail if ``proc`` exits first."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"exited early ({proc.returncode}): {read_output(proc)}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
+            return True
         except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port} after {seconds}s: {read_output(proc)}")
+            return False
+
+    wait_until_blocking(listening, seconds, what=lambda: f"something listens on {port}: {read_output(proc)}")
 
 
 def read_output(proc: subprocess.Popen) -> str:

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -19,6 +18,7 @@ from gateway.admin import merge_clusters, redact
 from gateway.app import Gateway
 from gateway.config import parse_config
 from tests.conftest import free_port, start_origin
+from tests.waiting import wait_until_blocking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -182,16 +182,15 @@ def test_admin_api_with_two_workers(tmp_path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "nfmesh_cli", "run", "-c", str(path),
                              "--workers", "2"], cwd=ROOT, stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 30
-        status = 0
-        while time.monotonic() < deadline and status != 200:
+        def ready_answer() -> object:
             assert proc.poll() is None, open(tmp_path / "log").read()
             try:
-                status, ready = _http(admin_port, "/readyz")
-            except OSError:
-                pass
-            time.sleep(0.2)
-        assert status == 200, ready
+                status, body = _http(admin_port, "/readyz")
+            except OSError:  # not listening yet
+                return None
+            return body if status == 200 else None
+
+        ready = wait_until_blocking(ready_answer, interval=0.2, what="the admin API says ready")
         assert ready["checks"]["workers_ready"] == 2
         _, cl = _http(admin_port, "/clusters")
         assert cl["workers"] == 2 and cl["clusters"][0]["endpoints"][0]["address"] == "127.0.0.1:1"

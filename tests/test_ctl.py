@@ -8,13 +8,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
 from gateway.ctl import quantile_from_buckets
 from tests.conftest import free_port
+from tests.waiting import wait_until_blocking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NF_ID = "5a7bc8a4-0000-4000-8000-0000000000aa"
@@ -42,15 +42,15 @@ def gateway(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "nfmesh_cli", "run", "-c", str(path),
                              "--workers", "1"], cwd=ROOT, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{admin}"
-    deadline = time.monotonic() + 20
-    while True:
+    def ready() -> bool:
         assert proc.poll() is None, open(tmp / "log").read()
         try:
             urllib.request.urlopen(url + "/readyz", timeout=2).read()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, open(tmp / "log").read()
-            time.sleep(0.2)
+            return True
+        except OSError:  # not listening, or not ready yet
+            return False
+
+    wait_until_blocking(ready, interval=0.2, what=lambda: open(tmp / "log").read())
     profile = {"nfInstanceId": NF_ID, "nfType": "UDM", "nfStatus": "REGISTERED",
                "ipv4Addresses": ["127.0.0.2"],
                "nfServices": [{"serviceInstanceId": "1", "serviceName": "nudm-sdm",

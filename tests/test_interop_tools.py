@@ -16,6 +16,7 @@ import pytest
 
 from dataplane.routing import Endpoint
 from tests.conftest import StaticRouter, free_port, pattern, start_origin, start_proxy
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -39,18 +40,16 @@ async def run(*argv: str, timeout: float = 20.0) -> tuple[int, bytes, bytes]:
     return proc.returncode, out, err
 
 
-async def wait_port(port: int, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
+async def wait_port(port: int) -> None:
+    async def listening() -> bool:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
         except OSError:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+            return False
+        writer.close()
+        return True
+
+    await wait_until(listening, interval=0.05, what=f"something listens on {port}")
 
 
 @pytest.fixture

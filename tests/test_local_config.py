@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import uuid
 
 import pytest
@@ -28,6 +27,7 @@ from tests.local_gateway import (
     stop,
     wait_port,
 )
+from tests.waiting import wait_until_blocking
 
 pytestmark = pytest.mark.interop
 
@@ -73,17 +73,18 @@ def test_local_yaml_runs_as_written(tmp_path) -> None:
         _register_and_discover(ports["sbi"], instance, ports["producer"])
         base = f"http://127.0.0.1:{ports['sbi']}"
         # the registry answers discovery at once; the workers' model D snapshots follow it
-        # (pushed by the control plane): wait for that, bounded (a hang guard, not a speed check)
-        give_up = time.monotonic() + 15.0
-        while True:
-            model_d = curl("--http2-prior-knowledge", "-i", "-H",
-                           "3gpp-Sbi-Discovery-target-nf-type: AUSF", "-H", "User-Agent: AMF-1",
-                           "-H", "content-type: application/json",
-                           f"{base}/nausf-auth/v1/ue-authentications", "-d", "{}")
-            if model_d.stdout.startswith("HTTP/2 200") or time.monotonic() > give_up:
-                break
-            time.sleep(0.1)
-        assert model_d.stdout.startswith("HTTP/2 200"), (model_d.stdout, model_d.stderr)
+        # (pushed by the control plane): wait for that (a hang guard, not a speed check)
+        answers = []
+
+        def routed_by_model_d():
+            answers.append(curl("--http2-prior-knowledge", "-i", "-H",
+                                "3gpp-Sbi-Discovery-target-nf-type: AUSF", "-H", "User-Agent: AMF-1",
+                                "-H", "content-type: application/json",
+                                f"{base}/nausf-auth/v1/ue-authentications", "-d", "{}"))
+            return answers[-1] if answers[-1].stdout.startswith("HTTP/2 200") else None
+
+        model_d = wait_until_blocking(routed_by_model_d, interval=0.1, what=lambda: (
+            f"the workers route by model D; last answer {answers[-1].stdout!r} {answers[-1].stderr!r}"))
         assert f"3gpp-sbi-producer-id: nfinst={instance}" in model_d.stdout.lower()
         model_c = curl("--http2-prior-knowledge", "-i", "-H",
                        f"3gpp-Sbi-Target-apiRoot: http://127.0.0.1:{ports['producer']}",

@@ -7,18 +7,17 @@ is refused with its field path in the log and the gateway keeps routing on the r
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from dataplane.client import H2Client
 from tests.conftest import free_port, start_origin
+from tests.waiting import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,19 +43,18 @@ async def _get(port: int) -> tuple[int, bytes]:
         await client.close()
 
 
-async def _until(port: int, body: bytes, proc: subprocess.Popen, seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < deadline:
+async def _until(port: int, body: bytes, proc: subprocess.Popen) -> None:
+    last: list[object] = [None]
+
+    async def answers() -> bool:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         try:
-            last = await _get(port)
-            if last == (200, body):
-                return
+            last[0] = await _get(port)
         except Exception as exc:  # noqa: BLE001 - not listening yet
-            last = exc
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"never got {body!r}; last {last!r}")
+            last[0] = exc
+        return last[0] == (200, body)
+
+    await wait_until(answers, interval=0.2, what=lambda: f"never got {body!r}; last {last[0]!r}")
 
 
 @pytest.mark.parametrize(("workers", "registry"), [(1, False), (1, True), (2, True)])
@@ -81,12 +79,11 @@ async def test_sighup_applies_a_good_config_and_refuses_a_bad_one(tmp_path, work
         bad["clusters"][0]["endpoints"][0]["port"] = "eighty"
         path.write_text(json.dumps(bad))
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def logged() -> bool:
             log.seek(0)
-            if "clusters[0].endpoints[0].port" in log.read():
-                break
-            await asyncio.sleep(0.1)
+            return "clusters[0].endpoints[0].port" in log.read()
+
+        await wait_until(logged, interval=0.1, what="the refusal is logged")
         log.seek(0)
         text = log.read()
         assert "reload refused" in text and "clusters[0].endpoints[0].port" in text

@@ -15,13 +15,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
 from dataplane.client import H2Client
 from tests.conftest import free_port, start_origin
+from tests.waiting import wait_until
 
 
 def _children(pid: int) -> list[int]:
@@ -39,22 +39,24 @@ async def _fresh_get(url: str, headers: list[tuple[str, str]], timeout: float = 
 
 
 async def _wait_ready(port: int, metrics_ports: list[int], proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
     pending = set(metrics_ports)
-    while pending and time.monotonic() < deadline:
+
+    async def all_ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"gateway exited during start-up: {proc.stderr.read()[-2000:]}")
         for mp in list(pending):
             try:
                 r, w = await asyncio.open_connection("127.0.0.1", mp)
                 w.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-                if b" 200 " in await asyncio.wait_for(r.readline(), 2):
+                if b" 200 " in await asyncio.wait_for(r.readline(), 5):
                     pending.discard(mp)
                 w.close()
             except (OSError, TimeoutError):
                 pass
-        await asyncio.sleep(0.2)
-    assert not pending, f"workers with metrics ports {pending} never became ready"
+        return not pending
+
+    await wait_until(all_ready, interval=0.2,
+                     what=lambda: f"workers with metrics ports {pending} never became ready")
 
 
 def _metric_by_worker(port: int, cluster: str) -> dict[str, float]:
@@ -155,20 +157,17 @@ async def test_worker_sigterm_drains_in_flight_and_is_restarted(gateway_tree) ->
     target = [("3gpp-sbi-target-apiroot", f"http://127.0.0.1:{origin.port}"), ("user-agent", "AMF-t")]
     url = f"http://127.0.0.1:{port}/slow?ms=1500"
     inflight = [asyncio.create_task(_fresh_get(url, target)) for _ in range(12)]
-    deadline = time.monotonic() + 10
-    while len(origin.handler.requests) < 12 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: len(origin.handler.requests) >= 12)
     assert len(origin.handler.requests) == 12  # all accepted and forwarded before the SIGTERM
     os.kill(workers[0], signal.SIGTERM)
     done = await asyncio.gather(*inflight)
     assert [r.status for r in done] == [200] * 12, [r.body for r in done]
     # the supervisor starts a new worker in its place
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def replaced() -> bool:
         now = _children(proc.pid)
-        if len(now) == 2 and workers[0] not in now:
-            break
-        await asyncio.sleep(0.2)
+        return len(now) == 2 and workers[0] not in now
+
+    await wait_until(replaced, interval=0.2, what="a new worker in place of the stopped one")
     now = _children(proc.pid)
     assert len(now) == 2 and workers[0] not in now and workers[1] in now
     await _wait_ready(port, [mport], proc)

@@ -15,9 +15,12 @@ from collections.abc import Callable
 HANG_GUARD_S = 30.0  # a bound on waiting, never on speed
 
 Condition = Callable[[], object]
+What = str | Callable[[], str] | None  # a description, or a function making one at the timeout
 
 
-def _describe(cond: Condition, what: str | None) -> str:
+def _describe(cond: Condition, what: What) -> str:
+    if callable(what):
+        return what()
     if what:
         return what
     try:
@@ -26,11 +29,12 @@ def _describe(cond: Condition, what: str | None) -> str:
         return repr(cond)
 
 
-async def wait_until(cond: Condition, timeout: float = HANG_GUARD_S, *, what: str | None = None,
+async def wait_until(cond: Condition, timeout: float = HANG_GUARD_S, *, what: What = None,
                      interval: float = 0.01) -> object:
     """Poll ``cond()`` (a function, or one returning an awaitable) on the running loop until its
     result is truthy, and return that result; AssertionError naming ``what`` (else the
-    condition's source) when ``timeout`` seconds pass first."""
+    condition's source) when ``timeout`` seconds pass first.  An exception from ``cond`` (a
+    process that died, say) ends the wait at once."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -44,7 +48,7 @@ async def wait_until(cond: Condition, timeout: float = HANG_GUARD_S, *, what: st
         await asyncio.sleep(interval)
 
 
-def wait_until_blocking(cond: Condition, timeout: float = HANG_GUARD_S, *, what: str | None = None,
+def wait_until_blocking(cond: Condition, timeout: float = HANG_GUARD_S, *, what: What = None,
                         interval: float = 0.05) -> object:
     """``wait_until`` for code without an event loop (subprocesses, blocking sockets)."""
     deadline = time.monotonic() + timeout

@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from gateway.registry.notifier import Notifier
 from gateway.registry.registry import Registry
 from gateway.registry.settings import RegistrySettings
 from tests.spec_files import COMMON, DISC, NFM, SchemaChecker, schema_checker  # noqa: F401 (the registry tests import the file names from here)
+from tests.waiting import wait_until_blocking
 
 # ---------------------------------------------------------------- 3GPP schemas
 
@@ -238,20 +238,20 @@ class EtcdProcess:
              "--initial-cluster", f"t={peer}", "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error", "--logger", "zap"],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "etcd.log"), "w"),  # noqa: SIM115
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def serving() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError("etcd exited: " + Path(self.dir, "etcd.log").read_text()[-2000:])
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.client_port), 0.2):
                 # the port answers; wait until it serves requests
                 import urllib.request
                 try:
-                    urllib.request.urlopen(f"{url}/health", timeout=0.5).read()
-                    return
+                    urllib.request.urlopen(f"{url}/health", timeout=5).read()
+                    return True
                 except Exception:  # noqa: BLE001
                     pass
-            time.sleep(0.05)
-        raise RuntimeError("etcd did not start in 10 s")
+            return False
+
+        wait_until_blocking(serving, what="etcd serves /health")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
