@@ -16,7 +16,8 @@ from dataplane.routing import Endpoint, LocalResponse
 from dataplane.tls import TLSConfigError, client_context, server_context, uri_sans
 from dataplane.upstream_pool import UpstreamPools
 from tests.certs import CLIENT_URI
-from tests.conftest import StaticRouter, start_origin, start_proxy
+from tests.conftest import StaticRouter, free_port, start_origin, start_proxy
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -104,7 +105,9 @@ async def test_mtls_identity_reaches_the_router(backend, pki):
         await proxy.stop()
 
 
-async def test_tls_to_the_producer(backend, pki):
+async def test_tls_to_the_producer_presents_the_client_identity(backend, pki):
+    """The proxy's client certificate reaches the producer (here the project's own engine,
+    which can report the certificate it saw; the independent peer is nghttpd, below)."""
     origin = await start_origin(backend, "tls-origin", ssl_context=server_context(
         pki.server_cert, pki.server_key, ca_file=pki.ca_cert, require_client_cert=True))
     ctx = client_context(ca_file=pki.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key)
@@ -121,6 +124,51 @@ async def test_tls_to_the_producer(backend, pki):
         client.close()
         await proxy.stop()
         await origin.stop()
+
+
+async def test_tls_to_an_nghttpd_producer_that_requires_a_client_certificate(backend, pki, tmp_path):
+    """nghttpd (nghttp2 + OpenSSL, a server the project did not write) over TLS with ALPN h2
+    and ``--verify-client``: the proxy's upstream handshake with its client certificate gets
+    the file; without a certificate nghttpd ends the handshake and the proxy answers 5xx."""
+    exe = shutil.which("nghttpd")
+    if exe is None:
+        pytest.skip("nghttpd is not installed (Debian package nghttp2-server)")
+    (tmp_path / "hello.txt").write_bytes(b"hello over tls\n")
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        exe, "--verify-client", "-d", str(tmp_path), "--address=127.0.0.1", str(port),
+        pki.server_key, pki.server_cert,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    endpoint = Endpoint("127.0.0.1", port, tls=True, server_name="localhost")
+    with_cert = client_context(ca_file=pki.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key)
+    without = client_context(ca_file=pki.ca_cert)
+    proxies = []
+    client = H2Client(backend.NAME)
+    try:
+        async def listening() -> bool:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        await wait_until(listening, what="nghttpd listens")
+        for ctx in (with_cert, without):
+            pools = UpstreamPools(backend, H2Settings(), ssl_context_factory=lambda ep, c=ctx: c)
+            proxies.append(await start_proxy(backend, StaticRouter(endpoint), pools=pools))
+        resp = await client.request("GET", f"http://127.0.0.1:{proxies[0].port}/hello.txt")
+        assert resp.status == 200 and resp.body == b"hello over tls\n"
+        assert resp.header("server").startswith("nghttpd")
+        refused = await client.request("GET", f"http://127.0.0.1:{proxies[1].port}/hello.txt")
+        assert refused.status >= 500 and refused.json()["cause"] in (
+            "TARGET_NF_NOT_REACHABLE", "UNSPECIFIED_NF_FAILURE")
+    finally:
+        client.close()
+        for proxy in proxies:
+            await proxy.stop()
+        proc.terminate()
+        await proc.wait()
 
 
 def test_tls_config_errors_name_the_path(tmp_path, pki):
