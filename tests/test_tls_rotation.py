@@ -143,7 +143,7 @@ async def test_rotation_under_load_fails_no_request(mesh) -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     serials = []
     for _ in range(6):  # bounded: six rotations while h2load runs
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # spreading the rotations over the 3 s of load is the test
         cert, key = mesh.ca.issue_gateway("scp-1", ips=["127.0.0.1"])
         write_pair(str(mesh.tmp / "gw"), cert, key, force=True)
         serials.append(x509.load_pem_x509_certificate(cert).serial_number)
