@@ -21,13 +21,19 @@ Lifetime rule: nghttp2 keeps raw pointers to a stream's ``_Stream`` object (stre
 data providers).  Each connection keeps the object in its ``streams`` dict until its own
 stream-close (or frame-not-sent) callback, so it lives until both sides are done.
 
+Per event loop: the flush and completion queues, the output buffer and the submits' scratch
+list are one ``_LoopQueues`` object per running loop (``_nghttp2_loop.pxi``), looked up once
+per connection; gateways running loops in several threads share none of it.  What stays
+process-wide is touched only in C with the GIL held: the allocator's free lists and two
+caches of immutable header names.
+
 The module is one compilation unit made of the parts included at the end of this file, in
 this order (each says what it holds at its top):
 
 * ``_nghttp2_alloc.pxi``: byte buffers and the pooled allocator given to libnghttp2;
 * ``_nghttp2_fields.pxi``: nv arrays from Python header fields, header-name caches;
 * ``_nghttp2_stream.pxi``: ``_Stream``, one exchange on both sides of a splice;
-* ``_nghttp2_loop.pxi``: flush scheduling and completion reports;
+* ``_nghttp2_loop.pxi``: the per-loop flush and completion queues;
 * ``_nghttp2_conn.pxi``: ``_Conn`` (session, transport, write path) and the data providers;
 * ``_nghttp2_callbacks.pxi``: the libnghttp2 callbacks, server and client side;
 * ``_nghttp2_server.pxi``: ``ServerConnection``;
@@ -55,6 +61,8 @@ cdef extern from "Python.h":
 import asyncio
 import logging
 import os
+import threading
+import weakref
 
 from dataplane.engine import ErrorCode, H2Settings, engine_problem
 from dataplane.http1_refusal import http1_refusal
@@ -71,8 +79,6 @@ cdef enum:
 cdef double _REFUSE_LINGER_S = 1.0  # an HTTP/1.x client refused with 505 gets this to read it
 cdef uint32_t _MAX_STREAMS_UNKNOWN = 2147483647
 cdef size_t _WRITE_CHUNK = 262144
-cdef char *_obuf = NULL  # what a flush gathers from nghttp2_session_mem_send (_Conn._out)
-cdef size_t _ocap = 0
 
 
 class StreamError(ConnectionError):

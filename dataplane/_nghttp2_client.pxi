@@ -30,6 +30,7 @@ cdef class ClientConnection(_Conn):
         cdef nghttp2_option *opt
         self.transport = transport
         self._write = transport.write
+        self.q = _queues_here()
         opt = _new_option(self.settings, 0)
         rv = nghttp2_session_client_new3(&self.session, _client_callbacks, <void *>self, opt,
                                          _session_mem)
@@ -68,7 +69,7 @@ cdef class ClientConnection(_Conn):
                 self.on_closed(self)
             except BaseException:
                 log.exception("nghttp2: on_closed failed")
-        _run()
+        _run(self.q)
 
     cdef void _peer_settings(self) except *:
         cdef uint32_t m = nghttp2_session_get_remote_settings(

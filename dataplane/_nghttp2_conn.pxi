@@ -12,6 +12,7 @@ cdef class _Conn:
     cdef readonly object transport
     cdef object _write
     cdef object loop
+    cdef _LoopQueues q                   # its event loop's flush and completion queues
     cdef bint paused
     cdef bint dirty
     cdef _Conn next_dirty                # the next connection to flush after this one
@@ -23,7 +24,7 @@ cdef class _Conn:
     cdef dict streams
     cdef readonly int open_streams
     cdef object settings
-    cdef size_t olen                     # bytes of this flush in _obuf
+    cdef size_t olen                     # bytes of this flush in q.obuf
     cdef size_t max_header_list
     cdef size_t max_retained
     cdef readonly size_t peak_buffered   # largest per-stream engine buffer seen (test hook)
@@ -34,6 +35,7 @@ cdef class _Conn:
     def __cinit__(self, *args, **kwargs):
         self.session = NULL
         self.streams = {}
+        self.q = _queues_here()  # looked up again in connection_made
 
     def __dealloc__(self):
         self._del_session()
@@ -52,28 +54,28 @@ cdef class _Conn:
         self.max_retained = settings.max_retained_body
 
     cdef int _out(self, const uint8_t *p, size_t n) except -1:
-        # the one output buffer of the module (_obuf): a flush fills it and empties it before
+        # the one output buffer of the loop (q.obuf): a flush fills it and empties it before
         # it returns, and flushes never nest, so no connection holds a buffer while idle
-        global _obuf, _ocap
+        cdef _LoopQueues q = self.q
         cdef size_t cap
         cdef char *nb
-        if self.olen + n > _ocap:
-            cap = _ocap * 2 if _ocap else 65536
+        if self.olen + n > q.ocap:
+            cap = q.ocap * 2 if q.ocap else 65536
             while cap < self.olen + n:
                 cap *= 2
-            nb = <char *>realloc(_obuf, cap)
+            nb = <char *>realloc(q.obuf, cap)
             if nb == NULL:
                 raise MemoryError()
-            _obuf = nb
-            _ocap = cap
-        memcpy(_obuf + self.olen, p, n)
+            q.obuf = nb
+            q.ocap = cap
+        memcpy(q.obuf + self.olen, p, n)
         self.olen += n
         return 0
 
     cdef int _write_out(self) except -1:
         cdef bytes b
         if self.olen:
-            b = PyBytes_FromStringAndSize(_obuf, self.olen)
+            b = PyBytes_FromStringAndSize(self.q.obuf, self.olen)
             self.olen = 0
             if not self.closing:
                 self._write(b)
@@ -116,24 +118,23 @@ cdef class _Conn:
     cdef void _kick(self) noexcept:
         """Mark for flushing; flush now unless a batch is in progress."""
         _mark(self)
-        _run()
+        _run(self.q)
 
     cdef void _feed(self, data) except *:
-        global _busy, _hold_loop, _last_finished
+        cdef _LoopQueues q = self.q
         cdef bytes b
         cdef ssize_t rv
         if self.session == NULL:
             return
-        global _io_ticks
         b = data if type(data) is bytes else bytes(data)
-        _io_ticks += 1
-        _busy += 1
+        q.io_ticks += 1
+        q.busy += 1
         try:
             rv = nghttp2_session_mem_recv(self.session, <const uint8_t *>PyBytes_AS_STRING(b),
                                           <size_t>PyBytes_GET_SIZE(b))
         finally:
-            _busy -= 1
-            _last_finished = None  # early flushes are per upstream read
+            q.busy -= 1
+            q.last_finished = None  # early flushes are per upstream read
         if rv < 0 and self.session != NULL:
             # a fatal error of the session (a CONTINUATION or other flood, a bad preface...):
             # GOAWAY with a code before the close below (a no-op when one is queued already)
@@ -142,14 +143,14 @@ cdef class _Conn:
                 else NGHTTP2_INTERNAL_ERROR if rv == NGHTTP2_ERR_CALLBACK_FAILURE  # CONTINUATIONS
                 else NGHTTP2_PROTOCOL_ERROR)
         _mark(self)
-        if self.upstream or _busy:
-            _run()
+        if self.upstream or q.busy:
+            _run(q)
         else:  # a downstream read: what it sends upstream waits for the iteration's end
-            _hold_loop = self.loop
+            q.hold_loop = self.loop
             try:
-                _run()
+                _run(q)
             finally:
-                _hold_loop = None
+                q.hold_loop = None
         if rv < 0:
             log.info("nghttp2: closing connection: %s", nghttp2_strerror(<int>rv).decode())
             self._close_transport()

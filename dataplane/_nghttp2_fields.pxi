@@ -8,14 +8,12 @@
 # ---------------------------------------------------------------------------------------------
 # nv arrays built from Python headers (nghttp2 copies them at submit time)
 
-# the values a submit converts (str header values) live here until the submit call returned;
-# the hot submits share it instead of making a list each (no submit runs inside another)
-cdef list _scratch = []
-
-
-cdef inline void _scratch_clear() noexcept:
-    if PyList_GET_SIZE(_scratch):
-        del _scratch[:]
+# the values a submit converts (str header values) live in a ``keep`` list until the submit
+# call returned; the hot submits share their loop's (``_LoopQueues.scratch``) instead of
+# making a list each (no submit runs inside another on one loop)
+cdef inline void _scratch_clear(list keep) noexcept:
+    if PyList_GET_SIZE(keep):
+        del keep[:]
 
 
 cdef inline int _nv_set(nghttp2_nv *nv, object pair, list keep) except -1:

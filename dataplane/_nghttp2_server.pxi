@@ -175,6 +175,7 @@ cdef class ServerConnection(_Conn):
             self.loop = asyncio.get_running_loop()  # where completions are reported
         except RuntimeError:
             self.loop = None  # driven by hand: completions are reported at once
+        self.q = _queues_here()
         if "peername" not in self.peer_info:
             self.peer_info["peername"] = transport.get_extra_info("peername")
         opt = _new_option(self.settings, 1)
@@ -304,7 +305,7 @@ cdef class ServerConnection(_Conn):
             self.handler.on_connection_lost(self)
         except BaseException:
             log.exception("nghttp2: on_connection_lost failed")
-        _run()
+        _run(self.q)
 
     # callbacks' Python side ---------------------------------------------------------------
 
@@ -424,7 +425,7 @@ cdef class ServerConnection(_Conn):
 
     cdef void _spliced_response(self, _Stream st) except *:
         """Final response HEADERS arrived upstream: submit them downstream."""
-        cdef list keep = _scratch
+        cdef list keep = self.q.scratch
         cdef size_t cnt
         cdef nghttp2_nv *nva
         cdef nghttp2_data_provider prd
@@ -446,7 +447,7 @@ cdef class ServerConnection(_Conn):
                 rv = nghttp2_submit_response(self.session, st.sid, nva, cnt, &prd)
         finally:
             free(nva)
-            _scratch_clear()
+            _scratch_clear(keep)
             st.rh_base = st.rh_n  # the frame points into these rcbufs until it is sent
         if rv != 0:
             log.warning("nghttp2: cannot relay response on stream %d: %s", st.sid,
@@ -562,7 +563,7 @@ cdef class ServerConnection(_Conn):
         if st.cid and not st.up_closed:
             return
         st.completed = 1
-        _defer_done(st, self.loop)
+        _defer_done(self.q, st, self.loop)
 
     cdef void _report_complete(self, _Stream st) except *:
         try:
@@ -704,7 +705,7 @@ cdef class ServerConnection(_Conn):
                extra_response_headers=(), retain_body=False) -> None:
         """Send ``headers`` on a new stream of ``upstream`` and relay both ways in C."""
         cdef _Stream st = self._get(stream_id)
-        cdef list keep = _scratch
+        cdef list keep = self.q.scratch
         cdef tuple hold
         cdef nghttp2_nv *nva
         cdef nghttp2_data_provider prd
@@ -732,11 +733,14 @@ cdef class ServerConnection(_Conn):
             self._upstream_closed(st, NGHTTP2_REFUSED_STREAM, 0)
             self._kick()
             return
+        if upstream.q is not self.q:
+            raise RuntimeError(f"stream {stream_id}: the upstream connection belongs to "
+                               "another event loop")
         hold = tuple(headers)
         try:
             nva = _nva_held(hold, keep)
         except BaseException:
-            _scratch_clear()
+            _scratch_clear(keep)
             raise
         # a replay keeps what an earlier attempt's frame may still point into
         st.up_hold = hold if st.up_hold is None else (st.up_hold, hold)
@@ -751,7 +755,7 @@ cdef class ServerConnection(_Conn):
                                              <void *>st)
         finally:
             free(nva)
-            _scratch_clear()
+            _scratch_clear(keep)
         if cid < 0:
             log.info("nghttp2: upstream refused a stream: %s", nghttp2_strerror(cid).decode())
             self._upstream_closed(st, NGHTTP2_REFUSED_STREAM, 0)
@@ -762,7 +766,7 @@ cdef class ServerConnection(_Conn):
         upstream.streams[st.cid_obj] = st
         upstream.open_streams += 1
         _mark(upstream)
-        _run()
+        _run(self.q)
 
     cdef bint _replayable(self, _Stream st) noexcept:
         return st.rq_base == 0 and not st.retain_lost

@@ -70,6 +70,15 @@ stream's HEADERS were written, the request is simply never sent.)
     read from many client connections in one iteration go upstream in one write (each write
     to a local peer wakes it).  ``flush_writes()`` writes it now; the h2 backend holds nothing.
 
+Per event loop
+--------------
+What a backend queues between a read and the end of the loop iteration (connections to
+write, held upstream writes, waiting completion reports; the h2 backend's write batch) is
+kept per running event loop, looked up once per connection: gateways running loops in
+several threads share none of it.  The connections joined by ``splice`` belong to one loop.
+``report_completions()``, ``waiting_completions()`` and ``flush_writes()`` act on the
+running loop's; called outside a running loop, on those of every loop not running.
+
 Error codes are the RFC 9113 codes (``ErrorCode`` below).
 
 Answers of the engine's own

@@ -12,7 +12,7 @@ concern:
 * ``dataplane.h2_session``: h2's ``H2Connection`` with our adjustments (graceful GOAWAY,
   REFUSED_STREAM over the stream limit, 431 and HPACK-bomb limits, RFC 9113 error codes);
 * ``dataplane.h2_splice``: what both connection kinds share (streams, flow-controlled relay,
-  write batching, abuse limits);
+  the per-event-loop write batch, abuse limits);
 * ``dataplane.h2_server``: ``ServerConnection``;
 * ``dataplane.h2_client``: ``ClientConnection``.
 """

@@ -11,14 +11,18 @@ between joined streams without calling the proxy:
 * a connection whose transport is paused (``pause_writing``) takes nothing more until
   ``resume_writing``;
 * all the frames produced while handling one ``data_received`` batch (on this and the other
-  connections touched) are written with one ``transport.write`` per connection.
+  connections touched) are written with one ``transport.write`` per connection.  The batch
+  being gathered is per event loop (``LoopBatch``, looked up once per connection), so loops in
+  different threads never write each other's connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+import weakref
 from collections import deque
 
 import h2.events
@@ -35,8 +39,39 @@ log = logging.getLogger("nfmesh.h2")
 MAX_STREAMS_UNKNOWN = 2**31 - 1
 LINGER_S = 1.0  # how long a closing connection keeps discarding input after its GOAWAY
 _PREFACE_LEN = 24 + 9  # the client magic and the first frame's header
-# Connections marked for a flush while a data_received batch runs; written once at its end.
-_batch: list | None = None
+
+
+class LoopBatch:
+    """The connections of one event loop marked for a flush while one of its connections
+    handles a ``data_received`` batch; each is written once, at the batch's end.  ``pending``
+    is None outside a batch (a mark then flushes at once)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: list[BaseConnection] | None = None
+
+
+# the batch of each event loop that has had a connection (an entry goes with its loop)
+_batches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# connections made or driven outside a running loop: one batch per thread
+_unlooped = threading.local()
+
+
+def loop_batch() -> LoopBatch:
+    """The running loop's batch (made at its first connection); outside a running loop, the
+    thread's own.  Looked up once per connection, never per frame."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        batch = getattr(_unlooped, "batch", None)
+        if batch is None:
+            batch = _unlooped.batch = LoopBatch()
+        return batch
+    batch = _batches.get(loop)
+    if batch is None:
+        batch = _batches[loop] = LoopBatch()
+    return batch
 
 
 class H2Stream:
@@ -90,6 +125,7 @@ class BaseConnection(asyncio.Protocol):
         self.settings = settings
         self._h2: H2Session | None = None
         self._transport: asyncio.Transport | None = None
+        self._batch = loop_batch()  # looked up again in connection_made
         self._streams: dict[int, H2Stream] = {}
         self._waiting: set[H2Stream] = set()  # streams with DATA waiting for window/transport
         self._paused = False
@@ -110,6 +146,7 @@ class BaseConnection(asyncio.Protocol):
     # ---- transport side -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._batch = loop_batch()
         self._h2 = new_session(self.settings, self._client_side)
         if self._client_side:
             self._mark()
@@ -117,10 +154,10 @@ class BaseConnection(asyncio.Protocol):
         # can be told 505 in its own protocol (dataplane.http1_refusal)
 
     def data_received(self, data: bytes) -> None:
-        global _batch
-        outer = _batch is None
+        batch = self._batch
+        outer = batch.pending is None
         if outer:
-            _batch = []
+            batch.pending = []
         try:
             h2c = self._h2
             if h2c is None or self._lost or self._lingering:
@@ -159,7 +196,7 @@ class BaseConnection(asyncio.Protocol):
             self._mark()
         finally:
             if outer:
-                pending, _batch = _batch, None
+                pending, batch.pending = batch.pending, None
                 for conn in pending:
                     conn._queued = False
                     conn._flush()
@@ -196,11 +233,12 @@ class BaseConnection(asyncio.Protocol):
 
     def _mark(self) -> None:
         """Ask for a flush: now outside a batch, at the end of the batch inside one."""
-        if _batch is None:
+        pending = self._batch.pending
+        if pending is None:
             self._flush()
         elif not self._queued:
             self._queued = True
-            _batch.append(self)
+            pending.append(self)
 
     def _flush(self) -> None:
         h2c = self._h2
