@@ -22,7 +22,6 @@ import ast
 import os
 import re
 import subprocess
-import warnings
 from itertools import permutations
 
 import pytest
@@ -38,15 +37,6 @@ ALLOWED: dict[str, set[str]] = {
 }
 MAX_LINES = 1000
 SOURCE_SUFFIXES = (".py", ".pyx", ".pxi", ".pxd", ".sh")
-# TEMPORARY (issue 15): files over MAX_LINES that are being split right now.  The coordinator
-# empties this list once their splits land; an entry whose file is back under the limit (or
-# gone) only warns, so that a finished split does not break the suite meanwhile.  Nothing is
-# ever added here: a new long file is split instead.
-LONG_FILES_BEING_SPLIT: set[str] = {
-    "dataplane/_nghttp2.pyx",
-    "dataplane/h2_engine.py",
-    "tests/test_nghttp2_backend.py",
-}
 _CYTHON_IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+c?import\b|c?import\s+([\w.]+))")
 
 
@@ -189,10 +179,6 @@ def test_the_file_lister_sees_the_sources() -> None:
 def test_no_source_file_over_max_lines() -> None:
     counts = {rel: _line_count(rel) for rel in _tracked_sources()}
     long = sorted(f"{rel}: {n} lines" for rel, n in counts.items()
-                  if n is not None and n > MAX_LINES and rel not in LONG_FILES_BEING_SPLIT)
+                  if n is not None and n > MAX_LINES)
     assert not long, (f"source files over {MAX_LINES} lines (split them by concern):\n"
                       + "\n".join(long))
-    done = sorted(rel for rel in LONG_FILES_BEING_SPLIT
-                  if counts.get(rel) is None or counts[rel] <= MAX_LINES)
-    if done:
-        warnings.warn(f"split, delete from LONG_FILES_BEING_SPLIT: {done}", stacklevel=1)

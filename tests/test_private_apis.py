@@ -1,6 +1,6 @@
 """The private parts of ``h2`` and ``etcd3aio`` that nfmesh leans on (issue 15, item 7).
 
-``dataplane/h2_engine.py`` overrides and calls private methods of ``h2.connection.H2Connection``
+``dataplane/h2_session.py`` (the h2 backend) overrides and calls private methods of ``h2.connection.H2Connection``
 and ``gateway/registry/etcd_store.py`` opens etcd's lease keep-alive stream through private
 attributes of ``etcd3aio``.  ``pyproject.toml`` bounds both libraries to the releases these
 were checked on; this test names every such attribute, so that a new release that moves one
@@ -68,7 +68,7 @@ def test_h2_private_state_on_a_connection() -> None:
 
 
 def test_hyperframe_settings_ack_with_payload_message() -> None:
-    """The engine maps this message to FRAME_SIZE_ERROR (h2_engine._FrameBuffer)."""
+    """The engine maps this message to FRAME_SIZE_ERROR (h2_session._FrameBuffer)."""
     from hyperframe.exceptions import InvalidDataError
     from hyperframe.frame import SettingsFrame
 
