@@ -14,7 +14,6 @@ from setuptools.command.build_ext import build_ext
 NATIVE = [
     ("dataplane._nghttp2", "dataplane/_nghttp2.pyx", ["nghttp2"]),
     ("nf_adapters._ngap_fast", "nf_adapters/_ngap_fast.pyx", []),
-    ("nf_adapters._sbi_fast", "nf_adapters/_sbi_fast.pyx", []),
     ("gateway._access_log_batch", "gateway/_access_log_batch.pyx", []),
 ]
 
@@ -46,6 +45,7 @@ TWINS = [
     ("dataplane._proxy_fast", "dataplane/proxy.py"),
     ("gateway._access_log_fast", "gateway/access_log.py"),
     ("gateway._stats_fast", "gateway/stats_core.py"),
+    ("nf_adapters._sbi_fast", "nf_adapters/sbi_rewrite.py"),
     ("nf_adapters._scp_fast", "nf_adapters/scp_model_c.py"),
 ]
 

@@ -1,4 +1,5 @@
-"""The per-request header pass of the SCP router, in pure Python (twin of ``_sbi_fast``).
+# cython: annotation_typing=False
+"""The per-request header pass of the SCP router.
 
 Two functions, called once per request on the data plane:
 
@@ -10,12 +11,26 @@ Two functions, called once per request on the data plane:
   ``3gpp-sbi-max-forward-hops`` replaced, ``host`` dropped when the authority changes, every other
   header kept in order, then the new hop count and our ``via`` appended.
 
-``nf_adapters._sbi_fast`` (Cython) has the same functions with the same results; the tests run
-both on random inputs and compare.  ``nf_adapters.scp_router`` imports the fast one when it is
-built (``FAST_REWRITE`` tells which).
+Header names are bytes (a name of another type raises ``TypeError``); ``headers`` is a list of
+``(name, value)`` pairs.
+
+One source, two twins: this file is the pure module and, compiled a second time with
+``sbi_rewrite.pxd`` beside it (Cython's pure-Python mode, setup.py's TWINS),
+``nf_adapters._sbi_fast``, whose functions the compiled SCP router calls at C level.  Compiled
+only (behind ``cython.compiled``): ``rewrite_headers`` reuses the (name, value) tuple it made
+last for the same value object, and keeps the request's own field when the new value is that
+field's value object (tuples are immutable: equal results, fewer allocations).  The tests run
+both twins on random inputs and compare.  ``nf_adapters.scp_router`` uses the compiled one when
+it is built (``FAST_REWRITE`` tells which).
 """
 
 from __future__ import annotations
+
+try:
+    import cython
+except ImportError:  # no Cython here: this file runs as plain Python
+    class cython:  # noqa: N801 (stands for the module: what this file asks of it)
+        compiled = False
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -30,6 +45,17 @@ _TS = b"3gpp-sbi-sender-timestamp"
 _PRIO = b"3gpp-sbi-message-priority"
 _UA = b"user-agent"
 REPEATED = b"\x00"
+_REPEATED = REPEATED
+if not cython.compiled:
+    # Uncompiled stand-ins for what sbi_rewrite.pxd gives the compiled twin: a list of room n
+    # (its size 0, nothing to grow while adding), and adding to it
+    def _new_list(n: int) -> list:
+        return []
+
+    _add = list.append
+
+_COLON = 58  # b":"[0]
+_THREE = 51  # b"3"[0]
 
 
 def scan_request(headers: Headers) -> tuple:
@@ -41,7 +67,11 @@ def scan_request(headers: Headers) -> tuple:
     method = scheme = authority = path = target = hops = rsp = ts = prio = ua = None
     via = None
     for name, value in headers:
-        if name[:1] == b":":
+        if type(name) is not bytes:
+            raise TypeError("header names must be bytes")
+        if not name:
+            continue
+        if name[0] == _COLON:
             if name == b":method":
                 method = value
             elif name == b":path":
@@ -50,9 +80,9 @@ def scan_request(headers: Headers) -> tuple:
                 authority = value
             elif name == b":scheme":
                 scheme = value
-        elif name[:5] == b"3gpp-":
+        elif name.startswith(b"3gpp-"):
             if name == _TARGET:
-                target = value if target is None else REPEATED
+                target = value if target is None else _REPEATED
             elif name == _HOPS:
                 if hops is None:
                     hops = value
@@ -63,7 +93,7 @@ def scan_request(headers: Headers) -> tuple:
                 if ts is None:
                     ts = value
             elif name == _PRIO:
-                prio = value if prio is None else REPEATED
+                prio = value if prio is None else _REPEATED
         elif name == b"via":
             if via is None:
                 via = [value]
@@ -75,6 +105,38 @@ def scan_request(headers: Headers) -> tuple:
     return (method, scheme, authority, path, target, hops, via, rsp, ts, prio, ua)
 
 
+# Compiled: the (name, value) tuples rewrite_headers made last, per name, with their value: a
+# router passes the same value objects request after request (its cached authority, hop count
+# and via), so the tuple is reused instead of built and freed each time
+_P_SCHEME, _P_AUTHORITY, _P_PATH, _P_HOPS, _P_VIA = range(5)
+_NAMES = (b":scheme", b":authority", b":path", _HOPS, b"via")
+_made_value = [None] * 5
+_made_pair = [None] * 5
+
+
+def _pair(slot: int, value: bytes) -> tuple:
+    """``(name of slot, value)``: compiled, shared with the previous call when ``value`` is the
+    same object."""
+    if not cython.compiled:
+        return (_NAMES[slot], value)
+    if _made_value[slot] is value:
+        return _made_pair[slot]
+    pair = (_NAMES[slot], value)
+    _made_value[slot] = value
+    _made_pair[slot] = pair
+    return pair
+
+
+def _replaced(item: tuple, slot: int, value: bytes) -> tuple:
+    """The field ``item`` with ``value``: compiled, ``item`` itself when it already holds that
+    very object (the router passing the request's own :path back)."""
+    if cython.compiled and type(item) is tuple:
+        pair = item  # a C tuple: its size and items read in place
+        if len(pair) == 2 and pair[1] is value:
+            return item
+    return _pair(slot, value)
+
+
 def rewrite_headers(
     headers: Headers,
     scheme: bytes | None,
@@ -84,60 +146,65 @@ def rewrite_headers(
     via: bytes | None,
 ) -> Headers:
     """The forwarded header list (see module doc).  ``None`` keeps the received value."""
-    out: Headers = []
-    append = out.append
+    # at most every field plus :scheme, :authority, :path, the hop count and via: compiled,
+    # allocated once and filled in place (no growth while adding)
+    out = _new_list(len(headers) + 5)
     seen_scheme = scheme is None
     seen_authority = authority is None
     seen_path = path is None
+    drop_host = authority is not None
     pseudo_done = False
     for item in headers:
         name = item[0]
-        if name[:1] == b":":
+        if type(name) is not bytes:
+            raise TypeError("header names must be bytes")
+        if name and name[0] == _COLON:
             if name == b":scheme":
                 if scheme is not None:
                     if seen_scheme:
                         continue
-                    item = (name, scheme)
+                    item = _replaced(item, _P_SCHEME, scheme)
                     seen_scheme = True
             elif name == b":authority":
                 if authority is not None:
                     if seen_authority:
                         continue
-                    item = (name, authority)
+                    item = _replaced(item, _P_AUTHORITY, authority)
                     seen_authority = True
             elif name == b":path":
                 if path is not None:
                     if seen_path:
                         continue
-                    item = (name, path)
+                    item = _replaced(item, _P_PATH, path)
                     seen_path = True
-            append(item)
+            _add(out, item)
             continue
         if not pseudo_done:
             pseudo_done = True
             if not seen_scheme:
-                append((b":scheme", scheme))
+                _add(out, _pair(_P_SCHEME, scheme))
                 seen_scheme = True
             if not seen_authority:
-                append((b":authority", authority))
+                _add(out, _pair(_P_AUTHORITY, authority))
                 seen_authority = True
             if not seen_path:
-                append((b":path", path))
+                _add(out, _pair(_P_PATH, path))
                 seen_path = True
-        if name == _TARGET or name == _HOPS:
+        if len(name) > 5 and name[0] == _THREE:  # b"3gpp-..."
+            if name == _TARGET or name == _HOPS:
+                continue
+        elif drop_host and name == b"host":
             continue
-        if name == b"host" and authority is not None:
-            continue
-        append(item)
+        _add(out, item)
     if not pseudo_done:
         if not seen_scheme:
-            append((b":scheme", scheme))
+            _add(out, _pair(_P_SCHEME, scheme))
         if not seen_authority:
-            append((b":authority", authority))
+            _add(out, _pair(_P_AUTHORITY, authority))
         if not seen_path:
-            append((b":path", path))
+            _add(out, _pair(_P_PATH, path))
     if hops is not None:
-        append((_HOPS, hops))
+        _add(out, _pair(_P_HOPS, hops))
     if via is not None:
-        append((b"via", via))
+        _add(out, _pair(_P_VIA, via))
     return out

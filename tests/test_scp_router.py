@@ -540,11 +540,28 @@ def test_alternating_target_objects_route_to_their_own_endpoints() -> None:
         assert (ep.host, ep.port, ep.tls) == want[id(headers)], i
 
 
-def test_fast_twin_rejects_non_bytes_names() -> None:
-    fast = _twins()
+@pytest.mark.parametrize("twin", ["pure", "cython"])
+def test_both_twins_reject_non_bytes_names(twin) -> None:
+    """Header names are bytes: a str or None name raises TypeError in both twins (the pure one
+    used to skip a str name in the scan and forward it in the rewrite)."""
+    mod = sbi_rewrite if twin == "pure" else _twins()
+    for bad in (":path", "x-a", None):
+        with pytest.raises(TypeError):
+            mod.scan_request([(bad, b"/")])
+        with pytest.raises(TypeError):
+            mod.rewrite_headers([(b":method", b"GET"), (bad, b"/")], None, None, None, None, None)
     with pytest.raises(TypeError, match="header names must be bytes"):
-        fast.scan_request([(":path", b"/")])
-    assert fast.scan_request([[b":path", b"/"]])[3] == b"/"  # any 2-sequence, like the twin
+        mod.scan_request([(None, b"/")])
+    assert mod.scan_request([[b":path", b"/"]])[3] == b"/"  # any 2-sequence
+    assert mod.rewrite_headers([[b"x-a", b"1"]], b"http", None, None, None, None) == \
+        [(b":scheme", b"http"), [b"x-a", b"1"]]
+
+
+def test_the_compiled_header_pass_is_sbi_rewrite_compiled() -> None:
+    fast = _twins()
+    assert fast.__file__.endswith(".so") and sbi_rewrite.__file__.endswith("sbi_rewrite.py")
+    assert fast.scan_request.__doc__ == sbi_rewrite.scan_request.__doc__
+    assert fast.REPEATED == sbi_rewrite.REPEATED and fast.USER_AGENT == sbi_rewrite.USER_AGENT
 
 
 @settings(max_examples=200, deadline=None)
@@ -582,8 +599,11 @@ def test_router_same_decisions_with_pure_twin(monkeypatch) -> None:
         return [r.route(list(h), {}) for h in requests]
 
     first = run()
-    monkeypatch.setattr(mod, "scan_request", sbi_rewrite.scan_request)
-    monkeypatch.setattr(mod, "rewrite_headers", sbi_rewrite.rewrite_headers)
+    from nf_adapters import scp_model_c
+
+    for module in (mod, scp_model_c):  # the pure router's base scans and rewrites too
+        monkeypatch.setattr(module, "scan_request", sbi_rewrite.scan_request)
+        monkeypatch.setattr(module, "rewrite_headers", sbi_rewrite.rewrite_headers)
     assert run() == first
 
 
