@@ -71,7 +71,7 @@ else
   say "sources: the working tree"
 fi
 NFMESH_REQUIRE_NATIVE=1 "$work/build-venv/bin/pip" wheel -q --disable-pip-version-check \
-    --no-build-isolation -w "$work/wheels" "$work/src" >"$work/wheel.log" 2>&1 \
+    --no-build-isolation -w "$work/wheels" "$work/src[otel]" >"$work/wheel.log" 2>&1 \
   || { tail -n 30 "$work/wheel.log" >&2; say "wheel build failed"; exit 1; }
 
 # 2. the root filesystem, as a tarball: Debian packages, then the app installed offline
@@ -90,7 +90,7 @@ mmdebstrap --quiet --mode=root --variant=essential --format=tar \
   --customize-hook="mkdir -p \"\$1/tmp/wheels\"" \
   --customize-hook="copy-in $work/wheels/. /tmp/wheels" \
   --customize-hook='chroot "$1" python3 -m venv /opt/nfmesh' \
-  --customize-hook='chroot "$1" /opt/nfmesh/bin/pip install -q --disable-pip-version-check --no-index --find-links /tmp/wheels --no-compile nfmesh' \
+  --customize-hook='chroot "$1" /opt/nfmesh/bin/pip install -q --disable-pip-version-check --no-index --find-links /tmp/wheels --no-compile "nfmesh[otel]"' \
   --customize-hook='chroot "$1" /opt/nfmesh/bin/pip uninstall -q -y pip setuptools' \
   --customize-hook='for d in "$1"/opt/nfmesh/lib/python3*/site-packages/pycrate_asn1dir; do find "$d" -maxdepth 1 -name "*.py" ! -name NGAP.py ! -name __init__.py -delete; rm -rf "$d/__pycache__"; done' \
   --customize-hook='chroot "$1" /opt/nfmesh/bin/python -m compileall -q -j 2 /opt/nfmesh/lib >/dev/null || true' \

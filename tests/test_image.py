@@ -100,6 +100,10 @@ def test_version_in_chroot(image) -> None:
     # the NGAP codec survived the image's pruning of pycrate's ASN.1 directory
     r = _in_chroot(image["rootfs"], "python", "-c", "'from nf_adapters.ngap import codec'")
     assert r.returncode == 0, r.stderr
+    # the otel extra is in the image: span export can be configured
+    r = _in_chroot(image["rootfs"], "python", "-c",
+                   "'from gateway.otlp_export import otlp_missing; assert otlp_missing() is None'")
+    assert r.returncode == 0, r.stderr
     r = _in_chroot(image["rootfs"], "id", "-u")
     assert r.stdout.strip() == "10001"
 
