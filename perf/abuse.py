@@ -13,8 +13,9 @@ the legit client (the project's nghttp2 ``ClientConnection``, closed loop,
 ``--legit-concurrency`` requests in flight, GET of the origin's document) runs beside it.
 Reported per case and target: the legit client's success ratio, p50/p99 (ms) and p99 against
 the baseline; the RSS peak growth of the target's process tree over its level before the case;
-what the attacker got (connections, cut, GOAWAY codes, RST_STREAMs, responses, bytes sent);
-for ``idle_connections``, KiB per idle connection; and which of the issue's targets the row
+what the attacker got (connections, cut, GOAWAY codes, RST_STREAMs, responses, bytes sent,
+streams opened, bytes and DATA bytes received; for ``big_header`` what the big request and the
+next one on its connection got); for ``idle_connections``, KiB per idle connection; and which of the issue's targets the row
 misses (``perf.abuse_report``).
 
 Bounded: every case ends after ``--duration`` seconds (the legit client's last requests wait

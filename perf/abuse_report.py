@@ -39,6 +39,12 @@ def _attacker(at: dict) -> str:
     text = (f"conns={at['connections']} cut={at['cut']} goaway={goaway} "
             f"rst={at.get('rst_stream', 0)} resp={at.get('responses', 0)} "
             f"sent={at['bytes_sent'] / 1048576:.1f}MB")
+    if at.get("streams_opened") and "outcomes" not in at:
+        text += (f" streams={at['streams_opened']} recv={at.get('bytes_received', 0) / 1024:.1f}KiB"
+                 f" data={at.get('data_bytes', 0) / 1024:.1f}KiB")
+    if "outcomes" in at:  # big_header: what the big request / the next one got
+        text += " got=" + (", ".join(f"{k} x{v}" for k, v in sorted(at["outcomes"].items()))
+                           or "nothing")
     if "error" in at:
         text += f" ({at['error']})"
     return text

@@ -5,12 +5,12 @@ Proxy targets (the default): ``nfmesh-nghttp2`` and ``nfmesh-h2`` (the gateway a
 it, ``nfmesh run`` with one worker and a config routing every path to the origin, the engine
 chosen with ``gateway.backend``), ``haproxy`` and ``nghttpx``, each an h2c front proxy on
 127.0.0.1 before the same origin: one ``nghttpd --no-tls`` started once per run
-(``perf.peers.backend``), which answers the legit client's GET and holds a request whose body
-never ends.  The launchers are ``perf.peers``'s, the ones ``nfmesh perf compare`` uses.
+(``perf.peers.backend``), which answers the legit client's GET, holds a request whose body
+never ends and serves a ``BIG_SIZE`` (1 MiB) document at ``BIG_PATH`` (``zero_window``).  The launchers are ``perf.peers``'s, the ones ``nfmesh perf compare`` uses.
 
 Engine targets (``engine-nghttp2``, ``engine-h2``): a responder process, the engine's
-``ServerConnection`` answering every request itself (``/hold`` never), one process, no proxying:
-the engine's own defence.
+``ServerConnection`` answering every request itself (``/hold`` never, ``BIG_PATH`` with a
+``BIG_SIZE`` body), one process, no proxying: the engine's own defence.
 
 A target's memory is the RSS of its process tree (nfmesh: supervisor and worker; nghttpx:
 master and worker), never the origin's.
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataplane.engine import available_backends
+from perf.abuse_attacks import BIG_PATH, BIG_SIZE
 from perf.peers import Peer, TargetSpec
 from perf.peers.backend import nghttpd_unavailable, start_nghttpd
 from perf.peers.haproxy import HAProxy
@@ -42,10 +43,16 @@ import asyncio, sys, uvloop
 from dataplane.engine import H2Settings, load_backend
 from dataplane.listener import serve
 
+BIG_PATH, BIG = sys.argv[4].encode(), b"b" * int(sys.argv[5])
+
 class Responder:
     def on_request(self, conn, sid, headers, end):
-        if dict(headers).get(b":path") == b"/hold":
+        path = dict(headers).get(b":path")
+        if path == b"/hold":
             return  # never answered: holds a stream (stream-limit exhaustion)
+        if path == BIG_PATH:  # zero_window: a large response to a reader that does not read
+            conn.respond(sid, 200, [(b"content-type", b"application/octet-stream")], BIG)
+            return
         conn.respond(sid, 200, [(b"content-type", b"application/json")], b'{"ok":true}')
     def on_connection_lost(self, conn):
         pass
@@ -122,11 +129,14 @@ class Targets:
         self._origin: tuple[Launched, int] | None = None
         self._stack = contextlib.ExitStack()
 
-    def _origin_port(self) -> int:
+    def origin_port(self) -> int:
+        """The origin's port, starting it (once per run) with its docroot and the big file."""
         if self._origin is None:
             port = free_port()
             folder = self.workdir / "origin"
-            folder.mkdir()
+            big = folder / "www" / BIG_PATH.lstrip("/")  # docroot: start_nghttpd adds the rest
+            big.parent.mkdir(parents=True)
+            big.write_bytes(b"b" * BIG_SIZE)
             origin = start_nghttpd(port, folder, cpu=None)
             self._stack.callback(origin.stop)
             self._origin = (origin, port)
@@ -144,13 +154,13 @@ class Targets:
         info: dict = {}
         if name.startswith("engine-"):
             argv = [sys.executable, "-c", _RESPONDER, name.removeprefix("engine-"), str(port),
-                    str(self.lifetime_s)]
+                    str(self.lifetime_s), BIG_PATH, str(BIG_SIZE)]
             proc = Launched(argv, folder / "target.log", env=child_env())
             info["origin"] = "none: the engine answers itself"
         else:
             peer = _peer(name)
             assert peer is not None
-            spec = TargetSpec(listen_port=port, backend_port=self._origin_port(), workdir=folder)
+            spec = TargetSpec(listen_port=port, backend_port=self.origin_port(), workdir=folder)
             proc = Launched(peer.command(spec), folder / "target.log", env=child_env())
             info["origin"] = "nghttpd --no-tls"
         self._stack.callback(proc.stop)
