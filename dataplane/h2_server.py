@@ -41,6 +41,7 @@ class ServerConnection(BaseConnection):
         self.peak_buffered = 0  # largest body buffer seen on one stream (held + relayed)
         # response header names taken out for SpliceObserver.on_response_headers (engine doc)
         self._tap = frozenset(settings.tap_response_headers)
+        self._torn_down = False  # _on_lost ran (at the abort, or when the transport closed)
 
     # ---- events -----------------------------------------------------------------------------
     def _on_event(self, event) -> None:
@@ -240,13 +241,28 @@ class ServerConnection(BaseConnection):
                 obs.on_complete(st.sid, st.status, 0)
         self._maybe_forget(st)
 
+    def _abort_after_flush(self) -> None:
+        # the connection is over for us now (nothing more is read): end its exchanges at once
+        # rather than when the transport closes, up to LINGER_S later
+        super()._abort_after_flush()
+        self._on_lost(None)
+
     def _on_lost(self, exc: Exception | None) -> None:
+        if self._torn_down:
+            return
+        self._torn_down = True
         if self._drain_timer is not None:
             self._drain_timer.cancel()
             self._drain_timer = None
         streams = list(self._streams.values())
         self._streams.clear()
         self._waiting.clear()
+        # The handler first: it forgets the requests still waiting (admission queue, connect),
+        # so that a slot given back by a spliced stream below is not handed to one of them
+        try:
+            self.handler.on_connection_lost(self)
+        except Exception:
+            log.exception("on_connection_lost failed")
         for st in streams:
             up = st.peer
             if st.mode == _SPLICED and up is not None:
@@ -259,10 +275,6 @@ class ServerConnection(BaseConnection):
             elif st.callback is not None:
                 cb, st.callback = st.callback, None
                 cb(None, [])
-        try:
-            self.handler.on_connection_lost(self)
-        except Exception:
-            log.exception("on_connection_lost failed")
 
     # ---- public API (engine.ServerConnection) ------------------------------------------------
     def _live(self, stream_id: int) -> H2Stream | None:
@@ -377,6 +389,11 @@ class ServerConnection(BaseConnection):
     ) -> None:
         st = self._live(stream_id)
         if st is None:
+            # the stream or its connection is gone: the exchange is over all the same (its
+            # observer gives back what it holds: an admission slot), told on the next
+            # iteration so that admission handing slots on does not recurse
+            asyncio.get_running_loop().call_soon(
+                observer.on_complete, stream_id, 0, ErrorCode.CANCEL)
             return
         if st.mode != _HELD:
             raise RuntimeError(f"splice on stream {stream_id} that is not held")
