@@ -13,7 +13,6 @@ from setuptools.command.build_ext import build_ext
 # (module, source, libraries)
 NATIVE = [
     ("dataplane._nghttp2", "dataplane/_nghttp2.pyx", ["nghttp2"]),
-    ("nf_adapters._ngap_fast", "nf_adapters/_ngap_fast.pyx", []),
     ("gateway._access_log_batch", "gateway/_access_log_batch.pyx", []),
 ]
 
@@ -47,6 +46,7 @@ TWINS = [
     ("gateway._stats_fast", "gateway/stats_core.py"),
     ("nf_adapters._sbi_fast", "nf_adapters/sbi_rewrite.py"),
     ("nf_adapters._scp_fast", "nf_adapters/scp_model_c.py"),
+    ("nf_adapters._ngap_fast", "nf_adapters/ngap/routing_key.py"),
 ]
 
 

@@ -178,3 +178,44 @@ def test_twins_agree_on_mutated_messages(data) -> None:
         except NgapDecodeError:
             results.append(("error",))
     assert all(r == results[0] for r in results)
+
+
+@pytest.mark.parametrize("twin", TWINS, ids=TWIN_IDS)
+def test_out_of_range_ids_are_refused_whatever_the_message(twin) -> None:
+    """An id beyond its range is the caller's error even where the message does not carry that
+    id (the compiled twin refused it up front, the pure one only when encoding it)."""
+    setup = c.ng_setup_request(1, PLMN, name="gnb")  # no UE ids at all
+    for ran, amf in ((2**32, -1), (-1, 2**40), (2**32, 2**40)):
+        with pytest.raises(ValueError, match="out of range"):
+            twin.rewrite_ue_ids(setup, ran, amf)
+    assert twin.rewrite_ue_ids(setup, 2**32 - 1, 2**40 - 1) is setup  # nothing to replace
+
+
+@pytest.mark.parametrize("twin", TWINS, ids=TWIN_IDS)
+def test_only_bytes_are_read(twin) -> None:
+    msg = c.downlink_nas(77, 99, b"nas")
+    for other in (bytearray(msg), memoryview(msg), None):
+        with pytest.raises(TypeError):
+            twin.extract(other)
+        with pytest.raises(TypeError):
+            twin.rewrite_ue_ids(other, 1, 2)
+
+
+def test_loader_choices_and_one_source(monkeypatch) -> None:
+    import nf_adapters.ngap as ngap
+
+    monkeypatch.delenv("NFMESH_NGAP_KEYS", raising=False)
+    assert ngap.load_routing_keys("pure") == (pure.extract, pure.rewrite_ue_ids)
+    with pytest.raises(ValueError, match="unknown NGAP routing key implementation"):
+        ngap.load_routing_keys("rust")
+    if fast is None:
+        assert not ngap.FAST and ngap.extract is pure.extract
+        return
+    assert ngap.FAST and (ngap.extract, ngap.rewrite_ue_ids) == fast.FUNCTIONS
+    assert ngap.load_routing_keys("cython") == (fast.extract, fast.rewrite_ue_ids)
+    monkeypatch.setenv("NFMESH_NGAP_KEYS", "pure")
+    assert ngap.load_routing_keys()[0] is pure.extract
+    # the compiled twin is routing_key.py compiled: same docs, the same error class
+    assert fast.__file__.endswith(".so")
+    assert fast.extract.__doc__ == pure.extract.__doc__
+    assert fast.NgapDecodeError is NgapDecodeError
