@@ -10,11 +10,11 @@ import gateway
 # (hot path, compiled module, pure-Python twin)
 HOT_PATHS = [
     ("http2 engine", "dataplane._nghttp2", "dataplane.h2_engine"),
-    ("ngap routing keys", "nf_adapters._ngap_fast", "nf_adapters.ngap.keys"),
+    ("ngap routing keys", "nf_adapters._ngap_fast", "nf_adapters.ngap.routing_key"),
     ("sbi header rewrite", "nf_adapters._sbi_fast", "nf_adapters.sbi_rewrite"),
     ("proxy exchange", "dataplane._proxy_fast", "dataplane.proxy"),
-    ("request stats", "gateway._stats_fast", "gateway.metrics"),
-    ("scp model c route", "nf_adapters._scp_fast", "nf_adapters.scp_router"),
+    ("request stats", "gateway._stats_fast", "gateway.stats_core"),
+    ("scp model c route", "nf_adapters._scp_fast", "nf_adapters.scp_model_c"),
     ("access log", "gateway._access_log_fast", "gateway.access_log"),
     ("admission", "dataplane._admission_fast", "dataplane.admission"),
 ]

@@ -283,7 +283,7 @@ def test_pure_twin_used_when_not_built(monkeypatch) -> None:
 
 
 def test_hot_path_registered() -> None:
-    assert ("request stats", "gateway._stats_fast", "gateway.metrics") in build_info.HOT_PATHS
+    assert ("request stats", "gateway._stats_fast", "gateway.stats_core") in build_info.HOT_PATHS
     built = "compiled" if _stats_fast is not None else "pure-python"
     assert build_info.info()["hot_paths"]["request stats"] == built
 
@@ -318,3 +318,23 @@ async def test_proxy_feeds_each_implementation(backend, impl) -> None:
         client.close()
         await proxy.stop()
         await origin.stop()
+
+
+
+def test_every_hot_path_names_the_source_its_compiled_module_is_built_from() -> None:
+    """A compiled module built from a pure module (setup.py's TWINS) names that module as its
+    pure twin in ``nfmesh version``'s table, and the module exists."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "setup.py")) as f:
+        twins = dict(re.findall(r'\("([\w.]+)", "([\w/]+)\.py"\)', f.read()))
+    assert twins["gateway._stats_fast"] == "gateway/stats_core"
+    checked = 0
+    for _label, native, twin in build_info.HOT_PATHS:
+        if native in twins:
+            assert twin == twins[native].replace("/", "."), native
+            assert os.path.exists(os.path.join(root, twins[native] + ".py"))
+            checked += 1
+    assert checked >= 5
