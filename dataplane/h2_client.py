@@ -106,8 +106,6 @@ class ClientConnection(BaseConnection):
             if st is not None and not st.remote_closed:
                 self._on_response_end(st, None)
         elif isinstance(event, h2.events.StreamReset):
-            if self._over_rate(self._resets, self.settings.max_resets_per_second):
-                return
             st = self._streams.get(event.stream_id)
             if st is not None:
                 self._on_server_reset(st, event.error_code)

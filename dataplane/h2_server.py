@@ -42,8 +42,21 @@ class ServerConnection(BaseConnection):
         # response header names taken out for SpliceObserver.on_response_headers (engine doc)
         self._tap = frozenset(settings.tap_response_headers)
         self._torn_down = False  # _on_lost ran (at the abort, or when the transport closed)
+        self._reset_soon: set[int] | None = None  # streams reset later in the slice at hand
+        self.skipped_requests = 0  # requests opened and reset in one slice: never announced
 
     # ---- events -----------------------------------------------------------------------------
+    def _before_events(self, events: list) -> None:
+        # Streams the client opens and resets within one slice (rapid reset) never reach the
+        # handler: announcing one would start its exchange (a splice upstream) only to cancel it
+        gone = None
+        for event in events:
+            if type(event) is h2.events.StreamReset:
+                if gone is None:
+                    gone = set()
+                gone.add(event.stream_id)
+        self._reset_soon = gone
+
     def _on_event(self, event) -> None:
         if isinstance(event, h2.events.DataReceived):
             self._on_data(event)
@@ -60,11 +73,11 @@ class ServerConnection(BaseConnection):
                 if event.stream_ended is not None:
                     self._on_request_end(st)
         elif isinstance(event, h2.events.StreamReset):
-            if self._over_rate(self._resets, self.settings.max_resets_per_second):
-                return
             st = self._streams.get(event.stream_id)
             if st is not None:
                 self._on_client_reset(st, event.error_code)
+            else:
+                self._h2.forget_stream(event.stream_id)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._goaway_received = True
             self._close_when_idle = True
@@ -76,6 +89,10 @@ class ServerConnection(BaseConnection):
 
     def _on_request(self, event) -> None:
         sid = event.stream_id
+        gone = self._reset_soon
+        if gone is not None and sid in gone:
+            self.skipped_requests += 1
+            return  # its StreamReset, later in this slice, finds no stream of ours
         if self._goaway_sent and sid > self._goaway_last:
             self._refuse(sid)
             return

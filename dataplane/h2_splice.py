@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import threading
 import time
 import weakref
@@ -39,6 +40,10 @@ log = logging.getLogger("nfmesh.h2")
 MAX_STREAMS_UNKNOWN = 2**31 - 1
 LINGER_S = 1.0  # how long a closing connection keeps discarding input after its GOAWAY
 _PREFACE_LEN = 24 + 9  # the client magic and the first frame's header
+# frames handed to h2 at once: a read holding more is fed over several loop iterations, so that
+# no read holds the loop long (the gateway sheds load when its loop runs late)
+FEED_FRAMES = 64
+_FRAME_HEAD = struct.Struct(">BHBB")  # a frame header's length (8 + 16 bits), type, flags
 
 
 class LoopBatch:
@@ -137,8 +142,18 @@ class BaseConnection(asyncio.Protocol):
         self._lingering = False
         self._greeted = False  # the peer's first bytes came
         self._goaway_received = False
-        self._resets: deque = deque()
-        self._control: deque = deque()
+        # abuse budgets, charged by _scan from the raw frame headers before h2 parses a read
+        self._budget_window = 0.0
+        self._resets_left = 0
+        self._controls_left = 0
+        self._scan_skip = 0 if self._client_side else 24  # payload bytes (the magic) to skip
+        self._scan_head = b""  # a frame header cut by the end of a read
+        self._scan_fed = 0
+        self.frames_scanned = 0  # frame headers charged to the budgets
+        self.frames_fed = 0  # frame headers handed to h2 (parsed)
+        self.deferred_slices = 0  # slices of long reads fed on a later loop iteration
+        self._backlog: tuple | None = None  # a read being fed in slices
+        self._later: deque = deque()  # reads that came meanwhile
         self.calm_goaway = False  # we ended the connection with ENHANCE_YOUR_CALM
         # a server checks the first 33 bytes: client magic + a SETTINGS frame header
         self._preface: bytes | None = None if self._client_side else b""
@@ -154,52 +169,174 @@ class BaseConnection(asyncio.Protocol):
         # can be told 505 in its own protocol (dataplane.http1_refusal)
 
     def data_received(self, data: bytes) -> None:
+        if self._backlog is not None:
+            # still feeding an earlier read in slices (reading is paused; this one was already
+            # on its way): it goes after the rest of that read
+            self._later.append(bytes(data))
+            return
         batch = self._batch
         outer = batch.pending is None
         if outer:
             batch.pending = []
         try:
-            h2c = self._h2
-            if h2c is None or self._lost or self._lingering:
-                return
-            if not self._greeted:
-                self._greeted = True
-                reply = None if self._client_side else http1_refusal(bytes(data))
-                if reply is not None:
-                    self._refuse_http1(reply)
-                    return
-            if self._preface is not None and not self._check_preface(data):
-                return
-            try:
-                events = h2c.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
-                if isinstance(exc, h2.exceptions.DenialOfServiceError):
-                    self.calm_goaway = True
-                    log.warning("HTTP/2 peer %s: %s: GOAWAY ENHANCE_YOUR_CALM",
-                                getattr(self, "peer_info", {}).get("peername"), exc)
-                else:
-                    log.debug("h2 protocol error from peer: %s", exc)
-                self._mark()
-                self._abort_after_flush()
-                return
-            for event in events:
-                try:
-                    self._on_event(event)
-                except Exception:
-                    # a bug in a callback costs its stream, never the connection's others
-                    log.exception("failed handling %r", event)
-                    st = self._streams.get(getattr(event, "stream_id", 0) or 0)
-                    if st is not None:
-                        self._reset_stream(st, ErrorCode.INTERNAL_ERROR)
-                if self._lost:
-                    break
-            self._mark()
+            self._take(data)
         finally:
             if outer:
-                pending, batch.pending = batch.pending, None
-                for conn in pending:
-                    conn._queued = False
-                    conn._flush()
+                self._end_batch(batch)
+
+    @staticmethod
+    def _end_batch(batch: LoopBatch) -> None:
+        pending, batch.pending = batch.pending, None
+        for conn in pending:
+            conn._queued = False
+            conn._flush()
+
+    def _take(self, data: bytes) -> None:
+        """One read: the first-bytes checks, the frame-header scan against the abuse budgets,
+        then h2, at most ``FEED_FRAMES`` frames at a time (the rest on later loop iterations,
+        reading paused meanwhile)."""
+        h2c = self._h2
+        if h2c is None or self._lost or self._lingering:
+            return
+        if not self._greeted:
+            self._greeted = True
+            reply = None if self._client_side else http1_refusal(bytes(data))
+            if reply is not None:
+                self._refuse_http1(reply)
+                return
+        if self._preface is not None and not self._check_preface(data):
+            return
+        cuts = self._scan(data)
+        if cuts is None:
+            return  # over a budget: cut, nothing of this read parsed
+        if not cuts:
+            self._feed(data, self._scan_fed)
+            return
+        # a long read: the first slice now, the others one per loop iteration
+        first = cuts[0]
+        self._backlog = (bytes(data), cuts, first, self._scan_fed)
+        self._feed(data[:first], FEED_FRAMES)
+        if self._backlog is not None and self._transport is not None and not self._lost:
+            self._transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._feed_backlog)
+
+    def _feed_backlog(self) -> None:
+        backlog = self._backlog
+        if backlog is None:
+            return
+        batch = self._batch
+        outer = batch.pending is None
+        if outer:
+            batch.pending = []
+        try:
+            if self._lost or self._lingering:
+                self._backlog = None
+                self._later.clear()
+                return
+            data, cuts, start, last = backlog
+            self.deferred_slices += 1
+            cuts.pop(0)
+            if cuts:
+                end = cuts[0]
+                self._backlog = (data, cuts, end, last)
+                self._feed(data[start:end], FEED_FRAMES)
+                if self._backlog is not None:
+                    asyncio.get_running_loop().call_soon(self._feed_backlog)
+                return
+            self._backlog = None
+            self._feed(data[start:], last)
+            later = self._later
+            while later and self._backlog is None and not self._lost:
+                self._take(later.popleft())
+            if self._backlog is None and self._transport is not None and not self._lost:
+                self._transport.resume_reading()
+        finally:
+            if outer:
+                self._end_batch(batch)
+
+    def _scan(self, data: bytes) -> list[int] | None:
+        """Walk the raw 9-byte frame headers of a read (no payload is looked at) and charge
+        RST_STREAM, and SETTINGS/PING (not ACKs) and PRIORITY, to the connection's one-second
+        budgets (``H2Settings.max_resets_per_second``, ``max_control_frames_per_second``),
+        before h2 parses any of it.  Over a budget: GOAWAY(ENHANCE_YOUR_CALM), close, None.
+        Else the offsets where each run of ``FEED_FRAMES`` frame headers ends (empty when the
+        read holds no more than that); ``_scan_fed`` is the count of frames after the last."""
+        shift = len(self._scan_head)
+        if shift:
+            # a frame header began at the end of the last read: scan it whole (a rare copy)
+            data = self._scan_head + bytes(data)
+            self._scan_head = b""
+        n = len(data)
+        i = self._scan_skip
+        now = time.monotonic()
+        if now - self._budget_window >= 1.0:
+            self._budget_window = now
+            self._resets_left = self.settings.max_resets_per_second
+            self._controls_left = self.settings.max_control_frames_per_second
+        resets = self._resets_left
+        controls = self._controls_left
+        frames = 0
+        cuts: list[int] = []
+        unpack = _FRAME_HEAD.unpack_from
+        while i + 9 <= n:
+            hi, lo, ftype, flags = unpack(data, i)
+            if ftype == 3:
+                resets -= 1
+                if resets < 0:
+                    self._calm(f"over the RST_STREAM budget "
+                               f"({self.settings.max_resets_per_second}/s)")
+                    return None
+            elif ftype == 2 or (not flags & 1 and (ftype == 4 or ftype == 6)):
+                controls -= 1
+                if controls < 0:
+                    self._calm(f"over the control frame budget "
+                               f"({self.settings.max_control_frames_per_second}/s)")
+                    return None
+            i += 9 + ((hi << 16) | lo)
+            frames += 1
+            if frames == FEED_FRAMES:
+                frames = 0
+                if i < n:
+                    cuts.append(i - shift)
+        self._resets_left = resets
+        self._controls_left = controls
+        if i < n:
+            self._scan_head = bytes(data[i:])
+            self._scan_skip = 0
+        else:
+            self._scan_skip = i - n
+        self._scan_fed = frames
+        self.frames_scanned += len(cuts) * FEED_FRAMES + frames
+        return cuts
+
+    def _feed(self, data: bytes, frames: int) -> None:
+        """Hand bytes to h2 and handle its events (``frames``: the frame headers counted)."""
+        self.frames_fed += frames
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            if isinstance(exc, h2.exceptions.DenialOfServiceError):
+                self.calm_goaway = True
+                log.warning("HTTP/2 peer %s: %s: GOAWAY ENHANCE_YOUR_CALM",
+                            getattr(self, "peer_info", {}).get("peername"), exc)
+            else:
+                log.debug("h2 protocol error from peer: %s", exc)
+            self._mark()
+            self._abort_after_flush()
+            return
+        self._before_events(events)
+        for event in events:
+            try:
+                self._on_event(event)
+            except Exception:
+                # a bug in a callback costs its stream, never the connection's others
+                log.exception("failed handling %r", event)
+                st = self._streams.get(getattr(event, "stream_id", 0) or 0)
+                if st is not None:
+                    self._reset_stream(st, ErrorCode.INTERNAL_ERROR)
+            if self._lost:
+                break
+        self._mark()
 
     def _check_preface(self, data: bytes) -> bool:
         """RFC 9113 §3.4: the client magic is followed by a SETTINGS frame (no ACK, stream
@@ -275,16 +412,6 @@ class BaseConnection(asyncio.Protocol):
         close_after_fin(transport, LINGER_S)
 
     # ---- abuse limits ---------------------------------------------------------------------
-    def _over_rate(self, window: deque, limit: int) -> bool:
-        now = time.monotonic()
-        window.append(now)
-        while window and now - window[0] > 1.0:
-            window.popleft()
-        if len(window) > limit:
-            self._calm(f"over a rate limit ({limit}/s)")
-            return True
-        return False
-
     def _calm(self, why: str) -> None:
         """GOAWAY(ENHANCE_YOUR_CALM) and close; nothing more the peer sends is processed."""
         log.warning("HTTP/2 peer %s %s: GOAWAY ENHANCE_YOUR_CALM",
@@ -421,6 +548,9 @@ class BaseConnection(asyncio.Protocol):
         pass
 
     # ---- events -----------------------------------------------------------------------------
+    def _before_events(self, events: list) -> None:
+        """A look at one slice's events before they are handled (nothing here)."""
+
     def _on_event(self, event) -> None:
         raise NotImplementedError
 
@@ -431,13 +561,9 @@ class BaseConnection(asyncio.Protocol):
         """Handle the events both sides treat alike (others are ignored)."""
         if isinstance(event, h2.events.WindowUpdated):
             self._on_window(event.stream_id)
-        elif isinstance(event, h2.events.PingReceived):
-            self._over_rate(self._control, self.settings.max_control_frames_per_second)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
-            if not self._over_rate(self._control, self.settings.max_control_frames_per_second):
-                self._on_remote_settings(event)
-        elif isinstance(event, h2.events.PriorityUpdated):
-            self._over_rate(self._control, self.settings.max_control_frames_per_second)
+            # (SETTINGS, PING, PRIORITY and RST_STREAM are charged to the budgets by _scan)
+            self._on_remote_settings(event)
 
     def _on_remote_settings(self, event) -> None:
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:

@@ -11,7 +11,6 @@ engine ignored the splice of a stream of a lost connection without telling the o
 from __future__ import annotations
 
 import asyncio
-import struct
 
 import hpack
 import pytest
@@ -21,9 +20,9 @@ from dataplane.client import H2Client
 from dataplane.engine import ErrorCode, H2Settings
 from dataplane.routing import Forward
 from tests.conftest import start_origin, start_proxy
+from tests.h2_frames import frame, greeting, read_until_eof
 from tests.waiting import wait_until
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SLOTS = 4
 HELD = 12  # streams the attacker opens: SLOTS forwarded, the rest queued
 
@@ -38,11 +37,6 @@ class ToOrigin:
         return Forward(self.endpoint, list(headers), cluster="test", priority=16)
 
 
-def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(
-        ">I", sid) + payload
-
-
 def held_posts(enc: hpack.Encoder, first_sid: int, n: int, port: int) -> bytes:
     """``n`` HEADERS of POST /hold with END_HEADERS and no END_STREAM."""
     out = []
@@ -51,27 +45,6 @@ def held_posts(enc: hpack.Encoder, first_sid: int, n: int, port: int) -> bytes:
                             (b":authority", f"127.0.0.1:{port}".encode()), (b":path", b"/hold")])
         out.append(frame(1, 0x4, first_sid + 2 * i, block))
     return b"".join(out)
-
-
-async def read_goaway(reader: asyncio.StreamReader) -> int | None:
-    """Read until EOF; the error code of the last GOAWAY seen, if any."""
-    buf = b""
-    code = None
-    while True:
-        try:
-            data = await asyncio.wait_for(reader.read(65536), 30)
-        except (TimeoutError, ConnectionError):
-            return code
-        if not data:
-            return code
-        buf += data
-        while len(buf) >= 9:
-            length = int.from_bytes(buf[:3], "big")
-            if len(buf) < 9 + length:
-                break
-            if buf[3] == 7:
-                code = struct.unpack_from(">I", buf, 13)[0]
-            buf = buf[9 + length:]
 
 
 @pytest.fixture
@@ -94,8 +67,7 @@ async def test_cut_attacker_gives_every_admission_slot_back(backend, origin, cut
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     enc = hpack.Encoder()
     try:
-        writer.write(PREFACE + frame(4, 0, 0) + frame(4, 1, 0)
-                     + held_posts(enc, 1, HELD, proxy.port))
+        writer.write(greeting() + held_posts(enc, 1, HELD, proxy.port))
         await writer.drain()
         await wait_until(lambda: len(origin.handler.held) == SLOTS)
         gate = next(iter(adm.gates.values()))
@@ -109,9 +81,9 @@ async def test_cut_attacker_gives_every_admission_slot_back(backend, origin, cut
             # over the acknowledged limit is a PROTOCOL_ERROR)
             writer.write(held_posts(enc, 1 + 2 * HELD, 8, proxy.port))
             await writer.drain()
-            code = await read_goaway(reader)
-            assert code == (ErrorCode.ENHANCE_YOUR_CALM if backend.NAME == "h2"
-                            else ErrorCode.PROTOCOL_ERROR)
+            got = await read_until_eof(reader)
+            assert got.goaway[-1:] == [ErrorCode.ENHANCE_YOUR_CALM if backend.NAME == "h2"
+                                       else ErrorCode.PROTOCOL_ERROR]
         await wait_until(lambda: adm.in_flight == 0 and gate.queued == 0,
                          what=lambda: f"in flight {adm.in_flight}, queued {gate.queued}")
         await wait_until(lambda: not proxy.handler.connections)

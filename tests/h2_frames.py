@@ -1,0 +1,87 @@
+"""Raw HTTP/2 frames for the tests that play a hostile or unusual client over a plain socket
+(tests/test_h2_*.py): frame builders and a reader that waits for the peer's GOAWAY and EOF."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import hpack
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 2, 3, 4, 6, 7, 8
+
+
+def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    """One frame."""
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(
+        ">I", sid) + payload
+
+
+def settings(*values: tuple[int, int], ack: bool = False) -> bytes:
+    """A SETTINGS frame with ``values`` ((id, value) pairs), or its ACK."""
+    return frame(SETTINGS, 1 if ack else 0, 0,
+                 b"".join(struct.pack(">HI", k, v) for k, v in values))
+
+
+def request_block(enc: hpack.Encoder, path: bytes, method: bytes = b"GET",
+                  authority: bytes = b"test") -> bytes:
+    return enc.encode([(b":method", method), (b":scheme", b"http"), (b":authority", authority),
+                       (b":path", path)])
+
+
+def greeting(*values: tuple[int, int]) -> bytes:
+    """What a client sends first: the magic, its SETTINGS, and the ACK of the server's."""
+    return PREFACE + settings(*values) + settings(ack=True)
+
+
+class Received:
+    """What the peer sent until EOF: the GOAWAY codes, response HEADERS stream ids, DATA bytes
+    per stream, RST_STREAM stream ids."""
+
+    def __init__(self) -> None:
+        self.goaway: list[int] = []
+        self.headers: list[int] = []
+        self.data: dict[int, int] = {}
+        self.ended: set[int] = set()
+        self.resets: list[int] = []
+        self.eof = False
+
+    def take(self, buf: bytes) -> bytes:
+        """Count the whole frames in ``buf``; returns what is left (a partial frame)."""
+        while len(buf) >= 9:
+            length = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + length:
+                break
+            ftype, flags = buf[3], buf[4]
+            sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+            if ftype == GOAWAY:
+                self.goaway.append(struct.unpack_from(">I", buf, 13)[0])
+            elif ftype == HEADERS:
+                self.headers.append(sid)
+                if flags & 1:
+                    self.ended.add(sid)
+            elif ftype == DATA:
+                self.data[sid] = self.data.get(sid, 0) + length - (
+                    buf[9] + 1 if flags & 0x8 else 0)
+                if flags & 1:
+                    self.ended.add(sid)
+            elif ftype == RST_STREAM:
+                self.resets.append(sid)
+            buf = buf[9 + length:]
+        return buf
+
+
+async def read_until_eof(reader: asyncio.StreamReader, timeout: float = 30.0) -> Received:
+    """Read until the peer closes (or ``timeout``, a hang guard); what came."""
+    got = Received()
+    buf = b""
+    while True:
+        try:
+            data = await asyncio.wait_for(reader.read(65536), timeout)
+        except (TimeoutError, ConnectionError):
+            return got
+        if not data:
+            got.eof = True
+            return got
+        buf = got.take(buf + data)
