@@ -21,6 +21,11 @@ Lifetime rule: nghttp2 keeps raw pointers to a stream's ``_Stream`` object (stre
 data providers).  Each connection keeps the object in its ``streams`` dict until its own
 stream-close (or frame-not-sent) callback, so it lives until both sides are done.
 
+Idle connections: a downstream connection has no nghttp2 session (~25 KB) while the client
+has sent only the preface, SETTINGS and SETTINGS ACKs; ``ServerConnection`` answers that
+handshake itself with the bytes a session would send, and makes the session at the first
+other frame (feeding it the kept bytes, its repeated first frames dropped by ``_out_strip``).
+
 Per event loop: the flush and completion queues, the output buffer and the submits' scratch
 list are one ``_LoopQueues`` object per running loop (``_nghttp2_loop.pxi``), looked up once
 per connection; gateways running loops in several threads share none of it.  What stays

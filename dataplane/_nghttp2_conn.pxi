@@ -31,6 +31,12 @@ cdef class _Conn:
     cdef int32_t cur_sid                 # _user_stream's memo: the last stream asked ...
     cdef object cur_st                   # ... and its _Stream (None: nothing remembered)
     cdef unsigned long early_tick        # the read in which it was last flushed early
+    # frames of a lazily made session's first output that were sent before it existed
+    # (ServerConnection's dormant handshake): our SETTINGS, connection WINDOW_UPDATEs, the
+    # ACKs of client SETTINGS; _out_strip drops them by their frame headers
+    cdef int strip_set, strip_wu, strip_ack
+    cdef size_t strip_skip               # bytes left of a frame crossing a mem_send chunk
+    cdef bint strip_drop                 # ... and whether they are dropped
 
     def __cinit__(self, *args, **kwargs):
         self.session = NULL
@@ -72,6 +78,50 @@ cdef class _Conn:
         self.olen += n
         return 0
 
+    cdef int _out_strip(self, const uint8_t *p, size_t n) except -1:
+        """``_out`` minus the frames counted in ``strip_*`` (found by their 9-byte headers;
+        mem_send chunks start at a frame boundary, a frame may go on in the next chunk)."""
+        cdef size_t k, flen
+        cdef uint8_t t, fl
+        cdef uint32_t sid
+        cdef bint drop
+        while n:
+            if self.strip_skip:
+                k = n if n < self.strip_skip else self.strip_skip
+                if not self.strip_drop:
+                    self._out(p, k)
+                self.strip_skip -= k
+            elif n < 9 or not (self.strip_set or self.strip_wu or self.strip_ack):
+                self.strip_set = self.strip_wu = self.strip_ack = 0
+                self._out(p, n)
+                return 0
+            else:
+                flen = 9 + ((<size_t>p[0] << 16) | (<size_t>p[1] << 8) | p[2])
+                t = p[3]
+                fl = p[4]
+                sid = ((<uint32_t>p[5] & 0x7f) << 24) | (<uint32_t>p[6] << 16) \
+                    | (<uint32_t>p[7] << 8) | p[8]
+                drop = 0
+                if sid == 0 and t == NGHTTP2_SETTINGS:
+                    if fl & NGHTTP2_FLAG_ACK:
+                        if self.strip_ack:
+                            self.strip_ack -= 1
+                            drop = 1
+                    elif self.strip_set:
+                        self.strip_set -= 1
+                        drop = 1
+                elif sid == 0 and t == NGHTTP2_WINDOW_UPDATE and self.strip_wu:
+                    self.strip_wu -= 1
+                    drop = 1
+                k = n if n < flen else flen
+                if not drop:
+                    self._out(p, k)
+                self.strip_skip = flen - k
+                self.strip_drop = drop
+            p += k
+            n -= k
+        return 0
+
     cdef int _write_out(self) except -1:
         cdef bytes b
         if self.olen:
@@ -95,8 +145,13 @@ cdef class _Conn:
                 self._close_transport()
                 return 0
             if n == 0:
+                self.strip_set = self.strip_wu = self.strip_ack = 0
+                self.strip_skip = 0
                 break
-            self._out(p, <size_t>n)
+            if self.strip_set or self.strip_wu or self.strip_ack or self.strip_skip:
+                self._out_strip(p, <size_t>n)
+            else:
+                self._out(p, <size_t>n)
             if self.olen >= _WRITE_CHUNK:
                 self._write_out()
                 if self.paused or self.session == NULL:
@@ -231,6 +286,62 @@ cdef int _submit_settings(nghttp2_session *s, object st, bint server) except -1:
     if st.connection_window_size > 65535:
         nghttp2_session_set_local_window_size(s, NGHTTP2_FLAG_NONE, 0, st.connection_window_size)
     return 0
+
+
+cdef dict _greetings = {}
+cdef nghttp2_session_callbacks *_bare_callbacks = NULL
+
+
+cdef tuple _greeting(object st):
+    """``(bytes, SETTINGS frames, WINDOW_UPDATE frames)``: exactly what a new server session
+    with these settings sends first (our SETTINGS, the connection WINDOW_UPDATE), taken from
+    a throwaway session once per distinct settings."""
+    global _bare_callbacks
+    cdef nghttp2_session *s = NULL
+    cdef nghttp2_option *opt
+    cdef const uint8_t *p
+    cdef ssize_t n
+    cdef size_t i, flen
+    cdef const uint8_t *g
+    key = (st.max_concurrent_streams, st.initial_window_size, st.max_frame_size,
+           st.max_header_list_size, st.header_table_size, st.connection_window_size)
+    got = _greetings.get(key)
+    if got is not None:
+        return got
+    if _bare_callbacks == NULL and nghttp2_session_callbacks_new(&_bare_callbacks) != 0:
+        raise MemoryError()
+    opt = _new_option(st, 1)
+    rv = nghttp2_session_server_new3(&s, _bare_callbacks, NULL, opt, NULL)
+    nghttp2_option_del(opt)
+    if rv != 0:
+        raise MemoryError()
+    out = bytearray()
+    try:
+        _submit_settings(s, st, 1)
+        while True:
+            n = nghttp2_session_mem_send(s, &p)
+            if n <= 0:
+                break
+            out += (<char *>p)[:n]
+    finally:
+        nghttp2_session_del(s)
+    data = bytes(out)
+    g = <const uint8_t *>PyBytes_AS_STRING(data)
+    nset = nwu = 0
+    i = 0
+    while i + 9 <= <size_t>len(data):
+        flen = (<size_t>g[i] << 16) | (<size_t>g[i + 1] << 8) | g[i + 2]
+        if g[i + 3] == NGHTTP2_SETTINGS:
+            nset += 1
+        elif g[i + 3] == NGHTTP2_WINDOW_UPDATE:
+            nwu += 1
+        else:
+            raise RuntimeError(f"unexpected frame type {g[i + 3]} in the server greeting")
+        i += 9 + flen
+    got = (data, nset, nwu)
+    if len(_greetings) < 64:
+        _greetings[key] = got
+    return got
 
 
 # ---------------------------------------------------------------------------------------------

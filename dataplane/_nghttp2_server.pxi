@@ -15,6 +15,10 @@ cdef enum:
     HC_WAYS = 4                 # slots a field may use, from its hash on
     HC_MAX_FIELD = 128          # longer fields (name + value bytes) are never cached: at most
                                 # 32 x 128 B of HPACK buffers pinned per connection
+    DORMANT_MAX = 256           # handshake bytes a dormant connection keeps (module doc)
+
+cdef bytes _CLIENT_MAGIC = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+cdef bytes _SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
 
 
 cdef inline double _now() noexcept:
@@ -36,6 +40,13 @@ cdef class ServerConnection(_Conn):
     cdef bint final_goaway_sent
     cdef object drain_timer
     cdef bint greeted                # the client's first bytes came (our SETTINGS may go)
+    # lazy session: until the client sends more than the preface, SETTINGS and SETTINGS ACKs
+    # the connection is dormant: no nghttp2 session (~25 KB); the handshake is answered here
+    # with the bytes the session would send, and the kept bytes are fed to it when it is made
+    cdef bytes dormant               # the kept handshake bytes; None: the session exists
+    cdef tuple greeting              # _greeting(settings)
+    cdef int d_acked                 # client SETTINGS acknowledged while dormant
+    cdef bint d_greeted              # our greeting went out while dormant
     # per-connection budgets (H2Settings): decoded header bytes and refused streams per
     # one-second window, one block's hard size limit
     cdef double hb_window, ref_window
@@ -178,15 +189,91 @@ cdef class ServerConnection(_Conn):
         self.q = _queues_here()
         if "peername" not in self.peer_info:
             self.peer_info["peername"] = transport.get_extra_info("peername")
+        # dormant until the client sends more than the handshake (_dormant_take); our
+        # greeting leaves with the answer to the client's first bytes, so that an HTTP/1.x
+        # client can be told 505 in its own protocol (dataplane.http1_refusal)
+        self.greeting = _greeting(self.settings)
+        self.dormant = b""
+
+    cdef void _materialize(self) except *:
+        """Make the session, feed it the kept handshake bytes, and have ``_flush`` drop from
+        its first output the frames already sent while dormant."""
+        cdef nghttp2_option *opt
+        cdef bytes kept = self.dormant
+        self.dormant = None
         opt = _new_option(self.settings, 1)
         rv = nghttp2_session_server_new3(&self.session, _server_callbacks, <void *>self, opt,
                                          _session_mem)
         nghttp2_option_del(opt)
         if rv != 0:
             raise MemoryError()
-        # queued, not sent: they leave with the answer to the client's first bytes, so that an
-        # HTTP/1.x client can be told 505 in its own protocol (dataplane.http1_refusal)
         _submit_settings(self.session, self.settings, 1)
+        if self.d_greeted:
+            self.strip_set = self.greeting[1]
+            self.strip_wu = self.greeting[2]
+        self.strip_ack = self.d_acked
+        if kept:
+            self._feed(kept)
+
+    cdef bint _dormant_take(self, bytes b) except *:
+        """Keep ``b`` and answer it here if the kept bytes with it are still only the client
+        preface, SETTINGS (values the session would accept) and SETTINGS ACKs, at most
+        DORMANT_MAX bytes; False: the session must be made (anything else, or in doubt)."""
+        cdef bytes cand = self.dormant + b
+        cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(cand)
+        cdef size_t n = <size_t>PyBytes_GET_SIZE(cand)
+        cdef size_t i, j, flen
+        cdef int nset = 0, nack = 0
+        cdef uint32_t v
+        cdef unsigned int ident
+        if n > DORMANT_MAX:
+            return 0
+        i = n if n < 24 else 24
+        if memcmp(p, PyBytes_AS_STRING(_CLIENT_MAGIC), i) != 0:
+            return 0
+        while i + 9 <= n:
+            flen = (<size_t>p[i] << 16) | (<size_t>p[i + 1] << 8) | p[i + 2]
+            if p[i + 3] != NGHTTP2_SETTINGS or p[i + 5] or p[i + 6] or p[i + 7] or p[i + 8]:
+                return 0
+            if p[i + 4] & NGHTTP2_FLAG_ACK:
+                nack += 1
+                if flen != 0 or nset == 0 or nack > self.greeting[1]:
+                    return 0
+            else:
+                if flen % 6 or flen > 96:
+                    return 0
+                if i + 9 + flen > n:
+                    break  # the rest of this SETTINGS comes later
+                j = i + 9
+                while j < i + 9 + flen:
+                    ident = (<unsigned int>p[j] << 8) | p[j + 1]
+                    v = (<uint32_t>p[j + 2] << 24) | (<uint32_t>p[j + 3] << 16) \
+                        | (<uint32_t>p[j + 4] << 8) | p[j + 5]
+                    if ident == 2:
+                        if v > 1:
+                            return 0
+                    elif ident == 4:
+                        if v > 0x7fffffff:
+                            return 0
+                    elif ident == 5:
+                        if v < 16384 or v > 16777215:
+                            return 0
+                    elif ident != 1 and ident != 3 and ident != 6:
+                        return 0
+                    j += 6
+                nset += 1
+            i += 9 + flen
+        self.dormant = cand
+        out = b""
+        if not self.d_greeted:
+            self.d_greeted = 1
+            out = self.greeting[0]
+        if nset > self.d_acked:
+            out += _SETTINGS_ACK * (nset - self.d_acked)
+            self.d_acked = nset
+        if out and not self.closing:
+            self._write(out)
+        return 1
 
     def data_received(self, data) -> None:
         cdef bytes b
@@ -200,6 +287,12 @@ cdef class ServerConnection(_Conn):
             if reply is not None:
                 self._refuse_http1(reply)
                 return
+        if self.dormant is not None:
+            if self._dormant_take(b):
+                # keeps the scan's place; a SETTINGS frame is nothing it looks for
+                self._scan(<const uint8_t *>PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b))
+                return
+            self._materialize()
         code = self._scan(<const uint8_t *>PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b))
         if code:
             self._connection_error(code)
@@ -287,6 +380,7 @@ cdef class ServerConnection(_Conn):
         if self.drain_timer is not None:
             self.drain_timer.cancel()
             self.drain_timer = None
+        self.dormant = None
         streams = list(self.streams.values())
         self.streams.clear()
         self.open_streams = 0
@@ -781,6 +875,8 @@ cdef class ServerConnection(_Conn):
     def drain(self, int error_code=ErrorCode.NO_ERROR) -> None:
         """Graceful shutdown: GOAWAY notice, then GOAWAY(last stream id) after a PING round
         trip; in-flight streams finish and the transport closes when none is left."""
+        if self.dormant is not None and not self.lost:
+            self._materialize()
         if self.session == NULL or self.draining:
             return
         self.draining = 1
