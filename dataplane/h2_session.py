@@ -67,13 +67,23 @@ class _SizingDecoder(hpack.Decoder):
     made an HPACK bomb expensive on this backend).  ``H2Session._receive_headers_frame`` turns the
     validation back on after each block."""
 
+    # A server-side block may decode to at most this many times its encoded size once it is
+    # over ``max_list``: beyond, hpack stops decoding at once and the connection ends with
+    # GOAWAY(ENHANCE_YOUR_CALM) (an HPACK bomb: references to a large table entry).  A large
+    # block sent literally (ratio ~1) is still decoded and answered 431 up to ``hard_list``.
+    bomb_ratio = 16
+
     def __init__(self, config, max_list: int) -> None:
         super().__init__()
         self._config = config
         self.max_list = max_list
+        self.hard_list = max(4 * max_list, 1 << 16)
         self.last_size = 0
 
     def decode(self, data, raw=False):
+        if not self._config.client_side:
+            self.max_header_list_size = min(self.hard_list,
+                                            max(self.max_list, self.bomb_ratio * len(data)))
         headers = super().decode(data, raw=raw)
         size = 0
         for name, value in headers:
@@ -254,6 +264,7 @@ def new_session(settings: H2Settings, client_side: bool) -> H2Session:
     )
     conn = H2Session(config)
     conn.decoder = _SizingDecoder(config, settings.max_header_list_size)
+    conn.decoder.hard_list = settings.hard_header_list_size
     conn.incoming_buffer = _FrameBuffer(server=not client_side)
     conn.max_header_bytes = settings.max_header_bytes_per_second
     conn.max_refused = settings.max_refused_streams_per_second
