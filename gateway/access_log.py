@@ -21,12 +21,10 @@ from typing import Any
 
 try:
     import cython
-except ImportError:  # no Cython installed: this module runs as plain Python
-    COMPILED = False
-else:
-    COMPILED = cython.compiled
+except ImportError:  # no Cython here: this file runs as plain Python
+    from dataplane import _no_cython as cython
 
-if COMPILED:  # the compiled twin formats a batch in C
+if cython.compiled:  # the compiled twin formats a batch in C
     from gateway import _access_log_batch as _batch
 
 # the text line of a record (durations to the microsecond: a float's shortest repr costs
@@ -122,14 +120,14 @@ class AccessLog:
 
     def _format_rows(self, rows: list, utf8_bytes: bool) -> Any:
         """The batch as str, or as UTF-8 bytes when ``utf8_bytes`` and it is made as such."""
-        if COMPILED:
+        if not cython.compiled:
             if self.fmt == "json":
-                return _batch.format_json(rows, self._encode, utf8_bytes)
-            return _batch.format_text(rows, utf8_bytes)
+                data = _format_json(rows, self._encode_lines)
+                return data if utf8_bytes else data.decode("utf-8", "replace")
+            return _format_text(rows)
         if self.fmt == "json":
-            data = _format_json(rows, self._encode_lines)
-            return data if utf8_bytes else data.decode("utf-8", "replace")
-        return _format_text(rows)
+            return _batch.format_json(rows, self._encode, utf8_bytes)
+        return _batch.format_text(rows, utf8_bytes)
 
 
 def _format_json(rows: list, encode_lines: Any) -> bytes:

@@ -23,8 +23,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 try:
     import cython
 except ImportError:  # no Cython here: this file runs as plain Python
-    class cython:  # noqa: N801 (stands for the module: what this file asks of it)
-        compiled = False
+    from dataplane import _no_cython as cython
 
 # Latency buckets in seconds: SBI answers are expected in milliseconds.  (The compiled twin
 # sizes its C arrays from stats_core.pxd: a change here is mirrored there.)

@@ -29,8 +29,7 @@ from __future__ import annotations
 try:
     import cython
 except ImportError:  # no Cython here: this file runs as plain Python
-    class cython:  # noqa: N801 (stands for the module: what this file asks of it)
-        compiled = False
+    from dataplane import _no_cython as cython
 
 Headers = list[tuple[bytes, bytes]]
 

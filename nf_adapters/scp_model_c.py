@@ -25,8 +25,7 @@ import dataclasses
 try:
     import cython
 except ImportError:  # no Cython here: this file runs as plain Python
-    class cython:  # noqa: N801 (stands for the module: what this file asks of it)
-        compiled = False
+    from dataplane import _no_cython as cython
 
 from dataplane.routing import Forward
 from nf_adapters import sbi_headers as sh
