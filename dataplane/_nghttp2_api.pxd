@@ -208,6 +208,7 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_session_resume_data(nghttp2_session *session, int32_t stream_id)
     int nghttp2_session_consume(nghttp2_session *session, int32_t stream_id, size_t size)
     int nghttp2_session_consume_connection(nghttp2_session *session, size_t size)
+    int nghttp2_session_consume_stream(nghttp2_session *session, int32_t stream_id, size_t size)
     int nghttp2_session_get_stream_remote_close(nghttp2_session *session, int32_t stream_id)
     int nghttp2_session_terminate_session(nghttp2_session *session, uint32_t error_code)
     int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session *session)

@@ -377,6 +377,9 @@ cdef int _cli_data(nghttp2_session *s, uint8_t flags, int32_t stream_id, const u
         if buf_append(&st.rs, data, n) != 0:
             nghttp2_session_consume(s, stream_id, n)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+        # the connection window goes back at once: one client that does not read must not
+        # stall the upstream connection others share; the stream's waits for the downstream
+        nghttp2_session_consume_connection(s, n)
         srv = st.server
         srv._note_buffered(st)
         if st.down_deferred and srv.session != NULL:
@@ -392,10 +395,33 @@ cdef int _cli_data(nghttp2_session *s, uint8_t flags, int32_t stream_id, const u
 
 cdef int _cli_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud) noexcept:
     cdef void *p
+    cdef _Stream st
+    cdef ClientConnection conn = <ClientConnection>ud
+    cdef ServerConnection srv
+    cdef size_t want, extra = 0
     if f.hd.type == NGHTTP2_HEADERS and f.headers.cat == NGHTTP2_HCAT_REQUEST:
         p = nghttp2_session_get_stream_user_data(s, f.hd.stream_id)
         if p != NULL:
-            (<_Stream>p).up_sent = 1
+            st = <_Stream>p
+            st.up_sent = 1
+            # the stream's window beyond the advertised base: a spliced stream's within its
+            # downstream connection's budget (what a client that does not read can pin), our
+            # own requests' up to initial_window_size
+            if st.mode == M_SPLICE and st.server is not None:
+                srv = st.server
+                want = srv.relay_stream - <size_t>conn.win_base \
+                    if srv.relay_stream > <size_t>conn.win_base else 0
+                if srv.relay_granted < srv.relay_conn:
+                    extra = srv.relay_conn - srv.relay_granted
+                    if extra > want:
+                        extra = want
+                srv.relay_granted += extra
+                st.win_extra += extra
+            elif st.mode == M_CLIENT and conn.win_full > <size_t>conn.win_base:
+                extra = conn.win_full - <size_t>conn.win_base
+            if extra:
+                nghttp2_session_set_local_window_size(s, NGHTTP2_FLAG_NONE, f.hd.stream_id,
+                                                      conn.win_base + <int32_t>extra)
     return 0
 
 

@@ -97,6 +97,9 @@ cdef class ClientConnection(_Conn):
         self.open_streams -= 1
         st.up_closed = 1
         st.up_err = code
+        if st.win_extra and st.server is not None:
+            st.server.relay_granted -= st.win_extra
+        st.win_extra = 0
         if st.mode == M_SPLICE:
             st.server._upstream_closed(st, code, reached)
             return

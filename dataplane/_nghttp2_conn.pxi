@@ -27,6 +27,9 @@ cdef class _Conn:
     cdef size_t olen                     # bytes of this flush in q.obuf
     cdef size_t max_header_list
     cdef size_t max_retained
+    cdef int32_t win_base                # a client's INITIAL_WINDOW_SIZE (_relay_base)
+    cdef size_t win_full                 # ... and the window its own requests get
+    cdef size_t relay_stream, relay_conn  # H2Settings.relay_*_buffer
     cdef readonly size_t peak_buffered   # largest per-stream engine buffer seen (test hook)
     cdef int32_t cur_sid                 # _user_stream's memo: the last stream asked ...
     cdef object cur_st                   # ... and its _Stream (None: nothing remembered)
@@ -58,6 +61,10 @@ cdef class _Conn:
         self.settings = settings
         self.max_header_list = settings.max_header_list_size
         self.max_retained = settings.max_retained_body
+        self.win_base = _relay_base(settings)
+        self.win_full = settings.initial_window_size
+        self.relay_stream = settings.relay_stream_buffer
+        self.relay_conn = settings.relay_connection_buffer
 
     cdef int _out(self, const uint8_t *p, size_t n) except -1:
         # the one output buffer of the loop (q.obuf): a flush fills it and empties it before
@@ -254,6 +261,12 @@ cdef nghttp2_option *_new_option(object settings, bint server) except NULL:
     return opt
 
 
+cdef int32_t _relay_base(object st):
+    """The stream window an upstream (client) session advertises: what a producer may send
+    on any stream before the grant made when its request goes out (_cli_frame_send)."""
+    return min(st.initial_window_size, st.relay_stream_buffer, 16384)
+
+
 cdef int _submit_settings(nghttp2_session *s, object st, bint server) except -1:
     cdef nghttp2_settings_entry iv[8]
     cdef int n = 0
@@ -266,7 +279,7 @@ cdef int _submit_settings(nghttp2_session *s, object st, bint server) except -1:
         iv[n].value = 0
         n += 1
     iv[n].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
-    iv[n].value = st.initial_window_size
+    iv[n].value = st.initial_window_size if server else _relay_base(st)
     n += 1
     iv[n].settings_id = NGHTTP2_SETTINGS_MAX_FRAME_SIZE
     iv[n].value = st.max_frame_size
@@ -429,8 +442,8 @@ cdef ssize_t _read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf,
             st.rs.start = st.rs.end = 0
         cli = st.client
         if cli is not None and cli.session != NULL:
-            # acknowledges the connection window even after the upstream stream closed
-            nghttp2_session_consume(cli.session, st.cid, n)
+            # the stream window only: the connection window was acknowledged on arrival
+            nghttp2_session_consume_stream(cli.session, st.cid, n)
             _mark(cli)
     if st.rs.start == st.rs.end and st.resp_end:
         flags[0] |= NGHTTP2_DATA_FLAG_EOF

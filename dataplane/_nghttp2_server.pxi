@@ -75,6 +75,9 @@ cdef class ServerConnection(_Conn):
     cdef const char **tap_ptr
     cdef size_t *tap_len
     cdef tuple tap_names                     # owns the bytes tap_ptr points into
+    # upstream stream windows granted beyond the base for this connection's spliced streams
+    # (H2Settings.relay_connection_buffer bounds it; _cli_frame_send, _stream_gone)
+    cdef readonly size_t relay_granted
 
     def __dealloc__(self):
         # runs before _Conn's, which deletes the session the cached buffers belong to
@@ -588,7 +591,7 @@ cdef class ServerConnection(_Conn):
         if mode == M_SPLICE and st.cid and not st.up_closed:
             cli = st.client
             if (code != 0 or not st.req_end) and cli.session != NULL:
-                nghttp2_session_consume(cli.session, st.cid, st.rs.end - st.rs.start)
+                nghttp2_session_consume_stream(cli.session, st.cid, st.rs.end - st.rs.start)
                 buf_clear(&st.rs)
                 nghttp2_submit_rst_stream(cli.session, NGHTTP2_FLAG_NONE, st.cid, NGHTTP2_CANCEL)
                 _mark(cli)
@@ -864,6 +867,15 @@ cdef class ServerConnection(_Conn):
 
     cdef bint _replayable(self, _Stream st) noexcept:
         return st.rq_base == 0 and not st.retain_lost
+
+    def buffered_bytes(self) -> int:
+        """Body bytes the engine holds now for this connection's streams: request bytes held
+        or not yet relayed upstream, response bytes relayed from upstream and not yet sent."""
+        cdef _Stream st
+        cdef size_t n = 0
+        for st in self.streams.values():
+            n += (st.rq.end - st.rq.start) + (st.rs.end - st.rs.start)
+        return n
 
     def can_replay(self, int stream_id) -> bool:
         """True when the stream's request body (if any) is retained whole for a replay."""

@@ -72,6 +72,7 @@ cdef class _Stream:
     cdef size_t limit
     # response body buffered between upstream and downstream (or a whole client response)
     cdef Buf rs
+    cdef size_t win_extra            # upstream window granted beyond the base (server's budget)
     # response header/trailer block from upstream kept as nghttp2 rcbufs (name, value, ...)
     cdef nghttp2_rcbuf **rh          # rh_inline, or a heap array once it outgrew that
     cdef uint8_t *rh_flags

@@ -165,6 +165,13 @@ class H2Settings:
     max_refused_streams_per_second: int = 100
     # a body the engine holds for an un-spliced stream, or retains for a replay
     max_retained_body: int = 65536
+    # response bytes held for a spliced stream whose client does not read (zero window): the
+    # window our upstream side opens to the producer for one stream, at most
+    # ``relay_stream_buffer``: min(16 KiB, it) always, the rest only while the grants beyond
+    # that of all the downstream connection's streams stay within ``relay_connection_buffer``
+    # (nghttp2 backend); a non-reader holds at most streams x 16 KiB + the connection cap
+    relay_stream_buffer: int = 64 << 10
+    relay_connection_buffer: int = 1 << 20
     # response header names (lower case, bytes) taken out of the final response HEADERS of
     # spliced streams and handed to ``SpliceObserver.on_response_headers`` (module doc)
     tap_response_headers: tuple[bytes, ...] = ()
