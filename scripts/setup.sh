@@ -69,7 +69,7 @@ if [ ! -f "$stamp" ]; then
 fi
 
 # The Cython hot paths: rebuilt when a .pyx, or a part it includes (NAME_*.pxi), is newer
-# than its module.
+# than its module,
 need_build=0
 for pyx in $(git ls-files '*.pyx' 2>/dev/null || ls */*.pyx 2>/dev/null); do
   mod=$(ls "${pyx%.pyx}".*.so 2>/dev/null | head -n1 || true)
@@ -77,6 +77,17 @@ for pyx in $(git ls-files '*.pyx' 2>/dev/null || ls */*.pyx 2>/dev/null); do
   for pxi in "${pyx%.pyx}"_*.pxi; do
     if [ -n "$mod" ] && [ -e "$pxi" ] && [ "$pxi" -nt "$mod" ]; then need_build=1; fi
   done
+done
+# and when the one source of a compiled twin (setup.py TWINS: module.py + module.pxd) is newer
+# than its compiled module (e.g. dataplane/proxy.py -> dataplane/_proxy_fast.*.so)
+for twin in $($VPY -c 'import ast; t = ast.parse(open("setup.py").read())
+for n in ast.walk(t):
+    if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TWINS":
+        for name, src in ast.literal_eval(n.value): print(name.replace(".", "/") + ":" + src)'); do
+  src=${twin#*:}; mod=$(ls "${twin%%:*}".*.so 2>/dev/null | head -n1 || true)
+  [ -e "$src" ] || continue
+  if [ -z "$mod" ] || [ "$src" -nt "$mod" ]; then need_build=1; fi
+  if [ -n "$mod" ] && [ -e "${src%.py}.pxd" ] && [ "${src%.py}.pxd" -nt "$mod" ]; then need_build=1; fi
 done
 if [ $need_build = 1 ]; then
   say "building the Cython hot paths"
