@@ -16,10 +16,42 @@ import h2.exceptions
 
 from dataplane.engine import ErrorCode, H2Settings, Headers, SpliceObserver, engine_problem
 from dataplane.h2_client import ClientConnection
-from dataplane.h2_session import header_list_size
+from dataplane.h2_session import H2Session, header_list_size, new_session
 from dataplane.h2_splice import LINGER_S, MAX_STREAMS_UNKNOWN, BaseConnection, H2Stream, log
 
 _DRAIN_PING = b"nfmdrain"
+_SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+# a connection stays without an h2 session while the client has sent only the preface,
+# SETTINGS and SETTINGS ACKs, at most this many bytes of them (an idle connection costs a few
+# KiB instead of the ~15 KiB of an h2 H2Connection)
+_DORMANT_MAX = 512
+_MAX_WINDOW = 2**31 - 1
+# our first bytes (SETTINGS, connection WINDOW_UPDATE) for each H2Settings: what a new session
+# queues, sent by a connection that has none yet
+_greetings: dict[H2Settings, bytes] = {}
+
+
+def _greeting(settings: H2Settings) -> bytes:
+    data = _greetings.get(settings)
+    if data is None:
+        if len(_greetings) > 64:
+            _greetings.clear()
+        data = _greetings[settings] = new_session(settings, False).data_to_send()
+    return data
+
+
+def _settings_ok(payload: bytes) -> bool:
+    """The values of a SETTINGS payload that h2 would take without a connection error."""
+    for i in range(0, len(payload), 6):
+        ident = int.from_bytes(payload[i:i + 2], "big")
+        value = int.from_bytes(payload[i + 2:i + 6], "big")
+        if ident == 0x2 and value > 1:
+            return False
+        if ident == 0x4 and value > _MAX_WINDOW:
+            return False
+        if ident == 0x5 and not 16384 <= value <= 16777215:
+            return False
+    return True
 
 # stream modes (downstream)
 _HELD = 0  # request announced, body held in the engine, handler not decided yet
@@ -29,7 +61,14 @@ _LOCAL = 3  # answered locally (respond/reset); request body discarded
 
 
 class ServerConnection(BaseConnection):
-    """One downstream HTTP/2 connection (see ``dataplane.engine.ServerConnection``)."""
+    """One downstream HTTP/2 connection (see ``dataplane.engine.ServerConnection``).
+
+    Lazy: until the client sends a frame other than SETTINGS (or a SETTINGS ACK), the
+    connection has no h2 session; it answers the handshake itself (its SETTINGS and
+    WINDOW_UPDATE, an ACK per client SETTINGS) and keeps the few bytes received, which the
+    session, made at the first other frame, parses first (its duplicate output dropped)."""
+
+    _lazy = True
 
     def __init__(
         self, handler, settings: H2Settings = H2Settings(), peer_info: dict | None = None
@@ -43,7 +82,67 @@ class ServerConnection(BaseConnection):
         self._tap = frozenset(settings.tap_response_headers)
         self._torn_down = False  # _on_lost ran (at the abort, or when the transport closed)
         self._reset_soon: set[int] | None = None  # streams reset later in the slice at hand
+        self._dormant = b""  # bytes received while without a session (None: session made)
+        self._dormant_acked = 0  # client SETTINGS frames acknowledged meanwhile
+        self._greeting_sent = False
         self.skipped_requests = 0  # requests opened and reset in one slice: never announced
+
+    # ---- the lazy session -------------------------------------------------------------------
+    def _dormant_take(self, data: bytes) -> bool:
+        if self._dormant is None:
+            return False
+        buf = self._dormant + bytes(data)
+        if len(buf) > _DORMANT_MAX:
+            self._session()
+            return False
+        i = 24  # after the client magic (checked by _check_preface)
+        n = len(buf)
+        settings_frames = 0
+        while i + 9 <= n:
+            length = int.from_bytes(buf[i:i + 3], "big")
+            ftype, flags = buf[i + 3], buf[i + 4]
+            if ftype != 4 or buf[i + 5:i + 9] != b"\0\0\0\0" or (
+                    length if flags & 1 else length % 6):
+                self._session()  # a frame the session must see (or a bad SETTINGS)
+                return False
+            if i + 9 + length > n:
+                break  # its payload is still to come
+            if not flags & 1:
+                if not _settings_ok(buf[i + 9:i + 9 + length]):
+                    self._session()
+                    return False
+                settings_frames += 1
+            i += 9 + length
+        out = b""
+        if not self._greeting_sent:
+            self._greeting_sent = True
+            out = _greeting(self.settings)
+        if settings_frames > self._dormant_acked:
+            out += _SETTINGS_ACK * (settings_frames - self._dormant_acked)
+            self._dormant_acked = settings_frames
+        self._dormant = buf
+        if out and self._transport is not None:
+            self._transport.write(out)
+        return True
+
+    def _session(self) -> H2Session:
+        h2c = self._h2
+        if h2c is not None:
+            return h2c
+        h2c = self._h2 = new_session(self.settings, False)
+        replay, self._dormant = self._dormant, None
+        if self._greeting_sent:
+            h2c.data_to_send()  # our SETTINGS and WINDOW_UPDATE: sent already
+        if replay:
+            try:
+                events = h2c.receive_data(replay)
+            except h2.exceptions.ProtocolError:  # (only SETTINGS h2 takes were kept)
+                log.exception("h2: replaying the handshake failed")
+                events = []
+            h2c.data_to_send()  # the ACKs of the client's SETTINGS: sent already
+            for event in events:
+                self._on_event(event)
+        return h2c
 
     # ---- events -----------------------------------------------------------------------------
     def _before_events(self, events: list) -> None:
@@ -517,8 +616,9 @@ class ServerConnection(BaseConnection):
         """Graceful shutdown in two steps (RFC 9113 §6.8): GOAWAY(2**31-1) and a PING; once
         the PING comes back (or after ``LINGER_S``) every stream the client opened meanwhile
         has arrived, and GOAWAY(last stream id) follows.  With an error code: one step."""
-        if self._lost or self._h2 is None or self._goaway_sent or self._drain_timer is not None:
+        if self._lost or self._goaway_sent or self._drain_timer is not None:
             return
+        self._session()
         if error_code:
             self._final_goaway(error_code)
             return

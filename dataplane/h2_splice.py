@@ -125,6 +125,7 @@ class BaseConnection(asyncio.Protocol):
     """What both sides share: the h2 session, batching of writes, flow-controlled pumping."""
 
     _client_side = False
+    _lazy = False  # the session is made at the first frame that needs it (_session)
 
     def __init__(self, settings: H2Settings) -> None:
         self.settings = settings
@@ -153,7 +154,7 @@ class BaseConnection(asyncio.Protocol):
         self.frames_fed = 0  # frame headers handed to h2 (parsed)
         self.deferred_slices = 0  # slices of long reads fed on a later loop iteration
         self._backlog: tuple | None = None  # a read being fed in slices
-        self._later: deque = deque()  # reads that came meanwhile
+        self._later: deque | None = None  # reads that came meanwhile
         self.calm_goaway = False  # we ended the connection with ENHANCE_YOUR_CALM
         # a server checks the first 33 bytes: client magic + a SETTINGS frame header
         self._preface: bytes | None = None if self._client_side else b""
@@ -162,7 +163,8 @@ class BaseConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._batch = loop_batch()
-        self._h2 = new_session(self.settings, self._client_side)
+        if not self._lazy:
+            self._h2 = new_session(self.settings, self._client_side)
         if self._client_side:
             self._mark()
         # a server's SETTINGS wait for the client's first bytes, so that an HTTP/1.x client
@@ -172,6 +174,8 @@ class BaseConnection(asyncio.Protocol):
         if self._backlog is not None:
             # still feeding an earlier read in slices (reading is paused; this one was already
             # on its way): it goes after the rest of that read
+            if self._later is None:
+                self._later = deque()
             self._later.append(bytes(data))
             return
         batch = self._batch
@@ -195,8 +199,7 @@ class BaseConnection(asyncio.Protocol):
         """One read: the first-bytes checks, the frame-header scan against the abuse budgets,
         then h2, at most ``FEED_FRAMES`` frames at a time (the rest on later loop iterations,
         reading paused meanwhile)."""
-        h2c = self._h2
-        if h2c is None or self._lost or self._lingering:
+        if self._transport is None or self._lost or self._lingering:
             return
         if not self._greeted:
             self._greeted = True
@@ -209,6 +212,8 @@ class BaseConnection(asyncio.Protocol):
         cuts = self._scan(data)
         if cuts is None:
             return  # over a budget: cut, nothing of this read parsed
+        if self._h2 is None and self._dormant_take(data):
+            return
         if not cuts:
             self._feed(data, self._scan_fed)
             return
@@ -231,7 +236,7 @@ class BaseConnection(asyncio.Protocol):
         try:
             if self._lost or self._lingering:
                 self._backlog = None
-                self._later.clear()
+                self._later = None
                 return
             data, cuts, start, last = backlog
             self.deferred_slices += 1
@@ -246,7 +251,7 @@ class BaseConnection(asyncio.Protocol):
             self._backlog = None
             self._feed(data[start:], last)
             later = self._later
-            while later and self._backlog is None and not self._lost:
+            while later is not None and later and self._backlog is None and not self._lost:
                 self._take(later.popleft())
             if self._backlog is None and self._transport is not None and not self._lost:
                 self._transport.resume_reading()
@@ -338,6 +343,14 @@ class BaseConnection(asyncio.Protocol):
                 break
         self._mark()
 
+    def _session(self) -> H2Session:
+        """The h2 session (a lazy connection makes it now)."""
+        return self._h2
+
+    def _dormant_take(self, data: bytes) -> bool:
+        """A lazy connection without a session yet: True when it answered ``data`` itself."""
+        return False
+
     def _check_preface(self, data: bytes) -> bool:
         """RFC 9113 §3.4: the client magic is followed by a SETTINGS frame (no ACK, stream
         0); anything else is an invalid preface, a connection error of type PROTOCOL_ERROR
@@ -351,7 +364,7 @@ class BaseConnection(asyncio.Protocol):
             return True
         log.info("h2: %s: no SETTINGS after the client magic: GOAWAY PROTOCOL_ERROR",
                  getattr(self, "peer_info", {}).get("peername"))
-        self._h2.close_connection(ErrorCode.PROTOCOL_ERROR)
+        self._session().close_connection(ErrorCode.PROTOCOL_ERROR)
         self._mark()
         self._abort_after_flush()
         return False
@@ -418,7 +431,7 @@ class BaseConnection(asyncio.Protocol):
                     getattr(self, "peer_info", {}).get("peername"), why)
         self.calm_goaway = True
         try:
-            self._h2.close_connection(ErrorCode.ENHANCE_YOUR_CALM)
+            self._session().close_connection(ErrorCode.ENHANCE_YOUR_CALM)
         except h2.exceptions.ProtocolError:
             pass
         self._abort_after_flush()
