@@ -16,6 +16,7 @@ import h2.exceptions
 import h2.settings
 
 from dataplane.engine import ErrorCode, H2Settings, Headers, ResponseCallback
+from dataplane.h2_session import upstream_stream_window
 from dataplane.h2_splice import MAX_STREAMS_UNKNOWN, BaseConnection, H2Stream, log
 
 # upstream stream modes (numbered after the downstream ones of dataplane.h2_server)
@@ -42,6 +43,7 @@ class ClientConnection(BaseConnection):
             self.ready = asyncio.get_event_loop().create_future()
         self._closed_reported = False
         self.last_used = time.monotonic()
+        self._base_window = upstream_stream_window(settings)  # our advertised stream window
 
     @property
     def available(self) -> bool:
@@ -72,6 +74,7 @@ class ClientConnection(BaseConnection):
             return None
         st.peer = down
         st.relay_ack = True
+        st.conn_acked = True
         st.sent = 0
         ended = down.req_ended and down.rx == 0 and not down.trailers
         try:
@@ -82,8 +85,32 @@ class ClientConnection(BaseConnection):
             return None
         if ended:
             st.local_closed = True
+        # Bounded relay buffer: the producer may send this stream what its window allows
+        # before the client takes any of it; beyond the session's small initial window, the
+        # stream gets up to relay_stream_buffer, from its downstream connection's budget
+        settings = self.settings
+        down_conn = down.conn
+        extra = min(settings.relay_stream_buffer - self._base_window,
+                    settings.relay_connection_buffer - down_conn.relay_granted)
+        if extra > 0:
+            try:
+                self._h2.increment_flow_control_window(extra, st.sid)
+            except (h2.exceptions.ProtocolError, KeyError):
+                extra = 0
+            if extra > 0:
+                st.grant = extra
+                st.grant_to = down_conn
+                down_conn.relay_granted += extra
         self._mark()
         return st
+
+    @staticmethod
+    def _return_grant(st: H2Stream) -> None:
+        to = st.grant_to
+        if to is not None:
+            to.relay_granted -= st.grant
+            st.grant_to = None
+            st.grant = 0
 
     # ---- events -----------------------------------------------------------------------------
     def _on_event(self, event) -> None:
@@ -152,10 +179,14 @@ class ClientConnection(BaseConnection):
             self._h2.acknowledge_received_data(pad, sid)
         st.rx += n
         if st.mode == _UP_SPLICE:
+            # relayed DATA: the connection window goes back at once (a client that does not
+            # read must not stall the producer's other streams), the stream's as it is taken
+            if n:
+                self._h2.ack_connection(n)
             down = st.peer
             if down is None:
                 st.acked += n
-                self._h2.acknowledge_received_data(n, sid)
+                self._h2.ack_stream(n, sid)
             elif n:
                 down.out.append(data)
                 down.out_len += n
@@ -255,6 +286,8 @@ class ClientConnection(BaseConnection):
         self._mark()
 
     def _on_forgotten(self, st: H2Stream) -> None:
+        if st.grant_to is not None:
+            self._return_grant(st)
         if self._close_when_idle and not self._streams:
             self._report_closed_if_idle()
 
@@ -282,6 +315,8 @@ class ClientConnection(BaseConnection):
         self._streams.clear()
         self._waiting.clear()
         for st in streams:
+            if st.grant_to is not None:
+                self._return_grant(st)
             st.local_closed = st.remote_closed = True
             self._fail_stream(st, ErrorCode.CANCEL if exc is None else ErrorCode.INTERNAL_ERROR,
                               True)
@@ -302,6 +337,9 @@ class ClientConnection(BaseConnection):
         except h2.exceptions.ProtocolError:
             self._streams.pop(st.sid, None)
             raise
+        extra = self.settings.initial_window_size - self._base_window
+        if extra > 0:  # our own requests: the whole initial_window_size, as advertised before
+            self._h2.increment_flow_control_window(extra, st.sid)
         if ended:
             st.local_closed = True
             self._mark()

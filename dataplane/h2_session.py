@@ -24,7 +24,7 @@ import hpack
 from h2.connection import H2Connection
 from h2.frame_buffer import FrameBuffer
 from hyperframe.exceptions import InvalidDataError
-from hyperframe.frame import GoAwayFrame, RstStreamFrame
+from hyperframe.frame import GoAwayFrame, RstStreamFrame, WindowUpdateFrame
 
 from dataplane.engine import ErrorCode, H2Settings, Headers
 
@@ -243,6 +243,22 @@ class H2Session(H2Connection):
             del self.streams[stream_id]
             self._closed_streams[stream_id] = stream.closed_by
 
+    def ack_connection(self, n: int) -> None:
+        """``acknowledge_received_data`` for the connection window only (relayed DATA: the
+        connection's window is handed back on arrival, the stream's as the bytes are taken)."""
+        inc = self._inbound_flow_control_window_manager.process_bytes(n)
+        if inc:
+            frame = WindowUpdateFrame(0)
+            frame.window_increment = inc
+            self._data_to_send += frame.serialize()
+
+    def ack_stream(self, n: int, stream_id: int) -> None:
+        """``acknowledge_received_data`` for the stream window only (see ``ack_connection``)."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.open:
+            for frame in stream.acknowledge_received_data(n):
+                self._data_to_send += frame.serialize()
+
     def send_goaway_frame(self, error_code: int, last_stream_id: int) -> None:
         """Queue a GOAWAY without closing h2's state machine (graceful drain)."""
         frame = GoAwayFrame(0)
@@ -273,7 +289,8 @@ def new_session(settings: H2Settings, client_side: bool) -> H2Session:
         client=client_side,
         initial_values={
             codes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
-            codes.INITIAL_WINDOW_SIZE: settings.initial_window_size,
+            codes.INITIAL_WINDOW_SIZE: (upstream_stream_window(settings) if client_side
+                                        else settings.initial_window_size),
             codes.MAX_FRAME_SIZE: settings.max_frame_size,
             codes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
             codes.HEADER_TABLE_SIZE: settings.header_table_size,
@@ -289,6 +306,14 @@ def new_session(settings: H2Settings, client_side: bool) -> H2Session:
     if extra > 0:
         conn.increment_flow_control_window(extra)
     return conn
+
+
+def upstream_stream_window(settings: H2Settings) -> int:
+    """The stream window an upstream (client) session advertises: min(initial_window_size,
+    relay_stream_buffer, 16 KiB).  A spliced stream gets more, up to relay_stream_buffer, from
+    its downstream connection's relay_connection_buffer; our own requests get
+    initial_window_size (``dataplane.h2_client``)."""
+    return min(settings.initial_window_size, settings.relay_stream_buffer, 16384)
 
 
 def header_list_size(headers: Headers) -> int:

@@ -89,6 +89,7 @@ class H2Stream:
         "rx", "acked", "body", "body_len", "body_whole", "req_ended", "trailers",
         "local_closed", "remote_closed", "status", "observer", "extra", "retain",
         "callback", "limit", "got_headers", "headers", "req_headers", "conn",
+        "conn_acked", "grant", "grant_to",
     )
 
     def __init__(self, sid: int, mode: int, conn: BaseConnection) -> None:
@@ -119,6 +120,9 @@ class H2Stream:
         self.got_headers = False
         self.headers: Headers = []
         self.req_headers: Headers = []
+        self.conn_acked = False  # received DATA acknowledged to the connection window at once
+        self.grant = 0  # window granted beyond the session's initial one (upstream splice)
+        self.grant_to: BaseConnection | None = None  # whose relay budget the grant came from
 
 
 class BaseConnection(asyncio.Protocol):
@@ -153,6 +157,9 @@ class BaseConnection(asyncio.Protocol):
         self.frames_scanned = 0  # frame headers charged to the budgets
         self.frames_fed = 0  # frame headers handed to h2 (parsed)
         self.deferred_slices = 0  # slices of long reads fed on a later loop iteration
+        # window granted to producers beyond the base for this (downstream) connection's
+        # spliced streams, at most settings.relay_connection_buffer (dataplane.h2_client)
+        self.relay_granted = 0
         self._backlog: tuple | None = None  # a read being fed in slices
         self._later: deque | None = None  # reads that came meanwhile
         self.calm_goaway = False  # we ended the connection with ENHANCE_YOUR_CALM
@@ -486,7 +493,10 @@ class BaseConnection(asyncio.Protocol):
             conn = src.conn
             if not conn._lost:
                 try:
-                    conn._h2.acknowledge_received_data(grant, src.sid)
+                    if src.conn_acked:
+                        conn._h2.ack_stream(grant, src.sid)
+                    else:
+                        conn._h2.acknowledge_received_data(grant, src.sid)
                 except h2.exceptions.ProtocolError:
                     return
                 conn._mark()
@@ -524,7 +534,10 @@ class BaseConnection(asyncio.Protocol):
         st.acked = st.rx
         if owed > 0 and not self._lost:
             try:
-                self._h2.acknowledge_received_data(owed, st.sid)
+                if st.conn_acked:
+                    self._h2.ack_stream(owed, st.sid)
+                else:
+                    self._h2.acknowledge_received_data(owed, st.sid)
             except h2.exceptions.ProtocolError:
                 pass
             self._mark()

@@ -51,7 +51,8 @@ def test_h2_private_state_on_a_connection() -> None:
 
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     attrs = ["_closed_streams", "_data_to_send", "decoder", "incoming_buffer", "local_settings",
-             "remote_settings", "streams", "highest_inbound_stream_id", "max_inbound_frame_size"]
+             "remote_settings", "streams", "highest_inbound_stream_id", "max_inbound_frame_size",
+             "_inbound_flow_control_window_manager"]
     assert not _missing(conn, attrs), f"h2 {h2.__version__}: H2Connection lost {_missing(conn, attrs)}"
     assert isinstance(conn._closed_streams, dict)
     assert isinstance(conn._data_to_send, (bytes, bytearray))
@@ -65,6 +66,9 @@ def test_h2_private_state_on_a_connection() -> None:
     conn.receive_data(client.data_to_send())
     stream = conn.streams[1]
     assert hasattr(stream, "closed_by") and hasattr(stream.state_machine, "state")
+    # H2Session.ack_connection / ack_stream split acknowledge_received_data in two
+    assert hasattr(conn._inbound_flow_control_window_manager, "process_bytes")
+    assert hasattr(stream, "acknowledge_received_data") and hasattr(stream, "open")
 
 
 def test_hyperframe_settings_ack_with_payload_message() -> None:

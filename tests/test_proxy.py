@@ -143,7 +143,8 @@ async def test_download_10mb_is_streamed_not_buffered(small_window_stack):
     assert resp.body == pattern(10 << 20)
     peak = max_buffered(proxy)
     if peak is not None:
-        assert 0 < peak <= 2 * WINDOW
+        # (0 is possible: the h2 backend opens the producer a smaller window than the client's)
+        assert peak <= 2 * WINDOW
 
 
 # ---- trailers ------------------------------------------------------------------------------------
