@@ -169,7 +169,7 @@ class H2Settings:
     # window our upstream side opens to the producer for one stream, at most
     # ``relay_stream_buffer``: min(16 KiB, it) always, the rest only while the grants beyond
     # that of all the downstream connection's streams stay within ``relay_connection_buffer``
-    # (nghttp2 backend); a non-reader holds at most streams x 16 KiB + the connection cap
+    # (both backends); a non-reader holds at most streams x 16 KiB + the connection cap
     relay_stream_buffer: int = 64 << 10
     relay_connection_buffer: int = 1 << 20
     # response header names (lower case, bytes) taken out of the final response HEADERS of

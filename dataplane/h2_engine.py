@@ -12,8 +12,10 @@ concern:
 * ``dataplane.h2_session``: h2's ``H2Connection`` with our adjustments (graceful GOAWAY,
   REFUSED_STREAM over the stream limit, 431 and HPACK-bomb limits, RFC 9113 error codes);
 * ``dataplane.h2_splice``: what both connection kinds share (streams, flow-controlled relay,
-  the per-event-loop write batch, abuse limits);
-* ``dataplane.h2_server``: ``ServerConnection``;
+  the per-event-loop write batch, abuse limits: each read's raw frame headers are charged to
+  the per-second budgets before h2 parses it, and a long read is fed a slice at a time);
+* ``dataplane.h2_server``: ``ServerConnection`` (lazy: no h2 session while the client has
+  sent only its preface and SETTINGS);
 * ``dataplane.h2_client``: ``ClientConnection``.
 """
 
