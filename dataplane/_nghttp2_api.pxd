@@ -102,6 +102,7 @@ cdef extern from "nghttp2/nghttp2.h":
     enum:
         NGHTTP2_DATA
         NGHTTP2_HEADERS
+        NGHTTP2_CONTINUATION
         NGHTTP2_PRIORITY
         NGHTTP2_RST_STREAM
         NGHTTP2_SETTINGS

@@ -16,6 +16,8 @@ cdef enum:
     HC_MAX_FIELD = 128          # longer fields (name + value bytes) are never cached: at most
                                 # 32 x 128 B of HPACK buffers pinned per connection
     DORMANT_MAX = 256           # handshake bytes a dormant connection keeps (module doc)
+    ENC_RING = 8                # header blocks whose encoded size _scan remembers
+    BOMB_RATIO = 32             # an oversized block decoded from 32x fewer bytes: a bomb
 
 cdef bytes _CLIENT_MAGIC = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 cdef bytes _SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
@@ -61,6 +63,12 @@ cdef class ServerConnection(_Conn):
     cdef int32_t rst_ring[RST_RING]  # the last stream ids we reset (a late HEADERS is fine)
     cdef unsigned int rst_next
     cdef bint scan_dead
+    # encoded bytes of the last header blocks (HEADERS + CONTINUATIONs) by stream id, for the
+    # HPACK-bomb test of an oversized block (_oversized)
+    cdef int32_t enc_sid[ENC_RING]
+    cdef uint32_t enc_len[ENC_RING]
+    cdef unsigned int enc_next
+    cdef size_t bomb_floor           # 4x our HEADER_TABLE_SIZE: more than table references
     # received header fields as (name, value) tuples, keyed by the HPACK decoder's buffers:
     # a field decoded from the static or dynamic table arrives in the same nghttp2_rcbuf each
     # time, so a repeated header costs no Python allocation (see _header_pair)
@@ -154,6 +162,7 @@ cdef class ServerConnection(_Conn):
         self.max_hbytes = self.settings.max_header_bytes_per_second
         self.hard_header_list = self.settings.hard_header_list_size
         self.max_refused = self.settings.max_refused_streams_per_second
+        self.bomb_floor = 4 * <size_t>self.settings.header_table_size
         self.scan_pre = 24  # the client magic, checked by libnghttp2
         self._set_tap(self.settings.tap_response_headers)
 
@@ -312,6 +321,7 @@ cdef class ServerConnection(_Conn):
         cdef uint8_t t
         cdef int32_t sid
         cdef uint8_t *h
+        cdef unsigned int e
         while n:
             if self.scan_pre:
                 k = n if n < self.scan_pre else self.scan_pre
@@ -338,13 +348,33 @@ cdef class ServerConnection(_Conn):
                         self._count_control()
                         if self.calmed:
                             return 0
+                    elif t == NGHTTP2_CONTINUATION:
+                        e = (self.enc_next + ENC_RING - 1) % ENC_RING
+                        if self.enc_sid[e] == sid:
+                            self.enc_len[e] += <uint32_t>self.scan_skip
                     elif t == NGHTTP2_HEADERS and sid & 1:
+                        self.enc_sid[self.enc_next] = sid
+                        self.enc_len[self.enc_next] = <uint32_t>self.scan_skip
+                        self.enc_next = (self.enc_next + 1) % ENC_RING
                         if sid > self.scan_top:
                             self.scan_top = sid
                         elif sid < self.scan_top and not self._known_stream(sid):
                             return NGHTTP2_PROTOCOL_ERROR
             p += k
             n -= k
+        return 0
+
+    cdef bint _bomb(self, int32_t sid, size_t decoded) noexcept:
+        """An over-the-limit header block decoded from BOMB_RATIO times fewer bytes (its
+        HEADERS and CONTINUATION payloads as _scan saw them) and to more than four times our
+        dynamic table: the same table entries referenced over and over, an HPACK bomb, not a
+        client with a big header (that one is sent literally, and answered 431)."""
+        cdef unsigned int i
+        if decoded <= self.bomb_floor:
+            return 0
+        for i in range(ENC_RING):
+            if self.enc_sid[i] == sid and self.enc_len[i]:
+                return decoded > <size_t>BOMB_RATIO * self.enc_len[i]
         return 0
 
     cdef bint _known_stream(self, int32_t sid) noexcept:
