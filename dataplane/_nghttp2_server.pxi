@@ -290,7 +290,9 @@ cdef class ServerConnection(_Conn):
     def data_received(self, data) -> None:
         cdef bytes b
         cdef uint32_t code
-        if self.scan_dead:
+        if self.scan_dead or self.calmed:
+            # cut (GOAWAY queued or sent, the close follows): what the client keeps sending
+            # meanwhile is not even parsed
             return
         b = data if type(data) is bytes else bytes(data)
         if not self.greeted:
