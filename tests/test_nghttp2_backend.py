@@ -33,6 +33,7 @@ from tests.nghttp2_rig import (
     stop_splice_proxy,
     tools,
 )
+from tests.waiting import HANG_GUARD_S, wait_until
 
 nghttp2 = pytest.importorskip("dataplane._nghttp2")
 
@@ -68,13 +69,18 @@ async def nghttpd(tmp_path):
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    for _ in range(200):
+
+    async def listening() -> bool:
+        if proc.returncode is not None:
+            raise AssertionError(f"nghttpd exited with {proc.returncode}")
         try:
             _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            break
         except OSError:
-            await asyncio.sleep(0.01)
+            return False
+        w.close()
+        return True
+
+    await wait_until(listening, what=f"nghttpd listens on {port}")
     yield port, big, tmp_path
     proc.terminate()
     await proc.wait()
@@ -159,12 +165,13 @@ async def test_slow_reader_keeps_proxy_buffer_bounded(origin):
         got = bytearray()
         ended = False
         while not ended:
-            data = await asyncio.wait_for(reader.read(65536), 10)
+            data = await asyncio.wait_for(reader.read(65536), HANG_GUARD_S)
             assert data, "connection closed early"
             for ev in h2c.receive_data(data):
                 if isinstance(ev, h2.events.DataReceived):
                     got += ev.data
-                    await asyncio.sleep(0.002)  # a slow consumer
+                    # a slow consumer: the pause is the behaviour under test, not a wait
+                    await asyncio.sleep(0.002)
                     h2c.acknowledge_received_data(ev.flow_controlled_length, sid)
                 elif isinstance(ev, h2.events.StreamEnded):
                     ended = True
@@ -234,10 +241,12 @@ async def test_grpc_unary_stream_and_error_status_through_splice():
 
         def calls():
             with grpc.insecure_channel(f"127.0.0.1:{pport}") as ch:
-                echoed = ch.unary_unary("/nfmesh.Test/Echo")(b"x" * 100_000 + b"end", timeout=5)
-                counted = list(ch.unary_stream("/nfmesh.Test/Count")(b"50", timeout=5))
+                echo = ch.unary_unary("/nfmesh.Test/Echo")
+                echoed = echo(b"x" * 100_000 + b"end", timeout=HANG_GUARD_S)
+                count = ch.unary_stream("/nfmesh.Test/Count")
+                counted = list(count(b"50", timeout=HANG_GUARD_S))
                 try:
-                    ch.unary_unary("/nfmesh.Test/Fail")(b"", timeout=5)
+                    ch.unary_unary("/nfmesh.Test/Fail")(b"", timeout=HANG_GUARD_S)
                     failed = None
                 except grpc.RpcError as exc:
                     failed = (exc.code(), exc.details())
