@@ -24,6 +24,7 @@ from dataplane.engine import ErrorCode, H2Settings
 from tests.conftest import OriginHandler, pattern, start_origin
 from tests.nghttp2_rig import (
     FRAME,
+    SMALL,
     WINDOW,
     ProxyObserver,
     SpliceProxy,
@@ -34,6 +35,7 @@ from tests.nghttp2_rig import (
     start_splice_proxy,
     stop_splice_proxy,
 )
+from tests.waiting import HANG_GUARD_S, wait_until
 
 nghttp2 = pytest.importorskip("dataplane._nghttp2")
 
@@ -63,7 +65,9 @@ async def test_trailers_both_ways_through_splice(origin):
         status, headers, rbody, trailers, err = await request(nghttp2, pport, "GET", "/trailers")
         assert (status, rbody, err) == (200, b"with trailers", None)
         assert trailers == [(b"x-checksum", b"abc"), (b"grpc-status", b"0")]
-        await asyncio.sleep(0.05)
+        # the observers are told once each stream is done with, after the client has its answer
+        await wait_until(lambda: len(proxy.completed) == 2,
+                         what=lambda: f"both splices complete: {proxy.completed}")
         assert [c[1:] for c in proxy.completed] == [(200, 0), (200, 0)]
     finally:
         await stop_splice_proxy(server, proxy)
@@ -165,17 +169,12 @@ async def test_downstream_reset_cancels_upstream_stream(origin):
             end_stream=True,
         )
         writer.write(h2c.data_to_send())
-        for _ in range(200):
-            if origin.handler.held:
-                break
-            await asyncio.sleep(0.01)
-        assert origin.handler.held
+        await wait_until(lambda: origin.handler.held, what="the origin holds the request")
         h2c.reset_stream(1, ErrorCode.CANCEL)
         writer.write(h2c.data_to_send())
-        for _ in range(200):
-            if origin.handler.resets and proxy.completed:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: origin.handler.resets and proxy.completed,
+                         what=lambda: f"upstream reset {origin.handler.resets}, splice "
+                                      f"complete {proxy.completed}")
         assert origin.handler.resets[0][1] == ErrorCode.CANCEL
         assert proxy.completed == [(1, 0, ErrorCode.CANCEL)]
         # the upstream connection is unharmed
@@ -231,18 +230,11 @@ async def test_splice_to_upstream_after_its_goaway_fails_unreached(origin):
         assert status == 200
         for conn in origin.handler.connections:
             conn.drain()
-        for _ in range(200):
-            if not proxy.upstream.available:
-                break
-            await asyncio.sleep(0.01)
-        assert not proxy.upstream.available
+        await wait_until(lambda: not proxy.upstream.available,
+                         what="the upstream's GOAWAY makes it unavailable")
         status, headers, *_ = await request(nghttp2, pport, "GET", "/x")
         assert status == 502 and proxy.failed[-1][1:] == (ErrorCode.REFUSED_STREAM, False)
-        for _ in range(200):
-            if proxy.upstream.closed:
-                break
-            await asyncio.sleep(0.01)
-        assert proxy.upstream.closed
+        await wait_until(lambda: proxy.upstream.closed, what="the drained upstream closes")
     finally:
         await stop_splice_proxy(server, proxy)
 
@@ -278,11 +270,21 @@ async def test_held_upload_is_bounded_by_windows_until_upstream_reads():
             body,
             lambda *a: fut.set_result(a),
         )
-        for _ in range(300):
-            if handler.waiting:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # let the upload run into the windows
+        await wait_until(lambda: handler.waiting, what="the origin has the request")
+        # the upload runs into the windows: the origin holds its whole stream window unread,
+        # and the client has used all the proxy grants it (nghttp2 sends WINDOW_UPDATE once
+        # half a window is consumed, so a proxy stalled by its upstream holds over half of its
+        # own stream window)
+        origin_window = H2Settings().initial_window_size
+
+        def stalled() -> bool:
+            return (sum(c.buffered_bytes() for c in oconns) == origin_window
+                    and sum(c.buffered_bytes() for c in proxy.connections) > WINDOW // 2)
+
+        await wait_until(stalled, what=lambda: (
+            f"the upload stalls in the windows: the origin holds "
+            f"{[c.buffered_bytes() for c in oconns]} of {origin_window}, the proxy "
+            f"{[c.buffered_bytes() for c in proxy.connections]} of {WINDOW}"))
         assert not fut.done()
         held = max(c.peak_buffered for c in oconns)
         assert 0 < held <= H2Settings().initial_window_size + FRAME
@@ -291,7 +293,7 @@ async def test_held_upload_is_bounded_by_windows_until_upstream_reads():
         conn.read_body(
             sid, size, lambda b, t: conn.respond(sid, 200, [], hashlib.sha256(b).digest())
         )
-        status, _, digest, _, err = await asyncio.wait_for(fut, 10)
+        status, _, digest, _, err = await asyncio.wait_for(fut, HANG_GUARD_S)
         assert (status, err, digest) == (200, None, hashlib.sha256(body).digest())
         client.close()
     finally:
@@ -330,8 +332,21 @@ async def test_paused_transport_stops_the_relay(origin):
         await writer.drain()
         transport = reader._transport  # noqa: SLF001 - stop reading: nothing is consumed
         transport.pause_reading()
-        await asyncio.sleep(0.5)
+        # the download runs into the stopped client: the proxy's transport is over its high
+        # water mark (it paused writing), and the engine holds the upstream's bytes up to the
+        # window it opened to the upstream for the stream (relay_stream_buffer), no more come
+        await wait_until(lambda: proxy.connections, what="the proxy has the connection")
         (down,) = proxy.connections
+
+        def relay_stopped() -> bool:
+            high = down.transport.get_write_buffer_limits()[1]
+            return (down.transport.get_write_buffer_size() > high
+                    and down.buffered_bytes() >= SMALL.relay_stream_buffer)
+
+        await wait_until(relay_stopped, what=lambda: (
+            f"the relay stops: transport buffer {down.transport.get_write_buffer_size()} over "
+            f"{down.transport.get_write_buffer_limits()[1]}, engine holds "
+            f"{down.buffered_bytes()} of {SMALL.relay_stream_buffer}"))
         queued = down.transport.get_write_buffer_size()
         assert queued < 2 << 20, queued  # not the 8 MB the client's windows would allow
         assert down.peak_buffered <= WINDOW + FRAME
@@ -339,7 +354,7 @@ async def test_paused_transport_stops_the_relay(origin):
         got = 0
         ended = False
         while not ended:
-            data = await asyncio.wait_for(reader.read(1 << 20), 10)
+            data = await asyncio.wait_for(reader.read(1 << 20), HANG_GUARD_S)
             assert data
             for ev in h2c.receive_data(data):
                 if isinstance(ev, h2.events.DataReceived):
@@ -368,19 +383,15 @@ async def test_respond_on_a_splice_before_its_response_cancels_upstream(origin):
             None,
             lambda *a: fut.set_result(a),
         )
-        for _ in range(200):
-            if origin.handler.held:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: origin.handler.held, what="the origin holds the request")
         (down,) = proxy.connections
         down.respond(sid, 504, [(b"content-type", b"text/plain")], b"deadline")
-        status, headers, body, _, err = await asyncio.wait_for(fut, 5)
+        status, headers, body, _, err = await asyncio.wait_for(fut, HANG_GUARD_S)
         assert (status, body, err) == (504, b"deadline", None)
         assert hdr(headers, b"x-via") is None  # the local answer, not the relayed one
-        for _ in range(200):
-            if origin.handler.resets and proxy.completed:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: origin.handler.resets and proxy.completed,
+                         what=lambda: f"upstream reset {origin.handler.resets}, splice "
+                                      f"complete {proxy.completed}")
         assert origin.handler.resets[0][1] == ErrorCode.CANCEL
         assert proxy.completed == [(sid, 504, 0)]
         # once a response has started, respond() refuses
@@ -395,9 +406,12 @@ async def test_respond_on_a_splice_before_its_response_cancels_upstream(origin):
             None,
             lambda *a: fut2.set_result(a),
         )
-        await asyncio.sleep(0.05)
+        # reset once the proxy has spliced the stream: the origin has the request
+        await wait_until(lambda: any((b":path", b"/slow?ms=300") in h
+                                     for h in origin.handler.requests),
+                         what="the origin has the /slow request")
         down.reset(sid2, ErrorCode.CANCEL)
-        result = await asyncio.wait_for(fut2, 5)
+        result = await asyncio.wait_for(fut2, HANG_GUARD_S)
         assert result[4].error_code == ErrorCode.CANCEL
         client.close()
     finally:
@@ -419,7 +433,7 @@ async def test_repeated_request_headers_are_shared_and_never_confused():
     async def send(headers) -> None:  # one request on the same connection, answered
         fut = asyncio.get_running_loop().create_future()
         client.request(list(headers), None, lambda *a: fut.done() or fut.set_result(a))
-        await asyncio.wait_for(fut, 5)
+        await asyncio.wait_for(fut, HANG_GUARD_S)
 
     try:
         for _ in range(300):
@@ -467,7 +481,8 @@ async def test_repeated_request_headers_are_shared_and_never_confused():
         server.close()
         for c in conns:
             c.close()
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: all(c.transport is None for c in conns),
+                     what="the server connection is lost")
     # the connection (and its HPACK buffers) are gone; the handler's copies are still whole
     assert handler.requests[0][4] == (b"x-fixed", b"same")
     assert [list(h) for h in handler.requests] == sent
