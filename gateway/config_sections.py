@@ -91,6 +91,10 @@ class Http2Section(msgspec.Struct, **_STRUCT):
     max_header_bytes_per_second: PosInt = 64 << 20
     max_refused_streams_per_second: PosInt = 100
     max_retained_body: NonNegInt = 65536
+    # response bytes held for a spliced stream whose client does not read (zero window), and
+    # for all of one downstream connection's streams beyond 16 KiB each
+    relay_stream_buffer: Annotated[int, msgspec.Meta(ge=16384, le=2**31 - 1)] = 64 << 10
+    relay_connection_buffer: NonNegInt = 1 << 20
 
     def to_h2_settings(self) -> H2Settings:
         """The engine's settings object."""

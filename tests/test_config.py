@@ -86,6 +86,18 @@ def test_http2_abuse_budgets_map_and_are_checked() -> None:
         "http2.max_header_bytes_per_second", "http2.max_refused_streams_per_second"]
 
 
+def test_http2_relay_buffers_map_and_are_checked() -> None:
+    """The bounds on what a non-reading client can make the gateway hold reach the engine,
+    and a stream buffer under one 16 KiB window is refused with its field path."""
+    cfg = parse_config({"http2": {"relay_stream_buffer": 32768, "relay_connection_buffer": 0}})
+    s = cfg.http2.to_h2_settings()
+    assert (s.relay_stream_buffer, s.relay_connection_buffer) == (32768, 0)
+    assert Config().http2.to_h2_settings().relay_stream_buffer == H2Settings().relay_stream_buffer
+    assert [p for p, _ in issues({"http2": {"relay_stream_buffer": 1000,
+                                            "relay_connection_buffer": -1}})] == [
+        "http2.relay_stream_buffer", "http2.relay_connection_buffer"]
+
+
 # --------------------------------------------------------------------------- the example
 
 def test_example_validates_with_its_certificates(tmp_path) -> None:
