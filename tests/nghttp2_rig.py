@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from dataplane.engine import H2Settings
+from tests.waiting import HANG_GUARD_S, wait_until
 
 nghttp2 = pytest.importorskip("dataplane._nghttp2")
 
@@ -38,6 +39,7 @@ class SpliceProxy:
         self.fallback = fallback
         self.fallback_path = fallback_path
         self.connections: list = []
+        self.lost: list = []  # connections the engine told us are gone
         self.failed: list[tuple[int, int, bool]] = []
         self.completed: list[tuple[int, int, int]] = []
         self.replayed: list[int] = []
@@ -59,7 +61,7 @@ class SpliceProxy:
         pass
 
     def on_connection_lost(self, conn) -> None:
-        pass
+        self.lost.append(conn)
 
 
 class ProxyObserver:
@@ -89,7 +91,7 @@ async def connect(backend, port: int, settings: H2Settings = H2Settings()):
     _, conn = await loop.create_connection(
         lambda: backend.ClientConnection(settings), "127.0.0.1", port
     )
-    await asyncio.wait_for(conn.ready, 5)
+    await asyncio.wait_for(conn.ready, HANG_GUARD_S)
     return conn
 
 
@@ -122,7 +124,8 @@ async def stop_splice_proxy(server, proxy) -> None:
     proxy.upstream.close()
     if proxy.fallback is not None:
         proxy.fallback.close()
-    await asyncio.sleep(0)
+    await wait_until(lambda: all(c in proxy.lost for c in proxy.connections),
+                     what="the engine tells the proxy its connections are lost")
 
 
 async def request(
@@ -133,7 +136,7 @@ async def request(
     body: bytes | None = None,
     extra=(),
     trailers=None,
-    timeout: float = 10.0,
+    timeout: float = HANG_GUARD_S,
     authority: bytes | None = None,
 ):
     """(status, headers, body, trailers, error) over the backend's own ClientConnection."""
@@ -157,7 +160,7 @@ def hdr(headers, name: bytes):
     return next((v for k, v in headers if k == name), None)
 
 
-async def run(*argv: str, timeout: float = 30.0, stdin: bytes | None = None) -> bytes:
+async def run(*argv: str, timeout: float = HANG_GUARD_S, stdin: bytes | None = None) -> bytes:
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdout=asyncio.subprocess.PIPE,
