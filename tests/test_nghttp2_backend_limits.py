@@ -25,6 +25,7 @@ from tests.nghttp2_rig import (
     request,
     start_local,
 )
+from tests.waiting import HANG_GUARD_S, wait_until
 
 nghttp2 = pytest.importorskip("dataplane._nghttp2")
 
@@ -95,7 +96,7 @@ async def test_streams_over_the_limit_are_refused():
         writer.write(h2c.data_to_send())
         resets = {}
         while not resets:
-            data = await asyncio.wait_for(reader.read(65536), 5)
+            data = await asyncio.wait_for(reader.read(65536), HANG_GUARD_S)
             assert data
             for ev in h2c.receive_data(data):
                 if isinstance(ev, h2.events.StreamReset):
@@ -121,7 +122,7 @@ async def _flood(port: int, build, settings=None) -> tuple[int | None, bool]:
     eof = False
     try:
         while True:
-            data = await asyncio.wait_for(reader.read(65536), 5)
+            data = await asyncio.wait_for(reader.read(65536), HANG_GUARD_S)
             if not data:
                 eof = True
                 break
@@ -202,7 +203,7 @@ async def test_handler_exception_resets_only_that_stream():
         base = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x")]
         conn.request(base + [(b":path", b"/boom")], None, lambda *a: fut1.set_result(a))
         conn.request(base + [(b":path", b"/fine")], None, lambda *a: fut2.set_result(a))
-        r1, r2 = await asyncio.wait_for(asyncio.gather(fut1, fut2), 5)
+        r1, r2 = await asyncio.wait_for(asyncio.gather(fut1, fut2), HANG_GUARD_S)
         assert r1[4].error_code == ErrorCode.INTERNAL_ERROR
         assert (r2[0], r2[2]) == (200, b"ok b")
         conn.close()
@@ -235,10 +236,8 @@ async def test_goaway_drain_finishes_in_flight_streams(origin):
             None,
             cb,
         )
-    for _ in range(200):
-        if len(origin.handler.requests) == 3:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(origin.handler.requests) == 3,
+                     what=lambda: f"the origin has 3 requests: {len(origin.handler.requests)}")
     (server_conn,) = origin.handler.connections
     lost = server_conn.connection_lost
 
@@ -248,10 +247,11 @@ async def test_goaway_drain_finishes_in_flight_streams(origin):
 
     server_conn.connection_lost = watch  # the listener's subclass allows it
     server_conn.drain()
-    await asyncio.wait_for(closed, 5)
+    await asyncio.wait_for(closed, HANG_GUARD_S)
     assert [(r[0], r[2], r[4]) for r in results] == [(200, b"slow origin", None)] * 3
-    await asyncio.sleep(0.01)
-    assert client.closed and not client.available
+    # the client sees the server's close (its GOAWAY, then the transport lost)
+    await wait_until(lambda: client.closed and not client.available,
+                     what="the client knows the drained connection is closed")
     with pytest.raises(ConnectionError):
         client.request(
             [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/x")],
@@ -287,14 +287,11 @@ async def test_drain_without_ping_ack_still_sends_final_goaway():
             end_stream=True,
         )
         writer.write(h2c.data_to_send())  # from here on we never write (no PING ACK)
-        for _ in range(200):
-            if handler.held:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: handler.held, what="the server holds the request")
         conns[0].drain()
         buf, goaways, saw_ping, eof = bytearray(), [], False, False
         while len(goaways) < 2:
-            data = await asyncio.wait_for(reader.read(65536), 5)
+            data = await asyncio.wait_for(reader.read(65536), HANG_GUARD_S)
             assert data
             buf += data
             for ftype, flags, _sid, payload in _frames(buf):
@@ -309,7 +306,7 @@ async def test_drain_without_ping_ack_still_sends_final_goaway():
         conn.respond(sid, 200, [], b"done")
         got_data = False
         while not eof:
-            data = await asyncio.wait_for(reader.read(65536), 5)
+            data = await asyncio.wait_for(reader.read(65536), HANG_GUARD_S)
             eof = not data
             buf += data
             got_data |= any(f[0] == 0x0 and f[3] == b"done" for f in _frames(buf))
@@ -329,7 +326,7 @@ async def test_client_ping_and_drain_close_the_connection(origin):
         "127.0.0.1",
         origin.port,
     )
-    await asyncio.wait_for(conn.ready, 5)
+    await asyncio.wait_for(conn.ready, HANG_GUARD_S)
     assert conn.max_streams == H2Settings().max_concurrent_streams
     conn.ping()
     fut = loop.create_future()
@@ -345,7 +342,7 @@ async def test_client_ping_and_drain_close_the_connection(origin):
     )
     conn.drain()
     assert not conn.available
-    result = await asyncio.wait_for(fut, 5)
+    result = await asyncio.wait_for(fut, HANG_GUARD_S)
     assert (result[0], result[2], result[4]) == (200, b"slow origin", None)
-    assert await asyncio.wait_for(closed, 5) is conn
+    assert await asyncio.wait_for(closed, HANG_GUARD_S) is conn
     assert conn.closed
