@@ -39,6 +39,7 @@ log = logging.getLogger("nfmesh.h2")
 
 MAX_STREAMS_UNKNOWN = 2**31 - 1
 LINGER_S = 1.0  # how long a closing connection keeps discarding input after its GOAWAY
+_MAGIC = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4, the client's first bytes
 _PREFACE_LEN = 24 + 9  # the client magic and the first frame's header
 # frames handed to h2 at once: a read holding more is fed over several loop iterations, so that
 # no read holds the loop long (the gateway sheds load when its loop runs late)
@@ -363,13 +364,15 @@ class BaseConnection(asyncio.Protocol):
         0); anything else is an invalid preface, a connection error of type PROTOCOL_ERROR
         (h2 checks the magic only).  False: the connection is being closed."""
         head = self._preface + bytes(data[:_PREFACE_LEN - len(self._preface)])
-        if len(head) < _PREFACE_LEN:
-            self._preface = head
+        if len(head) < _PREFACE_LEN and _MAGIC.startswith(head[:24]):
+            self._preface = head  # so far so good: wait for the rest
             return True
         self._preface = None
-        if head[27] == 0x4 and not head[28] & 0x1 and not int.from_bytes(head[29:33], "big"):
+        if (len(head) == _PREFACE_LEN and head[:24] == _MAGIC and head[27] == 0x4
+                and not head[28] & 0x1 and not int.from_bytes(head[29:33], "big")):
             return True
-        log.info("h2: %s: no SETTINGS after the client magic: GOAWAY PROTOCOL_ERROR",
+        log.info("h2: %s: invalid connection preface (not the client magic and SETTINGS): "
+                 "GOAWAY PROTOCOL_ERROR",
                  getattr(self, "peer_info", {}).get("peername"))
         self._session().close_connection(ErrorCode.PROTOCOL_ERROR)
         self._mark()
