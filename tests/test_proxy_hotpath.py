@@ -21,6 +21,7 @@ from dataplane.routing import Endpoint
 from gateway.app import AccessLog
 from gateway.metrics import BUCKETS, RequestStats, new_registry
 from tests.conftest import StaticRouter, free_port, start_origin, start_proxy
+from tests.waiting import HANG_GUARD_S, wait_until
 
 
 @pytest.fixture
@@ -52,13 +53,10 @@ async def test_long_deadline_is_swept_504_without_a_timer_per_request(
     monkeypatch.setattr(twin, "SWEEP_PERIOD_S", 0.02)
     proxy = await start_proxy(backend, StaticRouter(origin.endpoint, timeout=0.3))
     try:
-        resp = await client.request("GET", url(proxy, "/hold"), timeout=3.0)
+        resp = await client.request("GET", url(proxy, "/hold"), timeout=HANG_GUARD_S)
         assert resp.status == 504
         assert resp.json()["cause"] == "TIMED_OUT_REQUEST"
-        for _ in range(100):
-            if origin.handler.resets:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: origin.handler.resets, what="the origin sees the stream reset")
         assert origin.handler.resets[0][1] == ErrorCode.CANCEL
         assert proxy.extra["stats"].done[-1][2] == 504
         # answered requests leave nothing behind: no watched exchange, no timer on them
@@ -77,7 +75,7 @@ async def test_short_deadline_keeps_its_own_timer(backend, origin, client):
     # below COARSE_TIMEOUT_S: exact timer, nothing for the sweep
     proxy = await start_proxy(backend, StaticRouter(origin.endpoint, timeout=0.2))
     try:
-        resp = await client.request("GET", url(proxy, "/hold"), timeout=3.0)
+        resp = await client.request("GET", url(proxy, "/hold"), timeout=HANG_GUARD_S)
         assert resp.status == 504
         assert proxy.handler._deadlines == {} and proxy.handler._sweep_timer is None
     finally:
@@ -90,6 +88,9 @@ async def test_sweep_runs_only_while_deadlines_are_pending(backend, origin, clie
         resp = await client.request("GET", url(proxy, "/echo"))
         assert resp.status == 200
         assert proxy.handler._deadlines == {}
+        # a window of time, kept: the sweep the request armed fires within one period (timers
+        # run in due order, so before this sleep ends); with nothing left to watch it must
+        # not re-arm itself, and a sweep that did would still be armed after three periods
         await asyncio.sleep(proxy_mod.SWEEP_PERIOD_S * 3)
         assert proxy.handler._sweep_timer is None  # stopped once nothing was left to watch
     finally:
@@ -178,10 +179,9 @@ class _DoneRouter(StaticRouter):
 
 
 async def _told(router: _DoneRouter, n: int) -> list[tuple]:
-    for _ in range(200):  # the engine reports the end right around the last frame
-        if len(router.told) >= n:
-            break
-        await asyncio.sleep(0.01)
+    # the engine reports the end right around the last frame
+    await wait_until(lambda: len(router.told) >= n,
+                     what=lambda: f"on_done told {n} times: {router.told}")
     return router.told
 
 
