@@ -34,6 +34,7 @@ from dataplane.routing import Endpoint
 from gateway import access_log as pure_mod
 from gateway.access_log import available_access_logs, load_access_log
 from tests.conftest import StaticRouter, start_origin, start_proxy
+from tests.waiting import wait_until
 
 try:
     from gateway import _access_log_fast as fast_mod
@@ -451,14 +452,13 @@ async def test_timer_writes_a_quiet_batch_and_flush_cancels_it(impl, fmt) -> Non
     log.record("GET", "/a", 200, "c", None, 0.001, 0, PEER)
     log(method="GET", path="/b", status=200)
     assert out.getvalue() == ""
-    for _ in range(100):
-        await asyncio.sleep(0.02)
-        if out.getvalue():
-            break
+    await wait_until(lambda: out.getvalue(), what="the 0.05 s timer writes the quiet batch")
     assert out.getvalue().count("\n") == 2
     log.record("GET", "/c", 200, "c", None, 0.001, 0, PEER)
     log.flush()  # an explicit flush writes now and cancels the pending timer
     assert log._timer is None and out.getvalue().count("\n") == 3
+    # a window of time, kept: twice the 0.05 s timer's delay, in which the cancelled timer
+    # must write nothing
     await asyncio.sleep(0.1)
     assert out.getvalue().count("\n") == 3
     log.flush()  # nothing waiting: nothing written
