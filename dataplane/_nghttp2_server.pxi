@@ -900,6 +900,7 @@ cdef class ServerConnection(_Conn):
     cdef bint _replayable(self, _Stream st) noexcept:
         return st.rq_base == 0 and not st.retain_lost
 
+    @property
     def buffered_bytes(self) -> int:
         """Body bytes the engine holds now for this connection's streams: request bytes held
         or not yet relayed upstream, response bytes relayed from upstream and not yet sent."""

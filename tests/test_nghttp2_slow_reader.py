@@ -67,14 +67,14 @@ async def test_zero_window_client_holds_bounded_bytes_then_gets_everything(rig):
         (down,) = proxy.connections
         # the producer fills every window it was given: the base of each stream, and the
         # grants beyond it up to the connection's budget
-        await wait_until(lambda: down.buffered_bytes() >= CAP, what="the relay buffers to fill")
-        assert down.buffered_bytes() == CAP  # the bound: streams x 16 KiB + 1 MiB
+        await wait_until(lambda: down.buffered_bytes >= CAP, what="the relay buffers to fill")
+        assert down.buffered_bytes == CAP  # the bound: streams x 16 KiB + 1 MiB
         assert down.relay_granted == RELAY.relay_connection_buffer
         assert down.peak_buffered <= RELAY.relay_stream_buffer
         # the upstream connection is shared: it still serves another client meanwhile
         status, _, body, _, err = await request(nghttp2, port, "GET", "/download?size=200000")
         assert (status, err, len(body)) == (200, None, 200000)
-        assert down.buffered_bytes() == CAP  # and the non-reader got nothing more
+        assert down.buffered_bytes == CAP  # and the non-reader got nothing more
         # the client opens its windows: every response arrives whole
         writer.write(settings((4, 2**31 - 1))
                      + frame(WINDOW, 0, 0, struct.pack(">I", 2**31 - 1 - 65535)))
