@@ -12,12 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from dataplane.engine import available_backends
 from tests.conftest import free_port
+from tests.waiting import HANG_GUARD_S, wait_until_blocking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NFMESH = [sys.executable, "-m", "nfmesh_cli"]
@@ -27,17 +27,18 @@ def nfmesh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([*NFMESH, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def _wait_port(port: int, proc: subprocess.Popen, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+def _wait_port(port: int, proc: subprocess.Popen) -> None:
+    """Return once something accepts on 127.0.0.1:port; fail if ``proc`` exits first."""
+    def listening() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"exited early: {proc.stderr.read() if proc.stderr else ''}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
+            return True
         except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}")
+            return False
+
+    wait_until_blocking(listening, interval=0.1, what=f"something listens on {port}")
 
 
 def test_version_names_the_backend_and_hot_paths() -> None:
@@ -133,8 +134,8 @@ def test_run_default_model_c_carries_h2load_to_nghttpd(tmp_path) -> None:
     finally:
         gw.send_signal(signal.SIGTERM)
         origin.terminate()
-        assert gw.wait(20) == 0
-        origin.wait(10)
+        assert gw.wait(HANG_GUARD_S) == 0
+        origin.wait(HANG_GUARD_S)
 
 
 def test_demo_json_summary_has_traffic_and_no_errors() -> None:
