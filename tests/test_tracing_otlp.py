@@ -6,7 +6,6 @@ reselection) and a request no producer answered; and the batcher's bounded queue
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import uuid
@@ -21,6 +20,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.span_batcher import SpanBatcher
 from tests.conftest import header, start_origin
 from tests.registry.conftest import make_profile
+from tests.waiting import HANG_GUARD_S, wait_until
 
 trace_service_pb2 = pytest.importorskip(
     "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
@@ -108,13 +108,12 @@ def _config(receiver: OtlpReceiver, **extra) -> dict:
 
 
 async def wait_spans(gw: Gateway, receiver: OtlpReceiver, n: int) -> None:
-    """Until the receiver holds ``n`` spans (a hang guard, not a speed bound)."""
-    for _ in range(1500):
+    """Until the receiver holds ``n`` spans."""
+    def arrived() -> bool:
         gw.report_completions()  # the engine tells the proxy of finished exchanges now
-        if len(receiver.spans) >= n:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the receiver got {len(receiver.spans)} spans, not {n}")
+        return len(receiver.spans) >= n
+
+    await wait_until(arrived, what=lambda: f"the receiver got {len(receiver.spans)} spans, not {n}")
 
 
 def forwarded_ids(headers) -> tuple[str, str, str]:
@@ -135,7 +134,7 @@ async def test_model_c_spans_carry_the_forwarded_ids_and_attributes(backend, rec
         for i in range(3):
             parent = f"{i + 1:016x}"
             r = await client.request("GET", base + f"/nudm-sdm/v2/imsi-00101000000000{i}/am-data?x=1",
-                                     timeout=5, headers=[
+                                     timeout=HANG_GUARD_S, headers=[
                 ("user-agent", "AMF-0001"), ("traceparent", f"00-{TRACE}-{parent}-01"),
                 ("tracestate", "vendor=1"),
                 ("3gpp-sbi-target-apiroot", f"http://127.0.0.1:{origin.port}")])
@@ -144,7 +143,7 @@ async def test_model_c_spans_carry_the_forwarded_ids_and_attributes(backend, rec
             assert (trace, flags) == (TRACE, "01") and fwd_parent != parent
             sent.append((parent, fwd_parent))
         # not sampled (flag 00): forwarded with a traceparent, but no span
-        r = await client.request("GET", base + "/nudm-sdm/v2/x/am-data", timeout=5, headers=[
+        r = await client.request("GET", base + "/nudm-sdm/v2/x/am-data", timeout=HANG_GUARD_S, headers=[
             ("user-agent", "AMF-0001"), ("traceparent", f"00-{TRACE}-00000000000000aa-00"),
             ("3gpp-sbi-target-apiroot", f"http://127.0.0.1:{origin.port}")])
         assert r.status == 200
@@ -193,13 +192,11 @@ async def test_model_d_span_names_the_producer_that_answered(backend, receiver) 
         await reg.registry.register(a, make_profile("UDM", a, ip="127.0.0.1", port=down, priority=1))
         await reg.registry.register(b, make_profile("UDM", b, ip="127.0.0.1", port=origin.port,
                                                     priority=2))
-        for _ in range(500):
-            if len(reg.publisher.snapshot.by_type.get("UDM", ())) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: len(reg.publisher.snapshot.by_type.get("UDM", ())) == 2,
+                         what="the registry publishes both UDM profiles")
         parent = "00f067aa0ba902b7"
         r = await client.request("GET", f"http://127.0.0.1:{gw.ports['sbi']}/nudm-sdm/v2/imsi-1/am-data",
-                                 timeout=5, headers=[
+                                 timeout=HANG_GUARD_S, headers=[
             ("user-agent", "SMF-7"), ("traceparent", f"00-{TRACE}-{parent}-01"),
             ("3gpp-sbi-discovery-target-nf-type", "UDM"),
             ("3gpp-sbi-discovery-requester-nf-type", "AMF"),
@@ -237,7 +234,7 @@ async def test_a_request_no_producer_answers_is_an_error_span(backend, receiver)
     target = str(uuid.uuid4())
     try:
         r = await client.request("POST", f"http://127.0.0.1:{gw.ports['sbi']}/nausf-auth/v1/ue-authentications",
-                                 body=b"{}", timeout=5, headers=[
+                                 body=b"{}", timeout=HANG_GUARD_S, headers=[
             ("user-agent", "AMF-1"), ("content-type", "application/json"),
             ("traceparent", f"00-{TRACE}-{parent}-01"),
             ("3gpp-sbi-target-apiroot", f"http://127.0.0.1:{down}"),
