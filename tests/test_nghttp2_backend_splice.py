@@ -278,13 +278,13 @@ async def test_held_upload_is_bounded_by_windows_until_upstream_reads():
         origin_window = H2Settings().initial_window_size
 
         def stalled() -> bool:
-            return (sum(c.buffered_bytes() for c in oconns) == origin_window
-                    and sum(c.buffered_bytes() for c in proxy.connections) > WINDOW // 2)
+            return (sum(c.buffered_bytes for c in oconns) == origin_window
+                    and sum(c.buffered_bytes for c in proxy.connections) > WINDOW // 2)
 
         await wait_until(stalled, what=lambda: (
             f"the upload stalls in the windows: the origin holds "
-            f"{[c.buffered_bytes() for c in oconns]} of {origin_window}, the proxy "
-            f"{[c.buffered_bytes() for c in proxy.connections]} of {WINDOW}"))
+            f"{[c.buffered_bytes for c in oconns]} of {origin_window}, the proxy "
+            f"{[c.buffered_bytes for c in proxy.connections]} of {WINDOW}"))
         assert not fut.done()
         held = max(c.peak_buffered for c in oconns)
         assert 0 < held <= H2Settings().initial_window_size + FRAME
@@ -341,12 +341,12 @@ async def test_paused_transport_stops_the_relay(origin):
         def relay_stopped() -> bool:
             high = down.transport.get_write_buffer_limits()[1]
             return (down.transport.get_write_buffer_size() > high
-                    and down.buffered_bytes() >= SMALL.relay_stream_buffer)
+                    and down.buffered_bytes >= SMALL.relay_stream_buffer)
 
         await wait_until(relay_stopped, what=lambda: (
             f"the relay stops: transport buffer {down.transport.get_write_buffer_size()} over "
             f"{down.transport.get_write_buffer_limits()[1]}, engine holds "
-            f"{down.buffered_bytes()} of {SMALL.relay_stream_buffer}"))
+            f"{down.buffered_bytes} of {SMALL.relay_stream_buffer}"))
         queued = down.transport.get_write_buffer_size()
         assert queued < 2 << 20, queued  # not the 8 MB the client's windows would allow
         assert down.peak_buffered <= WINDOW + FRAME
