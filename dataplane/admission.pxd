@@ -6,7 +6,7 @@
 
 cdef class EndpointGate:
     cdef public object controller, key, cluster, levels, mask, prio_counts, shed_counts
-    cdef public object by_consumer
+    cdef public object by_consumer, held
     cdef public double limit, cap_top, cap_normal, margin, last_empty, drain_rate
     cdef public double rtt_noload, rtt_sum, window_end, probe_at, probe_start
     cdef public double ejected_until, shed_fraction, shed_until, shed_partial, shed_at
@@ -22,5 +22,5 @@ cdef class AdmissionController:
     cdef public object report_completions, _sweep, scope_sheds, buckets, _lag_timer
     cdef public long queue_floor, in_flight, retries_in_flight, retries_refused, _lag_run
     cdef public long self_shed, top_band, default_priority
-    cdef public double lag, _lag_expected, consumer_rate
+    cdef public double lag, _lag_expected, consumer_rate, consumer_max_share
     cdef public bint _reporting, self_overloaded

@@ -41,6 +41,15 @@ chose.  Per endpoint (one producer address) an ``EndpointGate`` holds:
   timeout) eject the endpoint for ``base_ejection_s`` x 2^(ejections so far), at most
   ``max_ejection_s``, with at most ``max_ejected_share`` of a cluster's endpoints out at once.
 
+* **a per-consumer in-flight cap**: while the gate's limit is at least 4, one consumer key
+  holds at most ``max(1, floor(limit * consumer_max_share))`` of its slots; a request over
+  that is refused at once (429, reason ``consumer_cap``), so one client that opens many
+  streams and never finishes them (a request body that never ends, a response it never
+  reads) cannot take every slot before the others come.  The top band is exempt (its
+  requests are counted in what the consumer holds, never refused by the cap).  The refusals
+  do not make the limit grow: they are one consumer's excess, not demand the producer fails
+  to serve (growing for them would only hand the hog more slots).
+
 The controller also holds a **retry budget** (reselections and retries at most
 ``retry_budget_share`` of the requests in flight, at least ``retry_min``) and **per-consumer
 token buckets** (``consumer_rate_per_s``/``consumer_burst``; the top band is exempt), and
@@ -81,6 +90,8 @@ PRIORITIES = 32  # 0..31, TS 29.500 message priorities; the data plane treats th
 CONGESTION = (503, "NF_CONGESTION")
 TIMED_OUT = (504, "TIMED_OUT_REQUEST")
 TOO_MANY = (429, "TOO_MANY_REQUESTS")
+CAP_DETAIL = ("this consumer already holds its share of the producer's capacity at the SCP "
+              "(requests in flight)")
 
 
 
@@ -119,6 +130,7 @@ class AdmissionSettings:
     retry_min: int = 3
     consumer_rate_per_s: float = 0.0  # per consumer key and worker; 0: no bucket
     fair_share: bool = True  # under overload, no consumer holds more than its share of a queue
+    consumer_max_share: float = 0.75  # of a gate's in-flight slots, per consumer (limit >= 4)
     consumer_burst: float = 2000.0
     self_lag_target_s: float = 0.05  # event-loop lag above this: the gateway is overloaded
 
@@ -143,6 +155,7 @@ class EndpointGate:
         self.mask = 0
         self.queued = 0  # live entries
         self.by_consumer: dict = {}  # live entries per consumer key
+        self.held: dict = {}  # requests in flight per consumer key (those with one)
         self.done_n = 0  # answers in the current window
         self.drain_rate = 0.0  # answers per second (smoothed)
         self.last_empty = now
@@ -308,6 +321,19 @@ class EndpointGate:
             else:
                 self.by_consumer.pop(consumer, None)
 
+    def consumer_cap(self, share: float) -> int:
+        """The most in-flight slots one consumer may hold (the limit is at least 4)."""
+        cap = int(self.limit * share)
+        return cap if cap > 1 else 1
+
+    def give_back(self, consumer: object) -> None:
+        """One of ``consumer``'s in-flight requests ended (or moved away)."""
+        n = self.held.get(consumer, 0) - 1
+        if n > 0:
+            self.held[consumer] = n
+        else:
+            self.held.pop(consumer, None)
+
     def count(self, reason: str, priority: int) -> None:
         key = (reason, priority)
         self.shed_counts[key] = self.shed_counts.get(key, 0) + 1
@@ -360,6 +386,7 @@ class AdmissionController:
         self.top_band = s.top_band
         self.default_priority = s.default_priority
         self.consumer_rate = s.consumer_rate_per_s
+        self.consumer_max_share = s.consumer_max_share
 
     def gate(self, key: object, cluster: str = "") -> EndpointGate:
         if key is self._last_key:
@@ -422,6 +449,11 @@ class AdmissionController:
                 gate.count("oci", prio)
                 return (CONGESTION[0], CONGESTION[1],
                         "the producer asked for less traffic (3gpp-Sbi-Oci)")
+        consumer = ex.consumer
+        if consumer is not None and not top and gate.limit >= 4.0 \
+                and gate.held.get(consumer, 0) >= gate.consumer_cap(self.consumer_max_share):
+            gate.count("consumer_cap", prio)
+            return (TOO_MANY[0], TOO_MANY[1], CAP_DETAIL)
         if gate.in_flight < (gate.cap_top if top else gate.cap_normal) and (
                 top or not gate.queued):
             ex.gate = gate  # _send, inlined
@@ -431,6 +463,8 @@ class AdmissionController:
             self.in_flight += 1
             if gate.in_flight > gate.max_in_flight:
                 gate.max_in_flight = gate.in_flight
+            if consumer is not None:
+                gate.held[consumer] = gate.held.get(consumer, 0) + 1
             return GO
         s = self.settings
         deadline = deadline or math.inf
@@ -453,7 +487,6 @@ class AdmissionController:
                             "queue at the SCP holds more than it answers within the target")
         else:
             gate.last_empty = now  # a queue forms: its standing time counts from here
-        consumer = ex.consumer
         if (consumer is not None and not top and gate.overloaded and s.fair_share
                 and len(gate.by_consumer) > 1):
             # under overload each consumer gets its share of the queue: one that floods it
@@ -488,6 +521,9 @@ class AdmissionController:
         self.in_flight += 1
         if gate.in_flight > gate.max_in_flight:
             gate.max_in_flight = gate.in_flight
+        consumer = ex.consumer
+        if consumer is not None:
+            gate.held[consumer] = gate.held.get(consumer, 0) + 1
 
     def move(self, ex, endpoint: object) -> None:
         """A reselection sends ``ex`` to ``endpoint`` instead: the first endpoint's slot is
@@ -509,6 +545,9 @@ class AdmissionController:
             return
         gate.in_flight -= 1
         self.in_flight -= 1
+        consumer = ex.consumer
+        if consumer is not None:
+            gate.give_back(consumer)
         if failed:
             gate.failures += 1
             if gate.failures >= self.settings.consecutive_failures:
@@ -546,6 +585,12 @@ class AdmissionController:
                 gate.count("deadline", prio)
                 ex.refused(TIMED_OUT[0], TIMED_OUT[1],
                            "the request waited for the producer until its deadline was too near")
+                continue
+            consumer = ex.consumer
+            if consumer is not None and prio > self.top_band and gate.limit >= 4.0 and \
+                    gate.held.get(consumer, 0) >= gate.consumer_cap(self.consumer_max_share):
+                gate.count("consumer_cap", prio)  # it came up while its consumer filled its cap
+                ex.refused(TOO_MANY[0], TOO_MANY[1], CAP_DETAIL)
                 continue
             self._send(gate, ex, now)
             ex.admitted()

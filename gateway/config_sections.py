@@ -350,6 +350,8 @@ class ConsumerRateSection(msgspec.Struct, **_STRUCT):
     rate_per_s: NonNegFloat = 0.0  # per consumer and worker; 0 = no per-consumer bucket
     burst: PosFloat = 2000.0
     fair_share: bool = True  # under overload no consumer holds more than its share of a queue
+    # one consumer holds at most this share of a producer endpoint's in-flight slots (limit >= 4)
+    max_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.75
 
 
 class OverloadSection(msgspec.Struct, **_STRUCT):
@@ -390,7 +392,7 @@ class OverloadSection(msgspec.Struct, **_STRUCT):
             max_ejected_share=self.outlier.max_ejected_share,
             retry_budget_share=self.retry_budget.share, retry_min=self.retry_budget.min,
             consumer_rate_per_s=self.consumer.rate_per_s, consumer_burst=self.consumer.burst,
-            fair_share=self.consumer.fair_share,
+            fair_share=self.consumer.fair_share, consumer_max_share=self.consumer.max_share,
             self_lag_target_s=self.self_lag_target_ms / 1000.0,
         )
 

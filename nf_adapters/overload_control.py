@@ -6,7 +6,7 @@ Requests (called by the routers, once per request):
 
 * ``message_priority(raw)``: ``3gpp-Sbi-Message-Priority`` 0..31 (0 the highest), or the 400
   ProblemDetails that answers a malformed value (never forwarded);
-* ``consumer_key(peer, user_agent)``: who sent it, for the per-consumer rate;
+* ``consumer_key(peer, user_agent)``: who sent it, for the per-consumer rate and cap;
 * ``scope_keys(...)``: the overload scopes a model D producer service belongs to;
 * ``Restamp``: the proxy calls it when it sends a request that carried
   ``3gpp-Sbi-Max-Rsp-Time``: ``3gpp-Sbi-Sender-Timestamp`` becomes now and
@@ -69,14 +69,18 @@ def message_priority(raw: bytes) -> int | LocalResponse:
 
 
 def consumer_key(peer: dict | None, user_agent: bytes | None) -> object:
-    """Who sent the request, for the per-consumer rate: the NF instance of a verified mesh
-    certificate when the listener has identified one, else the ``User-Agent`` value (TS 29.500
-    §5.2.2.2: the NF type then the instance id or FQDN)."""
+    """Who sent the request, for the per-consumer rate and in-flight cap: the NF instance of a
+    verified mesh certificate when the listener has identified one, else the ``User-Agent``
+    value (TS 29.500 §5.2.2.2: the NF type then the instance id or FQDN), else the downstream
+    connection (the listener's ``peername``: address and port), so that two anonymous clients
+    are two consumers; None when there is none of these."""
     if peer:
         ident = peer.get("nf_identity")
         inst = getattr(ident, "instance_id", None) if ident is not None else None
         if inst:
             return inst
+        if user_agent is None:
+            return peer.get("peername")
     return user_agent
 
 

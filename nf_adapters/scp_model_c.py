@@ -117,7 +117,8 @@ class ModelCFastCase:
             rewrite_headers(headers, info[2], info[3], scan[3], self._hops_value,
                             self._via_value),
             self._timeout, scan[0] in _IDEMPOTENT,
-            ua if not peer or "nf_identity" not in peer else consumer_key(peer, ua))
+            ua if ua is not None and (not peer or "nf_identity" not in peer)
+            else consumer_key(peer, ua))
 
 
 # Forward's fields in order: _forward fills their slots directly when Forward is exactly this

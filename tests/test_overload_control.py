@@ -80,6 +80,19 @@ def test_consumer_is_the_mtls_instance_when_known() -> None:
     assert consumer_key({}, None) is None
 
 
+def test_anonymous_consumers_are_their_connections() -> None:
+    """Neither a mesh identity nor a User-Agent: the downstream connection is the consumer,
+    so two anonymous clients are two consumers (the admission cap tells them apart)."""
+    one = {"peername": ("127.0.0.1", 40001)}
+    two = {"peername": ("127.0.0.1", 40002)}
+    assert consumer_key(one, None) == ("127.0.0.1", 40001)
+    assert consumer_key(one, None) != consumer_key(two, None)
+    assert consumer_key({"nf_identity": None, "peername": ("::1", 5, 0, 0)}, None) == \
+        ("::1", 5, 0, 0)
+    assert consumer_key(one, b"AMF-x") == b"AMF-x"  # a User-Agent still names the consumer
+    assert consumer_key(None, None) is None
+
+
 def test_restamp_carries_the_time_left() -> None:
     stamp = Restamp(clock=lambda: NOW + 0.25)
     headers = [(b":method", b"GET"), (b"3gpp-sbi-max-rsp-time", b"500"),
