@@ -4,7 +4,7 @@ ends, or a 1 MiB GET read through a zero window), another anonymous connection's
 still all answered.  The consumer key is ``nf_adapters.overload_control.consumer_key``: with
 neither a mesh identity nor a User-Agent it is the downstream connection, so the two are two
 consumers; the first holds at most ``floor(limit * max_share)`` slots, its other streams get
-429 at once."""
+429 at once.  Each admission twin (pure and compiled)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import asyncio
 import hpack
 import pytest
 
-from dataplane.admission import AdmissionController, AdmissionSettings
+from dataplane.admission import AdmissionSettings, available_admissions, load_admission
 from dataplane.client import H2Client
 from dataplane.engine import H2Settings
 from dataplane.routing import Forward
@@ -87,9 +87,10 @@ async def origin(backend):
     await running.stop()
 
 
+@pytest.mark.parametrize("admission", available_admissions())
 @pytest.mark.parametrize("kind", ["held_body", "zero_window"])
-async def test_one_anonymous_connection_cannot_take_every_slot(backend, origin, kind):
-    adm = AdmissionController(AdmissionSettings(
+async def test_one_anonymous_connection_cannot_take_every_slot(backend, origin, kind, admission):
+    adm = load_admission(admission)(AdmissionSettings(
         initial_limit=LIMIT, min_limit=LIMIT, max_limit=LIMIT, reserved_share=0.0,
         consumer_rate_per_s=0.0, probe_interval_s=1e9, queue_target_s=60.0,
         queue_interval_s=60.0, consumer_max_share=SHARE))
