@@ -41,11 +41,13 @@ chose.  Per endpoint (one producer address) an ``EndpointGate`` holds:
   timeout) eject the endpoint for ``base_ejection_s`` x 2^(ejections so far), at most
   ``max_ejection_s``, with at most ``max_ejected_share`` of a cluster's endpoints out at once.
 
-* **a per-consumer in-flight cap**: while the gate's limit is at least 4, one consumer key
-  holds at most ``max(1, floor(limit * consumer_max_share))`` of its slots; a request over
-  that is refused at once (429, reason ``consumer_cap``), so one client that opens many
-  streams and never finishes them (a request body that never ends, a response it never
-  reads) cannot take every slot before the others come.  The top band is exempt (its
+* **a per-consumer in-flight cap**: while the gate's limit is at least 4 and another consumer
+  holds or waits at the gate (contended; a consumer alone may use every slot), one consumer
+  key holds at most ``max(1, floor(limit * consumer_max_share))`` of its slots; a request over
+  that is refused at once (429, reason ``consumer_cap``).  And while a consumer that came
+  first holds more than its cap, a full gate still sends for the others (up to that excess
+  beyond the limit), so one client that opened many streams and never finishes them (a
+  request body that never ends, a response it never reads) cannot make the others wait.  The top band is exempt (its
   requests are counted in what the consumer holds, never refused by the cap).  The refusals
   do not make the limit grow: they are one consumer's excess, not demand the producer fails
   to serve (growing for them would only hand the hog more slots).
@@ -326,6 +328,26 @@ class EndpointGate:
         cap = int(self.limit * share)
         return cap if cap > 1 else 1
 
+    def over_cap(self, consumer: object, share: float) -> bool:
+        """``consumer`` holds its cap of in-flight slots while another consumer holds or waits
+        here (contended); a consumer alone at a gate is never capped (work-conserving)."""
+        held = self.held
+        if held.get(consumer, 0) < self.consumer_cap(share):
+            return False
+        by = self.by_consumer
+        return len(held) > 1 or len(by) > (1 if consumer in by else 0)
+
+    def borrowable(self, consumer: object, share: float) -> bool:
+        """A full gate may still send for ``consumer`` (under its cap) while a consumer that
+        came first holds more than its cap: at most that excess beyond the limit, so a hog
+        that took every slot before the others came cannot make them wait for it."""
+        held = self.held
+        cap = self.consumer_cap(share)
+        if held.get(consumer, 0) >= cap or not held:
+            return False
+        over = max(held.values()) - cap
+        return over > 0 and self.in_flight < self.cap_normal + over
+
     def give_back(self, consumer: object) -> None:
         """One of ``consumer``'s in-flight requests ended (or moved away)."""
         n = self.held.get(consumer, 0) - 1
@@ -450,12 +472,13 @@ class AdmissionController:
                 return (CONGESTION[0], CONGESTION[1],
                         "the producer asked for less traffic (3gpp-Sbi-Oci)")
         consumer = ex.consumer
-        if consumer is not None and not top and gate.limit >= 4.0 \
-                and gate.held.get(consumer, 0) >= gate.consumer_cap(self.consumer_max_share):
+        capping = consumer is not None and not top and gate.limit >= 4.0
+        if capping and gate.held and gate.over_cap(consumer, self.consumer_max_share):
             gate.count("consumer_cap", prio)
             return (TOO_MANY[0], TOO_MANY[1], CAP_DETAIL)
-        if gate.in_flight < (gate.cap_top if top else gate.cap_normal) and (
-                top or not gate.queued):
+        if (gate.in_flight < (gate.cap_top if top else gate.cap_normal) and (
+                top or not gate.queued)) or (
+                capping and gate.held and gate.borrowable(consumer, self.consumer_max_share)):
             ex.gate = gate  # _send, inlined
             ex.sent_at = now
             gate.in_flight += 1
@@ -573,7 +596,15 @@ class AdmissionController:
                     gate.mask &= ~(1 << prio)
                 continue
             if gate.in_flight >= gate.allowed(prio):
-                return
+                # full: only a request over its consumer's cap (refused below) or one that may
+                # borrow past a consumer over its cap leaves the queue now
+                consumer = ex.consumer
+                if consumer is None or prio <= self.top_band or gate.limit < 4.0 \
+                        or not gate.held:
+                    return
+                share = self.consumer_max_share
+                if not gate.over_cap(consumer, share) and not gate.borrowable(consumer, share):
+                    return
             del level[0]
             if not level:
                 gate.mask &= ~(1 << prio)
@@ -588,7 +619,7 @@ class AdmissionController:
                 continue
             consumer = ex.consumer
             if consumer is not None and prio > self.top_band and gate.limit >= 4.0 and \
-                    gate.held.get(consumer, 0) >= gate.consumer_cap(self.consumer_max_share):
+                    gate.over_cap(consumer, self.consumer_max_share):
                 gate.count("consumer_cap", prio)  # it came up while its consumer filled its cap
                 ex.refused(TOO_MANY[0], TOO_MANY[1], CAP_DETAIL)
                 continue

@@ -467,34 +467,57 @@ def test_reload_keeps_learned_state_within_new_bounds() -> None:
 
 
 def test_one_consumer_holds_at_most_its_share_of_the_slots() -> None:
-    """limit 16, max share 0.75: the hog's 13th request is refused at once (429, counted as
-    consumer_cap) while slots are free; another consumer is still admitted."""
+    """limit 16, max share 0.75, another consumer present: the hog's 13th request is refused at
+    once (429, counted as consumer_cap) while slots are free; the other is still admitted."""
     clock = Clock()
     ctl = controller(clock, initial_limit=16, max_limit=16)
+    assert ctl.admit(Ex(20, consumer="other")) == GO
     hog = [Ex(20, consumer="hog") for _ in range(12)]
     assert [ctl.admit(ex) for ex in hog] == [GO] * 12
     refused = ctl.admit(Ex(20, consumer="hog"))
     assert refused[:2] == (429, "TOO_MANY_REQUESTS") and "share" in refused[2]
     gate = ctl.gate("p1")
-    assert gate.in_flight == 12 and gate.held == {"hog": 12}
+    assert gate.in_flight == 13 and gate.held == {"hog": 12, "other": 1}
     assert gate.shed_counts == {("consumer_cap", 20): 1}
-    other = [Ex(20, consumer="other") for _ in range(4)]
-    assert [ctl.admit(ex) for ex in other] == [GO] * 4
+    other = [Ex(20, consumer="other") for _ in range(3)]
+    assert [ctl.admit(ex) for ex in other] == [GO] * 3
     assert ctl.admit(Ex(20)) == QUEUED  # full: no consumer key, no cap, it waits
     assert ctl.admit(Ex(3, consumer="hog")) == QUEUED  # the top band is never capped
+
+
+def test_a_consumer_alone_is_not_capped_and_one_that_came_first_cannot_starve_others() -> None:
+    """Work-conserving: alone, a consumer may use every slot.  When another comes to the full
+    gate, it is sent anyway (up to the first one's excess over its cap), and the first one's
+    next request is refused while the gate is contended."""
+    clock = Clock()
+    ctl = controller(clock, initial_limit=16, max_limit=16)
+    hog = [Ex(20, consumer="hog") for _ in range(16)]
+    assert [ctl.admit(ex) for ex in hog] == [GO] * 16  # alone: all 16, no 429
+    gate = ctl.gate("p1")
+    assert gate.shed_counts == {}
+    late = [Ex(20, consumer="late") for _ in range(5)]
+    # the hog is 4 over its cap of 12: the late one gets 4 slots beyond the limit, then waits
+    assert [ctl.admit(ex) for ex in late] == [GO] * 4 + [QUEUED]
+    assert gate.in_flight == 20 and gate.held == {"hog": 16, "late": 4}
+    assert ctl.admit(Ex(20, consumer="hog"))[0] == 429  # contended now: over its cap
+    assert gate.shed_counts == {("consumer_cap", 20): 1}
+    for ex in hog[:6]:  # the hog finishes some: back under its cap, nothing over to borrow
+        finish(ctl, ex)
+    assert gate.held["hog"] == 10 and not gate.borrowable("late", 0.75)
 
 
 def test_a_consumer_gets_its_slots_back_on_release_and_move() -> None:
     clock = Clock()
     ctl = controller(clock, initial_limit=8, max_limit=8, consumer_max_share=0.5)
+    assert ctl.admit(Ex(20, consumer="d", endpoint="p1")) == GO  # the gate is contended
     mine = [Ex(20, consumer="c", endpoint="p1") for _ in range(4)]
     assert [ctl.admit(ex) for ex in mine] == [GO] * 4
     assert ctl.admit(Ex(20, consumer="c"))[0] == 429
     finish(ctl, mine[0])
-    assert ctl.gate("p1").held == {"c": 3}
+    assert ctl.gate("p1").held == {"c": 3, "d": 1}
     assert ctl.admit(Ex(20, consumer="c")) == GO  # the slot it gave back is its again
     ctl.move(mine[1], "p2")  # a reselection: its slot at p1 is given back, one at p2 taken
-    assert ctl.gate("p1").held == {"c": 3} and ctl.gate("p2").held == {"c": 1}
+    assert ctl.gate("p1").held == {"c": 3, "d": 1} and ctl.gate("p2").held == {"c": 1}
     finish(ctl, mine[1])
     assert ctl.gate("p2").held == {} and ctl.gate("p2").in_flight == 0
 
@@ -508,20 +531,21 @@ def test_no_cap_below_a_limit_of_four() -> None:
 
 
 def test_a_queued_request_over_its_consumers_cap_is_refused_when_it_comes_up() -> None:
-    """Queued while the gate was full and its consumer under its cap; by the time a slot
-    frees, the consumer filled its cap with a top-band request: refused then, not sent."""
+    """Queued while the gate was full (nobody over a cap, so nothing to borrow) and its
+    consumer under its cap; by the time a slot frees, the consumer filled its cap with a
+    top-band request: refused then, not sent."""
     clock = Clock()
     ctl = controller(clock, initial_limit=4, max_limit=4, consumer_max_share=0.5)
-    first = [Ex(20, consumer="a"), Ex(20, consumer="b"), Ex(2, consumer="b"),
-             Ex(2, consumer="b")]
+    first = [Ex(20, consumer="a"), Ex(20, consumer="b"), Ex(20, consumer="b"),
+             Ex(20, consumer="c")]
     assert [ctl.admit(ex) for ex in first] == [GO] * 4
     gate = ctl.gate("p1")
-    assert gate.held == {"a": 1, "b": 3}  # the top band counts, uncapped
-    assert ctl.admit(Ex(20, consumer="b"))[0] == 429  # b over its cap of 2
+    assert gate.held == {"a": 1, "b": 2, "c": 1}
+    assert ctl.admit(Ex(20, consumer="b"))[0] == 429  # b at its cap of 2, contended
     normal, top = Ex(20, consumer="a"), Ex(2, consumer="a")
     assert ctl.admit(normal) == QUEUED and ctl.admit(top) == QUEUED  # a under its cap: waits
-    finish(ctl, first[2])
-    assert top.events == ["go"] and gate.held == {"a": 2, "b": 2}
+    finish(ctl, first[1])
+    assert top.events == ["go"] and gate.held == {"a": 2, "b": 1, "c": 1}  # top band counts
     finish(ctl, first[3])
     assert normal.events == [(429, "TOO_MANY_REQUESTS")]
     assert gate.held == {"a": 2, "b": 1} and gate.in_flight == 3

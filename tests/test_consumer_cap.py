@@ -3,8 +3,10 @@ connection opens many streams that hold a producer's admission slot (a POST whos
 ends, or a 1 MiB GET read through a zero window), another anonymous connection's requests are
 still all answered.  The consumer key is ``nf_adapters.overload_control.consumer_key``: with
 neither a mesh identity nor a User-Agent it is the downstream connection, so the two are two
-consumers; the first holds at most ``floor(limit * max_share)`` slots, its other streams get
-429 at once.  Each admission twin (pure and compiled)."""
+consumers.  Alone, the attacker may take every slot (the cap is work-conserving) and its
+other streams wait; once the other consumer comes, it is sent past the full gate (up to the
+attacker's excess over ``floor(limit * max_share)``), and the attacker's waiting streams get
+429.  Each admission twin (pure and compiled)."""
 
 from __future__ import annotations
 
@@ -24,8 +26,7 @@ from tests.waiting import wait_until
 
 LIMIT = 8
 SHARE = 0.75
-CAP = 6  # floor(LIMIT * SHARE)
-STREAMS = 14  # the attacker's: CAP forwarded, the rest refused
+STREAMS = 14  # the attacker's: LIMIT forwarded, the rest wait, then refused
 LEGIT = 20
 
 
@@ -100,17 +101,13 @@ async def test_one_anonymous_connection_cannot_take_every_slot(backend, origin, 
     try:
         writer.write(attack(hpack.Encoder(), kind, proxy.port))
         await writer.drain()
-        refused = STREAMS - CAP
-        want = STREAMS if kind == "zero_window" else refused  # + the 200 headers, not read
-        got = await statuses(reader, want)
-        assert got.count(429) == refused
-        gate = next(iter(adm.gates.values()))
-        await wait_until(lambda: gate.in_flight == CAP,
-                         what=lambda: f"in flight {gate.in_flight}")
-        assert list(gate.held.values()) == [CAP]
-        assert gate.shed_counts == {("consumer_cap", 16): refused}
+        gate = await wait_until(lambda: next(iter(adm.gates.values()), None))
+        # alone at the gate: every slot, the rest waits (nothing refused yet)
+        await wait_until(lambda: gate.in_flight == LIMIT and gate.queued == STREAMS - LIMIT,
+                         what=lambda: f"in flight {gate.in_flight}, queued {gate.queued}")
+        assert list(gate.held.values()) == [LIMIT] and gate.shed_counts == {}
         if kind == "held_body":
-            await wait_until(lambda: len(origin.handler.held) == CAP)
+            await wait_until(lambda: len(origin.handler.held) == LIMIT)
 
         client = H2Client(backend.NAME)
         try:
@@ -120,8 +117,12 @@ async def test_one_anonymous_connection_cannot_take_every_slot(backend, origin, 
         finally:
             await client.close()
         assert [r.status for r in answers] == [204] * LEGIT
-        assert gate.in_flight == CAP  # the attacker still holds its share, no more
+        refused = STREAMS - LIMIT  # the attacker's waiting streams, once the gate was contended
+        got = await statuses(reader, STREAMS if kind == "zero_window" else refused)
+        assert got.count(429) == refused
+        assert gate.in_flight == LIMIT and list(gate.held.values()) == [LIMIT]
         assert gate.shed_counts == {("consumer_cap", 16): refused}
+        assert gate.queued == 0
     finally:
         writer.close()
         await proxy.stop()
