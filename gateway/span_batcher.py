@@ -15,6 +15,7 @@ loop pays one ``len`` and one ``deque.append`` per span, and one ``Event.set`` p
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import threading
@@ -44,6 +45,7 @@ class SpanBatcher:
         self.failed = 0  # in a batch the receiver refused, or that could not be sent
         self.batches = 0  # export calls made
         self._wake = threading.Event()
+        self._due = None  # the event loop's timer that wakes the thread for a batch (or None)
         self._closing = False
         self._failing = False  # the last export failed (one log line per failure streak)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -63,7 +65,21 @@ class SpanBatcher:
         self.submitted += 1
         if n + 1 >= self.batch_size and not self._wake.is_set():
             self._wake.set()
+        elif n == 0 and self._due is None:
+            # the first span of a batch: the event loop wakes the thread when it is due (the
+            # thread's own timed wait is the fallback; a loop timer is the clock the rest of
+            # the gateway runs on, and it holds where a timed thread wait may not)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self._due = loop.call_later(self.delay_s, self._wake_due)
         return True
+
+    def _wake_due(self) -> None:
+        self._due = None
+        self._wake.set()
 
     def pending(self) -> int:
         return len(self.queue)
