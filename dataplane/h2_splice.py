@@ -495,12 +495,7 @@ class BaseConnection(asyncio.Protocol):
             src.acked = st.sent
             conn = src.conn
             if not conn._lost:
-                try:
-                    if src.conn_acked:
-                        conn._h2.ack_stream(grant, src.sid)
-                    else:
-                        conn._h2.acknowledge_received_data(grant, src.sid)
-                except h2.exceptions.ProtocolError:
+                if not conn._credit(src, grant):
                     return
                 conn._mark()
 
@@ -536,14 +531,21 @@ class BaseConnection(asyncio.Protocol):
         owed = st.rx - st.acked
         st.acked = st.rx
         if owed > 0 and not self._lost:
-            try:
-                if st.conn_acked:
-                    self._h2.ack_stream(owed, st.sid)
-                else:
-                    self._h2.acknowledge_received_data(owed, st.sid)
-            except h2.exceptions.ProtocolError:
-                pass
+            self._credit(st, owed)
             self._mark()
+
+    def _credit(self, st: H2Stream, n: int) -> bool:
+        """Give back ``n`` bytes of ``st``'s received body as flow-control credit: the stream
+        window only when its connection window was given back on arrival (a relayed
+        response), else both.  False on a protocol error (the stream is gone)."""
+        try:
+            if st.conn_acked:
+                self._h2.ack_stream(n, st.sid)
+            else:
+                self._h2.acknowledge_received_data(n, st.sid)
+        except h2.exceptions.ProtocolError:
+            return False
+        return True
 
     def _reset_stream(self, st: H2Stream, error_code: int) -> None:
         if not self._lost:

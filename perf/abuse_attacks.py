@@ -166,6 +166,34 @@ def new_tally() -> dict:
             "bytes_sent": 0, "streams_opened": 0, "bytes_received": 0, "data_bytes": 0}
 
 
+def _split_frames(buf: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]:
+    """The whole HTTP/2 frames at the start of ``buf`` (type, flags, stream id, payload) and
+    what is left after them (a partial frame)."""
+    frames = []
+    while len(buf) >= 9:
+        n = int.from_bytes(buf[:3], "big")
+        if len(buf) < 9 + n:
+            break
+        frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF,
+                       buf[9:9 + n]))
+        buf = buf[9 + n:]
+    return frames, buf
+
+
+def _tally(got: dict, ftype: int, payload: bytes, data: bool) -> None:
+    """Count one received frame in the attacker's tally: GOAWAY codes, RST_STREAMs, response
+    HEADERS and (with ``data``) DATA payload bytes."""
+    if ftype == _GOAWAY and len(payload) >= 8:
+        name = _error_name(int.from_bytes(payload[4:8], "big"))
+        got["goaway"][name] = got["goaway"].get(name, 0) + 1
+    elif ftype == _RST_STREAM:
+        got["rst_stream"] += 1
+    elif ftype == _HEADERS:
+        got["responses"] += 1
+    elif ftype == _DATA and data:
+        got["data_bytes"] += len(payload)
+
+
 def _error_name(code: int) -> str:
     try:
         return ErrorCode(code).name
@@ -183,21 +211,9 @@ async def _read_frames(reader: asyncio.StreamReader, got: dict) -> None:
             return
         got["bytes_received"] += len(data)
         buf += data
-        while len(buf) >= 9:
-            n = int.from_bytes(buf[:3], "big")
-            if len(buf) < 9 + n:
-                break
-            ftype = buf[3]
-            if ftype == _GOAWAY and n >= 8:
-                name = _error_name(int.from_bytes(buf[13:17], "big"))
-                got["goaway"][name] = got["goaway"].get(name, 0) + 1
-            elif ftype == _RST_STREAM:
-                got["rst_stream"] += 1
-            elif ftype == _HEADERS:
-                got["responses"] += 1
-            elif ftype == _DATA:
-                got["data_bytes"] += n
-            buf = buf[9 + n:]
+        frames, buf = _split_frames(buf)
+        for ftype, _flags, _sid, payload in frames:
+            _tally(got, ftype, payload, data=True)
 
 
 async def attack(port: int, case: str, stop: asyncio.Event, got: dict,
@@ -357,21 +373,10 @@ async def big_header_probe(port: int, got: dict) -> tuple[str, str] | None:
                 break
             got["bytes_received"] += len(chunk)
             buf += chunk
-            while len(buf) >= 9:
-                n = int.from_bytes(buf[:3], "big")
-                if len(buf) < 9 + n:
-                    break
-                ftype, flags = buf[3], buf[4]
-                sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
-                if ftype == _GOAWAY and n >= 8:
-                    name = _error_name(int.from_bytes(buf[13:17], "big"))
-                    got["goaway"][name] = got["goaway"].get(name, 0) + 1
-                elif ftype == _RST_STREAM:
-                    got["rst_stream"] += 1
-                elif ftype == _HEADERS:
-                    got["responses"] += 1
-                out.feed(ftype, flags, sid, buf[9:9 + n])
-                buf = buf[9 + n:]
+            frames, buf = _split_frames(buf)
+            for ftype, flags, sid, payload in frames:
+                _tally(got, ftype, payload, data=False)
+                out.feed(ftype, flags, sid, payload)
     except (ConnectionError, OSError):
         timed_out = False
         got["cut"] += 1
