@@ -49,27 +49,36 @@ class Received:
 
     def take(self, buf: bytes) -> bytes:
         """Count the whole frames in ``buf``; returns what is left (a partial frame)."""
-        while len(buf) >= 9:
-            length = int.from_bytes(buf[:3], "big")
-            if len(buf) < 9 + length:
-                break
-            ftype, flags = buf[3], buf[4]
-            sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+        frames, rest = split_frames(buf)
+        for ftype, flags, sid, payload in frames:
             if ftype == GOAWAY:
-                self.goaway.append(struct.unpack_from(">I", buf, 13)[0])
+                self.goaway.append(struct.unpack_from(">I", payload, 4)[0])
             elif ftype == HEADERS:
                 self.headers.append(sid)
                 if flags & 1:
                     self.ended.add(sid)
             elif ftype == DATA:
-                self.data[sid] = self.data.get(sid, 0) + length - (
-                    buf[9] + 1 if flags & 0x8 else 0)
+                self.data[sid] = self.data.get(sid, 0) + len(payload) - (
+                    payload[0] + 1 if flags & 0x8 else 0)
                 if flags & 1:
                     self.ended.add(sid)
             elif ftype == RST_STREAM:
                 self.resets.append(sid)
-            buf = buf[9 + length:]
-        return buf
+        return rest
+
+
+def split_frames(buf: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]:
+    """The whole frames at the start of ``buf`` (type, flags, stream id, payload) and what is
+    left after them (a partial frame)."""
+    frames = []
+    while len(buf) >= 9:
+        length = int.from_bytes(buf[:3], "big")
+        if len(buf) < 9 + length:
+            break
+        frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF,
+                       bytes(buf[9:9 + length])))
+        buf = buf[9 + length:]
+    return frames, bytes(buf)
 
 
 async def read_until_eof(reader: asyncio.StreamReader, timeout: float = 30.0) -> Received:

@@ -19,6 +19,7 @@ import pytest
 
 from dataplane.engine import ErrorCode, H2Settings
 from tests.conftest import OriginHandler, start_origin
+from tests.h2_frames import split_frames
 from tests.nghttp2_rig import (
     connect,
     hdr,
@@ -262,15 +263,8 @@ async def test_goaway_drain_finishes_in_flight_streams(origin):
 
 def _frames(buf: bytearray):
     """Pop whole HTTP/2 frames (type, flags, stream id, payload) off ``buf``."""
-    out = []
-    while len(buf) >= 9:
-        length = int.from_bytes(buf[:3], "big")
-        if len(buf) < 9 + length:
-            break
-        ftype, flags = buf[3], buf[4]
-        sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
-        out.append((ftype, flags, sid, bytes(buf[9 : 9 + length])))
-        del buf[: 9 + length]
+    out, rest = split_frames(bytes(buf))
+    buf[:] = rest
     return out
 
 
