@@ -2,16 +2,15 @@
 connection whose client has sent only the preface, SETTINGS and SETTINGS ACKs has no h2
 ``H2Connection`` (~15 KiB); it answers the handshake itself and the session, made at the first
 other frame, parses the kept bytes first.  None of it may show on the wire: one server SETTINGS,
-one WINDOW_UPDATE, one ACK per client SETTINGS, the client's values in force; and an idle
-connection costs under 8 KiB of Python allocations."""
+one WINDOW_UPDATE, one ACK per client SETTINGS, the client's values in force; and 200 idle
+connections hold no session.  What an idle connection costs is measured by
+``nfmesh perf abuse --cases idle_connections`` (perf/), not asserted here."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import socket
 import struct
-import tracemalloc
 
 import hpack
 import pytest
@@ -108,14 +107,11 @@ async def test_handshake_without_a_session_then_a_request(origin):
         writer.close()
 
 
-async def test_idle_connections_cost_under_8_kib_each(origin):
+async def test_idle_connections_hold_no_session(origin):
     loop = asyncio.get_running_loop()
     n = 200
     socks = []
-    gc.collect()
-    tracemalloc.start()
     try:
-        before = tracemalloc.get_traced_memory()[0]
         for _ in range(n):
             s = socket.socket()
             s.setblocking(False)
@@ -124,11 +120,7 @@ async def test_idle_connections_cost_under_8_kib_each(origin):
             socks.append(s)
         await wait_until(lambda: len(origin.handler.connections) == n and all(
             c._dormant_acked == 1 for c in origin.handler.connections))
-        gc.collect()
-        per_conn = (tracemalloc.get_traced_memory()[0] - before) / n
     finally:
-        tracemalloc.stop()
         for s in socks:
             s.close()
     assert all(c._h2 is None for c in origin.handler.connections)
-    assert per_conn < 8 * 1024, per_conn
