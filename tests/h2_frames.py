@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 
 import hpack
 
@@ -83,9 +84,16 @@ def split_frames(buf: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]:
 
 async def read_until_eof(reader: asyncio.StreamReader, timeout: float = 30.0) -> Received:
     """Read until the peer closes (or ``timeout``, a hang guard); what came."""
+    return await read_until(reader, lambda got: False, timeout)
+
+
+async def read_until(reader: asyncio.StreamReader, done: Callable[[Received], bool],
+                     timeout: float = 30.0) -> Received:
+    """Read until ``done`` says what came is enough, the peer closes, or ``timeout`` (a hang
+    guard) passes; what came."""
     got = Received()
     buf = b""
-    while True:
+    while not done(got):
         try:
             data = await asyncio.wait_for(reader.read(65536), timeout)
         except (TimeoutError, ConnectionError):
@@ -94,3 +102,4 @@ async def read_until_eof(reader: asyncio.StreamReader, timeout: float = 30.0) ->
             got.eof = True
             return got
         buf = got.take(buf + data)
+    return got

@@ -24,6 +24,7 @@ from tests.h2_frames import (
     RST_STREAM,
     frame,
     greeting,
+    read_until,
     read_until_eof,
     request_block,
     settings,
@@ -116,7 +117,7 @@ async def test_a_long_read_is_fed_in_slices_and_answered_whole(origin):
     try:
         writer.write(greeting() + reqs)
         await writer.drain()
-        got_task = asyncio.ensure_future(read_until_eof(reader))
+        got_task = asyncio.ensure_future(read_until(reader, lambda got: len(got.ended) == n))
         await wait_until(lambda: origin.handler.connections
                          and origin.handler.connections[0].frames_fed >= n + 2)
         conn = origin.handler.connections[0]
@@ -124,9 +125,9 @@ async def test_a_long_read_is_fed_in_slices_and_answered_whole(origin):
         assert conn.deferred_slices >= 1
         assert not conn.calm_goaway
         await wait_until(lambda: len(origin.handler.requests) == n)
+        got = await got_task  # every answer, read before the socket closes
     finally:
         writer.close()
-    got = await got_task
     assert sorted(got.ended) == [1 + 2 * i for i in range(n)]
 
 
@@ -142,14 +143,14 @@ async def test_streams_opened_and_reset_in_one_read_never_reach_the_handler(orig
     try:
         writer.write(greeting() + pairs + last)
         await writer.drain()
-        got_task = asyncio.ensure_future(read_until_eof(reader))
+        got_task = asyncio.ensure_future(read_until(reader, lambda got: 41 in got.ended))
         await wait_until(lambda: origin.handler.requests)
         conn = origin.handler.connections[0]
         await wait_until(lambda: conn.open_streams == 0)
         assert conn.skipped_requests == 20
         assert [dict(r)[b":path"] for r in origin.handler.requests] == [b"/x"]
         assert not origin.handler.held
+        got = await got_task  # the answer, read before the socket closes
     finally:
         writer.close()
-    got = await got_task
     assert 41 in got.ended
