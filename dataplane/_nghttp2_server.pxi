@@ -86,6 +86,7 @@ cdef class ServerConnection(_Conn):
     # upstream stream windows granted beyond the base for this connection's spliced streams
     # (H2Settings.relay_connection_buffer bounds it; _cli_frame_send, _stream_gone)
     cdef readonly size_t relay_granted
+    cdef bint report_start                   # settings.report_response_start
 
     def __dealloc__(self):
         # runs before _Conn's, which deletes the session the cached buffers belong to
@@ -165,6 +166,7 @@ cdef class ServerConnection(_Conn):
         self.bomb_floor = 4 * <size_t>self.settings.header_table_size
         self.scan_pre = 24  # the client magic, checked by libnghttp2
         self._set_tap(self.settings.tap_response_headers)
+        self.report_start = self.settings.report_response_start
 
     cdef void _set_tap(self, names) except *:
         cdef int i
@@ -583,6 +585,11 @@ cdef class ServerConnection(_Conn):
                         nghttp2_strerror(rv).decode())
             nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, st.sid,
                                       NGHTTP2_INTERNAL_ERROR)
+        elif self.report_start and not st.resp_end and st.observer is not None:
+            try:
+                st.observer.on_response_started(st.sid_obj, st.status)
+            except Exception:
+                log.exception("nghttp2: on_response_started failed on stream %d", st.sid)
         _mark(self)
 
     cdef list _tap_call(self, _Stream st, list extra):

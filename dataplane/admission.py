@@ -47,7 +47,7 @@ chose.  Per endpoint (one producer address) an ``EndpointGate`` holds:
   that is refused at once (429, reason ``consumer_cap``).  And while a consumer that came
   first holds more than its cap, a full gate still sends for the others (up to that excess
   beyond the limit), so one client that opened many streams and never finishes them (a
-  request body that never ends, a response it never reads) cannot make the others wait.  The top band is exempt (its
+  request body that never ends) cannot make the others wait.  The top band is exempt (its
   requests are counted in what the consumer holds, never refused by the cap).  The refusals
   do not make the limit grow: they are one consumer's excess, not demand the producer fails
   to serve (growing for them would only hand the hog more slots).
@@ -60,7 +60,9 @@ watches the event loop's own lag: when the gateway itself falls behind
 3GPP layer to advertise it (its own OCI).
 
 The proxy calls ``admit(ex)`` once per forwarded request and ``release(ex, status, error)``
-once when it ends.  ``admit`` answers ``GO`` (send it now), ``QUEUED`` (the controller will
+once when the producer has answered: at its response headers when a body follows (a body
+that a client does not read holds no slot), else when the exchange ends; further calls are
+no-ops.  ``admit`` answers ``GO`` (send it now), ``QUEUED`` (the controller will
 call ``ex.admitted()`` or ``ex.refused(status, cause, detail)`` later) or a refusal
 ``(status, cause, detail)`` to answer at once.  ``ex`` has the attributes ``priority``,
 ``due`` (the absolute deadline, 0: none), ``consumer``, ``endpoint``, ``cluster``, ``scopes``, ``done`` and

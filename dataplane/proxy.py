@@ -28,8 +28,11 @@ cancelled per request); shorter ones get their own loop timer.
 Admission (``dataplane.admission``, when the proxy has an ``admission`` controller): each
 ``Forward`` is admitted before it is sent: sent at once, queued (sent later, or answered with
 the controller's refusal), or refused at once (503/504/429 ProblemDetails, never forwarded).
-The exchange tells the controller when it ends (``release``), and reselections and retries
-draw from the controller's retry budget.  A request whose ``Forward.restamp`` is set has its
+The exchange gives its slot back (``release``) when the producer's response headers arrive
+with a body to follow (``on_response_started``, with the engine setting
+``H2Settings.report_response_start``), else when it ends, so a client that does not read a
+body holds no producer capacity; reselections and retries draw from the controller's retry
+budget.  A request whose ``Forward.restamp`` is set has its
 deadline headers re-stamped by ``restamp(headers, seconds_left)`` when it is sent.  A
 response tap (``response_tap(exchange, status, fields)``, with the engine setting
 ``H2Settings.tap_response_headers``) sees the producer's overload/load headers first.
@@ -447,6 +450,13 @@ class _Exchange:
         """The engine's response tap (overload/load control headers from the producer)."""
         tap = self.proxy.response_tap
         return fields if tap is None else tap(self, status, fields)
+
+    def on_response_started(self, stream_id, status) -> None:
+        """The producer's response HEADERS went downstream and a body follows: its admission
+        slot goes back now (the producer has answered; a client that does not read the body
+        must not hold the producer's capacity), with the time to the response as the sample."""
+        if self.gate is not None:
+            self.proxy.admission.release(self, status, status >= 500)
 
     # ---- SpliceObserver ----------------------------------------------------------------------
     def on_upstream_failed(self, stream_id, error_code, reached) -> None:

@@ -80,10 +80,10 @@ class OverloadProtection:
 
     # ---- what the proxy and the engine get ----------------------------------------------------
     def h2_settings(self, settings: H2Settings) -> H2Settings:
-        """``settings`` with the OCI/LCI response tap when the engine supports it."""
+        """``settings`` telling the proxy when a response starts (admission slots go back at
+        the producer's response headers), and with the OCI/LCI response tap."""
+        settings = dataclasses.replace(settings, report_response_start=True)
         if not self.section.honour_oci:
-            return settings
-        if "tap_response_headers" not in {f.name for f in dataclasses.fields(settings)}:
             return settings
         return dataclasses.replace(settings, tap_response_headers=TAPPED_HEADERS)
 

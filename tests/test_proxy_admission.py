@@ -1,7 +1,8 @@
 """Admission through the real proxy, on both HTTP/2 backends and both proxy twins: the wait
 queue's priority order, a queued request that reaches its deadline is answered 504 and never
 forwarded, a client that gives up while queued frees its place, refusals are ProblemDetails,
-and a forwarded request carries the time that is left (re-stamped headers)."""
+a forwarded request carries the time that is left (re-stamped headers), and a client that does
+not read its responses holds no producer slot once the producer has answered."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import pytest
 
 from dataplane.admission import AdmissionController, AdmissionSettings
 from dataplane.client import H2Client
+import hpack
+
 from dataplane.engine import ErrorCode, H2Settings
 from dataplane.routing import Forward
 from nf_adapters import sbi_headers as sh
 from nf_adapters.overload_control import Restamp
 from nf_adapters.scp_router import ScpRouter
 from tests.conftest import header, start_origin, start_proxy
+from tests.h2_frames import HEADERS, frame, greeting, request_block
 from tests.waiting import wait_until
 
 
@@ -165,6 +169,34 @@ async def test_refusal_is_a_problem_and_the_top_band_gets_through(backend, origi
         assert (await asyncio.wait_for(high, 5))[0] == 204
         assert (await asyncio.wait_for(first, 5))[0] == 200
     finally:
+        conn.close()
+        await proxy.stop()
+
+
+async def test_a_client_that_does_not_read_holds_no_producer_slot(backend, origin):
+    """One slot; a client with a zero window GETs three 1 MiB bodies it never reads: each slot
+    goes back at the producer's response headers, so all three reach the producer one after
+    another, and another client is answered at once while their bodies still wait."""
+    adm = one_at_a_time()
+    proxy = await start_proxy(backend, PriorityRouter(origin.endpoint), admission=adm,
+                              settings=H2Settings(report_response_start=True))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    conn = await open_client(backend, proxy.port)
+    try:
+        enc = hpack.Encoder()
+        writer.write(greeting((0x4, 0)) + b"".join(  # SETTINGS_INITIAL_WINDOW_SIZE = 0
+            frame(HEADERS, 0x5, sid, request_block(enc, b"/download?size=1048576"))
+            for sid in (1, 3, 5)))
+        await wait_until(lambda: len(origin.handler.requests) == 3)
+        gate = next(iter(adm.gates.values()))
+        await wait_until(lambda: gate.in_flight == 0)
+        down = next(c for c in proxy.handler.connections if c.buffered_bytes > 0)
+        fut, _ = send(conn, request(proxy.port, "/status/204"))
+        assert (await asyncio.wait_for(fut, 5))[0] == 204
+        assert down.buffered_bytes > 0  # the non-reader's bodies are still held
+        assert gate.queued == 0 and gate.in_flight == 0
+    finally:
+        writer.close()
         conn.close()
         await proxy.stop()
 
