@@ -798,6 +798,11 @@ cdef class ServerConnection(_Conn):
         self._respond(st, status, headers, body, trailers)
         self._kick()
 
+    def count_refused(self) -> None:
+        """Charge one refused request to the connection's budget (engine doc)."""
+        if self.session != NULL and not self.calmed:
+            self._count_refused()
+
     def reset(self, int stream_id, int error_code=ErrorCode.CANCEL) -> None:
         """RST_STREAM the stream."""
         cdef _Stream st = self._get(stream_id)
@@ -847,6 +852,11 @@ cdef class ServerConnection(_Conn):
         cdef nghttp2_data_provider prd
         cdef int32_t cid
         if st is None or self.session == NULL:
+            # the stream or its connection is gone: the exchange is over all the same (its
+            # observer gives back what it holds: an admission slot), told on the next
+            # iteration so that admission handing slots on does not recurse
+            loop = self.loop if self.loop is not None else asyncio.get_running_loop()
+            loop.call_soon(observer.on_complete, stream_id, 0, ErrorCode.CANCEL)
             return
         if st.mode == M_WAIT:
             if not self._replayable(st):

@@ -297,6 +297,14 @@ class ServerConnection(Protocol):
     def reset(self, stream_id: int, error_code: int = ErrorCode.CANCEL) -> None:
         """RST_STREAM the stream (on a spliced stream the upstream stream is reset too)."""
 
+    def count_refused(self) -> None:
+        """Charge one refused request to this connection's budget
+        (``max_refused_streams_per_second``, shared with the streams the engine refuses
+        itself): the handler refused a request that the client should not have sent (the
+        proxy: a consumer over its share of a producer, 429).  Over the budget the connection
+        ends with GOAWAY(ENHANCE_YOUR_CALM), so a client cannot make the gateway answer
+        refusals as fast as it can write requests."""
+
     def read_body(
         self, stream_id: int, limit: int,
         callback: Callable[[bytes | None, Headers], None],

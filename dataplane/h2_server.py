@@ -448,6 +448,12 @@ class ServerConnection(BaseConnection):
         st.out_end = list(trailers) if trailers else True
         self._pump(st)
 
+    def count_refused(self) -> None:
+        """Charge one refused request to the connection's budget (engine doc)."""
+        h2c = self._h2
+        if h2c is not None and not self._lost and h2c.refused_over():
+            self._calm("refused requests (stream-limit abuse)")
+
     def reset(self, stream_id: int, error_code: int = ErrorCode.CANCEL) -> None:
         st = self._live(stream_id)
         if st is None:

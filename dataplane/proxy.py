@@ -246,6 +246,8 @@ class _Exchange:
             if verdict:
                 if verdict != 1:  # a refusal: (status, cause, detail)
                     self._answer(verdict[0], verdict[1], verdict[2])
+                    if verdict[0] == 429:  # the consumer's own excess: the engine's budget
+                        conn.count_refused()
                 else:  # queued: admitted() or refused() comes later; a reset cancels it
                     proxy._connecting[(id(conn), sid)] = self
                 return
@@ -267,6 +269,8 @@ class _Exchange:
         """Admission refused it after it waited (the controller calls this)."""
         self.proxy._connecting.pop((id(self.conn), self.sid), None)
         self._answer(status, cause, detail)
+        if status == 429:  # the consumer's own excess: the engine's refused-stream budget
+            self.conn.count_refused()
 
     def admitted(self) -> None:
         """Send it now (at once, or when admission takes it from its queue)."""
@@ -615,7 +619,11 @@ class Proxy(_ProxyCore):
         self._activity.pop(conn, None)
         key = id(conn)
         for k in [k for k in self._connecting if k[0] == key]:
-            self._connecting.pop(k).cancel(ErrorCode.CANCEL)
+            # one cancel gives its admission slot back, and the queue it pumps may answer (and
+            # drop from ``_connecting``) another of this connection's exchanges meanwhile
+            ex = self._connecting.pop(k, None)
+            if ex is not None:
+                ex.cancel(ErrorCode.CANCEL)
 
     # ---- local answers and services ------------------------------------------------------------
     def _local(self, conn, sid: int, resp: LocalResponse, method: str, path: str,

@@ -34,7 +34,9 @@ class ToOrigin:
         self.endpoint = endpoint
 
     def route(self, headers, peer):
-        return Forward(self.endpoint, list(headers), cluster="test", priority=16)
+        held = (b":path", b"/hold") in headers  # the attacker's requests: one consumer
+        return Forward(self.endpoint, list(headers), cluster="test", priority=16,
+                       consumer="attacker" if held else None)
 
 
 def held_posts(enc: hpack.Encoder, first_sid: int, n: int, port: int) -> bytes:
@@ -54,12 +56,13 @@ async def origin(backend):
     await running.stop()
 
 
-@pytest.mark.parametrize("cut", ["attacker_closes", "gateway_cuts"])
+@pytest.mark.parametrize("cut", ["attacker_closes", "gateway_cuts", "gateway_cuts_over_429s"])
 async def test_cut_attacker_gives_every_admission_slot_back(backend, origin, cut):
+    over_429s = cut == "gateway_cuts_over_429s"
     adm = AdmissionController(AdmissionSettings(
         initial_limit=SLOTS, min_limit=SLOTS, max_limit=SLOTS, reserved_share=0.0,
-        consumer_rate_per_s=0.0, probe_interval_s=1e9, queue_target_s=60.0,
-        queue_interval_s=60.0))
+        consumer_rate_per_s=1e-3 if over_429s else 0.0, consumer_burst=float(HELD),
+        probe_interval_s=1e9, queue_target_s=60.0, queue_interval_s=60.0))
     # the gateway cuts a client after 2 refused streams (over 16 concurrent) in a second
     settings = H2Settings(max_concurrent_streams=16, max_refused_streams_per_second=2)
     proxy = await start_proxy(backend, ToOrigin(origin.endpoint), settings=settings,
@@ -75,6 +78,14 @@ async def test_cut_attacker_gives_every_admission_slot_back(backend, origin, cut
         assert adm.in_flight == SLOTS
         if cut == "attacker_closes":
             writer.transport.abort()
+        elif over_429s:
+            # 4 more, under 16 concurrent but over the consumer's request rate: 429s, charged
+            # to the refused-stream budget: ENHANCE_YOUR_CALM on both backends, and the queued
+            # requests that admission hands the freed slots to find their connection gone
+            writer.write(held_posts(enc, 1 + 2 * HELD, 4, proxy.port))
+            await writer.drain()
+            got = await read_until_eof(reader)
+            assert got.goaway[-1:] == [ErrorCode.ENHANCE_YOUR_CALM]
         else:
             # 8 more: 4 fit under 16 concurrent, 4 do not: the gateway ends the connection
             # (h2: refused streams over their budget, ENHANCE_YOUR_CALM; libnghttp2: a stream

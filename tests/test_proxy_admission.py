@@ -2,7 +2,8 @@
 queue's priority order, a queued request that reaches its deadline is answered 504 and never
 forwarded, a client that gives up while queued frees its place, refusals are ProblemDetails,
 a forwarded request carries the time that is left (re-stamped headers), and a client that does
-not read its responses holds no producer slot once the producer has answered."""
+not read its responses holds no producer slot once the producer has answered, and a client that
+keeps sending past its consumer's 429s has its connection ended (GOAWAY ENHANCE_YOUR_CALM)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,18 @@ import datetime as dt
 import json
 import time
 
+import hpack
 import pytest
 
 from dataplane.admission import AdmissionController, AdmissionSettings
 from dataplane.client import H2Client
-import hpack
-
 from dataplane.engine import ErrorCode, H2Settings
 from dataplane.routing import Forward
 from nf_adapters import sbi_headers as sh
 from nf_adapters.overload_control import Restamp
 from nf_adapters.scp_router import ScpRouter
 from tests.conftest import header, start_origin, start_proxy
-from tests.h2_frames import HEADERS, frame, greeting, request_block
+from tests.h2_frames import HEADERS, frame, greeting, read_until_eof, request_block
 from tests.waiting import wait_until
 
 
@@ -201,6 +201,36 @@ async def test_a_client_that_does_not_read_holds_no_producer_slot(backend, origi
         await proxy.stop()
 
 
+class OneConsumerRouter(PriorityRouter):
+    def route(self, headers, peer):
+        fwd = super().route(headers, peer)
+        fwd.consumer = "amf-1"
+        return fwd
+
+
+async def test_a_client_that_keeps_sending_past_its_429s_is_cut(backend, origin):
+    """A consumer over its request rate gets 429s; each is charged to its connection's
+    refused-stream budget, so the gateway answers at most that many before GOAWAY."""
+    budget = 5
+    adm = one_at_a_time(consumer_rate_per_s=0.001, consumer_burst=1.0)
+    proxy = await start_proxy(backend, OneConsumerRouter(origin.endpoint), admission=adm,
+                              settings=H2Settings(max_refused_streams_per_second=budget))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        enc = hpack.Encoder()
+        writer.write(greeting() + b"".join(
+            frame(HEADERS, 0x5, 1 + 2 * i, request_block(enc, b"/status/204"))
+            for i in range(50)))
+        got = await read_until_eof(reader, timeout=10)
+    finally:
+        writer.close()
+    assert got.goaway == [ErrorCode.ENHANCE_YOUR_CALM]
+    assert len(origin.handler.requests) <= 1  # the one token (the cut may come first)
+    # at most the 204 and the budget's 429s (+ 1); nghttp2 drops the answers not yet sent
+    assert len(got.headers) <= 2 + budget
+    await proxy.stop()
+
+
 async def test_forwarded_request_carries_the_time_left(backend, origin):
     router = ScpRouter()
     proxy = await start_proxy(backend, router, admission=one_at_a_time(), restamp=Restamp())
@@ -338,3 +368,40 @@ async def test_failing_producer_is_ejected_and_skipped(backend, origin):
         client.close()
         await proxy.stop()
         await bad.stop()
+
+
+class _Waiting:
+    """An exchange in the proxy's ``_connecting`` (queued, or awaiting its upstream connect)
+    whose cancel, like a real one, hands its slot on: admission's pump then answers ``other``
+    (which drops it from ``_connecting``, as ``refused`` and ``admitted`` do)."""
+
+    def __init__(self, proxy, other=None) -> None:
+        self.proxy, self.other, self.cancels = proxy, other, 0
+
+    def cancel(self, error_code) -> None:
+        self.cancels += 1
+        if self.other is not None:
+            key, ex = self.other
+            self.proxy._connecting.pop(key, None)
+            ex.cancel(error_code)
+
+
+async def test_connection_lost_cancels_each_waiting_exchange_once(backend, origin):
+    """When the first cancel answers another exchange of the same connection, the sweep
+    over the connection's exchanges goes on (it stopped with a KeyError, leaving the rest
+    holding their admission slots until the gateway restarted)."""
+    running = await start_proxy(backend, PriorityRouter(origin.endpoint))
+    proxy = running.handler
+    try:
+        conn = object()
+        second = _Waiting(proxy)
+        third = _Waiting(proxy)
+        first = _Waiting(proxy, ((id(conn), 3), second))
+        proxy._connecting.update({(id(conn), 1): first, (id(conn), 3): second,
+                                  (id(conn), 5): third, (0, 1): _Waiting(proxy)})
+        proxy.on_connection_lost(conn)
+        assert (first.cancels, second.cancels, third.cancels) == (1, 1, 1)
+        assert list(proxy._connecting) == [(0, 1)]  # another connection's is untouched
+        proxy._connecting.clear()
+    finally:
+        await running.stop()
