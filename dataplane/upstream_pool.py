@@ -6,7 +6,11 @@ is opened; at ``max_connections`` requests queue, first come first served, up to
 ``pending_timeout`` for a free stream).  Connects are single-flight, bounded by
 ``connect_timeout`` (TCP, TLS and the peer's first SETTINGS).  Both limits are per endpoint:
 the constructor's values, unless ``set_endpoint_limits`` gave that endpoint its own (a
-cluster's ``max_connections`` and ``connect_timeout_s``).  After a failed connect the endpoint
+cluster's ``max_connections`` and ``connect_timeout_s``).  Connections are opened only when the
+ones there are full, so the default (16) is headroom: a client that does not read its
+responses pins the producer streams they came on (the producer's own
+SETTINGS_MAX_CONCURRENT_STREAMS, often 100 a connection) until it reads or leaves, and with
+4 connections four such clients were enough to leave nothing for anyone else.  After a failed connect the endpoint
 is in back-off (exponential with jitter) during which ``acquire`` fails at once with a clear
 ``UpstreamUnavailable``; the first success clears it.  A TLS endpoint that names an
 ``identity`` must pass ``peer_check`` (the gateway's producer identity check) after the
@@ -79,7 +83,7 @@ class UpstreamPools:
         settings: H2Settings,
         connect_timeout: float = 2.0,
         ssl_context_factory: Callable[[Endpoint], ssl.SSLContext | None] | None = None,
-        max_connections: int = 8,
+        max_connections: int = 16,
         idle_timeout: float = 60.0,
         backoff_base: float = 0.05,
         backoff_max: float = 5.0,

@@ -115,7 +115,7 @@ class Cluster(msgspec.Struct, **_STRUCT):
     lb: Literal["round_robin", "weighted"] = "round_robin"
     connect_timeout_s: PosFloat = 2.0
     request_timeout_s: PosFloat | None = None  # null: scp.request_timeout_s
-    max_connections: PosInt = 4
+    max_connections: PosInt = 16  # opened as needed; headroom over streams pinned by non-readers
 
 
 class RouteMatch(msgspec.Struct, **_STRUCT):

@@ -1,10 +1,12 @@
 """Upstream pools: stream limits, single-flight connects, back-off, connect timeout, idle close,
-GOAWAY from the producer (both backends)."""
+GOAWAY from the producer, headroom over streams pinned by a client that does not read (both
+backends)."""
 
 from __future__ import annotations
 
 import asyncio
 
+import hpack
 import pytest
 
 from dataplane.client import H2Client
@@ -12,6 +14,7 @@ from dataplane.engine import H2Settings
 from dataplane.routing import Endpoint
 from dataplane.upstream_pool import UpstreamPools, UpstreamUnavailable
 from tests.conftest import StaticRouter, free_port, start_origin, start_proxy
+from tests.h2_frames import HEADERS, frame, greeting, request_block
 from tests.waiting import wait_until
 
 
@@ -39,6 +42,31 @@ async def test_peer_stream_limit_opens_more_connections(backend):
         client.close()
         await proxy.stop()
         await origin.stop()
+
+
+async def test_streams_pinned_by_a_non_reader_leave_room_for_others(backend):
+    """A client with a zero window pins the producer streams its responses come on (the
+    producer allows 2 a connection here): 20 such streams take 10 of the pool's default
+    connections, and another client is still answered at once (the old default of 8 left it
+    waiting for a stream that never came free)."""
+    origin = await start_origin(backend, settings=H2Settings(max_concurrent_streams=2))
+    proxy = await start_proxy(backend, StaticRouter(origin.endpoint))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    client = H2Client(backend.NAME)
+    try:
+        enc = hpack.Encoder()
+        writer.write(greeting((0x4, 0)) + b"".join(  # SETTINGS_INITIAL_WINDOW_SIZE = 0
+            frame(HEADERS, 0x5, 1 + 2 * i, request_block(enc, b"/download?size=1048576"))
+            for i in range(20)))
+        await wait_until(lambda: len(origin.handler.requests) == 20)
+        assert len(origin.handler.connections) == 10
+        resp = await asyncio.wait_for(
+            client.request("GET", f"http://127.0.0.1:{proxy.port}/status/204"), 5)
+        assert resp.status == 204
+    finally:
+        writer.close()
+        client.close()
+        await proxy.stop()
 
 
 async def test_concurrent_acquires_share_one_connect(backend, pools):
