@@ -213,6 +213,9 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_session_get_stream_remote_close(nghttp2_session *session, int32_t stream_id)
     int nghttp2_session_terminate_session(nghttp2_session *session, uint32_t error_code)
     int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session *session)
+    int32_t nghttp2_session_get_stream_remote_window_size(nghttp2_session *session,
+                                                          int32_t stream_id)
+    int32_t nghttp2_session_get_remote_window_size(nghttp2_session *session)
     uint32_t nghttp2_session_get_remote_settings(nghttp2_session *session, int id)
     int nghttp2_session_set_local_window_size(nghttp2_session *session, uint8_t flags,
                                               int32_t stream_id, int32_t window_size)

@@ -385,6 +385,8 @@ cdef int _cli_data(nghttp2_session *s, uint8_t flags, int32_t stream_id, const u
         nghttp2_session_consume_connection(s, n)
         srv = st.server
         srv._note_buffered(st)
+        if srv.report_stall:
+            srv._check_stall(st)
         if st.down_deferred and srv.session != NULL:
             st.down_deferred = 0
             nghttp2_session_resume_data(srv.session, st.sid)

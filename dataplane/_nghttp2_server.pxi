@@ -86,7 +86,7 @@ cdef class ServerConnection(_Conn):
     # upstream stream windows granted beyond the base for this connection's spliced streams
     # (H2Settings.relay_connection_buffer bounds it; _cli_frame_send, _stream_gone)
     cdef readonly size_t relay_granted
-    cdef bint report_start                   # settings.report_response_start
+    cdef bint report_stall                   # settings.report_response_stall
 
     def __dealloc__(self):
         # runs before _Conn's, which deletes the session the cached buffers belong to
@@ -166,7 +166,7 @@ cdef class ServerConnection(_Conn):
         self.bomb_floor = 4 * <size_t>self.settings.header_table_size
         self.scan_pre = 24  # the client magic, checked by libnghttp2
         self._set_tap(self.settings.tap_response_headers)
-        self.report_start = self.settings.report_response_start
+        self.report_stall = self.settings.report_response_stall
 
     cdef void _set_tap(self, names) except *:
         cdef int i
@@ -585,12 +585,25 @@ cdef class ServerConnection(_Conn):
                         nghttp2_strerror(rv).decode())
             nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, st.sid,
                                       NGHTTP2_INTERNAL_ERROR)
-        elif self.report_start and not st.resp_end and st.observer is not None:
-            try:
-                st.observer.on_response_started(st.sid_obj, st.status)
-            except Exception:
-                log.exception("nghttp2: on_response_started failed on stream %d", st.sid)
         _mark(self)
+
+    cdef void _check_stall(self, _Stream st) noexcept:
+        """Relayed response bytes arrived for ``st``: when the client's windows cannot take
+        what is buffered, tell the observer (once; settings.report_response_stall)."""
+        cdef int32_t w, cw
+        if st.stall_told or self.session == NULL or st.observer is None:
+            return
+        w = nghttp2_session_get_stream_remote_window_size(self.session, st.sid)
+        cw = nghttp2_session_get_remote_window_size(self.session)
+        if cw < w:
+            w = cw
+        if w > 0 and st.rs.end - st.rs.start <= <size_t>w:
+            return
+        st.stall_told = 1
+        try:
+            st.observer.on_response_stalled(st.sid_obj, st.status)
+        except BaseException:
+            log.exception("nghttp2: on_response_stalled failed on stream %d", st.sid)
 
     cdef list _tap_call(self, _Stream st, list extra):
         """Hand the tapped fields to ``observer.on_response_headers``; returns the fields to

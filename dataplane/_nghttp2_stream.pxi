@@ -58,6 +58,7 @@ cdef class _Stream:
     cdef bint retain
     cdef bint retain_lost
     cdef bint completed
+    cdef bint stall_told             # observer.on_response_stalled was called
     cdef _Stream next_done           # the next completion to report after this one
     cdef bint hdr_sent               # response HEADERS written downstream
     cdef bint rst_after_hdr          # reset() came before the response HEADERS were written

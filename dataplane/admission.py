@@ -60,8 +60,8 @@ watches the event loop's own lag: when the gateway itself falls behind
 3GPP layer to advertise it (its own OCI).
 
 The proxy calls ``admit(ex)`` once per forwarded request and ``release(ex, status, error)``
-once when the producer has answered: at its response headers when a body follows (a body
-that a client does not read holds no slot), else when the exchange ends; further calls are
+once: when the exchange ends, or earlier when the client cannot take the response as fast
+as the producer sends it (a client that does not read holds no slot); further calls are
 no-ops.  ``admit`` answers ``GO`` (send it now), ``QUEUED`` (the controller will
 call ``ex.admitted()`` or ``ex.refused(status, cause, detail)`` later) or a refusal
 ``(status, cause, detail)`` to answer at once.  ``ex`` has the attributes ``priority``,

@@ -175,10 +175,10 @@ class H2Settings:
     # response header names (lower case, bytes) taken out of the final response HEADERS of
     # spliced streams and handed to ``SpliceObserver.on_response_headers`` (module doc)
     tap_response_headers: tuple[bytes, ...] = ()
-    # tell a spliced stream's observer when the producer's final response HEADERS arrive and a
-    # body follows (``SpliceObserver.on_response_started``): the proxy gives the producer's
-    # admission slot back there, so a client that does not read holds no producer capacity
-    report_response_start: bool = False
+    # tell a spliced stream's observer when its response is held up by the client
+    # (``SpliceObserver.on_response_stalled``): the proxy gives the producer's admission slot
+    # back there, so a client that does not read holds no producer capacity
+    report_response_stall: bool = False
 
     @property
     def hard_header_list_size(self) -> int:
@@ -236,13 +236,13 @@ class SpliceObserver(Protocol):
         response relayed without the tapped fields.  The response is under way: the
         observer must not answer, reset or splice the stream from here."""
 
-    def on_response_started(self, stream_id: int, status: int) -> None:
-        """Called only when ``settings.report_response_start`` (then the observer must have
-        it): the final response HEADERS (``status`` >= 200) of the spliced stream arrived from
-        upstream without END_STREAM, so a body follows, and went downstream.  Once per
-        response, after ``on_response_headers``; ``on_complete`` still comes at the end.  An
-        exception is logged.  The observer must not answer, reset or splice the stream from
-        here."""
+    def on_response_stalled(self, stream_id: int, status: int) -> None:
+        """Called only when ``settings.report_response_stall`` (then the observer must have
+        it): response bytes of the spliced stream arrived from upstream that the client's
+        flow-control windows cannot take now (it does not read, or reads slower than the
+        producer sends), after the final response HEADERS (``status``).  At most once per
+        response; ``on_complete`` still comes at the end.  An exception is logged.  The
+        observer must not answer, reset or splice the stream from here."""
 
     def on_upstream_failed(self, stream_id: int, error_code: int, reached: bool) -> None:
         """The upstream stream ended before response HEADERS came (reset, GOAWAY above its

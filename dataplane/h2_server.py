@@ -80,7 +80,7 @@ class ServerConnection(BaseConnection):
         self.peak_buffered = 0  # largest body buffer seen on one stream (held + relayed)
         # response header names taken out for SpliceObserver.on_response_headers (engine doc)
         self._tap = frozenset(settings.tap_response_headers)
-        self._report_start = settings.report_response_start
+        self._report_stall = settings.report_response_stall
         self._torn_down = False  # _on_lost ran (at the abort, or when the transport closed)
         self._reset_soon: set[int] | None = None  # streams reset later in the slice at hand
         self._dormant = b""  # bytes received while without a session (None: session made)
@@ -580,12 +580,17 @@ class ServerConnection(BaseConnection):
         if ended:
             st.local_closed = True
             self._after_local_end(st)
-        elif status >= 200 and self._report_start and st.observer is not None:
-            try:
-                st.observer.on_response_started(st.sid, status)
-            except Exception:
-                log.exception("on_response_started failed on stream %d", st.sid)
         self._mark()
+
+    def _stalled(self, st: H2Stream) -> None:
+        """The client cannot take the relayed response now: tell the observer
+        (settings.report_response_stall; SpliceObserver.on_response_stalled)."""
+        obs = st.observer
+        if self._report_stall and obs is not None:
+            try:
+                obs.on_response_stalled(st.sid, st.status)
+            except Exception:
+                log.exception("on_response_stalled failed on stream %d", st.sid)
 
     def _tap_response(
         self, st: H2Stream, status: int, headers: Headers, extra: Headers

@@ -90,7 +90,7 @@ class H2Stream:
         "rx", "acked", "body", "body_len", "body_whole", "req_ended", "trailers",
         "local_closed", "remote_closed", "status", "observer", "extra", "retain",
         "callback", "limit", "got_headers", "headers", "req_headers", "conn",
-        "conn_acked", "grant", "grant_to",
+        "conn_acked", "grant", "grant_to", "stall_told",
     )
 
     def __init__(self, sid: int, mode: int, conn: BaseConnection) -> None:
@@ -102,6 +102,7 @@ class H2Stream:
         self.out_len = 0
         self.out_end: bool | Headers | None = None
         self.relay_ack = False  # bytes sent from out are acknowledged to peer's connection
+        self.stall_told = False  # relayed bytes waited for this stream's window (_stalled)
         self.sent = 0  # request bytes sent on an upstream stream (for replay acks)
         self.rx = 0  # request (or response) body bytes received
         self.acked = 0  # of which acknowledged to the sender
@@ -477,12 +478,19 @@ class BaseConnection(asyncio.Protocol):
                 st.out_end = None
         if out:
             self._waiting.add(st)
+            if st.relay_ack and not st.stall_told:
+                st.stall_told = True
+                self._stalled(st)
         else:
             self._waiting.discard(st)
             if st.out_end is not None:
                 end, st.out_end = st.out_end, None
                 self._send_end(st, end)
         self._mark()
+
+    def _stalled(self, st: H2Stream) -> None:
+        """Relayed bytes on ``st`` wait for the peer's window or a paused transport (once per
+        stream); the server side tells the splice's observer."""
 
     def _ack_relayed(self, st: H2Stream, n: int) -> None:
         """``n`` relayed bytes were taken here: hand the window back to their sender."""

@@ -28,10 +28,10 @@ cancelled per request); shorter ones get their own loop timer.
 Admission (``dataplane.admission``, when the proxy has an ``admission`` controller): each
 ``Forward`` is admitted before it is sent: sent at once, queued (sent later, or answered with
 the controller's refusal), or refused at once (503/504/429 ProblemDetails, never forwarded).
-The exchange gives its slot back (``release``) when the producer's response headers arrive
-with a body to follow (``on_response_started``, with the engine setting
-``H2Settings.report_response_start``), else when it ends, so a client that does not read a
-body holds no producer capacity; reselections and retries draw from the controller's retry
+The exchange gives its slot back (``release``) when it ends, or earlier when the client cannot
+take the response as the producer sends it (``on_response_stalled``, with the engine setting
+``H2Settings.report_response_stall``), so a client that does not read holds no producer
+capacity; reselections and retries draw from the controller's retry
 budget.  A request whose ``Forward.restamp`` is set has its
 deadline headers re-stamped by ``restamp(headers, seconds_left)`` when it is sent.  A
 response tap (``response_tap(exchange, status, fields)``, with the engine setting
@@ -455,10 +455,10 @@ class _Exchange:
         tap = self.proxy.response_tap
         return fields if tap is None else tap(self, status, fields)
 
-    def on_response_started(self, stream_id, status) -> None:
-        """The producer's response HEADERS went downstream and a body follows: its admission
-        slot goes back now (the producer has answered; a client that does not read the body
-        must not hold the producer's capacity), with the time to the response as the sample."""
+    def on_response_stalled(self, stream_id, status) -> None:
+        """The client cannot take the response as fast as the producer sends it: the
+        admission slot goes back now (the producer has answered; a client that does not read
+        must not hold the producer's capacity), with the time so far as the sample."""
         if self.gate is not None:
             self.proxy.admission.release(self, status, status >= 500)
 

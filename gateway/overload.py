@@ -80,9 +80,9 @@ class OverloadProtection:
 
     # ---- what the proxy and the engine get ----------------------------------------------------
     def h2_settings(self, settings: H2Settings) -> H2Settings:
-        """``settings`` telling the proxy when a response starts (admission slots go back at
-        the producer's response headers), and with the OCI/LCI response tap."""
-        settings = dataclasses.replace(settings, report_response_start=True)
+        """``settings`` telling the proxy when a client holds up its response (its admission
+        slot goes back then), and with the OCI/LCI response tap."""
+        settings = dataclasses.replace(settings, report_response_stall=True)
         if not self.section.honour_oci:
             return settings
         return dataclasses.replace(settings, tap_response_headers=TAPPED_HEADERS)

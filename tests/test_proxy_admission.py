@@ -179,7 +179,7 @@ async def test_a_client_that_does_not_read_holds_no_producer_slot(backend, origi
     another, and another client is answered at once while their bodies still wait."""
     adm = one_at_a_time()
     proxy = await start_proxy(backend, PriorityRouter(origin.endpoint), admission=adm,
-                              settings=H2Settings(report_response_start=True))
+                              settings=H2Settings(report_response_stall=True))
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     conn = await open_client(backend, proxy.port)
     try:
