@@ -72,15 +72,17 @@ def consumer_key(peer: dict | None, user_agent: bytes | None) -> object:
     """Who sent the request, for the per-consumer rate and in-flight cap: the NF instance of a
     verified mesh certificate when the listener has identified one, else the ``User-Agent``
     value (TS 29.500 §5.2.2.2: the NF type then the instance id or FQDN), else the downstream
-    connection (the listener's ``peername``: address and port), so that two anonymous clients
-    are two consumers; None when there is none of these."""
+    connection's address (the listener's ``peername`` without the port: a client that
+    reconnects, or opens many connections, stays one consumer and cannot come back as a
+    newcomer that borrows past its own cap); None when there is none of these."""
     if peer:
         ident = peer.get("nf_identity")
         inst = getattr(ident, "instance_id", None) if ident is not None else None
         if inst:
             return inst
         if user_agent is None:
-            return peer.get("peername")
+            name = peer.get("peername")
+            return name[0] if type(name) is tuple and name else name
     return user_agent
 
 

@@ -1,9 +1,9 @@
 """The per-consumer in-flight cap through the real proxy, on both HTTP/2 backends: one anonymous
 connection opens many streams that hold a producer's admission slot (a POST whose body never
-ends, or a 1 MiB GET read through a zero window), another anonymous connection's requests are
-still all answered.  The consumer key is ``nf_adapters.overload_control.consumer_key``: with
-neither a mesh identity nor a User-Agent it is the downstream connection, so the two are two
-consumers.  Alone, the attacker may take every slot (the cap is work-conserving) and its
+ends, or a 1 MiB GET read through a zero window), another consumer's requests are still all
+answered.  The consumer key is ``nf_adapters.overload_control.consumer_key``: the attacker has
+neither a mesh identity nor a User-Agent, so it is its address; the other names itself with a
+User-Agent (as TS 29.500 asks of an NF), so the two are two consumers.  Alone, the attacker may take every slot (the cap is work-conserving) and its
 other streams wait; once the other consumer comes, it is sent past the full gate (up to the
 attacker's excess over ``floor(limit * max_share)``), and the attacker's waiting streams get
 429.  Each admission twin (pure and compiled)."""
@@ -112,7 +112,8 @@ async def test_one_anonymous_connection_cannot_take_every_slot(backend, origin, 
         client = H2Client(backend.NAME)
         try:
             answers = await asyncio.wait_for(asyncio.gather(*(
-                client.request("GET", f"http://127.0.0.1:{proxy.port}/status/204")
+                client.request("GET", f"http://127.0.0.1:{proxy.port}/status/204",
+                               [("user-agent", "AMF-legit")])
                 for _ in range(LEGIT))), 30)
         finally:
             await client.close()

@@ -80,15 +80,16 @@ def test_consumer_is_the_mtls_instance_when_known() -> None:
     assert consumer_key({}, None) is None
 
 
-def test_anonymous_consumers_are_their_connections() -> None:
-    """Neither a mesh identity nor a User-Agent: the downstream connection is the consumer,
-    so two anonymous clients are two consumers (the admission cap tells them apart)."""
+def test_anonymous_consumers_are_their_addresses() -> None:
+    """Neither a mesh identity nor a User-Agent: the downstream address is the consumer, so
+    a client's connections (and its reconnections) are one consumer, and two addresses two."""
     one = {"peername": ("127.0.0.1", 40001)}
-    two = {"peername": ("127.0.0.1", 40002)}
-    assert consumer_key(one, None) == ("127.0.0.1", 40001)
-    assert consumer_key(one, None) != consumer_key(two, None)
-    assert consumer_key({"nf_identity": None, "peername": ("::1", 5, 0, 0)}, None) == \
-        ("::1", 5, 0, 0)
+    again = {"peername": ("127.0.0.1", 40002)}
+    other = {"peername": ("127.0.0.2", 40001)}
+    assert consumer_key(one, None) == "127.0.0.1"
+    assert consumer_key(one, None) == consumer_key(again, None)
+    assert consumer_key(one, None) != consumer_key(other, None)
+    assert consumer_key({"nf_identity": None, "peername": ("::1", 5, 0, 0)}, None) == "::1"
     assert consumer_key(one, b"AMF-x") == b"AMF-x"  # a User-Agent still names the consumer
     assert consumer_key(None, None) is None
 
