@@ -183,17 +183,19 @@ cdef class _Conn:
         _run(self.q)
 
     cdef void _feed(self, data) except *:
+        cdef bytes b = data if type(data) is bytes else bytes(data)
+        self._feed_ptr(<const uint8_t *>PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b))
+
+    cdef void _feed_ptr(self, const uint8_t *p, size_t n) except *:
+        """Hand ``n`` received bytes at ``p`` to the session (the caller keeps them alive)."""
         cdef _LoopQueues q = self.q
-        cdef bytes b
         cdef ssize_t rv
         if self.session == NULL:
             return
-        b = data if type(data) is bytes else bytes(data)
         q.io_ticks += 1
         q.busy += 1
         try:
-            rv = nghttp2_session_mem_recv(self.session, <const uint8_t *>PyBytes_AS_STRING(b),
-                                          <size_t>PyBytes_GET_SIZE(b))
+            rv = nghttp2_session_mem_recv(self.session, p, n)
         finally:
             q.busy -= 1
             q.last_finished = None  # early flushes are per upstream read

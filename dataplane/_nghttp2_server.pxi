@@ -68,6 +68,10 @@ cdef class ServerConnection(_Conn):
     cdef int32_t enc_sid[ENC_RING]
     cdef uint32_t enc_len[ENC_RING]
     cdef unsigned int enc_next
+    cdef unsigned int enc_pending    # blocks recorded since the last feed (< ENC_RING)
+    cdef size_t scan_stop            # _scan stopped this many bytes in: feed them first
+    cdef int32_t held_sid            # the HEADERS frame the stop came at, recorded after it
+    cdef uint32_t held_len
     cdef size_t bomb_floor           # 4x our HEADER_TABLE_SIZE: more than table references
     # received header fields as (name, value) tuples, keyed by the HPACK decoder's buffers:
     # a field decoded from the static or dynamic table arrives in the same nghttp2_rcbuf each
@@ -309,19 +313,45 @@ cdef class ServerConnection(_Conn):
                 self._scan(<const uint8_t *>PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b))
                 return
             self._materialize()
-        code = self._scan(<const uint8_t *>PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b))
-        if code:
-            self._connection_error(code)
-            return
-        self._feed(b)
+        cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(b)
+        cdef size_t n = <size_t>PyBytes_GET_SIZE(b)
+        while True:
+            # the HPACK-bomb test needs each block's encoded size when it is decoded: a read
+            # that opens more blocks than the ring remembers goes to the session in parts
+            code = self._scan(p, n)
+            if code:
+                self._connection_error(code)
+                return
+            if not self.scan_stop:
+                break
+            self._feed_ptr(p, self.scan_stop)
+            p += self.scan_stop
+            n -= self.scan_stop
+            self.scan_stop = 0
+            self.enc_pending = 0
+            self._record_block(self.held_sid, self.held_len)
+            if self.session == NULL or self.calmed or self.scan_dead or self.lost:
+                return
+        self._feed_ptr(p, n)
+        self.enc_pending = 0
+
+    cdef void _record_block(self, int32_t sid, uint32_t enc_len) noexcept:
+        self.enc_sid[self.enc_next] = sid
+        self.enc_len[self.enc_next] = enc_len
+        self.enc_next = (self.enc_next + 1) % ENC_RING
+        self.enc_pending += 1
 
     cdef uint32_t _scan(self, const uint8_t *p, size_t n) except? 0xffffffff:
         """Walk the frame headers in the client's bytes (a few compares per frame) for the
         RFC 9113 connection errors libnghttp2 lets through here: PRIORITY on stream 0 (it
         ignores PRIORITY frames once RFC 7540 priorities are off, so they are counted as
         control frames here too) and a HEADERS opening a stream id lower than one already
-        used (§5.1.1; libnghttp2 keeps no closed streams).  Returns the error code, 0: none."""
+        used (§5.1.1; libnghttp2 keeps no closed streams).  Returns the error code, 0: none.
+        Also notes each header block's encoded size for ``_bomb``; when the ring of those would
+        drop one not yet decoded, it stops after that HEADERS frame header (``scan_stop``: the
+        bytes walked) for ``data_received`` to feed the session first."""
         cdef size_t k
+        cdef size_t consumed = 0
         cdef uint8_t t
         cdef int32_t sid
         cdef uint8_t *h
@@ -357,15 +387,23 @@ cdef class ServerConnection(_Conn):
                         if self.enc_sid[e] == sid:
                             self.enc_len[e] += <uint32_t>self.scan_skip
                     elif t == NGHTTP2_HEADERS and sid & 1:
-                        self.enc_sid[self.enc_next] = sid
-                        self.enc_len[self.enc_next] = <uint32_t>self.scan_skip
-                        self.enc_next = (self.enc_next + 1) % ENC_RING
+                        if self.enc_pending >= ENC_RING - 1:
+                            # the ring would drop a block not yet decoded: stop after this
+                            # frame header; the caller feeds what came before, then records it
+                            self.held_sid = sid
+                            self.held_len = <uint32_t>self.scan_skip
+                            self.scan_stop = consumed + k
+                        else:
+                            self._record_block(sid, <uint32_t>self.scan_skip)
                         if sid > self.scan_top:
                             self.scan_top = sid
                         elif sid < self.scan_top and not self._known_stream(sid):
                             return NGHTTP2_PROTOCOL_ERROR
             p += k
             n -= k
+            consumed += k
+            if self.scan_stop:
+                return 0
         return 0
 
     cdef bint _bomb(self, int32_t sid, size_t decoded) noexcept:
