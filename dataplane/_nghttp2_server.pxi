@@ -17,6 +17,7 @@ cdef enum:
                                 # 32 x 128 B of HPACK buffers pinned per connection
     DORMANT_MAX = 256           # handshake bytes a dormant connection keeps (module doc)
     ENC_RING = 8                # header blocks whose encoded size _scan remembers
+    SLICE_BLOCKS = 64           # header blocks decoded from one read per loop iteration
     BOMB_RATIO = 32             # an oversized block decoded from 32x fewer bytes: a bomb
 
 cdef bytes _CLIENT_MAGIC = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -41,6 +42,8 @@ cdef class ServerConnection(_Conn):
     cdef bint calmed
     cdef bint final_goaway_sent
     cdef object drain_timer
+    cdef bytes deferred              # the rest of a long read, fed on the next iteration
+    cdef readonly unsigned int deferred_slices  # reads split so (test hook, as h2's)
     cdef bint greeted                # the client's first bytes came (our SETTINGS may go)
     # lazy session: until the client sends more than the preface, SETTINGS and SETTINGS ACKs
     # the connection is dormant: no nghttp2 session (~25 KB); the handshake is answered here
@@ -296,11 +299,15 @@ cdef class ServerConnection(_Conn):
     def data_received(self, data) -> None:
         cdef bytes b
         cdef uint32_t code
+        cdef unsigned int fed = 0
         if self.scan_dead or self.calmed:
             # cut (GOAWAY queued or sent, the close follows): what the client keeps sending
             # meanwhile is not even parsed
             return
         b = data if type(data) is bytes else bytes(data)
+        if self.deferred is not None:  # reading is paused; bytes read before that come last
+            self.deferred += b
+            return
         if not self.greeted:
             self.greeted = 1
             reply = http1_refusal(b)
@@ -328,12 +335,32 @@ cdef class ServerConnection(_Conn):
             p += self.scan_stop
             n -= self.scan_stop
             self.scan_stop = 0
+            fed += self.enc_pending
             self.enc_pending = 0
             self._record_block(self.held_sid, self.held_len)
             if self.session == NULL or self.calmed or self.scan_dead or self.lost:
                 return
+            if fed >= SLICE_BLOCKS and n and self.loop is not None \
+                    and self.transport is not None:
+                # enough requests from this read for one loop iteration: the rest waits for
+                # the next, with reading paused, so that other connections are served between
+                self.deferred = PyBytes_FromStringAndSize(<const char *>p, <Py_ssize_t>n)
+                self.deferred_slices += 1
+                self.transport.pause_reading()
+                self.loop.call_soon(self._feed_deferred)
+                return
         self._feed_ptr(p, n)
         self.enc_pending = 0
+
+    def _feed_deferred(self) -> None:
+        """The rest of a long read (``data_received``), then reading again."""
+        data = self.deferred
+        self.deferred = None
+        if data is None or self.lost or self.transport is None:
+            return
+        self.data_received(data)
+        if self.deferred is None and not self.lost and self.transport is not None:
+            self.transport.resume_reading()
 
     cdef void _record_block(self, int32_t sid, uint32_t enc_len) noexcept:
         self.enc_sid[self.enc_next] = sid
