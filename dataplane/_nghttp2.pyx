@@ -42,6 +42,7 @@ this order (each says what it holds at its top):
 * ``_nghttp2_conn.pxi``: ``_Conn`` (session, transport, write path) and the data providers;
 * ``_nghttp2_callbacks.pxi``: the libnghttp2 callbacks, server and client side;
 * ``_nghttp2_server.pxi``: ``ServerConnection``;
+* ``_nghttp2_scan.pxi``: its walk of the client's frame headers (RFC 9113 checks, HPACK-bomb sizes);
 * ``_nghttp2_client.pxi``: ``ClientConnection``.
 """
 
@@ -69,6 +70,7 @@ import os
 import threading
 import weakref
 
+from dataplane.abuse_log import cut_log
 from dataplane.engine import ErrorCode, H2Settings, engine_problem
 from dataplane.http1_refusal import http1_refusal
 from dataplane.linger import close_after_fin
@@ -105,4 +107,5 @@ include "_nghttp2_loop.pxi"
 include "_nghttp2_conn.pxi"
 include "_nghttp2_callbacks.pxi"
 include "_nghttp2_server.pxi"
+include "_nghttp2_scan.pxi"
 include "_nghttp2_client.pxi"

@@ -50,7 +50,7 @@ cdef int _srv_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *
         conn._calm("header block over the hard size limit (HPACK bomb)")
         return NGHTTP2_ERR_CALLBACK_FAILURE
     if st.hsize > conn.max_header_list:
-        if not st.too_large and conn._bomb(st.sid, st.hsize):
+        if not st.too_large and _bomb(conn, st.sid, st.hsize):
             conn._calm("header block decoded from far fewer bytes over the limit (HPACK bomb)")
             return NGHTTP2_ERR_CALLBACK_FAILURE
         if f.headers.cat == NGHTTP2_HCAT_REQUEST:

@@ -317,7 +317,7 @@ cdef class ServerConnection(_Conn):
         if self.dormant is not None:
             if self._dormant_take(b):
                 # keeps the scan's place; a SETTINGS frame is nothing it looks for
-                self._scan(<const uint8_t *>PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b))
+                _scan(self, <const uint8_t *>PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b))
                 return
             self._materialize()
         cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(b)
@@ -325,7 +325,7 @@ cdef class ServerConnection(_Conn):
         while True:
             # the HPACK-bomb test needs each block's encoded size when it is decoded: a read
             # that opens more blocks than the ring remembers goes to the session in parts
-            code = self._scan(p, n)
+            code = _scan(self, p, n)
             if code:
                 self._connection_error(code)
                 return
@@ -337,7 +337,7 @@ cdef class ServerConnection(_Conn):
             self.scan_stop = 0
             fed += self.enc_pending
             self.enc_pending = 0
-            self._record_block(self.held_sid, self.held_len)
+            _record_block(self, self.held_sid, self.held_len)
             if self.session == NULL or self.calmed or self.scan_dead or self.lost:
                 return
             if fed >= SLICE_BLOCKS and n and self.loop is not None \
@@ -361,99 +361,6 @@ cdef class ServerConnection(_Conn):
         self.data_received(data)
         if self.deferred is None and not self.lost and self.transport is not None:
             self.transport.resume_reading()
-
-    cdef void _record_block(self, int32_t sid, uint32_t enc_len) noexcept:
-        self.enc_sid[self.enc_next] = sid
-        self.enc_len[self.enc_next] = enc_len
-        self.enc_next = (self.enc_next + 1) % ENC_RING
-        self.enc_pending += 1
-
-    cdef uint32_t _scan(self, const uint8_t *p, size_t n) except? 0xffffffff:
-        """Walk the frame headers in the client's bytes (a few compares per frame) for the
-        RFC 9113 connection errors libnghttp2 lets through here: PRIORITY on stream 0 (it
-        ignores PRIORITY frames once RFC 7540 priorities are off, so they are counted as
-        control frames here too) and a HEADERS opening a stream id lower than one already
-        used (§5.1.1; libnghttp2 keeps no closed streams).  Returns the error code, 0: none.
-        Also notes each header block's encoded size for ``_bomb``; when the ring of those would
-        drop one not yet decoded, it stops after that HEADERS frame header (``scan_stop``: the
-        bytes walked) for ``data_received`` to feed the session first."""
-        cdef size_t k
-        cdef size_t consumed = 0
-        cdef uint8_t t
-        cdef int32_t sid
-        cdef uint8_t *h
-        cdef unsigned int e
-        while n:
-            if self.scan_pre:
-                k = n if n < self.scan_pre else self.scan_pre
-                self.scan_pre -= k
-            elif self.scan_skip:
-                k = n if n < self.scan_skip else self.scan_skip
-                self.scan_skip -= k
-            else:
-                k = <size_t>(9 - self.scan_hn)
-                if k > n:
-                    k = n
-                memcpy(self.scan_hdr + self.scan_hn, p, k)
-                self.scan_hn += <int>k
-                if self.scan_hn == 9:
-                    self.scan_hn = 0
-                    h = self.scan_hdr
-                    self.scan_skip = (<size_t>h[0] << 16) | (<size_t>h[1] << 8) | h[2]
-                    t = h[3]
-                    sid = <int32_t>(((<uint32_t>h[5] & 0x7f) << 24) | (<uint32_t>h[6] << 16)
-                                    | (<uint32_t>h[7] << 8) | h[8])
-                    if t == NGHTTP2_PRIORITY:
-                        if sid == 0:
-                            return NGHTTP2_PROTOCOL_ERROR
-                        self._count_control()
-                        if self.calmed:
-                            return 0
-                    elif t == NGHTTP2_CONTINUATION:
-                        e = (self.enc_next + ENC_RING - 1) % ENC_RING
-                        if self.enc_sid[e] == sid:
-                            self.enc_len[e] += <uint32_t>self.scan_skip
-                    elif t == NGHTTP2_HEADERS and sid & 1:
-                        if self.enc_pending >= ENC_RING - 1:
-                            # the ring would drop a block not yet decoded: stop after this
-                            # frame header; the caller feeds what came before, then records it
-                            self.held_sid = sid
-                            self.held_len = <uint32_t>self.scan_skip
-                            self.scan_stop = consumed + k
-                        else:
-                            self._record_block(sid, <uint32_t>self.scan_skip)
-                        if sid > self.scan_top:
-                            self.scan_top = sid
-                        elif sid < self.scan_top and not self._known_stream(sid):
-                            return NGHTTP2_PROTOCOL_ERROR
-            p += k
-            n -= k
-            consumed += k
-            if self.scan_stop:
-                return 0
-        return 0
-
-    cdef bint _bomb(self, int32_t sid, size_t decoded) noexcept:
-        """An over-the-limit header block decoded from BOMB_RATIO times fewer bytes (its
-        HEADERS and CONTINUATION payloads as _scan saw them) and to more than four times our
-        dynamic table: the same table entries referenced over and over, an HPACK bomb, not a
-        client with a big header (that one is sent literally, and answered 431)."""
-        cdef unsigned int i
-        if decoded <= self.bomb_floor:
-            return 0
-        for i in range(ENC_RING):
-            if self.enc_sid[i] == sid and self.enc_len[i]:
-                return decoded > <size_t>BOMB_RATIO * self.enc_len[i]
-        return 0
-
-    cdef bint _known_stream(self, int32_t sid) noexcept:
-        cdef unsigned int i
-        if self.session != NULL and nghttp2_session_get_stream_user_data(self.session, sid) != NULL:
-            return 1
-        for i in range(RST_RING):
-            if self.rst_ring[i] == sid:
-                return 1
-        return 0
 
     cdef void _connection_error(self, uint32_t code) except *:
         """GOAWAY(code), then close; nothing more the client sends is read."""
@@ -834,8 +741,8 @@ cdef class ServerConnection(_Conn):
         if self.calmed:
             return
         self.calmed = 1
-        log.warning("nghttp2: %s from %s: GOAWAY(ENHANCE_YOUR_CALM)", why,
-                    self.peer_info.get("peername"))
+        cut_log.warn("nghttp2: %s from %s: GOAWAY(ENHANCE_YOUR_CALM)", why,
+                     self.peer_info.get("peername"))
         nghttp2_session_terminate_session(self.session, NGHTTP2_ENHANCE_YOUR_CALM)
         _mark(self)
 

@@ -30,6 +30,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from dataplane.abuse_log import cut_log
 from dataplane.engine import ErrorCode, H2Settings, Headers, SpliceObserver
 from dataplane.h2_session import H2Session, new_session
 from dataplane.http1_refusal import http1_refusal
@@ -331,8 +332,8 @@ class BaseConnection(asyncio.Protocol):
         except h2.exceptions.ProtocolError as exc:
             if isinstance(exc, h2.exceptions.DenialOfServiceError):
                 self.calm_goaway = True
-                log.warning("HTTP/2 peer %s: %s: GOAWAY ENHANCE_YOUR_CALM",
-                            getattr(self, "peer_info", {}).get("peername"), exc)
+                cut_log.warn("HTTP/2 peer %s: %s: GOAWAY ENHANCE_YOUR_CALM",
+                             getattr(self, "peer_info", {}).get("peername"), exc)
             else:
                 log.debug("h2 protocol error from peer: %s", exc)
             self._mark()
@@ -438,8 +439,8 @@ class BaseConnection(asyncio.Protocol):
     # ---- abuse limits ---------------------------------------------------------------------
     def _calm(self, why: str) -> None:
         """GOAWAY(ENHANCE_YOUR_CALM) and close; nothing more the peer sends is processed."""
-        log.warning("HTTP/2 peer %s %s: GOAWAY ENHANCE_YOUR_CALM",
-                    getattr(self, "peer_info", {}).get("peername"), why)
+        cut_log.warn("HTTP/2 peer %s %s: GOAWAY ENHANCE_YOUR_CALM",
+                     getattr(self, "peer_info", {}).get("peername"), why)
         self.calm_goaway = True
         try:
             self._session().close_connection(ErrorCode.ENHANCE_YOUR_CALM)
