@@ -45,6 +45,9 @@ _PREFACE_LEN = 24 + 9  # the client magic and the first frame's header
 # frames handed to h2 at once: a read holding more is fed over several loop iterations, so that
 # no read holds the loop long (the gateway sheds load when its loop runs late)
 FEED_FRAMES = 64
+# a HEADERS frame weighs this many frames in a slice (a request costs the proxy far more than a
+# control frame): at most FEED_FRAMES / HEADERS_WEIGHT new requests a loop iteration
+HEADERS_WEIGHT = 4
 _FRAME_HEAD = struct.Struct(">BHBB")  # a frame header's length (8 + 16 bits), type, flags
 
 
@@ -228,9 +231,9 @@ class BaseConnection(asyncio.Protocol):
             self._feed(data, self._scan_fed)
             return
         # a long read: the first slice now, the others one per loop iteration
-        first = cuts[0]
+        first, nframes = cuts[0]
         self._backlog = (bytes(data), cuts, first, self._scan_fed)
-        self._feed(data[:first], FEED_FRAMES)
+        self._feed(data[:first], nframes)
         if self._backlog is not None and self._transport is not None and not self._lost:
             self._transport.pause_reading()
             asyncio.get_running_loop().call_soon(self._feed_backlog)
@@ -252,9 +255,9 @@ class BaseConnection(asyncio.Protocol):
             self.deferred_slices += 1
             cuts.pop(0)
             if cuts:
-                end = cuts[0]
+                end, nframes = cuts[0]
                 self._backlog = (data, cuts, end, last)
-                self._feed(data[start:end], FEED_FRAMES)
+                self._feed(data[start:end], nframes)
                 if self._backlog is not None:
                     asyncio.get_running_loop().call_soon(self._feed_backlog)
                 return
@@ -269,13 +272,14 @@ class BaseConnection(asyncio.Protocol):
             if outer:
                 self._end_batch(batch)
 
-    def _scan(self, data: bytes) -> list[int] | None:
+    def _scan(self, data: bytes) -> list[tuple[int, int]] | None:
         """Walk the raw 9-byte frame headers of a read (no payload is looked at) and charge
         RST_STREAM, and SETTINGS/PING (not ACKs) and PRIORITY, to the connection's one-second
         budgets (``H2Settings.max_resets_per_second``, ``max_control_frames_per_second``),
         before h2 parses any of it.  Over a budget: GOAWAY(ENHANCE_YOUR_CALM), close, None.
-        Else the offsets where each run of ``FEED_FRAMES`` frame headers ends (empty when the
-        read holds no more than that); ``_scan_fed`` is the count of frames after the last."""
+        Else where each slice of the read ends, with its frame count: a slice holds frames
+        weighing ``FEED_FRAMES`` (a HEADERS ``HEADERS_WEIGHT``, any other 1); empty when the
+        read is one slice; ``_scan_fed`` is the count of frames after the last cut."""
         shift = len(self._scan_head)
         if shift:
             # a frame header began at the end of the last read: scan it whole (a rare copy)
@@ -291,7 +295,9 @@ class BaseConnection(asyncio.Protocol):
         resets = self._resets_left
         controls = self._controls_left
         frames = 0
-        cuts: list[int] = []
+        weight = 0
+        total = 0
+        cuts: list[tuple[int, int]] = []
         unpack = _FRAME_HEAD.unpack_from
         while i + 9 <= n:
             hi, lo, ftype, flags = unpack(data, i)
@@ -309,10 +315,13 @@ class BaseConnection(asyncio.Protocol):
                     return None
             i += 9 + ((hi << 16) | lo)
             frames += 1
-            if frames == FEED_FRAMES:
-                frames = 0
+            weight += HEADERS_WEIGHT if ftype == 1 else 1
+            if weight >= FEED_FRAMES:
                 if i < n:
-                    cuts.append(i - shift)
+                    cuts.append((i - shift, frames))
+                    total += frames
+                    frames = 0
+                weight = 0
         self._resets_left = resets
         self._controls_left = controls
         if i < n:
@@ -321,7 +330,7 @@ class BaseConnection(asyncio.Protocol):
         else:
             self._scan_skip = i - n
         self._scan_fed = frames
-        self.frames_scanned += len(cuts) * FEED_FRAMES + frames
+        self.frames_scanned += total + frames
         return cuts
 
     def _feed(self, data: bytes, frames: int) -> None:
