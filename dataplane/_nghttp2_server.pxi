@@ -17,7 +17,7 @@ cdef enum:
                                 # 32 x 128 B of HPACK buffers pinned per connection
     DORMANT_MAX = 256           # handshake bytes a dormant connection keeps (module doc)
     ENC_RING = 8                # header blocks whose encoded size _scan remembers
-    SLICE_BLOCKS = 64           # header blocks decoded from one read per loop iteration
+    SLICE_BLOCKS = 32           # header blocks decoded from one read per loop iteration
     BOMB_RATIO = 32             # an oversized block decoded from 32x fewer bytes: a bomb
 
 cdef bytes _CLIENT_MAGIC = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
