@@ -42,7 +42,7 @@ cdef class ServerConnection(_Conn):
     cdef bint calmed
     cdef bint final_goaway_sent
     cdef object drain_timer
-    cdef bytes deferred              # the rest of a long read, fed on the next iteration
+    cdef readonly bytes deferred     # the rest of a long read, fed on the next iteration
     cdef readonly unsigned int deferred_slices  # reads split so (test hook, as h2's)
     cdef bint greeted                # the client's first bytes came (our SETTINGS may go)
     # lazy session: until the client sends more than the preface, SETTINGS and SETTINGS ACKs
