@@ -31,6 +31,12 @@ def request_block(enc: hpack.Encoder, path: bytes, method: bytes = b"GET",
                        (b":path", path)])
 
 
+def get_requests(n: int, path: bytes = b"/x") -> bytes:
+    """``n`` GET requests (HEADERS with END_STREAM) on streams 1, 3, 5, ..., one encoder."""
+    enc = hpack.Encoder()
+    return b"".join(frame(HEADERS, 0x5, 1 + 2 * i, request_block(enc, path)) for i in range(n))
+
+
 def greeting(*values: tuple[int, int]) -> bytes:
     """What a client sends first: the magic, its SETTINGS, and the ACK of the server's."""
     return PREFACE + settings(*values) + settings(ack=True)

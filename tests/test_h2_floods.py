@@ -23,6 +23,7 @@ from tests.h2_frames import (
     PRIORITY,
     RST_STREAM,
     frame,
+    get_requests,
     greeting,
     read_until,
     read_until_eof,
@@ -111,11 +112,9 @@ async def test_a_long_read_is_fed_in_slices_and_answered_whole(origin):
     """Many requests in one write (under every budget): h2 gets them a slice at a time (16
     requests a slice), with reading paused in between, and every one is answered."""
     n = 6 * FEED_FRAMES
-    enc = hpack.Encoder()
-    reqs = b"".join(frame(HEADERS, 0x5, 1 + 2 * i, request_block(enc, b"/x")) for i in range(n))
     reader, writer = await asyncio.open_connection("127.0.0.1", origin.port)
     try:
-        writer.write(greeting() + reqs)
+        writer.write(greeting() + get_requests(n))
         await writer.drain()
         got_task = asyncio.ensure_future(read_until(reader, lambda got: len(got.ended) == n))
         await wait_until(lambda: origin.handler.connections

@@ -15,12 +15,11 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-import hpack
 import pytest
 
 from dataplane.engine import ErrorCode, H2Settings
 from tests.conftest import OriginHandler, start_origin
-from tests.h2_frames import HEADERS, frame, greeting, read_until, request_block, split_frames
+from tests.h2_frames import get_requests, greeting, read_until, split_frames
 from tests.nghttp2_rig import (
     connect,
     hdr,
@@ -348,12 +347,9 @@ async def test_a_long_read_is_fed_in_slices_and_answered_whole(origin):
     header blocks per loop iteration, with reading paused in between, and every one is
     answered (as on the h2 backend: tests/test_h2_floods.py)."""
     n = 400
-    enc = hpack.Encoder()
-    reqs = b"".join(frame(HEADERS, 0x5, 1 + 2 * i, request_block(enc, b"/x")) for i in range(n))
     reader, writer = await asyncio.open_connection("127.0.0.1", origin.port)
     try:
-        writer.write(greeting() + reqs)
-        await writer.drain()
+        writer.write(greeting() + get_requests(n))
         got = await read_until(reader, lambda got: len(got.ended) == n)
         (conn,) = origin.handler.connections
         assert conn.deferred_slices >= 2
