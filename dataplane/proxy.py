@@ -31,9 +31,9 @@ the controller's refusal), or refused at once (503/504/429 ProblemDetails, never
 The exchange gives its slot back (``release``) when it ends, or earlier when the client cannot
 take the response as the producer sends it (``on_response_stalled``, with the engine setting
 ``H2Settings.report_response_stall``), so a client that does not read holds no producer
-capacity; reselections and retries draw from the controller's retry
-budget.  A request whose ``Forward.restamp`` is set has its
-deadline headers re-stamped by ``restamp(headers, seconds_left)`` when it is sent.  A
+capacity; reselections and retries draw from the controller's retry budget.  A request whose
+``Forward.restamp`` is set has its deadline headers re-stamped by ``restamp(headers,
+seconds_left)`` when it is sent.  A
 response tap (``response_tap(exchange, status, fields)``, with the engine setting
 ``H2Settings.tap_response_headers``) sees the producer's overload/load headers first.
 
