@@ -121,8 +121,10 @@ async def test_a_long_read_is_fed_in_slices_and_answered_whole(origin):
                          and origin.handler.connections[0].frames_fed >= n + 2)
         conn = origin.handler.connections[0]
         assert conn.frames_fed == n + 2
-        # a request weighs HEADERS_WEIGHT frames: FEED_FRAMES / HEADERS_WEIGHT a slice
-        assert conn.deferred_slices >= n * HEADERS_WEIGHT // FEED_FRAMES - 1
+        # a request weighs HEADERS_WEIGHT frames: FEED_FRAMES / HEADERS_WEIGHT (16) a slice,
+        # so 24 slices in one read (23 deferred; 6 before the weight), a few fewer when the
+        # kernel splits the write into several reads
+        assert conn.deferred_slices >= n * HEADERS_WEIGHT // FEED_FRAMES // 2
         assert not conn.calm_goaway
         await wait_until(lambda: len(origin.handler.requests) == n)
         got = await got_task  # every answer, read before the socket closes

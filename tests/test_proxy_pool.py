@@ -59,7 +59,7 @@ async def test_streams_pinned_by_a_non_reader_leave_room_for_others(backend):
             frame(HEADERS, 0x5, 1 + 2 * i, request_block(enc, b"/download?size=1048576"))
             for i in range(20)))
         await wait_until(lambda: len(origin.handler.requests) == 20)
-        assert len(origin.handler.connections) == 10
+        assert 10 <= len(origin.handler.connections) <= 16  # 2 streams each, at most the cap
         resp = await asyncio.wait_for(
             client.request("GET", f"http://127.0.0.1:{proxy.port}/status/204"), 5)
         assert resp.status == 204
