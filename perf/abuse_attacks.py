@@ -166,18 +166,19 @@ def new_tally() -> dict:
             "bytes_sent": 0, "streams_opened": 0, "bytes_received": 0, "data_bytes": 0}
 
 
-def _split_frames(buf: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]:
+def split_frames(buf: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]:
     """The whole HTTP/2 frames at the start of ``buf`` (type, flags, stream id, payload) and
-    what is left after them (a partial frame)."""
+    what is left after them (a partial frame); payloads and the rest as bytes (also used by
+    the tests' raw HTTP/2 peers, ``tests/h2_frames.py``)."""
     frames = []
     while len(buf) >= 9:
         n = int.from_bytes(buf[:3], "big")
         if len(buf) < 9 + n:
             break
         frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF,
-                       buf[9:9 + n]))
+                       bytes(buf[9:9 + n])))
         buf = buf[9 + n:]
-    return frames, buf
+    return frames, bytes(buf)
 
 
 def _tally(got: dict, ftype: int, payload: bytes, data: bool) -> None:
@@ -211,7 +212,7 @@ async def _read_frames(reader: asyncio.StreamReader, got: dict) -> None:
             return
         got["bytes_received"] += len(data)
         buf += data
-        frames, buf = _split_frames(buf)
+        frames, buf = split_frames(buf)
         for ftype, _flags, _sid, payload in frames:
             _tally(got, ftype, payload, data=True)
 
@@ -373,7 +374,7 @@ async def big_header_probe(port: int, got: dict) -> tuple[str, str] | None:
                 break
             got["bytes_received"] += len(chunk)
             buf += chunk
-            frames, buf = _split_frames(buf)
+            frames, buf = split_frames(buf)
             for ftype, flags, sid, payload in frames:
                 _tally(got, ftype, payload, data=False)
                 out.feed(ftype, flags, sid, payload)

@@ -1,5 +1,7 @@
 """Raw HTTP/2 frames for the tests that play a hostile or unusual client over a plain socket
-(tests/test_h2_*.py): frame builders and a reader that waits for the peer's GOAWAY and EOF."""
+(tests/test_h2_*.py, tests/test_nghttp2_*.py): frame builders, readers that wait for the
+peer's answers, GOAWAY or EOF, and ``RawPeer``, a client that records every frame.  Frames are
+split by ``perf.abuse_attacks.split_frames``, the attacker's own."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import struct
 from collections.abc import Callable
 
 import hpack
+
+from perf.abuse_attacks import split_frames  # noqa: F401  (re-exported for the tests)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 2, 3, 4, 6, 7, 8
@@ -74,20 +78,6 @@ class Received:
         return rest
 
 
-def split_frames(buf: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]:
-    """The whole frames at the start of ``buf`` (type, flags, stream id, payload) and what is
-    left after them (a partial frame)."""
-    frames = []
-    while len(buf) >= 9:
-        length = int.from_bytes(buf[:3], "big")
-        if len(buf) < 9 + length:
-            break
-        frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF,
-                       bytes(buf[9:9 + length])))
-        buf = buf[9 + length:]
-    return frames, bytes(buf)
-
-
 async def read_until_eof(reader: asyncio.StreamReader, timeout: float = 30.0) -> Received:
     """Read until the peer closes (or ``timeout``, a hang guard); what came."""
     return await read_until(reader, lambda got: False, timeout)
@@ -109,3 +99,63 @@ async def read_until(reader: asyncio.StreamReader, done: Callable[[Received], bo
             return got
         buf = got.take(buf + data)
     return got
+
+
+async def read_bodies(reader: asyncio.StreamReader, sids: list[int],
+                      timeout: float = 30.0) -> dict[int, bytearray]:
+    """Read until every stream of ``sids`` has ended; each one's DATA payload (the peer pads
+    nothing here).  Fails when the peer closes first or sends GOAWAY."""
+    bodies: dict[int, bytearray] = {sid: bytearray() for sid in sids}
+    ended: set[int] = set()
+    buf = b""
+    while len(ended) < len(sids):
+        data = await asyncio.wait_for(reader.read(1 << 20), timeout)
+        assert data, "connection closed before all responses"
+        frames, buf = split_frames(buf + data)
+        for ftype, flags, sid, payload in frames:
+            assert ftype != GOAWAY, payload
+            if ftype == DATA:
+                bodies[sid] += payload
+            if ftype in (DATA, HEADERS) and flags & 1:
+                ended.add(sid)
+    return bodies
+
+
+class RawPeer:
+    """A raw HTTP/2 client that records every frame the server sends (``frames``)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.buf = b""
+        self.pending: list[tuple[int, int, int, bytes]] = []  # split, not yet looked at
+        self.frames: list[tuple[int, int, int, bytes]] = []
+
+    @classmethod
+    async def open(cls, port: int) -> RawPeer:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def until(self, pred: Callable[[tuple[int, int, int, bytes]], bool]
+                    ) -> tuple[int, int, int, bytes]:
+        """Read frames until ``pred(frame)`` holds for a new one; returns it."""
+        while True:
+            while self.pending:
+                f = self.pending.pop(0)
+                self.frames.append(f)
+                if pred(f):
+                    return f
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            assert data, "the server closed the connection"
+            got, self.buf = split_frames(self.buf + data)
+            self.pending += got
+
+    def count(self, ftype: int, flags: int | None = None, sid: int | None = 0) -> int:
+        """Frames of ``ftype`` seen (with the ACK flag ``flags``, on stream ``sid``)."""
+        return sum(1 for t, fl, s, _ in self.frames if t == ftype
+                   and (flags is None or fl & 1 == flags) and (sid is None or s == sid))
+
+    def close(self) -> None:
+        self.writer.close()

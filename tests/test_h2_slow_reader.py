@@ -11,13 +11,12 @@ import asyncio
 import hashlib
 import struct
 
-import hpack
 import pytest
 
 from dataplane.client import H2Client
 from dataplane.engine import H2Settings, load_backend
 from tests.conftest import StaticRouter, start_origin, start_proxy
-from tests.h2_frames import DATA, GOAWAY, HEADERS, WINDOW_UPDATE, frame, greeting, request_block
+from tests.h2_frames import WINDOW_UPDATE, frame, get_requests, greeting, read_bodies
 from tests.waiting import wait_until
 
 SIZE = 1 << 20
@@ -41,10 +40,8 @@ async def test_zero_window_client_holds_bounded_bytes_then_gets_everything(rig):
     proxy = rig
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     try:
-        enc = hpack.Encoder()
-        writer.write(greeting((4, 0)) + b"".join(
-            frame(HEADERS, 0x5, 1 + 2 * i, request_block(enc, f"/download?size={SIZE}".encode()))
-            for i in range(STREAMS)))
+        writer.write(greeting((4, 0))
+                     + get_requests(STREAMS, f"/download?size={SIZE}".encode()))
         await wait_until(lambda: len(proxy.handler.connections) == 1)
         (down,) = proxy.handler.connections
         # the producer fills every window it was given: the base of each stream, and the
@@ -65,27 +62,7 @@ async def test_zero_window_client_holds_bounded_bytes_then_gets_everything(rig):
         # the client opens its windows: every response arrives whole
         writer.write(frame(4, 0, 0, struct.pack(">HI", 4, 2**31 - 1))
                      + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 2**31 - 1 - 65535)))
-        bodies: dict[int, bytearray] = {1 + 2 * i: bytearray() for i in range(STREAMS)}
-        ended: set[int] = set()
-        buf = bytearray()
-        while len(ended) < STREAMS:
-            data = await asyncio.wait_for(reader.read(1 << 20), 30)
-            assert data, "connection closed before all responses"
-            buf += data
-            off = 0
-            while len(buf) - off >= 9:
-                length = int.from_bytes(buf[off:off + 3], "big")
-                if len(buf) - off < 9 + length:
-                    break
-                ftype, flags = buf[off + 3], buf[off + 4]
-                sid = int.from_bytes(buf[off + 5:off + 9], "big") & 0x7FFFFFFF
-                if ftype == DATA:
-                    bodies[sid] += buf[off + 9:off + 9 + length]
-                if ftype in (DATA, HEADERS) and flags & 1:
-                    ended.add(sid)
-                assert ftype != GOAWAY, bytes(buf[off + 9:off + 9 + length])
-                off += 9 + length
-            del buf[:off]
+        bodies = await read_bodies(reader, [1 + 2 * i for i in range(STREAMS)])
         want = hashlib.sha256(bytes(i % 251 for i in range(SIZE))).digest()
         assert all(hashlib.sha256(b).digest() == want for b in bodies.values())
         assert down.peak_buffered <= RELAY.relay_stream_buffer

@@ -17,6 +17,7 @@ import pytest
 
 from dataplane.engine import ErrorCode, H2Settings
 from tests.conftest import start_origin
+from tests.h2_frames import RawPeer
 from tests.test_rfc9113_errors import (
     ACK,
     CASES,
@@ -43,47 +44,6 @@ async def origin(backend):
     await running.stop()
 
 
-class Peer:
-    """A raw HTTP/2 client that records every frame the server sends."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.buf = b""
-        self.frames: list[tuple[int, int, int, bytes]] = []
-
-    @classmethod
-    async def open(cls, port: int) -> Peer:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    def send(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def until(self, pred) -> tuple[int, int, int, bytes]:
-        """Read frames until ``pred(frame)`` holds for a new one; returns it."""
-        while True:
-            while len(self.buf) >= 9:
-                length = int.from_bytes(self.buf[:3], "big")
-                if len(self.buf) < 9 + length:
-                    break
-                f = (self.buf[3], self.buf[4], int.from_bytes(self.buf[5:9], "big") & 0x7fffffff,
-                     self.buf[9:9 + length])
-                self.buf = self.buf[9 + length:]
-                self.frames.append(f)
-                if pred(f):
-                    return f
-            data = await asyncio.wait_for(self.reader.read(65536), 10)
-            assert data, "the server closed the connection"
-            self.buf += data
-
-    def count(self, ftype: int, flags: int | None = None, sid: int | None = 0) -> int:
-        return sum(1 for t, fl, s, _ in self.frames if t == ftype
-                   and (flags is None or fl & ACK == flags) and (sid is None or s == sid))
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 def is_ack(f) -> bool:
     return f[0] == SETTINGS and f[1] & ACK
 
@@ -93,7 +53,7 @@ async def test_handshake_then_request_shows_no_seam(origin):
     ACK, a PING and a request, each in its own write: the server's first output is sent once,
     each client SETTINGS is acknowledged once, and the values the dormant connection kept
     (INITIAL_WINDOW_SIZE 100, MAX_FRAME_SIZE 20000, HEADER_TABLE_SIZE 0) are in force."""
-    peer = await Peer.open(origin.port)
+    peer = await RawPeer.open(origin.port)
     try:
         peer.send(PREFACE + settings((4, 100), (5, 20000)))
         await peer.until(is_ack)
@@ -134,7 +94,7 @@ async def test_handshake_then_request_shows_no_seam(origin):
 async def test_ping_before_any_request(origin):
     """A PING right after the handshake (the session is made for it) is answered, and our
     SETTINGS and the ACK are not repeated."""
-    peer = await Peer.open(origin.port)
+    peer = await RawPeer.open(origin.port)
     try:
         peer.send(PREFACE + settings() + settings(flags=ACK))
         await peer.until(is_ack)
@@ -152,7 +112,7 @@ async def test_ping_before_any_request(origin):
 async def test_drain_of_a_dormant_connection_sends_goaway(origin):
     """The gateway drains a connection that never went past the handshake: GOAWAY comes, then
     the close."""
-    peer = await Peer.open(origin.port)
+    peer = await RawPeer.open(origin.port)
     try:
         peer.send(PREFACE + settings())
         await peer.until(is_ack)
@@ -168,7 +128,7 @@ async def test_drain_of_a_dormant_connection_sends_goaway(origin):
 async def test_connection_error_after_a_dormant_handshake(origin, name, after, codes):
     """The RFC 9113 cases sent once the handshake was answered while dormant: the session
     made for them answers with the same GOAWAY codes."""
-    peer = await Peer.open(origin.port)
+    peer = await RawPeer.open(origin.port)
     try:
         peer.send(PREFACE + settings() + settings(flags=ACK))
         await peer.until(is_ack)

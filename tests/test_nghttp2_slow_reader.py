@@ -16,13 +16,12 @@ import pytest
 
 from dataplane.engine import H2Settings
 from tests.conftest import start_origin
+from tests.h2_frames import read_bodies
 from tests.nghttp2_rig import nghttp2, request, start_splice_proxy, stop_splice_proxy
 from tests.test_rfc9113_errors import (
     ACK,
-    DATA,
     END_HEADERS,
     END_STREAM,
-    GOAWAY,
     HEADERS,
     PREFACE,
     WINDOW,
@@ -78,27 +77,7 @@ async def test_zero_window_client_holds_bounded_bytes_then_gets_everything(rig):
         # the client opens its windows: every response arrives whole
         writer.write(settings((4, 2**31 - 1))
                      + frame(WINDOW, 0, 0, struct.pack(">I", 2**31 - 1 - 65535)))
-        bodies: dict[int, bytearray] = {1 + 2 * i: bytearray() for i in range(STREAMS)}
-        ended: set[int] = set()
-        buf = bytearray()
-        while len(ended) < STREAMS:
-            data = await asyncio.wait_for(reader.read(1 << 20), 30)
-            assert data, "connection closed before all responses"
-            buf += data
-            off = 0
-            while len(buf) - off >= 9:
-                length = int.from_bytes(buf[off:off + 3], "big")
-                if len(buf) - off < 9 + length:
-                    break
-                ftype, flags = buf[off + 3], buf[off + 4]
-                sid = int.from_bytes(buf[off + 5:off + 9], "big") & 0x7fffffff
-                if ftype == DATA:
-                    bodies[sid] += buf[off + 9:off + 9 + length]
-                if ftype in (DATA, HEADERS) and flags & END_STREAM:
-                    ended.add(sid)
-                assert ftype != GOAWAY, bytes(buf[off + 9:off + 9 + length])
-                off += 9 + length
-            del buf[:off]
+        bodies = await read_bodies(reader, [1 + 2 * i for i in range(STREAMS)])
         want = hashlib.sha256(expected_body()).digest()
         assert all(hashlib.sha256(b).digest() == want for b in bodies.values())
         await wait_until(lambda: down.relay_granted == 0, what="the grants to be given back")
