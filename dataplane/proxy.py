@@ -246,8 +246,6 @@ class _Exchange:
             if verdict:
                 if verdict != 1:  # a refusal: (status, cause, detail)
                     self._answer(verdict[0], verdict[1], verdict[2])
-                    if verdict[0] == 429:  # the consumer's own excess: the engine's budget
-                        conn.count_refused()
                 else:  # queued: admitted() or refused() comes later; a reset cancels it
                     proxy._connecting[(id(conn), sid)] = self
                 return
@@ -269,8 +267,6 @@ class _Exchange:
         """Admission refused it after it waited (the controller calls this)."""
         self.proxy._connecting.pop((id(self.conn), self.sid), None)
         self._answer(status, cause, detail)
-        if status == 429:  # the consumer's own excess: the engine's refused-stream budget
-            self.conn.count_refused()
 
     def admitted(self) -> None:
         """Send it now (at once, or when admission takes it from its queue)."""
@@ -367,6 +363,8 @@ class _Exchange:
         except Exception:
             log.exception("error responder failed")
             self.conn.reset(self.sid, ErrorCode.INTERNAL_ERROR)
+        if status == 429:  # admission: the consumer's own excess, the engine's refused budget
+            self.conn.count_refused()
         # after on_upstream_failed / a failed connect the stream is no longer spliced, so the
         # engine reports nothing more: record the outcome here
         self._finish(status, error_code)
